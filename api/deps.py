@@ -1,0 +1,41 @@
+"""FastAPI dependencies: the clients the lifespan built, and validated path parameters."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from api.queue import TaskQueue
+from api.settings import ApiSettings
+from api.store import ApiStore
+from api.waiter import JobWaiter
+from shared.schemas import COLLECTION_NAME, IMAGE_ID
+
+
+def get_settings(request: Request) -> ApiSettings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> ApiStore:
+    return request.app.state.store
+
+
+def get_queue(request: Request) -> TaskQueue:
+    return request.app.state.queue
+
+
+def get_waiter(request: Request) -> JobWaiter:
+    return request.app.state.waiter
+
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+StoreDep = Annotated[ApiStore, Depends(get_store)]
+QueueDep = Annotated[TaskQueue, Depends(get_queue)]
+WaiterDep = Annotated[JobWaiter, Depends(get_waiter)]
+
+CollectionName = Annotated[
+    str,
+    Path(pattern=COLLECTION_NAME.pattern, description="letters, digits, '_', '-', '.'; 1-64 characters"),
+]
+ImageId = Annotated[str, Path(pattern=IMAGE_ID.pattern, description="32 hex characters (from the image bytes)")]

@@ -1,0 +1,61 @@
+"""The HTTP service. `create_app()` builds it; `app` is the ASGI entry point (`api.main:app`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.queue import TaskQueue
+from api.routes import collections, health, images, jobs, search
+from api.settings import ApiSettings
+from api.store import ApiStore
+from api.waiter import JobWaiter
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.basicConfig(level=settings.log_level)
+        client = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            health_check_interval=30,
+            retry_on_timeout=False,
+        )
+        # Pub/sub blocks on reads by design, so it gets a client without a read timeout.
+        listener = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30
+        )
+        app.state.settings = settings
+        app.state.store = ApiStore(client, settings.job_ttl_seconds, settings.upload_ttl_seconds)
+        app.state.queue = TaskQueue(settings.redis_url)
+        app.state.waiter = JobWaiter(listener)
+        app.state.waiter.start()
+        try:
+            yield
+        finally:
+            await app.state.waiter.stop()
+            app.state.queue.close()
+            await client.aclose()
+            await listener.aclose()
+
+    app = FastAPI(title="simsearch", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    install_error_handlers(app)
+    for module in (health, jobs, collections, images, search):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

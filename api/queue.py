@@ -1,0 +1,34 @@
+"""Enqueueing by task name: the API holds a Celery *producer* only, never the worker's code."""
+
+from __future__ import annotations
+
+import anyio
+from celery import Celery
+
+from shared.queueing import celery_config
+
+
+class TaskQueue:
+    def __init__(self, redis_url: str) -> None:
+        self.celery = Celery("simsearch-api")
+        self.celery.conf.update(
+            celery_config(redis_url),
+            # Fail fast (the client gets 503) rather than holding a request while Redis is away.
+            broker_connection_timeout=3,
+            task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},
+        )
+
+    async def send(self, name: str, args: list, queue: str) -> None:
+        # kombu's publish is blocking I/O; keep it off the event loop.
+        await anyio.to_thread.run_sync(lambda: self.celery.send_task(name, args=args, queue=queue))
+
+    async def send_many(self, name: str, batches: list[list], queue: str) -> None:
+        def publish() -> None:
+            with self.celery.producer_or_acquire() as producer:
+                for args in batches:
+                    self.celery.send_task(name, args=args, queue=queue, producer=producer)
+
+        await anyio.to_thread.run_sync(publish)
+
+    def close(self) -> None:
+        self.celery.close()

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request, Response
+
+from api.deps import CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
+from api.uploads import files_of, parse_metadata, read_form, to_uploads
+from shared.errors import InvalidRequest, NotFound
+from shared.queueing import INDEX_CHUNK_TASK, INDEX_QUEUE
+from shared.schemas import ImageRecord, JobAccepted, JobType
+
+router = APIRouter(prefix="/v1/collections/{collection}/images", tags=["images"])
+
+UPLOAD_DOC = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "metadata": {"type": "string", "description": "JSON object: file name -> object"},
+                    },
+                }
+            }
+        },
+        "required": True,
+    }
+}
+
+
+@router.post("", status_code=202, response_model=JobAccepted, openapi_extra=UPLOAD_DOC)
+async def index_images(
+    collection: CollectionName, request: Request, store: StoreDep, queue: QueueDep, settings: SettingsDep
+) -> JobAccepted:
+    """Queue a batch of images for indexing; poll the returned job for progress and result."""
+    form = await read_form(request, settings)
+    files = files_of(form, "files")
+    if not files:
+        raise InvalidRequest("the form has no 'files' parts", code="no_files")
+    uploads = await to_uploads(files, parse_metadata(form), settings)
+    job_id = uuid.uuid4().hex
+    await store.create_job(job_id, JobType.index, collection, {"collection": collection}, uploads)
+    # Chunks spread a batch over every worker; each chunk is one forward pass.
+    size = settings.index_chunk_size
+    chunks = [[job_id, collection, list(range(i, min(i + size, len(uploads))))] for i in range(0, len(uploads), size)]
+    await queue.send_many(INDEX_CHUNK_TASK, chunks, INDEX_QUEUE)
+    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
+
+
+@router.get("/{image_id}", response_model=ImageRecord)
+async def get_image(collection: CollectionName, image_id: ImageId, store: StoreDep) -> ImageRecord:
+    record = await store.image(collection, image_id)
+    if record is None:
+        raise NotFound(f"no image {image_id} in collection {collection!r}", code="image_not_found")
+    return record
+
+
+@router.get("/{image_id}/content", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+async def get_image_content(collection: CollectionName, image_id: ImageId, store: StoreDep) -> Response:
+    """A JPEG rendition of the image, 512 px on its long side (or its own size if smaller)."""
+    data = await store.thumbnail(collection, image_id)
+    if data is None:
+        raise NotFound(f"no image {image_id} in collection {collection!r}", code="image_not_found")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400, immutable"})
+
+
+@router.delete("/{image_id}", status_code=204, response_class=Response)
+async def delete_image(collection: CollectionName, image_id: ImageId, store: StoreDep) -> Response:
+    if not await store.delete_image(collection, image_id):
+        raise NotFound(f"no image {image_id} in collection {collection!r}", code="image_not_found")
+    return Response(status_code=204)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
+from api.store import Upload
+from api.uploads import files_of, read_form
+from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, SimsearchError, UnsupportedMedia
+from shared.imaging import content_id, safe_filename, sniff_format
+from shared.queueing import SEARCH_QUEUE, SEARCH_TASK
+from shared.schemas import IMAGE_ID, JobAccepted, JobInput, JobType, SearchParams
+
+router = APIRouter(prefix="/v1/collections/{collection}/search", tags=["search"])
+
+
+class SearchById(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_id: str = Field(pattern=IMAGE_ID.pattern)
+
+
+SEARCH_DOC = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/json": {"schema": SearchById.model_json_schema()},
+        },
+        "required": True,
+    }
+}
+
+
+async def _query_upload(request: Request, settings) -> Upload:
+    files = files_of(await read_form(request, settings), "file")
+    if len(files) != 1:
+        raise InvalidRequest("send exactly one query image in a 'file' part", code="no_file")
+    data = await files[0].read()
+    if len(data) > settings.max_image_bytes:
+        raise PayloadTooLarge(f"query image is over {settings.max_image_bytes} bytes")
+    sniff_format(data, settings.max_image_pixels)  # 400 now for a non-image, not a failed job later
+    name = safe_filename(files[0].filename)
+    return Upload(JobInput(filename=name, image_id=content_id(data), size=len(data)), data)
+
+
+@router.post("", status_code=202, response_model=JobAccepted, openapi_extra=SEARCH_DOC)
+async def search(
+    collection: CollectionName,
+    request: Request,
+    store: StoreDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    k: int = Query(10, ge=1, le=1000),
+    min_similarity: float | None = Query(None, ge=-1.0, le=1.0),
+) -> JobAccepted:
+    """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`)."""
+    if k > settings.max_k:
+        raise InvalidRequest(f"k is at most {settings.max_k}", code="k_too_large")
+    if not await store.collection_exists(collection):
+        raise NotFound(f"no collection {collection!r}", code="collection_not_found")
+    content_type = request.headers.get("content-type", "")
+    params = SearchParams(k=k, min_similarity=min_similarity)
+    uploads: list[Upload] = []
+    if content_type.startswith("application/json"):
+        try:
+            body = SearchById.model_validate_json(await request.body())
+        except ValidationError as exc:
+            detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+            raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
+        if not await store.image_exists(collection, body.image_id):
+            raise NotFound(f"no image {body.image_id} in collection {collection!r}", code="image_not_found")
+        params.image_id = body.image_id
+    elif content_type.startswith("multipart/form-data"):
+        upload = await _query_upload(request, settings)
+        params.filename = upload.input.filename
+        uploads.append(upload)
+    else:
+        raise UnsupportedMedia("send the query as multipart 'file' or as JSON {\"image_id\": ...}")
+    job_id = uuid.uuid4().hex
+    await store.create_job(job_id, JobType.search, collection, params.model_dump(mode="json"), uploads)
+    await queue.send(SEARCH_TASK, [job_id, collection], SEARCH_QUEUE)
+    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=1)

@@ -1,0 +1,19 @@
+"""API configuration, from the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.imaging import DEFAULT_MAX_PIXELS
+from shared.settings import CommonSettings
+
+
+class ApiSettings(CommonSettings):
+    max_request_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_files_per_request: int = Field(default=1000, ge=1)
+    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    index_chunk_size: int = Field(default=32, ge=1, le=512)
+    max_k: int = Field(default=1000, ge=1)
+    max_wait_seconds: float = Field(default=30.0, ge=0, le=300)
+    redis_timeout_s: float = Field(default=3.0, gt=0)

@@ -1,0 +1,107 @@
+"""The API's reads and writes in Redis (asyncio client)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import keys, scripts
+from shared.jobs import new_job_fields, parse_job
+from shared.schemas import CollectionInfo, ImageRecord, JobInput, JobType, JobView, utcnow
+
+
+@dataclass(frozen=True)
+class Upload:
+    input: JobInput
+    data: bytes | None  # None when the API rejected the item already
+
+
+def _s(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class ApiStore:
+    def __init__(self, client: Redis, job_ttl_s: int, upload_ttl_s: int, log_maxlen: int = 1_000_000) -> None:
+        self.redis = client
+        self.job_ttl_s = job_ttl_s
+        self.upload_ttl_s = upload_ttl_s
+        self.log_maxlen = log_maxlen
+        self._delete_image = client.register_script(scripts.DELETE_IMAGE)
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # -- jobs -------------------------------------------------------------------------------
+    async def create_job(
+        self, job_id: str, job_type: JobType, collection: str, params: dict[str, Any], uploads: list[Upload]
+    ) -> None:
+        """Write the job, its inputs and their bytes in one round trip, before anything is queued."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(keys.COLLECTIONS, collection)
+        pipe.hsetnx(keys.collection(collection), "name", collection)
+        pipe.hsetnx(keys.collection(collection), "created_at", utcnow())
+        pipe.hset(keys.job(job_id), mapping=new_job_fields(job_type, collection, len(uploads) or 1, params))
+        pipe.expire(keys.job(job_id), self.job_ttl_s)
+        if uploads:
+            pipe.hset(
+                keys.job_inputs(job_id), mapping={str(i): u.input.model_dump_json() for i, u in enumerate(uploads)}
+            )
+            pipe.expire(keys.job_inputs(job_id), self.job_ttl_s)
+        for i, upload in enumerate(uploads):
+            if upload.data is not None:
+                pipe.set(keys.upload(job_id, i), upload.data, ex=self.upload_ttl_s)
+        await pipe.execute()
+
+    async def set_upload(self, job_id: str, index: int, data: bytes) -> None:
+        await self.redis.set(keys.upload(job_id, index), data, ex=self.upload_ttl_s)
+
+    async def get_job(self, job_id: str) -> JobView | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.job(job_id))
+        pipe.lrange(keys.job_errors(job_id), 0, 999)
+        raw, errors = await pipe.execute()
+        return parse_job(job_id, raw, errors) if raw else None
+
+    # -- collections ------------------------------------------------------------------------
+    async def collection_exists(self, name: str) -> bool:
+        return bool(await self.redis.sismember(keys.COLLECTIONS, name))
+
+    async def collections(self) -> list[CollectionInfo]:
+        names = sorted(_s(n) for n in await self.redis.smembers(keys.COLLECTIONS))
+        return [info for name in names if (info := await self.collection(name)) is not None]
+
+    async def collection(self, name: str) -> CollectionInfo | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sismember(keys.COLLECTIONS, name)
+        pipe.hgetall(keys.collection(name))
+        pipe.hlen(keys.images(name))
+        member, raw, count = await pipe.execute()
+        if not member:
+            return None
+        fields = {_s(k): _s(v) for k, v in raw.items()}
+        return CollectionInfo(
+            name=name,
+            image_count=int(count),
+            model=fields.get("model"),
+            dimension=int(fields["dim"]) if fields.get("dim") else None,
+            created_at=fields.get("created_at"),
+        )
+
+    async def image(self, collection: str, image_id: str) -> ImageRecord | None:
+        raw = await self.redis.hget(keys.images(collection), image_id)
+        return ImageRecord.model_validate_json(raw) if raw else None
+
+    async def thumbnail(self, collection: str, image_id: str) -> bytes | None:
+        return await self.redis.hget(keys.thumbnails(collection), image_id)
+
+    async def image_exists(self, collection: str, image_id: str) -> bool:
+        return bool(await self.redis.hexists(keys.images(collection), image_id))
+
+    async def delete_image(self, collection: str, image_id: str) -> bool:
+        deleted = await self._delete_image(
+            keys=[keys.images(collection), keys.vectors(collection), keys.thumbnails(collection), keys.log(collection)],
+            args=[image_id, self.log_maxlen],
+        )
+        return int(deleted) == 1

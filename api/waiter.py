@@ -1,0 +1,75 @@
+"""Long-polling without busy polling: one pub/sub connection per API process wakes every waiter.
+
+Workers publish on `ss:jobdone:<id>` when a job reaches a final status. A waiter also re-reads the
+job at least every `recheck_s`, so a message lost while Redis restarted costs latency, not a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.keys import JOB_DONE_CHANNEL_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+class JobWaiter:
+    def __init__(self, client: Redis, recheck_s: float = 1.0) -> None:
+        self.redis = client
+        self.recheck_s = recheck_s
+        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="job-waiter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(JOB_DONE_CHANNEL_PREFIX + "*")
+                    async for message in pubsub.listen():
+                        if message["type"] == "pmessage":
+                            channel = message["channel"]
+                            channel = channel.decode() if isinstance(channel, bytes) else channel
+                            self._notify(channel.removeprefix(JOB_DONE_CHANNEL_PREFIX))
+            except (RedisError, OSError) as exc:
+                log.warning("job notifications interrupted (%s); reconnecting", exc)
+                await asyncio.sleep(1.0)
+
+    def _notify(self, job_id: str) -> None:
+        for event in self._events.get(job_id, ()):
+            event.set()
+
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: str) -> AsyncIterator[asyncio.Event]:
+        """Register before reading the job's status, so a finish in between is not missed."""
+        event = asyncio.Event()
+        self._events[job_id].add(event)
+        try:
+            yield event
+        finally:
+            self._events[job_id].discard(event)
+            if not self._events[job_id]:
+                del self._events[job_id]
+
+    async def sleep(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait for the event or the timeout (capped at `recheck_s`); True if the event fired."""
+        try:
+            await asyncio.wait_for(event.wait(), timeout=min(timeout, self.recheck_s))
+        except TimeoutError:
+            return False
+        return True

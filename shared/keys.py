@@ -1,0 +1,56 @@
+"""Every Redis key the service uses, in one place.
+
+Data keys (collections, images, vectors, thumbnails, the change log) live as long as the data.
+Job and upload keys always carry a TTL.
+"""
+
+from __future__ import annotations
+
+COLLECTIONS = "ss:collections"  # set of collection names
+
+
+def collection(name: str) -> str:
+    return f"ss:c:{name}"  # hash: name, model, dim, created_at
+
+
+def images(name: str) -> str:
+    return f"ss:c:{name}:images"  # hash: image_id -> ImageRecord JSON
+
+
+def vectors(name: str) -> str:
+    return f"ss:c:{name}:vectors"  # hash: image_id -> float32 bytes (L2-normalised)
+
+
+def thumbnails(name: str) -> str:
+    return f"ss:c:{name}:thumbs"  # hash: image_id -> JPEG bytes
+
+
+def log(name: str) -> str:
+    return f"ss:c:{name}:log"  # stream of {op: add|del, id}: what replicas replay
+
+
+def job(job_id: str) -> str:
+    return f"ss:job:{job_id}"  # hash: the job record
+
+
+def job_inputs(job_id: str) -> str:
+    return f"ss:job:{job_id}:inputs"  # hash: item index -> JobInput JSON
+
+
+def job_items(job_id: str) -> str:
+    return f"ss:job:{job_id}:items"  # hash: item index -> ItemOutcome JSON
+
+
+def job_errors(job_id: str) -> str:
+    return f"ss:job:{job_id}:errors"  # list of ItemError JSON, in arrival order
+
+
+def upload(job_id: str, index: int) -> str:
+    return f"ss:upload:{job_id}:{index}"  # raw bytes of one uploaded file
+
+
+JOB_DONE_CHANNEL_PREFIX = "ss:jobdone:"
+
+
+def job_done_channel(job_id: str) -> str:
+    return f"{JOB_DONE_CHANNEL_PREFIX}{job_id}"

@@ -1,0 +1,31 @@
+"""Task names, queues and the Celery settings that producer (API) and consumer (worker) share.
+
+The API enqueues by name with `send_task`, so it never imports worker code (or TensorFlow).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+INDEX_QUEUE = "index"
+SEARCH_QUEUE = "search"
+INDEX_CHUNK_TASK = "simsearch.index_chunk"
+SEARCH_TASK = "simsearch.search"
+
+
+def celery_config(redis_url: str, visibility_timeout_s: int = 1200) -> dict[str, Any]:
+    return {
+        "broker_url": redis_url,
+        # JSON only: a pickled message from anyone who can write to Redis would be code execution.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,  # job state lives in our own job records
+        "result_expires": 3600,
+        "task_default_queue": INDEX_QUEUE,
+        "task_routes": {INDEX_CHUNK_TASK: {"queue": INDEX_QUEUE}, SEARCH_TASK: {"queue": SEARCH_QUEUE}},
+        # An unacknowledged message comes back after this long if its whole worker vanished;
+        # it must outlast the longest task.
+        "broker_transport_options": {"visibility_timeout": visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+    }

@@ -1,0 +1,131 @@
+"""Pydantic models for what crosses a boundary: Redis records, HTTP bodies, job results."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobType(StrEnum):
+    index = "index"
+    search = "search"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    partial = "partial"
+    failed = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.partial, JobStatus.failed)
+
+
+class ItemStatus(StrEnum):
+    created = "created"
+    existing = "existing"
+    failed = "failed"
+
+
+class ItemError(BaseModel):
+    index: int | None = None
+    filename: str | None = None
+    image_id: str | None = None
+    error: str
+    detail: str
+
+
+class JobInput(BaseModel):
+    """One uploaded file of an index job, as the API recorded it (the bytes sit in an upload key)."""
+
+    filename: str
+    image_id: str
+    size: int
+    metadata: dict[str, Any] | None = None
+    # Set when the API already rejected the item (e.g. over the per-file size limit): the worker
+    # records the failure without touching the bytes.
+    rejected: ItemError | None = None
+
+
+class ItemOutcome(BaseModel):
+    index: int
+    filename: str
+    image_id: str
+    status: ItemStatus
+
+
+class Progress(BaseModel):
+    total: int
+    done: int = Field(description="items processed so far, failed ones included")
+    failed: int
+
+
+class JobView(BaseModel):
+    job_id: str
+    type: JobType
+    status: JobStatus
+    collection: str
+    progress: Progress
+    result: dict[str, Any] | None = None
+    errors: list[ItemError] = []
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class ImageRecord(BaseModel):
+    image_id: str
+    filename: str
+    format: str
+    width: int
+    height: int
+    size: int
+    metadata: dict[str, Any] | None = None
+    created_at: str
+
+
+class Match(BaseModel):
+    image_id: str
+    filename: str
+    similarity: float
+
+
+class SearchParams(BaseModel):
+    k: int = Field(default=10, ge=1, le=1000)
+    min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
+    image_id: str | None = None  # search by a stored image instead of an upload
+    filename: str | None = None  # of the uploaded query, for the record
+
+
+class SearchResult(BaseModel):
+    matches: list[Match]
+    message: str | None = None
+    collection_size: int
+    model: str
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    image_count: int
+    model: str | None = None
+    dimension: int | None = None
+    created_at: str | None = None
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status_url: str
+    total: int | None = None

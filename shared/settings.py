@@ -1,0 +1,26 @@
+"""Settings both services share. Each service has its own `BaseSettings` class built on this one."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["local", "test", "production"] = "local"
+    redis_url: str = "redis://localhost:6379/0"
+    job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    upload_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> CommonSettings:
+        # An open Redis holds every vector and image: production must authenticate to it.
+        if self.environment == "production" and not urlparse(self.redis_url).password:
+            raise ValueError("REDIS_URL must carry a password when ENVIRONMENT=production")
+        return self

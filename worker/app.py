@@ -1,0 +1,60 @@
+"""The Celery application: `celery -A worker.app worker` consumes every queue the system uses.
+
+The model is built in each pool process after fork (`worker_process_init`), never in the parent
+and never per task. The parent only checks that the weights exist, so a worker without them stops
+at once with a message saying how to provide them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+from shared.errors import ModelWeightsUnavailable
+from shared.models.registry import get_model_spec
+from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE, celery_config
+from worker.runtime import WorkerRuntime
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+settings = WorkerSettings()
+
+app = Celery("simsearch", include=["worker.tasks"])
+app.conf.update(
+    celery_config(settings.redis_url, visibility_timeout_s=2 * settings.task_time_limit_s),
+    task_queues=[Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE)],
+    worker_prefetch_multiplier=1,
+    worker_concurrency=settings.worker_concurrency,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_time_limit=settings.task_time_limit_s,
+    task_soft_time_limit=settings.task_time_limit_s - 5,
+    worker_hijack_root_logger=False,
+)
+app.runtime = None  # type: ignore[attr-defined]
+
+
+def runtime_of(celery_app: Celery) -> WorkerRuntime:
+    # Built lazily too, for pools that do not fork (solo, threads) and so send no process-init signal.
+    if celery_app.runtime is None:  # type: ignore[attr-defined]
+        celery_app.runtime = WorkerRuntime.start(settings)  # type: ignore[attr-defined]
+    return celery_app.runtime  # type: ignore[attr-defined]
+
+
+@signals.worker_init.connect
+def _check_weights(**_: Any) -> None:
+    logging.basicConfig(level=settings.log_level)
+    try:
+        get_model_spec(settings.embedding_model).prepare(settings.embedding_weights, settings.cache_dir)
+    except ModelWeightsUnavailable as exc:
+        log.critical("cannot start: %s", exc.detail)
+        raise SystemExit(f"simsearch worker cannot start: {exc.detail}") from exc
+
+
+@signals.worker_process_init.connect
+def _start_runtime(**_: Any) -> None:
+    runtime_of(app)

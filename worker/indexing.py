@@ -1,0 +1,119 @@
+"""Index a chunk of an index job: decode, embed in one forward pass, store, report per item.
+
+Pure of Celery: the task passes in the store and embedder, so this runs in tests as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.errors import InvalidImage, SimsearchError
+from shared.imaging import DecodedImage, decode_image, make_thumbnail, to_model_input
+from shared.jobs import final_status
+from shared.models.base import Embedder
+from shared.schemas import ImageRecord, ItemError, ItemOutcome, ItemStatus, JobInput, utcnow
+from worker.store import NewImage, WorkerStore
+
+log = logging.getLogger(__name__)
+
+Outcome = tuple[ItemOutcome, ItemError | None]
+
+
+@dataclass(frozen=True)
+class Pending:
+    index: int
+    input: JobInput
+    decoded: DecodedImage
+
+
+def _failed(index: int, filename: str, image_id: str, code: str, detail: str) -> Outcome:
+    outcome = ItemOutcome(index=index, filename=filename, image_id=image_id, status=ItemStatus.failed)
+    return outcome, ItemError(index=index, filename=filename, image_id=image_id, error=code, detail=detail)
+
+
+def _ok(index: int, inp: JobInput, status: ItemStatus) -> Outcome:
+    return ItemOutcome(index=index, filename=inp.filename, image_id=inp.image_id, status=status), None
+
+
+def _decode(store: WorkerStore, job_id: str, index: int, inp: JobInput, max_pixels: int) -> Pending | Outcome:
+    data = store.upload(job_id, index)
+    if data is None:
+        return _failed(index, inp.filename, inp.image_id, "upload_expired", "the uploaded bytes are gone")
+    try:
+        return Pending(index, inp, decode_image(data, max_pixels=max_pixels))
+    except InvalidImage as exc:
+        return _failed(index, inp.filename, inp.image_id, exc.code, exc.detail)
+    except Exception as exc:  # a decoder bug must fail this item, not the batch
+        log.exception("unexpected error decoding item %d of job %s", index, job_id)
+        return _failed(index, inp.filename, inp.image_id, "decode_error", f"{type(exc).__name__}: {exc}")
+
+
+def _embed_and_store(store: WorkerStore, embedder: Embedder, collection: str, pending: list[Pending]) -> list[Outcome]:
+    batch = np.stack([to_model_input(p.decoded.image, embedder.input_size) for p in pending])
+    vectors = embedder.embed(batch)
+    now = utcnow()
+    new_images = [
+        NewImage(
+            record=ImageRecord(
+                image_id=p.input.image_id,
+                filename=p.input.filename,
+                format=p.decoded.format,
+                width=p.decoded.width,
+                height=p.decoded.height,
+                size=p.input.size,
+                metadata=p.input.metadata,
+                created_at=now,
+            ),
+            vector=vec,
+            thumbnail=make_thumbnail(p.decoded.image),
+        )
+        for p, vec in zip(pending, vectors, strict=True)
+    ]
+    created = store.add_images(collection, embedder.name, embedder.dim, new_images)
+    return [
+        _ok(p.index, p.input, ItemStatus.created if new else ItemStatus.existing)
+        for p, new in zip(pending, created, strict=True)
+    ]
+
+
+def index_chunk(
+    store: WorkerStore, embedder: Embedder, job_id: str, collection: str, indices: list[int], max_pixels: int
+) -> None:
+    store.mark_running(job_id)
+    inputs = store.inputs(job_id, indices)
+    existing = store.existing_ids(collection, [i.image_id for i in inputs if i is not None])
+    outcomes: list[Outcome] = []
+    pending: list[Pending] = []
+    for index, inp in zip(indices, inputs, strict=True):
+        if inp is None:
+            outcomes.append(_failed(index, "", "", "missing_input", "the job's record of this item is gone"))
+        elif inp.rejected is not None:
+            outcomes.append(_failed(index, inp.filename, inp.image_id, inp.rejected.error, inp.rejected.detail))
+        elif inp.image_id in existing:
+            outcomes.append(_ok(index, inp, ItemStatus.existing))
+        else:
+            step = _decode(store, job_id, index, inp, max_pixels)
+            (pending if isinstance(step, Pending) else outcomes).append(step)
+    if pending:
+        try:
+            outcomes += _embed_and_store(store, embedder, collection, pending)
+        except SimsearchError as exc:
+            outcomes += [_failed(p.index, p.input.filename, p.input.image_id, exc.code, exc.detail) for p in pending]
+        except Exception as exc:
+            log.exception("embedding a chunk of job %s failed", job_id)
+            detail = f"{type(exc).__name__}: {exc}"
+            outcomes += [
+                _failed(p.index, p.input.filename, p.input.image_id, "embedding_error", detail) for p in pending
+            ]
+    complete = store.record_items(job_id, outcomes)
+    store.drop_uploads(job_id, indices)
+    if complete == 1:
+        finish_index_job(store, job_id)
+
+
+def finish_index_job(store: WorkerStore, job_id: str) -> None:
+    total, failed = store.job_counts(job_id)
+    store.finish_job(job_id, final_status(total, failed), store.index_result(job_id))

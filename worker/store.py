@@ -1,0 +1,118 @@
+"""The worker's reads and writes in Redis (synchronous client)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+from shared import keys, scripts
+from shared.errors import Conflict
+from shared.jobs import index_result, job_params
+from shared.schemas import ImageRecord, ItemError, ItemOutcome, JobInput, JobStatus, utcnow
+
+
+@dataclass(frozen=True)
+class NewImage:
+    record: ImageRecord
+    vector: np.ndarray
+    thumbnail: bytes
+
+
+class WorkerStore:
+    def __init__(self, client: redis.Redis, job_ttl_s: int, log_maxlen: int) -> None:
+        self.redis = client
+        self.job_ttl_s = job_ttl_s
+        self.log_maxlen = log_maxlen
+        self._record_items = client.register_script(scripts.RECORD_ITEMS)
+        self._mark_running = client.register_script(scripts.MARK_RUNNING)
+        self._finish_job = client.register_script(scripts.FINISH_JOB)
+        self._add_images = client.register_script(scripts.ADD_IMAGES)
+
+    # -- jobs -------------------------------------------------------------------------------
+    def job_params(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(keys.job(job_id))
+        return job_params(raw) if raw else None
+
+    def job_counts(self, job_id: str) -> tuple[int, int]:
+        total, failed = self.redis.hmget(keys.job(job_id), "total", "failed")
+        return int(total or 0), int(failed or 0)
+
+    def mark_running(self, job_id: str) -> None:
+        self._mark_running(keys=[keys.job(job_id)], args=[utcnow()])
+
+    def inputs(self, job_id: str, indices: list[int]) -> list[JobInput | None]:
+        raw = self.redis.hmget(keys.job_inputs(job_id), [str(i) for i in indices])
+        return [JobInput.model_validate_json(r) if r else None for r in raw]
+
+    def upload(self, job_id: str, index: int) -> bytes | None:
+        return self.redis.get(keys.upload(job_id, index))
+
+    def drop_uploads(self, job_id: str, indices: list[int]) -> None:
+        if indices:
+            self.redis.delete(*(keys.upload(job_id, i) for i in indices))
+
+    def record_items(self, job_id: str, outcomes: list[tuple[ItemOutcome, ItemError | None]]) -> int:
+        """Returns 1 when every item of the job is now accounted for, 0 if not, -1 if the job is gone."""
+        args: list[Any] = [self.job_ttl_s]
+        for outcome, error in outcomes:
+            args += [str(outcome.index), outcome.model_dump_json(), error.model_dump_json() if error else ""]
+        return int(
+            self._record_items(keys=[keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)], args=args)
+        )
+
+    def finish_job(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> bool:
+        done = self._finish_job(
+            keys=[keys.job(job_id)],
+            args=[status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id)],
+        )
+        return int(done) == 1
+
+    def index_result(self, job_id: str) -> dict[str, Any]:
+        return index_result(self.redis.hgetall(keys.job_items(job_id)))
+
+    # -- collections ------------------------------------------------------------------------
+    def existing_ids(self, collection: str, image_ids: list[str]) -> set[str]:
+        if not image_ids:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for image_id in image_ids:
+            pipe.hexists(keys.images(collection), image_id)
+        return {i for i, there in zip(image_ids, pipe.execute(), strict=True) if there}
+
+    def collection_model(self, collection: str) -> tuple[str | None, int | None]:
+        model, dim = self.redis.hmget(keys.collection(collection), "model", "dim")
+        return (model.decode() if model else None), (int(dim) if dim else None)
+
+    def add_images(self, collection: str, model: str, dim: int, images: list[NewImage]) -> list[bool]:
+        """Store images atomically; per image True if created, False if it was already there."""
+        if not images:
+            return []
+        args: list[Any] = [model, dim, self.log_maxlen]
+        for img in images:
+            vec = np.ascontiguousarray(img.vector, dtype="<f4")
+            args += [img.record.image_id, img.record.model_dump_json(), vec.tobytes(), img.thumbnail]
+        out = self._add_images(
+            keys=[
+                keys.collection(collection),
+                keys.images(collection),
+                keys.vectors(collection),
+                keys.thumbnails(collection),
+                keys.log(collection),
+            ],
+            args=args,
+        )
+        if int(out[0]) == -2:
+            other = out[1].decode() if isinstance(out[1], bytes) else out[1]
+            raise Conflict(
+                f"collection {collection!r} was built with model {other!r}; this worker runs {model!r}",
+                code="model_mismatch",
+            )
+        return [bool(flag) for flag in out[1:]]
+
+    def stored_vector(self, collection: str, image_id: str) -> np.ndarray | None:
+        raw = self.redis.hget(keys.vectors(collection), image_id)
+        return np.frombuffer(raw, dtype="<f4").copy() if raw else None

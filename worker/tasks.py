@@ -1,0 +1,23 @@
+"""Celery tasks: thin wrappers that hand the process's runtime to pure functions."""
+
+from __future__ import annotations
+
+from celery import Task
+
+from shared.queueing import INDEX_CHUNK_TASK, SEARCH_TASK
+from worker import indexing, searching
+from worker.app import app, runtime_of
+
+
+# Both tasks are idempotent (content-addressed ids, HSETNX progress, first-finisher-wins), so a
+# message redelivered after a worker died is safe to run again.
+@app.task(name=INDEX_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def index_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
+    rt = runtime_of(self.app)
+    indexing.index_chunk(rt.store, rt.embedder, job_id, collection, indices, rt.settings.max_image_pixels)
+
+
+@app.task(name=SEARCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def search(self: Task, job_id: str, collection: str) -> None:
+    rt = runtime_of(self.app)
+    searching.run_search_job(rt.store, rt.embedder, rt.replicas, job_id, collection, rt.settings.max_image_pixels)
