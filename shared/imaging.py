@@ -19,6 +19,7 @@ from shared.errors import InvalidImage
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 THUMBNAIL_SIDE = 512
 DEFAULT_MAX_PIXELS = 50_000_000
+_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -90,14 +91,16 @@ def decode_image(
     """
     img = _open(data, max_pixels)
     fmt = img.format or "unknown"
+    width, height = img.size
     try:
+        if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # displayed rotated by 90 degrees
+            width, height = height, width
         if fmt == "GIF":
             img.seek(0)
         if fmt == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
             img.draft("RGB" if img.mode != "CMYK" else "CMYK", (draft_side, draft_side))
         img = ImageOps.exif_transpose(img)
         img.load()
-        width, height = img.size
         rgb = _to_rgb(img)
     except InvalidImage:
         raise

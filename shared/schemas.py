@@ -115,6 +115,7 @@ class SearchResult(BaseModel):
     message: str | None = None
     collection_size: int
     model: str
+    served_by: str | None = None  # the Celery worker that answered
 
 
 class CollectionInfo(BaseModel):

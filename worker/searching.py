@@ -82,7 +82,13 @@ def search(
 
 
 def run_search_job(
-    store: WorkerStore, embedder: Embedder, replicas: ReplicaSet, job_id: str, collection: str, max_pixels: int
+    store: WorkerStore,
+    embedder: Embedder,
+    replicas: ReplicaSet,
+    job_id: str,
+    collection: str,
+    max_pixels: int,
+    served_by: str | None = None,
 ) -> None:
     raw = store.job_params(job_id)
     if raw is None:
@@ -95,6 +101,7 @@ def run_search_job(
     )
     try:
         result = search(store, embedder, replicas, job_id, collection, params, max_pixels)
+        result.served_by = served_by
     except SimsearchError as exc:
         error = ItemError(
             index=0, filename=params.filename, image_id=params.image_id, error=exc.code, detail=exc.detail

@@ -20,4 +20,6 @@ def index_chunk(self: Task, job_id: str, collection: str, indices: list[int]) ->
 @app.task(name=SEARCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def search(self: Task, job_id: str, collection: str) -> None:
     rt = runtime_of(self.app)
-    searching.run_search_job(rt.store, rt.embedder, rt.replicas, job_id, collection, rt.settings.max_image_pixels)
+    searching.run_search_job(
+        rt.store, rt.embedder, rt.replicas, job_id, collection, rt.settings.max_image_pixels, self.request.hostname
+    )

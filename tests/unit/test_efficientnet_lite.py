@@ -1,0 +1,335 @@
+"""EfficientNet-Lite0 in Keras against an independent numpy forward pass of the PyTorch weights."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.models import efficientnet_lite as eff
+from shared.models import torch_pickle
+from shared.models.base import Embedder
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Straight from efficientnet_lite_pytorch/utils.py (efficientnet_lite(): block strings,
+# batch_norm_epsilon=1e-3, relu_fn='relu6'), kept separate from the module under test.
+TORCH_BLOCK_STRINGS = [
+    "r1_k3_s11_e1_i32_o16",
+    "r2_k3_s22_e6_i16_o24",
+    "r2_k5_s22_e6_i24_o40",
+    "r3_k3_s22_e6_i40_o80",
+    "r3_k5_s11_e6_i80_o112",
+    "r4_k5_s22_e6_i112_o192",
+    "r1_k3_s11_e6_i192_o320",
+]
+TORCH_BN_EPS = 1e-3
+
+
+# --- an independent numpy implementation of the PyTorch model (NHWC, float64) ------------------
+
+
+def torch_same_pad(x: np.ndarray, k: int, s: int) -> np.ndarray:
+    """Conv2dDynamicSamePadding: pad // 2 before, the rest after, so out = ceil(in / s)."""
+    pads = []
+    for size in x.shape[1:3]:
+        pad = max((math.ceil(size / s) - 1) * s + k - size, 0)
+        pads.append((pad // 2, pad - pad // 2))
+    return np.pad(x, [(0, 0), *pads, (0, 0)])
+
+
+def _windows(x: np.ndarray, k: int, s: int) -> tuple[np.ndarray, int, int]:
+    x = torch_same_pad(x, k, s)
+    oh, ow = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
+    return x, oh, ow
+
+
+def np_conv2d(x: np.ndarray, w_oihw: np.ndarray, s: int = 1) -> np.ndarray:
+    k = w_oihw.shape[2]
+    x, oh, ow = _windows(x, k, s)
+    out = np.zeros((x.shape[0], oh, ow, w_oihw.shape[0]))
+    for i in range(k):
+        for j in range(k):
+            patch = x[:, i : i + s * (oh - 1) + 1 : s, j : j + s * (ow - 1) + 1 : s, :]
+            out += patch @ w_oihw[:, :, i, j].T
+    return out
+
+
+def np_depthwise(x: np.ndarray, w_c1hw: np.ndarray, s: int = 1) -> np.ndarray:
+    k = w_c1hw.shape[2]
+    x, oh, ow = _windows(x, k, s)
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3]))
+    for i in range(k):
+        for j in range(k):
+            out += x[:, i : i + s * (oh - 1) + 1 : s, j : j + s * (ow - 1) + 1 : s, :] * w_c1hw[:, 0, i, j]
+    return out
+
+
+def np_bn(x: np.ndarray, sd: dict[str, np.ndarray], prefix: str) -> np.ndarray:
+    scale = sd[f"{prefix}.weight"] / np.sqrt(sd[f"{prefix}.running_var"].astype(np.float64) + TORCH_BN_EPS)
+    return (x - sd[f"{prefix}.running_mean"]) * scale + sd[f"{prefix}.bias"]
+
+
+def relu6(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, 0.0, 6.0)
+
+
+def torch_blocks() -> list[dict[str, int]]:
+    blocks = []
+    for text in TORCH_BLOCK_STRINGS:
+        o = {m[0]: int(m[1]) for m in re.findall(r"([a-z])(\d+)", text)}
+        for r in range(o["r"]):
+            first = r == 0
+            blocks.append(
+                {
+                    "k": o["k"],
+                    "s": o["s"] // 11 if first else 1,  # "s22" means stride (2, 2)
+                    "e": o["e"],
+                    "i": o["i"] if first else o["o"],
+                    "o": o["o"],
+                }
+            )
+    return blocks
+
+
+def np_forward(sd: dict[str, np.ndarray], x: np.ndarray, n_blocks: int = 16) -> dict[str, np.ndarray]:
+    """Stem, the first ``n_blocks`` MBConv blocks and (if all) the head; returns taps by name."""
+    taps: dict[str, np.ndarray] = {}
+    x = relu6(np_bn(np_conv2d(x.astype(np.float64), sd["_conv_stem.weight"], 2), sd, "_bn0"))
+    taps["stem"] = x
+    for idx, b in enumerate(torch_blocks()[:n_blocks]):
+        p = f"_blocks.{idx}"
+        h = x
+        if b["e"] != 1:
+            h = relu6(np_bn(np_conv2d(h, sd[f"{p}._expand_conv.weight"]), sd, f"{p}._bn0"))
+        h = relu6(np_bn(np_depthwise(h, sd[f"{p}._depthwise_conv.weight"], b["s"]), sd, f"{p}._bn1"))
+        h = np_bn(np_conv2d(h, sd[f"{p}._project_conv.weight"]), sd, f"{p}._bn2")
+        x = h + x if b["s"] == 1 and b["i"] == b["o"] else h
+        taps[f"block{idx}"] = x
+    if n_blocks == 16:
+        x = relu6(np_bn(np_conv2d(x, sd["_conv_head.weight"]), sd, "_bn1"))
+        taps["features"] = x.mean(axis=(1, 2))
+        taps["logits"] = taps["features"] @ sd["_fc.weight"].T.astype(np.float64) + sd["_fc.bias"]
+    return taps
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def state_dict() -> dict[str, np.ndarray]:
+    return torch_pickle.load_legacy_torch_state_dict(eff.imagenet_checkpoint_path())
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("simsearch_cache")
+
+
+@pytest.fixture(scope="session")
+def classifier(cache_dir: Path):
+    # The first build in the session converts the checkpoint and writes the cache.
+    return eff.build_efficientnet_lite0(include_top=True, input_size=224, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def embedder(classifier, cache_dir: Path) -> eff.EfficientNetLite0Embedder:
+    return eff.EfficientNetLite0Embedder("imagenet", 224, cache_dir)
+
+
+def load_photo(name: str, size: int = 224) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(DATA / name) as img:
+        return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+
+
+# --- tests --------------------------------------------------------------------------------------
+
+
+def test_import_does_not_load_tensorflow() -> None:
+    code = (
+        "import sys, shared.models.efficientnet_lite, shared.models.torch_pickle; "
+        "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+def test_preprocess() -> None:
+    x = np.array([[0, 127, 255]], dtype=np.uint8)
+    out = eff.preprocess(x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[-127 / 128, 0.0, 1.0]])
+
+
+def test_conv_kernel_mapping_matches_numpy_reference() -> None:
+    import keras
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 7, 9, 3)).astype(np.float32)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)  # OIHW, deliberately O != I
+    for stride in (1, 2):
+        layer = keras.layers.Conv2D(4, 3, strides=stride, padding="same", use_bias=False)
+        layer.build(x.shape)
+        layer.set_weights([eff.conv_kernel_to_keras(w)])
+        np.testing.assert_allclose(np.asarray(layer(x)), np_conv2d(x, w, stride), atol=1e-5)
+
+
+def test_depthwise_kernel_mapping_matches_numpy_reference() -> None:
+    import keras
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 8, 7, 5)).astype(np.float32)
+    w = rng.normal(size=(5, 1, 5, 5)).astype(np.float32)  # (C, 1, H, W)
+    assert eff.depthwise_kernel_to_keras(w).shape == (5, 5, 5, 1)
+    for stride in (1, 2):
+        layer = keras.layers.DepthwiseConv2D(5, strides=stride, padding="same", use_bias=False)
+        layer.build(x.shape)
+        layer.set_weights([eff.depthwise_kernel_to_keras(w)])
+        np.testing.assert_allclose(np.asarray(layer(x)), np_depthwise(x, w, stride), atol=1e-5)
+
+
+def test_dense_mapping() -> None:
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)  # torch Linear(3 -> 2)
+    kernel, _bias = eff.dense_to_keras({"fc.weight": w, "fc.bias": np.zeros(2, np.float32)}, "fc")
+    x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    np.testing.assert_allclose(x @ kernel, w @ x)
+
+
+def test_architecture(classifier) -> None:
+    assert classifier.input_shape == (None, 224, 224, 3)
+    assert classifier.output_shape == (None, 1000)
+    params = sum(int(np.prod(w.shape)) for w in classifier.trainable_weights)
+    assert params == 4_652_008
+    bns = [layer for layer in classifier.layers if layer.__class__.__name__ == "BatchNormalization"]
+    assert bns and all(bn.epsilon == 1e-3 and bn.momentum == 0.99 for bn in bns)
+
+
+@pytest.mark.parametrize(
+    ("photo", "low", "high"),
+    [("tabby_cat.jpg", 281, 285), ("labrador_puppy.jpg", 151, 268), ("giant_panda.jpg", 388, 388)],
+)
+def test_classifies_photos(classifier, photo: str, low: int, high: int) -> None:
+    logits = np.asarray(classifier(eff.preprocess(load_photo(photo)[None]), training=False))[0]
+    top5 = np.argsort(-logits)[:5]
+    print(f"{photo}: top-5 {top5.tolist()}")
+    assert any(low <= c <= high for c in top5), top5
+    assert low <= top5[0] <= high, "these photos are unambiguous: the top-1 class should be right"
+
+
+@pytest.mark.parametrize("input_size", [224, 100])
+def test_matches_numpy_reference(state_dict, classifier, cache_dir: Path, input_size: int) -> None:
+    import keras
+
+    # 100 px gives odd feature-map sizes (25, 13, 7), where asymmetric "same" padding matters.
+    model = (
+        classifier
+        if input_size == 224
+        else eff.build_efficientnet_lite0(True, input_size=input_size, cache_dir=cache_dir)
+    )
+    taps = [eff.STEM_OUTPUT, *(eff.block_output_name(i) for i in range(16)), eff.FEATURES_OUTPUT]
+    probe = keras.Model(model.input, [model.get_layer(name).output for name in taps] + [model.output])
+    x = np.random.default_rng(3).uniform(-1, 1, size=(2, input_size, input_size, 3)).astype(np.float32)
+
+    outputs = [np.asarray(o) for o in probe(x, training=False)]
+    ref = np_forward(state_dict, x)
+    expected = [ref["stem"], *(ref[f"block{i}"] for i in range(16)), ref["features"], ref["logits"]]
+
+    for name, got, want in zip([*taps, "logits"], outputs, expected, strict=True):
+        assert got.shape == want.shape, name
+        max_diff = float(np.abs(got - want).max())
+        print(f"{input_size}px {name}: max |keras - numpy| = {max_diff:.2e}")
+        tolerance = 1e-3 if name == "logits" else 1e-4  # logits sum 1280 products
+        assert max_diff < tolerance, name
+
+
+def test_cache_is_written_once_and_reused(classifier, cache_dir: Path, monkeypatch) -> None:
+    cache_file = cache_dir / eff.CACHE_FILENAME
+    assert cache_file.is_file()
+    assert not list(cache_dir.glob(".*.tmp.weights.h5")), "temporary file left behind"
+    mtime = cache_file.stat().st_mtime_ns
+
+    def must_not_read(path):
+        raise AssertionError(f"the checkpoint was read again: {path}")
+
+    monkeypatch.setattr(torch_pickle, "load_legacy_torch_state_dict", must_not_read)
+    features = eff.build_efficientnet_lite0(include_top=False, input_size=224, cache_dir=cache_dir)
+
+    assert cache_file.stat().st_mtime_ns == mtime
+    assert features.output_shape == (None, 1280)
+    x = np.random.default_rng(4).uniform(-1, 1, size=(1, 224, 224, 3)).astype(np.float32)
+    pooled = keras_features(classifier, x)
+    np.testing.assert_allclose(np.asarray(features(x, training=False)), pooled, atol=1e-5)
+
+
+def keras_features(classifier, x: np.ndarray) -> np.ndarray:
+    import keras
+
+    sub = keras.Model(classifier.input, classifier.get_layer(eff.FEATURES_OUTPUT).output)
+    return np.asarray(sub(x, training=False))
+
+
+def test_stale_cache_is_rebuilt(tmp_path: Path, monkeypatch) -> None:
+    import h5py
+
+    calls = []
+    real_reader = torch_pickle.load_legacy_torch_state_dict
+
+    def counting_reader(path):
+        calls.append(path)
+        return real_reader(path)
+
+    monkeypatch.setattr(torch_pickle, "load_legacy_torch_state_dict", counting_reader)
+    eff.build_efficientnet_lite0(include_top=False, input_size=64, cache_dir=tmp_path)
+    eff.build_efficientnet_lite0(include_top=True, input_size=64, cache_dir=tmp_path)
+    assert len(calls) == 1
+
+    with h5py.File(tmp_path / eff.CACHE_FILENAME, "a") as f:
+        f.attrs["simsearch_source"] = "some older layout"
+    eff.build_efficientnet_lite0(include_top=False, input_size=64, cache_dir=tmp_path)
+    assert len(calls) == 2
+
+
+def test_random_weights_are_deterministic() -> None:
+    a = eff.build_efficientnet_lite0(include_top=False, input_size=64, weights="random")
+    b = eff.build_efficientnet_lite0(include_top=False, input_size=64, weights="random")
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")  # the fallback path
+def test_weights_file_round_trip(embedder, tmp_path: Path) -> None:
+    path = tmp_path / "features_only.weights.h5"
+    embedder._model.save_weights(path)
+    restored = eff.build_efficientnet_lite0(include_top=False, input_size=224, weights=str(path))
+    for wa, wb in zip(embedder._model.get_weights(), restored.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    with pytest.raises(ValueError):
+        eff.build_efficientnet_lite0(include_top=True, input_size=224, weights=str(path))
+
+
+def test_embedder(embedder, classifier) -> None:
+    as_protocol: Embedder = embedder  # type-checked conformance; Embedder is not runtime_checkable
+    assert (as_protocol.name, as_protocol.dim, as_protocol.input_size) == ("efficientnet-lite0", 1280, 224)
+
+    images = np.stack([load_photo(p) for p in ("tabby_cat.jpg", "labrador_puppy.jpg", "giant_panda.jpg")])
+    vectors = embedder.embed(images)
+    assert vectors.shape == (3, 1280) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    pooled = keras_features(classifier, eff.preprocess(images))
+    expected = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    # Batch composition must not change a row (no batch statistics at inference).
+    np.testing.assert_allclose(embedder.embed(images[1:2])[0], vectors[1], atol=1e-5)
+    assert embedder.embed(images[:0]).shape == (0, 1280)
+    with pytest.raises(ValueError):
+        embedder.embed(images[:, :100])
