@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Start redis-server (unless REDIS_URL already answers), one Celery worker and the API, in the
+# foreground. Ctrl-C stops all three.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+# ResNet50's ImageNet weights need the Keras download host or a file you provide (see README);
+# EfficientNet-Lite0's come with pip, so the local stack works offline unless you choose otherwise.
+export EMBEDDING_MODEL="${EMBEDDING_MODEL:-efficientnet-lite0}"
+API_PORT="${API_PORT:-8000}"
+STATE_DIR="${STATE_DIR:-.local-stack}"
+mkdir -p "$STATE_DIR"
+
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+if ! python3 -c "import redis,os; redis.Redis.from_url(os.environ['REDIS_URL']).ping()" 2>/dev/null; then
+  port=$(python3 -c "from urllib.parse import urlparse; import os; print(urlparse(os.environ['REDIS_URL']).port or 6379)")
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$STATE_DIR" --appendonly yes --save "" &
+  pids+=($!)
+  for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+celery -A worker.app worker -l INFO &
+pids+=($!)
+uvicorn api.main:app --host 0.0.0.0 --port "$API_PORT" &
+pids+=($!)
+echo "simsearch: API on http://localhost:${API_PORT} (model ${EMBEDDING_MODEL}); Ctrl-C stops everything"
+wait -n "${pids[@]}"
