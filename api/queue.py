@@ -30,5 +30,11 @@ class TaskQueue:
 
         await anyio.to_thread.run_sync(publish)
 
+    async def send_chunks(self, name: str, job_id: str, collection: str, total: int, size: int, queue: str) -> None:
+        """One task per chunk of item indices: chunks spread a job over every worker, and each is
+        one forward pass."""
+        chunks = [[job_id, collection, list(range(i, min(i + size, total)))] for i in range(0, total, size)]
+        await self.send_many(name, chunks, queue)
+
     def close(self) -> None:
         self.celery.close()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.imaging import DEFAULT_MAX_PIXELS
+from shared.models.registry import MODELS
 from shared.settings import CommonSettings
 
 
 class ApiSettings(CommonSettings):
+    # The model the workers run (same variable as theirs): collections built with another one are
+    # refused with 409 until they are re-embedded.
+    embedding_model: str = "resnet50"
     max_request_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_files_per_request: int = Field(default=1000, ge=1)
@@ -17,3 +21,10 @@ class ApiSettings(CommonSettings):
     max_k: int = Field(default=1000, ge=1)
     max_wait_seconds: float = Field(default=30.0, ge=0, le=300)
     redis_timeout_s: float = Field(default=3.0, gt=0)
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown EMBEDDING_MODEL {value!r}; choose one of {sorted(MODELS)}")
+        return value

@@ -96,6 +96,9 @@ class ApiStore:
     async def thumbnail(self, collection: str, image_id: str) -> bytes | None:
         return await self.redis.hget(keys.thumbnails(collection), image_id)
 
+    async def image_ids(self, collection: str) -> list[str]:
+        return sorted(_s(i) for i in await self.redis.hkeys(keys.images(collection)))
+
     async def image_exists(self, collection: str, image_id: str) -> bool:
         return bool(await self.redis.hexists(keys.images(collection), image_id))
 

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Service, labelled_images, reencode  # noqa: E402
+from common import Service, labelled_images, reencode
 
 
 def main() -> int:
@@ -35,16 +35,20 @@ def main() -> int:
     started = time.perf_counter()
     job = service.index(collection, files)
     took = time.perf_counter() - started
-    print(f"indexed {job['progress']['done']}/{args.count} photos in one request: {job['status']}, "
-          f"{took:.1f}s ({args.count / took:.1f} images/s end to end)")
+    print(
+        f"indexed {job['progress']['done']}/{args.count} photos in one request: {job['status']}, "
+        f"{took:.1f}s ({args.count / took:.1f} images/s end to end)"
+    )
     hits = 0
     for name, data in rng.sample(files, args.queries):
         expected = hashlib.sha256(data).hexdigest()[:32]
         result = service.search(collection, reencode(data, 0.8, 70), k=5)["result"]
         top = result["matches"][0]
         hits += top["image_id"] == expected
-        print(f"  {name:24s} top-1 {top['filename']:24s} similarity {top['similarity']:.4f} "
-              f"{'OK' if top['image_id'] == expected else 'MISS'}")
+        print(
+            f"  {name:24s} top-1 {top['filename']:24s} similarity {top['similarity']:.4f} "
+            f"{'OK' if top['image_id'] == expected else 'MISS'}"
+        )
     print(f"re-encoded copies found as top-1: {hits}/{args.queries}")
     return 0 if hits == args.queries else 1
 

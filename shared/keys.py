@@ -21,12 +21,16 @@ def vectors(name: str) -> str:
     return f"ss:c:{name}:vectors"  # hash: image_id -> float32 bytes (L2-normalised)
 
 
+def staged_vectors(name: str) -> str:
+    return f"ss:c:{name}:vectors:next"  # hash: vectors of a re-embed job, swapped in when it ends
+
+
 def thumbnails(name: str) -> str:
     return f"ss:c:{name}:thumbs"  # hash: image_id -> JPEG bytes
 
 
 def log(name: str) -> str:
-    return f"ss:c:{name}:log"  # stream of {op: add|del, id}: what replicas replay
+    return f"ss:c:{name}:log"  # stream of {op: add|del|reset, id}: what replicas replay
 
 
 def job(job_id: str) -> str:

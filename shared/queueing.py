@@ -11,6 +11,7 @@ INDEX_QUEUE = "index"
 SEARCH_QUEUE = "search"
 INDEX_CHUNK_TASK = "simsearch.index_chunk"
 SEARCH_TASK = "simsearch.search"
+REEMBED_CHUNK_TASK = "simsearch.reembed_chunk"
 
 
 def celery_config(redis_url: str, visibility_timeout_s: int = 1200) -> dict[str, Any]:
@@ -23,7 +24,11 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 1200) -> dict[str,
         "task_ignore_result": True,  # job state lives in our own job records
         "result_expires": 3600,
         "task_default_queue": INDEX_QUEUE,
-        "task_routes": {INDEX_CHUNK_TASK: {"queue": INDEX_QUEUE}, SEARCH_TASK: {"queue": SEARCH_QUEUE}},
+        "task_routes": {
+            INDEX_CHUNK_TASK: {"queue": INDEX_QUEUE},
+            REEMBED_CHUNK_TASK: {"queue": INDEX_QUEUE},
+            SEARCH_TASK: {"queue": SEARCH_QUEUE},
+        },
         # An unacknowledged message comes back after this long if its whole worker vanished;
         # it must outlast the longest task.
         "broker_transport_options": {"visibility_timeout": visibility_timeout_s},

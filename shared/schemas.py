@@ -20,6 +20,7 @@ def utcnow() -> str:
 class JobType(StrEnum):
     index = "index"
     search = "search"
+    reembed = "reembed"
 
 
 class JobStatus(StrEnum):
@@ -37,6 +38,7 @@ class JobStatus(StrEnum):
 class ItemStatus(StrEnum):
     created = "created"
     existing = "existing"
+    skipped = "skipped"  # re-embed: the image was deleted while the job ran
     failed = "failed"
 
 

@@ -54,12 +54,13 @@ return 1
 
 # KEYS: collection, images, vectors, thumbs, log.
 # ARGV: model, dim, log maxlen, then quadruplets (image_id, record JSON, vector bytes, thumbnail bytes).
+# An empty collection takes the model of whoever adds to it first.
 # Returns {code, flags...}: code -2 on a model mismatch (nothing written), else 1 and per image
 # 1 = created, 0 = already there. The log entry is what makes replicas see the image.
 ADD_IMAGES = """
 local model = redis.call('HGET', KEYS[1], 'model')
-if model and model ~= ARGV[1] then return {-2, model} end
-if not model then redis.call('HSET', KEYS[1], 'model', ARGV[1], 'dim', ARGV[2]) end
+if model and model ~= ARGV[1] and redis.call('HLEN', KEYS[2]) > 0 then return {-2, model} end
+if model ~= ARGV[1] then redis.call('HSET', KEYS[1], 'model', ARGV[1], 'dim', ARGV[2]) end
 local out = {1}
 for i = 4, #ARGV, 4 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
@@ -80,5 +81,20 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'op', 'del', 'id', ARGV[1])
+return 1
+"""
+
+# KEYS: collection, vectors, staged vectors, log. ARGV: model, dim, log maxlen.
+# Ends a re-embed job: the staged vectors become the collection's, and a 'reset' entry tells every
+# replica to rebuild rather than patch.
+SWAP_VECTORS = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('RENAME', KEYS[3], KEYS[2])
+  redis.call('PERSIST', KEYS[2])
+else
+  redis.call('DEL', KEYS[2])
+end
+redis.call('HSET', KEYS[1], 'model', ARGV[1], 'dim', ARGV[2])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'op', 'reset', 'id', '*')
 return 1
 """

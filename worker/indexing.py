@@ -6,6 +6,7 @@ Pure of Celery: the task passes in the store and embedder, so this runs in tests
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,26 +30,25 @@ class Pending:
     decoded: DecodedImage
 
 
-def _failed(index: int, filename: str, image_id: str, code: str, detail: str) -> Outcome:
+def failed(index: int, filename: str, image_id: str, code: str, detail: str) -> Outcome:
     outcome = ItemOutcome(index=index, filename=filename, image_id=image_id, status=ItemStatus.failed)
     return outcome, ItemError(index=index, filename=filename, image_id=image_id, error=code, detail=detail)
 
 
-def _ok(index: int, inp: JobInput, status: ItemStatus) -> Outcome:
+def ok(index: int, inp: JobInput, status: ItemStatus) -> Outcome:
     return ItemOutcome(index=index, filename=inp.filename, image_id=inp.image_id, status=status), None
 
 
-def _decode(store: WorkerStore, job_id: str, index: int, inp: JobInput, max_pixels: int) -> Pending | Outcome:
-    data = store.upload(job_id, index)
+def decode_item(index: int, inp: JobInput, data: bytes | None, max_pixels: int) -> Pending | Outcome:
     if data is None:
-        return _failed(index, inp.filename, inp.image_id, "upload_expired", "the uploaded bytes are gone")
+        return failed(index, inp.filename, inp.image_id, "upload_expired", "the uploaded bytes are gone")
     try:
         return Pending(index, inp, decode_image(data, max_pixels=max_pixels))
     except InvalidImage as exc:
-        return _failed(index, inp.filename, inp.image_id, exc.code, exc.detail)
+        return failed(index, inp.filename, inp.image_id, exc.code, exc.detail)
     except Exception as exc:  # a decoder bug must fail this item, not the batch
-        log.exception("unexpected error decoding item %d of job %s", index, job_id)
-        return _failed(index, inp.filename, inp.image_id, "decode_error", f"{type(exc).__name__}: {exc}")
+        log.exception("unexpected error decoding item %d (%s)", index, inp.filename)
+        return failed(index, inp.filename, inp.image_id, "decode_error", f"{type(exc).__name__}: {exc}")
 
 
 def _embed_and_store(store: WorkerStore, embedder: Embedder, collection: str, pending: list[Pending]) -> list[Outcome]:
@@ -74,9 +74,21 @@ def _embed_and_store(store: WorkerStore, embedder: Embedder, collection: str, pe
     ]
     created = store.add_images(collection, embedder.name, embedder.dim, new_images)
     return [
-        _ok(p.index, p.input, ItemStatus.created if new else ItemStatus.existing)
+        ok(p.index, p.input, ItemStatus.created if new else ItemStatus.existing)
         for p, new in zip(pending, created, strict=True)
     ]
+
+
+def guarded(pending: list[Pending], step: Callable[[], list[Outcome]]) -> list[Outcome]:
+    """Run the batch step; if it raises, every item of the batch fails with the reason (logged)."""
+    try:
+        return step()
+    except SimsearchError as exc:
+        return [failed(p.index, p.input.filename, p.input.image_id, exc.code, exc.detail) for p in pending]
+    except Exception as exc:
+        log.exception("a batch of %d items failed", len(pending))
+        detail = f"{type(exc).__name__}: {exc}"
+        return [failed(p.index, p.input.filename, p.input.image_id, "embedding_error", detail) for p in pending]
 
 
 def index_chunk(
@@ -89,25 +101,16 @@ def index_chunk(
     pending: list[Pending] = []
     for index, inp in zip(indices, inputs, strict=True):
         if inp is None:
-            outcomes.append(_failed(index, "", "", "missing_input", "the job's record of this item is gone"))
+            outcomes.append(failed(index, "", "", "missing_input", "the job's record of this item is gone"))
         elif inp.rejected is not None:
-            outcomes.append(_failed(index, inp.filename, inp.image_id, inp.rejected.error, inp.rejected.detail))
+            outcomes.append(failed(index, inp.filename, inp.image_id, inp.rejected.error, inp.rejected.detail))
         elif inp.image_id in existing:
-            outcomes.append(_ok(index, inp, ItemStatus.existing))
+            outcomes.append(ok(index, inp, ItemStatus.existing))
         else:
-            step = _decode(store, job_id, index, inp, max_pixels)
+            step = decode_item(index, inp, store.upload(job_id, index), max_pixels)
             (pending if isinstance(step, Pending) else outcomes).append(step)
     if pending:
-        try:
-            outcomes += _embed_and_store(store, embedder, collection, pending)
-        except SimsearchError as exc:
-            outcomes += [_failed(p.index, p.input.filename, p.input.image_id, exc.code, exc.detail) for p in pending]
-        except Exception as exc:
-            log.exception("embedding a chunk of job %s failed", job_id)
-            detail = f"{type(exc).__name__}: {exc}"
-            outcomes += [
-                _failed(p.index, p.input.filename, p.input.image_id, "embedding_error", detail) for p in pending
-            ]
+        outcomes += guarded(pending, lambda: _embed_and_store(store, embedder, collection, pending))
     complete = store.record_items(job_id, outcomes)
     store.drop_uploads(job_id, indices)
     if complete == 1:

@@ -89,7 +89,8 @@ class ReplicaSet:
         return replica
 
     def _catch_up(self, collection: str, replica: Replica) -> bool:
-        """Apply log entries after `last_id`. False if some were trimmed away before we read them."""
+        """Apply log entries after `last_id`. False if the replica must be rebuilt instead: entries
+        were trimmed away before we read them, or the vectors were replaced wholesale."""
         while True:
             entries = self.redis.xrange(keys.log(collection), min=f"({replica.last_id}", count=self.batch)
             if not entries:
@@ -97,6 +98,8 @@ class ReplicaSet:
             if replica.last_id != "0-0" and self._trimmed_past(collection, replica.last_id):
                 return False
             final, last_id = fold_log(entries)
+            if "reset" in final.values():  # vectors were swapped wholesale (re-embed): start over
+                return False
             added = [i for i, op in final.items() if op == "add"]
             removed = [i for i, op in final.items() if op == "del"]
             replica.index.remove(removed)

@@ -116,3 +116,47 @@ class WorkerStore:
     def stored_vector(self, collection: str, image_id: str) -> np.ndarray | None:
         raw = self.redis.hget(keys.vectors(collection), image_id)
         return np.frombuffer(raw, dtype="<f4").copy() if raw else None
+
+    # -- re-embedding -----------------------------------------------------------------------
+    def thumbnails(self, collection: str, image_ids: list[str]) -> list[bytes | None]:
+        return self.redis.hmget(keys.thumbnails(collection), image_ids) if image_ids else []
+
+    def stage_vectors(self, collection: str, image_ids: list[str], vectors: np.ndarray) -> None:
+        staged = keys.staged_vectors(collection)
+        mapping = {i: np.ascontiguousarray(v, dtype="<f4").tobytes() for i, v in zip(image_ids, vectors, strict=True)}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(staged, mapping=mapping)
+        pipe.expire(staged, self.job_ttl_s)  # an abandoned re-embed must not leak its vectors
+        pipe.execute()
+
+    def swap_vectors(self, collection: str, model: str, dim: int) -> list[str]:
+        """Make the staged vectors the collection's. Images without a new vector (their re-embed
+        failed) leave the collection and are returned; staged vectors of images deleted meanwhile
+        are discarded."""
+        staged = {k.decode() for k in self.redis.hkeys(keys.staged_vectors(collection))}
+        current = {k.decode() for k in self.redis.hkeys(keys.images(collection))}
+        if stale := staged - current:
+            self.redis.hdel(keys.staged_vectors(collection), *stale)
+        dropped = sorted(current - staged)
+        delete = self.redis.register_script(scripts.DELETE_IMAGE)
+        for image_id in dropped:
+            delete(
+                keys=[
+                    keys.images(collection),
+                    keys.vectors(collection),
+                    keys.thumbnails(collection),
+                    keys.log(collection),
+                ],
+                args=[image_id, self.log_maxlen],
+            )
+        swap = self.redis.register_script(scripts.SWAP_VECTORS)
+        swap(
+            keys=[
+                keys.collection(collection),
+                keys.vectors(collection),
+                keys.staged_vectors(collection),
+                keys.log(collection),
+            ],
+            args=[model, dim, self.log_maxlen],
+        )
+        return dropped

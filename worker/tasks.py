@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Task
 
-from shared.queueing import INDEX_CHUNK_TASK, SEARCH_TASK
-from worker import indexing, searching
+from shared.queueing import INDEX_CHUNK_TASK, REEMBED_CHUNK_TASK, SEARCH_TASK
+from worker import indexing, reembedding, searching
 from worker.app import app, runtime_of
 
 
@@ -23,3 +23,9 @@ def search(self: Task, job_id: str, collection: str) -> None:
     searching.run_search_job(
         rt.store, rt.embedder, rt.replicas, job_id, collection, rt.settings.max_image_pixels, self.request.hostname
     )
+
+
+@app.task(name=REEMBED_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def reembed_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
+    rt = runtime_of(self.app)
+    reembedding.reembed_chunk(rt.store, rt.embedder, job_id, collection, indices, rt.settings.max_image_pixels)

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter
 
-from api.deps import CollectionName, StoreDep
-from shared.errors import NotFound
-from shared.schemas import CollectionInfo
+from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
+from api.store import Upload
+from shared.errors import Conflict, NotFound
+from shared.models.registry import MODELS
+from shared.queueing import INDEX_QUEUE, REEMBED_CHUNK_TASK
+from shared.schemas import CollectionInfo, JobAccepted, JobInput, JobType
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -20,3 +25,26 @@ async def get_collection(collection: CollectionName, store: StoreDep) -> Collect
     if info is None:
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
     return info
+
+
+@router.post("/{collection}/reembed", status_code=202, response_model=JobAccepted)
+async def reembed_collection(
+    collection: CollectionName, store: StoreDep, queue: QueueDep, settings: SettingsDep
+) -> JobAccepted:
+    """Recompute every vector with the model this deployment runs (from the stored renditions).
+
+    Searches and new images are refused (409) until the job swaps the new vectors in at once.
+    """
+    info = await store.collection(collection)
+    if info is None:
+        raise NotFound(f"no collection {collection!r}", code="collection_not_found")
+    ids = await store.image_ids(collection)
+    if not ids:
+        raise Conflict("the collection is empty: its first image sets its model", code="nothing_to_reembed")
+    spec = MODELS[settings.embedding_model]
+    job_id = uuid.uuid4().hex
+    uploads = [Upload(JobInput(filename="", image_id=i, size=0), None) for i in ids]
+    params = {"collection": collection, "model": spec.name, "dim": spec.dim}
+    await store.create_job(job_id, JobType.reembed, collection, params, uploads)
+    await queue.send_chunks(REEMBED_CHUNK_TASK, job_id, collection, len(ids), settings.index_chunk_size, INDEX_QUEUE)
+    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(ids))

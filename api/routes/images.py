@@ -4,6 +4,7 @@ import uuid
 
 from fastapi import APIRouter, Request, Response
 
+from api.compat import require_current_model
 from api.deps import CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
 from api.uploads import files_of, parse_metadata, read_form, to_uploads
 from shared.errors import InvalidRequest, NotFound
@@ -36,6 +37,7 @@ async def index_images(
     collection: CollectionName, request: Request, store: StoreDep, queue: QueueDep, settings: SettingsDep
 ) -> JobAccepted:
     """Queue a batch of images for indexing; poll the returned job for progress and result."""
+    require_current_model(await store.collection(collection), settings)
     form = await read_form(request, settings)
     files = files_of(form, "files")
     if not files:
@@ -43,10 +45,7 @@ async def index_images(
     uploads = await to_uploads(files, parse_metadata(form), settings)
     job_id = uuid.uuid4().hex
     await store.create_job(job_id, JobType.index, collection, {"collection": collection}, uploads)
-    # Chunks spread a batch over every worker; each chunk is one forward pass.
-    size = settings.index_chunk_size
-    chunks = [[job_id, collection, list(range(i, min(i + size, len(uploads))))] for i in range(0, len(uploads), size)]
-    await queue.send_many(INDEX_CHUNK_TASK, chunks, INDEX_QUEUE)
+    await queue.send_chunks(INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
 
 

@@ -5,6 +5,7 @@ import uuid
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.compat import require_current_model
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.store import Upload
 from api.uploads import files_of, read_form
@@ -63,8 +64,10 @@ async def search(
     """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`)."""
     if k > settings.max_k:
         raise InvalidRequest(f"k is at most {settings.max_k}", code="k_too_large")
-    if not await store.collection_exists(collection):
+    info = await store.collection(collection)
+    if info is None:
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
+    require_current_model(info, settings)
     content_type = request.headers.get("content-type", "")
     params = SearchParams(k=k, min_similarity=min_similarity)
     uploads: list[Upload] = []
