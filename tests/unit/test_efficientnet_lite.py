@@ -140,7 +140,8 @@ def classifier(cache_dir: Path):
 
 @pytest.fixture(scope="session")
 def embedder(classifier, cache_dir: Path) -> eff.EfficientNetLite0Embedder:
-    return eff.EfficientNetLite0Embedder("imagenet", 224, cache_dir)
+    # Average pooling: the classifier's own pooled features are the reference.
+    return eff.EfficientNetLite0Embedder("imagenet", 224, cache_dir, pooling="avg")
 
 
 def load_photo(name: str, size: int = 224) -> np.ndarray:
@@ -333,3 +334,18 @@ def test_embedder(embedder, classifier) -> None:
     assert embedder.embed(images[:0]).shape == (0, 1280)
     with pytest.raises(ValueError):
         embedder.embed(images[:, :100])
+
+
+def test_gem_pooling_is_the_default_and_correct(classifier, cache_dir: Path) -> None:
+    import keras
+
+    photos = np.stack([load_photo("tabby_cat.jpg"), load_photo("giant_panda.jpg")])
+    fmap_model = keras.Model(classifier.input, classifier.get_layer(eff.FEATURES_OUTPUT).input)
+    fmap = np.asarray(fmap_model(eff.preprocess(photos), training=False)).astype(np.float64)
+    gem = np.cbrt(np.mean(np.maximum(fmap, eff.GEM_EPS) ** 3, axis=(1, 2)))
+    expected = gem / np.linalg.norm(gem, axis=1, keepdims=True)
+    embedder = eff.EfficientNetLite0Embedder("imagenet", 224, cache_dir)
+    assert embedder.pooling == "gem"
+    np.testing.assert_allclose(embedder.embed(photos), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        eff.EfficientNetLite0Embedder("imagenet", 224, cache_dir, pooling="max")
