@@ -84,7 +84,7 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_worker(redis_url: str, workdir: Path, name: str, ready_timeout: float = 180, **extra: str) -> Service:
-    env = service_env(redis_url, EMBEDDING_WEIGHTS="random", **extra)
+    env = service_env(redis_url, **{"EMBEDDING_WEIGHTS": "random", **extra})
     log = workdir / f"worker-{name}.log"
     cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", f"{name}@%h", "-l", "INFO"]
     service = _spawn(cmd, env, log, name)

@@ -36,7 +36,16 @@ def test_model_mismatch_then_reembed(own_redis: tuple[str, Path]) -> None:
         api.stop()
         worker.stop()
 
-    worker = start_worker(url, workdir, "lite", EMBEDDING_MODEL="efficientnet-lite0")
+    # Real (pip-shipped) weights: the vectors are re-made from 512 px renditions, and random
+    # weights are too weak to match those to the original bytes.
+    worker = start_worker(
+        url,
+        workdir,
+        "lite",
+        EMBEDDING_MODEL="efficientnet-lite0",
+        EMBEDDING_WEIGHTS="imagenet",
+        SIMSEARCH_CACHE_DIR=str(workdir / "cache"),
+    )
     api, base = start_api(url, workdir, EMBEDDING_MODEL="efficientnet-lite0")
     try:
         with httpx.Client(base_url=base, timeout=60) as client:
