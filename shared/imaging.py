@@ -28,6 +28,8 @@ class DecodedImage:
     format: str
     width: int  # of the original, after orientation
     height: int
+    source_mode: str = "RGB"  # the file's own colour mode
+    oriented: bool = False  # EXIF said to rotate or flip it
 
 
 def content_id(data: bytes) -> str:
@@ -92,8 +94,10 @@ def decode_image(
     img = _open(data, max_pixels)
     fmt = img.format or "unknown"
     width, height = img.size
+    source_mode = img.mode
     try:
-        if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8):  # displayed rotated by 90 degrees
+        orientation = img.getexif().get(_ORIENTATION, 1)
+        if orientation in (5, 6, 7, 8):  # displayed rotated by 90 degrees
             width, height = height, width
         if fmt == "GIF":
             img.seek(0)
@@ -108,7 +112,9 @@ def decode_image(
         raise InvalidImage(f"corrupt or truncated image data: {exc}") from exc
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"image has too many pixels: {exc}") from exc
-    return DecodedImage(image=rgb, format=fmt, width=width, height=height)
+    return DecodedImage(
+        image=rgb, format=fmt, width=width, height=height, source_mode=source_mode, oriented=orientation != 1
+    )
 
 
 def to_model_input(img: Image.Image, side: int) -> np.ndarray:
@@ -126,3 +132,12 @@ def make_thumbnail(img: Image.Image, max_side: int = THUMBNAIL_SIDE, quality: in
     out = io.BytesIO()
     thumb.save(out, format="JPEG", quality=quality, optimize=True)
     return out.getvalue()
+
+
+def rendition(data: bytes, decoded: DecodedImage, max_side: int = THUMBNAIL_SIDE) -> bytes:
+    """What `…/content` serves. A small, upright RGB JPEG is kept as uploaded: re-encoding it would
+    only cost time and quality. Anything else becomes a JPEG of at most `max_side` pixels."""
+    small = max(decoded.width, decoded.height) <= max_side
+    if decoded.format == "JPEG" and small and decoded.source_mode == "RGB" and not decoded.oriented:
+        return data
+    return make_thumbnail(decoded.image, max_side)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.errors import InvalidImage, SimsearchError
-from shared.imaging import DecodedImage, decode_image, make_thumbnail, to_model_input
+from shared.imaging import DecodedImage, decode_image, rendition, to_model_input
 from shared.jobs import final_status
 from shared.models.base import Embedder
 from shared.schemas import ImageRecord, ItemError, ItemOutcome, ItemStatus, JobInput, utcnow
@@ -28,6 +28,7 @@ class Pending:
     index: int
     input: JobInput
     decoded: DecodedImage
+    data: bytes
 
 
 def failed(index: int, filename: str, image_id: str, code: str, detail: str) -> Outcome:
@@ -43,7 +44,7 @@ def decode_item(index: int, inp: JobInput, data: bytes | None, max_pixels: int) 
     if data is None:
         return failed(index, inp.filename, inp.image_id, "upload_expired", "the uploaded bytes are gone")
     try:
-        return Pending(index, inp, decode_image(data, max_pixels=max_pixels))
+        return Pending(index, inp, decode_image(data, max_pixels=max_pixels), data)
     except InvalidImage as exc:
         return failed(index, inp.filename, inp.image_id, exc.code, exc.detail)
     except Exception as exc:  # a decoder bug must fail this item, not the batch
@@ -68,7 +69,7 @@ def _embed_and_store(store: WorkerStore, embedder: Embedder, collection: str, pe
                 created_at=now,
             ),
             vector=vec,
-            thumbnail=make_thumbnail(p.decoded.image),
+            thumbnail=rendition(p.data, p.decoded),
         )
         for p, vec in zip(pending, vectors, strict=True)
     ]

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import redis
 
-from shared.models.base import Embedder
+from shared.models.base import NetworkEmbedder
 from shared.models.registry import get_model_spec
+from worker.inference import build_embedder
 from worker.replica import ReplicaSet
 from worker.settings import WorkerSettings
 from worker.store import WorkerStore
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 class WorkerRuntime:
     settings: WorkerSettings
     store: WorkerStore
-    embedder: Embedder
+    embedder: NetworkEmbedder
     replicas: ReplicaSet
 
     @classmethod
@@ -31,7 +32,10 @@ class WorkerRuntime:
         threads = settings.threads
         _configure_tensorflow(threads)
         spec = get_model_spec(settings.embedding_model)
-        embedder = spec.build(settings.embedding_weights, settings.model_input_size, settings.cache_dir)
+        network = spec.build(settings.embedding_weights, settings.model_input_size, settings.cache_dir)
+        embedder = build_embedder(
+            network, settings.inference_backend, settings.inference_precision, settings.cache_dir, threads
+        )
         client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
         runtime = cls(
             settings=settings,
@@ -40,11 +44,13 @@ class WorkerRuntime:
             replicas=ReplicaSet(client, settings.replica_batch),
         )
         log.info(
-            "worker process %d ready: model=%s weights=%s input=%d threads=%d (%.1fs)",
+            "worker process %d ready: model=%s weights=%s input=%d backend=%s/%s threads=%d (%.1fs)",
             os.getpid(),
             spec.name,
             settings.embedding_weights,
             embedder.input_size,
+            embedder.runner.backend,
+            embedder.runner.precision,
             threads,
             time.perf_counter() - started,
         )

@@ -18,6 +18,9 @@ class WorkerSettings(CommonSettings):
     embedding_weights: str = "imagenet"
     input_size: int | None = Field(default=None, ge=32, le=1024)
     cache_dir: Path = Path(os.environ.get("SIMSEARCH_CACHE_DIR", Path.home() / ".cache" / "simsearch"))
+    # auto | tensorflow | openvino (see worker/inference.py); auto | int8 | bf16 | f32.
+    inference_backend: str = "auto"
+    inference_precision: str = "auto"
     # Threads for the forward pass; 0 = the CPUs this process may use.
     inference_threads: int = Field(default=0, ge=0)
     worker_concurrency: int = Field(default=1, ge=1)

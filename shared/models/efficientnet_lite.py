@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shared.models.base import l2_normalise
+from shared.models.base import Network, NetworkEmbedder, TensorFlowRunner
 
 if TYPE_CHECKING:
     import keras
@@ -378,48 +378,53 @@ def build_efficientnet_lite0(
 # Embedder
 
 
-class EfficientNetLite0Embedder:
-    """``Embedder`` producing L2-normalised 1280-d EfficientNet-Lite0 features.
+def _weights_id(weights: str | None) -> str:
+    if weights in (None, "random"):
+        return "random:seed0"
+    if weights == "imagenet":
+        return _cache_tag(imagenet_checkpoint_path())
+    stat = Path(weights).stat()
+    return f"{Path(weights).name}:{stat.st_size}:{int(stat.st_mtime)}"
 
-    Pooling of the final 1280-channel feature map is generalised-mean (p = 3) by default: on the
-    animals benchmark it beat plain average pooling (see README, bench/quality.py) at no cost.
+
+def build_network(weights: str, input_size: int, cache_dir: Path | None = None, pooling: str = "gem") -> Network:
+    """The embedding graph: preprocessed input -> 1280-d pooled features.
+
+    Pooling of the final feature map is generalised-mean (p = 3) by default: on the animals
+    benchmark it beat plain average pooling (README, bench/quality.py) at no cost. It is part of
+    the graph, so every inference backend runs the same computation.
     """
+    import keras
+    from keras import layers, ops
 
-    name = "efficientnet-lite0"
-    dim = HEAD_FILTERS
+    if pooling not in ("gem", "avg"):
+        raise ValueError(f"pooling must be 'gem' or 'avg', not {pooling!r}")
+    features = build_efficientnet_lite0(include_top=False, input_size=input_size, weights=weights, cache_dir=cache_dir)
+    if pooling == "avg":
+        model = features
+    else:
+        fmap = features.get_layer(FEATURES_OUTPUT).input
+
+        def gem(x: Any) -> Any:
+            # ReLU6 output is >= 0; the floor keeps the cube root's input positive.
+            return ops.power(ops.mean(ops.power(ops.maximum(x, GEM_EPS), GEM_P), axis=[1, 2]), 1.0 / GEM_P)
+
+        model = keras.Model(features.input, layers.Lambda(gem, name="gem_pool")(fmap), name="efficientnet_lite0_gem")
+    return Network(
+        name="efficientnet-lite0",
+        dim=HEAD_FILTERS,
+        input_size=input_size,
+        model=model,
+        preprocess=preprocess,
+        weights_id=f"{_weights_id(weights)}:{pooling}",
+    )
+
+
+class EfficientNetLite0Embedder(NetworkEmbedder):
+    """EfficientNet-Lite0 run by TensorFlow float32: L2-normalised 1280-d features."""
 
     def __init__(self, weights: str, input_size: int, cache_dir: Path, pooling: str = "gem") -> None:
-        import keras
-        import tensorflow as tf
-
-        if pooling not in ("gem", "avg"):
-            raise ValueError(f"pooling must be 'gem' or 'avg', not {pooling!r}")
-        self.input_size = input_size
+        network = build_network(weights, input_size, cache_dir, pooling)
+        super().__init__(network, TensorFlowRunner(network))
         self.pooling = pooling
-        self._model = build_efficientnet_lite0(
-            include_top=False, input_size=input_size, weights=weights, cache_dir=cache_dir
-        )
-        feature_map = keras.Model(self._model.input, self._model.get_layer(FEATURES_OUTPUT).input)
-
-        def forward(x: tf.Tensor) -> tf.Tensor:
-            fmap = feature_map(x, training=False)
-            if pooling == "avg":
-                return tf.reduce_mean(fmap, axis=[1, 2])
-            # ReLU6 output is >= 0; the floor keeps the cube root's gradient-free input positive.
-            cubed = tf.pow(tf.maximum(fmap, GEM_EPS), GEM_P)
-            return tf.pow(tf.reduce_mean(cubed, axis=[1, 2]), 1.0 / GEM_P)
-
-        # One traced graph for every batch size; model.predict costs far more per call.
-        self._forward = tf.function(
-            forward, input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)]
-        )
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
-        expected = (self.input_size, self.input_size, 3)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(f"expected uint8 images of shape (N, *{expected}), got {images.shape}")
-        if images.shape[0] == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        features = self._forward(preprocess(images)).numpy()
-        return l2_normalise(features)
+        self._model = network.model

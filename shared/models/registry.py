@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.models.base import Embedder, ModelSpec
+from shared.models.base import ModelSpec, Network
 
 
-def _build_resnet50(weights: str, input_size: int, cache_dir: Path) -> Embedder:
+def _build_resnet50(weights: str, input_size: int, cache_dir: Path) -> Network:
     from shared.models import resnet50
 
     return resnet50.build(weights, input_size, cache_dir)
@@ -23,10 +23,10 @@ def _prepare_resnet50(weights: str, cache_dir: Path) -> None:
     resnet50.prepare(weights, cache_dir)
 
 
-def _build_efficientnet_lite0(weights: str, input_size: int, cache_dir: Path) -> Embedder:
-    from shared.models.efficientnet_lite import EfficientNetLite0Embedder
+def _build_efficientnet_lite0(weights: str, input_size: int, cache_dir: Path) -> Network:
+    from shared.models.efficientnet_lite import build_network
 
-    return EfficientNetLite0Embedder(weights, input_size, cache_dir)
+    return build_network(weights, input_size, cache_dir)
 
 
 def _prepare_efficientnet_lite0(weights: str, cache_dir: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import ModelWeightsUnavailable
-from shared.models.base import l2_normalise
+from shared.models.base import Network
 
 NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + NOTOP_FILE
@@ -83,37 +83,32 @@ def prepare(weights: str, cache_dir: Path) -> None:
     resolve_weights(weights)
 
 
-class ResNet50Embedder:
-    name = "resnet50"
-    dim = 2048
-
-    def __init__(self, weights: str, input_size: int) -> None:
-        import keras
-        import tensorflow as tf
-        from keras.applications.resnet50 import ResNet50, preprocess_input
-
-        path = resolve_weights(weights)
-        if path is None:
-            # Every worker must build the same random network, or their vectors would disagree.
-            keras.utils.set_random_seed(0)
-        self.input_size = input_size
-        self._preprocess = preprocess_input
-        self._model = ResNet50(
-            include_top=False,
-            weights=str(path) if path else None,
-            input_shape=(input_size, input_size, 3),
-            pooling="avg",
-        )
-        # One traced graph for every batch size: no per-task retracing.
-        self._forward = tf.function(
-            lambda x: self._model(x, training=False),
-            input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
-        )
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        x = self._preprocess(np.asarray(images, dtype=np.float32))
-        return l2_normalise(self._forward(x).numpy())
+def weights_id(path: Path | None) -> str:
+    if path is None:
+        return "random:seed0"
+    stat = path.stat()
+    return f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}"
 
 
-def build(weights: str, input_size: int, cache_dir: Path) -> ResNet50Embedder:
-    return ResNet50Embedder(weights, input_size)
+def build(weights: str, input_size: int, cache_dir: Path) -> Network:
+    import keras
+    from keras.applications.resnet50 import ResNet50, preprocess_input
+
+    path = resolve_weights(weights)
+    if path is None:
+        # Every worker must build the same random network, or their vectors would disagree.
+        keras.utils.set_random_seed(0)
+    model = ResNet50(
+        include_top=False,
+        weights=str(path) if path else None,
+        input_shape=(input_size, input_size, 3),
+        pooling="avg",
+    )
+    return Network(
+        name="resnet50",
+        dim=2048,
+        input_size=input_size,
+        model=model,
+        preprocess=lambda images: preprocess_input(np.asarray(images, dtype=np.float32)),
+        weights_id=weights_id(path),
+    )

@@ -7,7 +7,15 @@ import pytest
 from PIL import Image
 
 from shared.errors import InvalidImage
-from shared.imaging import content_id, decode_image, make_thumbnail, safe_filename, sniff_format, to_model_input
+from shared.imaging import (
+    content_id,
+    decode_image,
+    make_thumbnail,
+    rendition,
+    safe_filename,
+    sniff_format,
+    to_model_input,
+)
 from tests.images import encode, make_photo, photo_bytes
 
 
@@ -120,3 +128,21 @@ def test_content_id_and_filenames() -> None:
     assert safe_filename("a\x00b\nc.png") == "abc.png"
     assert safe_filename("") == "upload"
     assert len(safe_filename("x" * 1000)) == 255
+
+
+def test_rendition_keeps_small_upright_jpegs_and_shrinks_the_rest() -> None:
+    small = photo_bytes(20, size=(320, 240))
+    assert rendition(small, decode_image(small)) == small
+    big = photo_bytes(21, size=(1200, 800))
+    out = Image.open(io.BytesIO(rendition(big, decode_image(big))))
+    assert max(out.size) == 512
+    png = photo_bytes(22, "PNG")
+    assert Image.open(io.BytesIO(rendition(png, decode_image(png)))).format == "JPEG"
+    rotated = encode(make_photo(23), "JPEG", exif=_orientation_exif(6))
+    assert rendition(rotated, decode_image(rotated)) != rotated
+
+
+def _orientation_exif(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
