@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.queue import TaskQueue
-from api.routes import collections, health, images, jobs, search
+from api.routes import clusters, collections, export, health, images, jobs, search
 from api.settings import ApiSettings
 from api.store import ApiStore
 from api.waiter import JobWaiter
@@ -53,7 +53,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="simsearch", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
-    for module in (health, jobs, collections, images, search):
+    for module in (health, jobs, collections, images, search, clusters, export):
         app.include_router(module.router)
     return app
 

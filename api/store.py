@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +105,39 @@ class ApiStore:
 
     async def delete_image(self, collection: str, image_id: str) -> bool:
         deleted = await self._delete_image(
-            keys=[keys.images(collection), keys.vectors(collection), keys.thumbnails(collection), keys.log(collection)],
+            keys=[
+                keys.images(collection),
+                keys.vectors(collection),
+                keys.thumbnails(collection),
+                keys.log(collection),
+                keys.collection(collection),
+                keys.labels(collection),
+            ],
             args=[image_id, self.log_maxlen],
         )
         return int(deleted) == 1
+
+    # -- clusters ---------------------------------------------------------------------------
+    async def clustering(self, collection: str) -> dict[str, Any] | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(keys.clustering(collection), "summary", "version", "job_id")
+        pipe.hget(keys.collection(collection), "version")
+        (summary, version, job_id), current = await pipe.execute()
+        if summary is None:
+            return None
+        # Any add or delete since the clustering bumps the collection's version.
+        return {**json.loads(summary), "job_id": _s(job_id), "stale": int(version or 0) != int(current or 0)}
+
+    async def cluster_page(
+        self, collection: str, cluster: int, offset: int, limit: int
+    ) -> tuple[int, list[ImageRecord]]:
+        key = keys.cluster_members(collection, cluster)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(key)
+        pipe.lrange(key, offset, offset + limit - 1)
+        total, ids = await pipe.execute()
+        if not ids:
+            return total, []
+        raw = await self.redis.hmget(keys.images(collection), ids)
+        # Images deleted since the clustering are skipped (the clustering is stale then).
+        return total, [ImageRecord.model_validate_json(r) for r in raw if r]

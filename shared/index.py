@@ -76,14 +76,19 @@ class VectorIndex:
         k: int,
         min_similarity: float | None = None,
         exclude: str | None = None,
+        mask: np.ndarray | None = None,
     ) -> list[tuple[str, float]]:
-        """The k most similar rows to a unit-norm query, best first, as (id, cosine similarity)."""
+        """The k most similar rows to a unit-norm query, best first, as (id, cosine similarity).
+
+        `mask`, a boolean per row (in `ids` order), keeps only the rows where it is True."""
         n = len(self._ids)
         if n == 0 or k <= 0:
             return []
         scores = self.matrix @ np.asarray(query, dtype=np.float32).reshape(self.dim)
         if exclude is not None and exclude in self._row:
             scores[self._row[exclude]] = -np.inf
+        if mask is not None:
+            scores[~mask] = -np.inf
         take = min(k, n)
         top = np.argpartition(-scores, take - 1)[:take] if take < n else np.arange(n)
         # Sort by score, then by id so that equal scores come back in the same order on every worker.

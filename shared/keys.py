@@ -33,6 +33,18 @@ def log(name: str) -> str:
     return f"ss:c:{name}:log"  # stream of {op: add|del|reset, id}: what replicas replay
 
 
+def clustering(name: str) -> str:
+    return f"ss:c:{name}:clustering"  # hash: the latest clustering (k, scores, centroids, version)
+
+
+def labels(name: str) -> str:
+    return f"ss:c:{name}:labels"  # hash: image_id -> cluster number
+
+
+def cluster_members(name: str, cluster: int) -> str:
+    return f"ss:c:{name}:cluster:{cluster}"  # list of image ids, nearest the centroid first
+
+
 def job(job_id: str) -> str:
     return f"ss:job:{job_id}"  # hash: the job record
 

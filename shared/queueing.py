@@ -12,6 +12,7 @@ SEARCH_QUEUE = "search"
 INDEX_CHUNK_TASK = "simsearch.index_chunk"
 SEARCH_TASK = "simsearch.search"
 REEMBED_CHUNK_TASK = "simsearch.reembed_chunk"
+CLUSTER_TASK = "simsearch.cluster"
 
 
 def celery_config(redis_url: str, visibility_timeout_s: int = 1200) -> dict[str, Any]:
@@ -27,6 +28,7 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 1200) -> dict[str,
         "task_routes": {
             INDEX_CHUNK_TASK: {"queue": INDEX_QUEUE},
             REEMBED_CHUNK_TASK: {"queue": INDEX_QUEUE},
+            CLUSTER_TASK: {"queue": INDEX_QUEUE},
             SEARCH_TASK: {"queue": SEARCH_QUEUE},
         },
         # An unacknowledged message comes back after this long if its whole worker vanished;

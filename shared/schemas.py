@@ -21,6 +21,7 @@ class JobType(StrEnum):
     index = "index"
     search = "search"
     reembed = "reembed"
+    cluster = "cluster"
 
 
 class JobStatus(StrEnum):
@@ -110,6 +111,7 @@ class SearchParams(BaseModel):
     min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
     image_id: str | None = None  # search by a stored image instead of an upload
     filename: str | None = None  # of the uploaded query, for the record
+    cluster: int | None = Field(default=None, ge=0)  # restrict matches to this cluster
 
 
 class SearchResult(BaseModel):
@@ -118,6 +120,7 @@ class SearchResult(BaseModel):
     collection_size: int
     model: str
     served_by: str | None = None  # the Celery worker that answered
+    query_cluster: int | None = None  # the cluster whose centroid is nearest the query
 
 
 class CollectionInfo(BaseModel):

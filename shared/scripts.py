@@ -67,6 +67,7 @@ for i = 4, #ARGV, 4 do
     redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
     redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 3])
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'op', 'add', 'id', ARGV[i])
+    redis.call('HINCRBY', KEYS[1], 'version', 1)
     table.insert(out, 1)
   else
     table.insert(out, 0)
@@ -75,11 +76,14 @@ end
 return out
 """
 
-# KEYS: images, vectors, thumbs, log. ARGV: image_id, log maxlen.
+# KEYS: images, vectors, thumbs, log, collection, labels. ARGV: image_id, log maxlen.
+# The version bump marks clusters computed before it as stale.
 DELETE_IMAGE = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'version', 1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'op', 'del', 'id', ARGV[1])
 return 1
 """
@@ -95,6 +99,7 @@ else
   redis.call('DEL', KEYS[2])
 end
 redis.call('HSET', KEYS[1], 'model', ARGV[1], 'dim', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'op', 'reset', 'id', '*')
 return 1
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import redis
@@ -48,6 +49,8 @@ class Replica:
     model: str
     index: VectorIndex
     last_id: str = "0-0"
+    # (clustering id, centroids, labels): loaded when a clustering exists, reloaded when it changes
+    clustering: tuple[str, Any, dict[str, int]] | None = None
 
 
 class ReplicaSet:

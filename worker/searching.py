@@ -68,17 +68,40 @@ def search(
     query = _query_vector(store, embedder, job_id, collection, params, max_pixels)
     if replica is None or len(replica.index) == 0:
         return SearchResult(matches=[], message="The collection is empty", collection_size=0, model=embedder.name)
+    clustering = _clustering(store, replica, collection)
+    query_cluster = int(np.argmax(clustering[1] @ query)) if clustering else None
+    mask = None
+    if params.cluster is not None:
+        if clustering is None:
+            raise NotFound(f"collection {collection!r} has not been clustered", code="no_clusters")
+        labels = clustering[2]
+        mask = np.fromiter((labels.get(i) == params.cluster for i in replica.index.ids), bool, len(replica.index))
     # Searching by a stored image means "more like this one": the image itself is not a match.
-    hits = replica.index.search(query, params.k, params.min_similarity, exclude=params.image_id)
+    hits = replica.index.search(query, params.k, params.min_similarity, exclude=params.image_id, mask=mask)
     names = _filenames(store, collection, [i for i, _ in hits])
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
     message = None
     if not matches:
-        best = replica.index.search(query, 1, None, exclude=params.image_id)
+        best = replica.index.search(query, 1, None, exclude=params.image_id, mask=mask)
         message = NO_MATCH
         if best and params.min_similarity is not None:
             message += f" (none reached min_similarity={params.min_similarity}; the closest had {best[0][1]:.3f})"
-    return SearchResult(matches=matches, message=message, collection_size=len(replica.index), model=embedder.name)
+    return SearchResult(
+        matches=matches,
+        message=message,
+        collection_size=len(replica.index),
+        model=embedder.name,
+        query_cluster=query_cluster,
+    )
+
+
+def _clustering(store: WorkerStore, replica: Replica, collection: str):
+    current = store.clustering_id(collection)
+    if current is None:
+        replica.clustering = None
+    elif replica.clustering is None or replica.clustering[0] != current:
+        replica.clustering = store.clustering_state(collection)
+    return replica.clustering
 
 
 def run_search_job(

@@ -146,6 +146,8 @@ class WorkerStore:
                     keys.vectors(collection),
                     keys.thumbnails(collection),
                     keys.log(collection),
+                    keys.collection(collection),
+                    keys.labels(collection),
                 ],
                 args=[image_id, self.log_maxlen],
             )
@@ -160,3 +162,53 @@ class WorkerStore:
             args=[model, dim, self.log_maxlen],
         )
         return dropped
+
+    # -- clusters ---------------------------------------------------------------------------
+    def collection_version(self, collection: str) -> int:
+        return int(self.redis.hget(keys.collection(collection), "version") or 0)
+
+    def save_clustering(
+        self,
+        collection: str,
+        job_id: str,
+        summary: dict[str, Any],
+        labels: dict[str, int],
+        members: list[list[str]],
+        centroids: np.ndarray,
+        version: int,
+    ) -> None:
+        """Replace the collection's clustering in one transaction: readers see the old or the new."""
+        old_k = int(self.redis.hget(keys.clustering(collection), "k") or 0)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(keys.labels(collection), *(keys.cluster_members(collection, c) for c in range(max(old_k, 1))))
+        items = list(labels.items())
+        for start in range(0, len(items), 5000):
+            pipe.hset(keys.labels(collection), mapping=dict(items[start : start + 5000]))
+        for cluster, ids in enumerate(members):
+            for start in range(0, len(ids), 5000):
+                pipe.rpush(keys.cluster_members(collection, cluster), *ids[start : start + 5000])
+        pipe.hset(
+            keys.clustering(collection),
+            mapping={
+                "job_id": job_id,
+                "k": summary["k"],
+                "version": version,
+                "created_at": summary["created_at"],
+                "summary": json.dumps(summary),
+                "centroids": np.ascontiguousarray(centroids, dtype="<f4").tobytes(),
+                "dim": centroids.shape[1],
+            },
+        )
+        pipe.execute()
+
+    def clustering_id(self, collection: str) -> str | None:
+        value = self.redis.hget(keys.clustering(collection), "job_id")
+        return value.decode() if value else None
+
+    def clustering_state(self, collection: str) -> tuple[str, np.ndarray, dict[str, int]] | None:
+        job_id, k, dim, centroids = self.redis.hmget(keys.clustering(collection), "job_id", "k", "dim", "centroids")
+        if job_id is None:
+            return None
+        matrix = np.frombuffer(centroids, dtype="<f4").reshape(int(k), int(dim))
+        labels = {key.decode(): int(v) for key, v in self.redis.hgetall(keys.labels(collection)).items()}
+        return job_id.decode(), matrix, labels

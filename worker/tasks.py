@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Task
 
-from shared.queueing import INDEX_CHUNK_TASK, REEMBED_CHUNK_TASK, SEARCH_TASK
-from worker import indexing, reembedding, searching
+from shared.queueing import CLUSTER_TASK, INDEX_CHUNK_TASK, REEMBED_CHUNK_TASK, SEARCH_TASK
+from worker import clustering_job, indexing, reembedding, searching
 from worker.app import app, runtime_of
 
 
@@ -29,3 +29,9 @@ def search(self: Task, job_id: str, collection: str) -> None:
 def reembed_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
     rt = runtime_of(self.app)
     reembedding.reembed_chunk(rt.store, rt.embedder, job_id, collection, indices, rt.settings.max_image_pixels)
+
+
+@app.task(name=CLUSTER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def cluster(self: Task, job_id: str, collection: str) -> None:
+    rt = runtime_of(self.app)
+    clustering_job.run_cluster_job(rt.store, rt.replicas, job_id, collection)

@@ -60,6 +60,7 @@ async def search(
     settings: SettingsDep,
     k: int = Query(10, ge=1, le=1000),
     min_similarity: float | None = Query(None, ge=-1.0, le=1.0),
+    cluster: int | None = Query(None, ge=0, description="only matches from this cluster"),
 ) -> JobAccepted:
     """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`)."""
     if k > settings.max_k:
@@ -69,7 +70,11 @@ async def search(
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
     require_current_model(info, settings)
     content_type = request.headers.get("content-type", "")
-    params = SearchParams(k=k, min_similarity=min_similarity)
+    if cluster is not None:
+        clustering = await store.clustering(collection)
+        if clustering is None or cluster >= clustering["k"]:
+            raise NotFound(f"collection {collection!r} has no cluster {cluster}", code="cluster_not_found")
+    params = SearchParams(k=k, min_similarity=min_similarity, cluster=cluster)
     uploads: list[Upload] = []
     if content_type.startswith("application/json"):
         try:

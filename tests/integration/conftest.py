@@ -44,10 +44,15 @@ def workers(redis_url: str, workdir: Path) -> Iterator[list[Service]]:
 
 
 @pytest.fixture(scope="session")
-def api_url(redis_url: str, workdir: Path, workers: list[Service]) -> Iterator[str]:
+def api_service(redis_url: str, workdir: Path, workers: list[Service]) -> Iterator[tuple[Service, str]]:
     service, base = start_api(redis_url, workdir, MAX_REQUEST_BYTES=str(64 * 1024 * 1024))
-    yield base
+    yield service, base
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(api_service: tuple[Service, str]) -> str:
+    return api_service[1]
 
 
 @pytest.fixture

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from shared.index import VectorIndex
+from shared.models.base import l2_normalise
+from worker.clustering import cluster
+
+
+def _blobs(k: int, per: int, dim: int, seed: int, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, dim))
+    truth = np.repeat(np.arange(k), per)
+    return l2_normalise(centers[truth] + rng.normal(scale=spread, size=(k * per, dim))), truth
+
+
+@pytest.mark.parametrize(("true_k", "seed"), [(2, 0), (3, 1), (4, 2), (6, 3)])
+def test_auto_k_finds_clearly_separated_clusters(true_k: int, seed: int) -> None:
+    x, truth = _blobs(true_k, 60, 64, seed)
+    result = cluster(x, None, k_min=2, k_max=10)
+    assert result.k == true_k
+    assert sorted(result.silhouette) == list(range(2, 11))
+    assert max(result.silhouette, key=result.silhouette.get) == true_k
+    # Every found cluster is exactly one true cluster.
+    for c in range(result.k):
+        assert len(set(truth[result.labels == c].tolist())) == 1
+    assert sum(result.sizes) == len(x)
+    for c, medoid in enumerate(result.medoids):
+        assert result.labels[medoid] == c and result.samples[c][0] == medoid
+    np.testing.assert_allclose(np.linalg.norm(result.centroids, axis=1), 1.0, atol=1e-5)
+
+
+def test_fixed_k_and_bad_k() -> None:
+    x, _ = _blobs(3, 20, 16, 4)
+    assert cluster(x, 5).k == 5 and list(cluster(x, 5).silhouette) == [5]
+    with pytest.raises(ValueError, match="between 2"):
+        cluster(x, 60)
+    with pytest.raises(ValueError, match="at least 2"):
+        cluster(x[:1], None)
+
+
+def test_search_mask_restricts_matches() -> None:
+    x, truth = _blobs(2, 10, 8, 5)
+    index = VectorIndex(8)
+    index.upsert([str(i) for i in range(20)], x)
+    mask = np.array([truth[int(i)] == 1 for i in index.ids])
+    hits = index.search(x[0], 20, mask=mask)  # query from cluster 0, only cluster 1 allowed
+    assert len(hits) == 10 and all(truth[int(i)] == 1 for i, _ in hits)

@@ -1,0 +1,62 @@
+"""The clustering job: cluster the worker's current replica of a collection and store the result."""
+
+from __future__ import annotations
+
+import logging
+
+from shared.errors import SimsearchError
+from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobStatus, utcnow
+from worker.clustering import cluster
+from worker.replica import ReplicaSet
+from worker.store import WorkerStore
+
+log = logging.getLogger(__name__)
+
+
+def run_cluster_job(store: WorkerStore, replicas: ReplicaSet, job_id: str, collection: str) -> None:
+    params = store.job_params(job_id)
+    if params is None:
+        log.warning("cluster job %s expired before it ran", job_id)
+        return
+    store.mark_running(job_id)
+    outcome = ItemOutcome(index=0, filename="", image_id="", status=ItemStatus.created)
+    try:
+        # The version is read first: anything that changes the collection after it marks this
+        # clustering stale.
+        version = store.collection_version(collection)
+        replica = replicas.sync(collection)
+        if replica is None or len(replica.index) < 3:
+            raise SimsearchError("clustering needs at least 3 images", code="too_few_images", status_code=409)
+        ids = replica.index.ids
+        try:
+            result = cluster(replica.index.matrix, params.get("k"), params.get("k_min", 2), params.get("k_max", 10))
+        except ValueError as exc:
+            raise SimsearchError(str(exc), code="invalid_k", status_code=400) from exc
+        summary = {
+            "k": result.k,
+            "silhouette": {str(k): v for k, v in result.silhouette.items()},
+            "created_at": utcnow(),
+            "image_count": len(ids),
+            "clusters": [
+                {
+                    "cluster": c,
+                    "size": result.sizes[c],
+                    "medoid_image_id": ids[result.medoids[c]] if result.medoids[c] >= 0 else None,
+                    "sample_image_ids": [ids[r] for r in result.samples[c]],
+                }
+                for c in range(result.k)
+            ],
+        }
+        labels = {image_id: int(label) for image_id, label in zip(ids, result.labels, strict=True)}
+        similarity = (replica.index.matrix @ result.centroids.T).max(axis=1)
+        members = [[] for _ in range(result.k)]
+        for row in sorted(range(len(ids)), key=lambda r: -similarity[r]):
+            members[int(result.labels[row])].append(ids[row])
+        store.save_clustering(collection, job_id, summary, labels, members, result.centroids, version)
+    except SimsearchError as exc:
+        error = ItemError(index=0, error=exc.code, detail=exc.detail)
+        store.record_items(job_id, [(outcome.model_copy(update={"status": ItemStatus.failed}), error)])
+        store.finish_job(job_id, JobStatus.failed, {"error": exc.code, "detail": exc.detail})
+        return
+    store.record_items(job_id, [(outcome, None)])
+    store.finish_job(job_id, JobStatus.succeeded, {**summary, "stale": False})
