@@ -6,6 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
 install:  ## redis-server from apt, the package with every extra
 	@command -v redis-server >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 	$(PYTHON) -m pip install -q -c constraints.txt -e ".[dev]"
 
 run: install  ## the whole stack on this machine, without Docker: redis, one worker, the API on :8000

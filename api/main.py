@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 
 from api.errors import install_error_handlers
@@ -18,6 +20,7 @@ from api.store import ApiStore
 from api.waiter import JobWaiter
 
 log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -55,6 +58,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, jobs, collections, images, search, clusters, export):
         app.include_router(module.router)
+    # The web gallery: plain files, no build step.
+    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="gallery")
     return app
 
 

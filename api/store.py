@@ -97,6 +97,25 @@ class ApiStore:
     async def thumbnail(self, collection: str, image_id: str) -> bytes | None:
         return await self.redis.hget(keys.thumbnails(collection), image_id)
 
+    async def image_page(self, collection: str, offset: int, limit: int) -> tuple[int, list[ImageRecord]]:
+        """Images in the order they were added."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.order(collection))
+        pipe.zrange(keys.order(collection), offset, offset + limit - 1)
+        total, ids = await pipe.execute()
+        if not ids:
+            return total, []
+        raw = await self.redis.hmget(keys.images(collection), ids)
+        return total, [ImageRecord.model_validate_json(r) for r in raw if r]
+
+    async def existing(self, collection: str, image_ids: list[str]) -> list[str]:
+        if not image_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for image_id in image_ids:
+            pipe.hexists(keys.images(collection), image_id)
+        return [i for i, there in zip(image_ids, await pipe.execute(), strict=True) if there]
+
     async def image_ids(self, collection: str) -> list[str]:
         return sorted(_s(i) for i in await self.redis.hkeys(keys.images(collection)))
 
@@ -112,6 +131,7 @@ class ApiStore:
                 keys.log(collection),
                 keys.collection(collection),
                 keys.labels(collection),
+                keys.order(collection),
             ],
             args=[image_id, self.log_maxlen],
         )

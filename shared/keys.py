@@ -17,6 +17,10 @@ def images(name: str) -> str:
     return f"ss:c:{name}:images"  # hash: image_id -> ImageRecord JSON
 
 
+def order(name: str) -> str:
+    return f"ss:c:{name}:order"  # sorted set: image_id by insertion sequence (for paging)
+
+
 def vectors(name: str) -> str:
     return f"ss:c:{name}:vectors"  # hash: image_id -> float32 bytes (L2-normalised)
 

@@ -52,7 +52,7 @@ redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
 
-# KEYS: collection, images, vectors, thumbs, log.
+# KEYS: collection, images, vectors, thumbs, log, order.
 # ARGV: model, dim, log maxlen, then quadruplets (image_id, record JSON, vector bytes, thumbnail bytes).
 # An empty collection takes the model of whoever adds to it first.
 # Returns {code, flags...}: code -2 on a model mismatch (nothing written), else 1 and per image
@@ -67,7 +67,8 @@ for i = 4, #ARGV, 4 do
     redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
     redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 3])
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'op', 'add', 'id', ARGV[i])
-    redis.call('HINCRBY', KEYS[1], 'version', 1)
+    local seq = redis.call('HINCRBY', KEYS[1], 'version', 1)
+    redis.call('ZADD', KEYS[6], seq, ARGV[i])
     table.insert(out, 1)
   else
     table.insert(out, 0)
@@ -76,13 +77,14 @@ end
 return out
 """
 
-# KEYS: images, vectors, thumbs, log, collection, labels. ARGV: image_id, log maxlen.
+# KEYS: images, vectors, thumbs, log, collection, labels, order. ARGV: image_id, log maxlen.
 # The version bump marks clusters computed before it as stale.
 DELETE_IMAGE = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('HINCRBY', KEYS[5], 'version', 1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'op', 'del', 'id', ARGV[1])
 return 1

@@ -102,6 +102,7 @@ class WorkerStore:
                 keys.vectors(collection),
                 keys.thumbnails(collection),
                 keys.log(collection),
+                keys.order(collection),
             ],
             args=args,
         )
@@ -148,6 +149,7 @@ class WorkerStore:
                     keys.log(collection),
                     keys.collection(collection),
                     keys.labels(collection),
+                    keys.order(collection),
                 ],
                 args=[image_id, self.log_maxlen],
             )

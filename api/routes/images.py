@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.compat import require_current_model
 from api.deps import CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
 from api.uploads import files_of, parse_metadata, read_form, to_uploads
 from shared.errors import InvalidRequest, NotFound
 from shared.queueing import INDEX_CHUNK_TASK, INDEX_QUEUE
-from shared.schemas import ImageRecord, JobAccepted, JobType
+from shared.schemas import IMAGE_ID, ImageRecord, JobAccepted, JobType
 
 router = APIRouter(prefix="/v1/collections/{collection}/images", tags=["images"])
 
@@ -47,6 +49,39 @@ async def index_images(
     await store.create_job(job_id, JobType.index, collection, {"collection": collection}, uploads)
     await queue.send_chunks(INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
+
+
+class ImagePage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    images: list[ImageRecord]
+
+
+class LookupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_ids: list[Annotated[str, Field(pattern=IMAGE_ID.pattern)]] = Field(max_length=10_000)
+
+
+@router.get("", response_model=ImagePage)
+async def list_images(
+    collection: CollectionName,
+    store: StoreDep,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=500),
+) -> ImagePage:
+    """Page through a collection, in the order images were added."""
+    if not await store.collection_exists(collection):
+        raise NotFound(f"no collection {collection!r}", code="collection_not_found")
+    total, images = await store.image_page(collection, offset, limit)
+    return ImagePage(total=total, offset=offset, limit=limit, images=images)
+
+
+@router.post("/lookup")
+async def lookup_images(collection: CollectionName, body: LookupRequest, store: StoreDep) -> dict[str, list[str]]:
+    """Which of these ids the collection holds (ids are SHA-256 of the bytes, first 32 hex digits):
+    lets a client skip files that are already indexed without uploading them."""
+    return {"existing": await store.existing(collection, body.image_ids)}
 
 
 @router.get("/{image_id}", response_model=ImageRecord)
