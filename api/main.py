@@ -9,15 +9,18 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
+from api.metrics import HttpMetrics
 from api.queue import TaskQueue
-from api.routes import clusters, collections, export, health, images, jobs, search
+from api.routes import clusters, collections, export, health, images, jobs, metrics, search
 from api.settings import ApiSettings
 from api.store import ApiStore
 from api.waiter import JobWaiter
+from shared.logs import configure_logging
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -28,7 +31,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logging.basicConfig(level=settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         client = Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,
@@ -54,9 +57,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await listener.aclose()
 
     app = FastAPI(title="simsearch", version="0.1.0", lifespan=lifespan)
+    app.state.metrics_registry = CollectorRegistry()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(HttpMetrics, registry=app.state.metrics_registry)
     install_error_handlers(app)
-    for module in (health, jobs, collections, images, search, clusters, export):
+    for module in (health, metrics, jobs, collections, images, search, clusters, export):
         app.include_router(module.router)
     # The web gallery: plain files, no build step.
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="gallery")

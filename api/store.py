@@ -44,6 +44,7 @@ class ApiStore:
         pipe.hsetnx(keys.collection(collection), "name", collection)
         pipe.hsetnx(keys.collection(collection), "created_at", utcnow())
         pipe.hset(keys.job(job_id), mapping=new_job_fields(job_type, collection, len(uploads) or 1, params))
+        pipe.hincrby(keys.JOB_COUNTS, f"{job_type.value}:created", 1)
         pipe.expire(keys.job(job_id), self.job_ttl_s)
         if uploads:
             pipe.hset(

@@ -74,3 +74,11 @@ JOB_DONE_CHANNEL_PREFIX = "ss:jobdone:"
 
 def job_done_channel(job_id: str) -> str:
     return f"{JOB_DONE_CHANNEL_PREFIX}{job_id}"
+
+
+JOB_COUNTS = "ss:metrics:jobs"  # hash: "<type>:<status>" -> jobs that reached that status
+WORKER_METRICS_PREFIX = "ss:metrics:worker:"
+
+
+def worker_metrics(worker: str) -> str:
+    return f"{WORKER_METRICS_PREFIX}{worker}"  # hash of one worker process's counters (with a TTL)

@@ -38,13 +38,14 @@ end
 return 0
 """
 
-# KEYS: job. ARGV: status, result JSON, finished_at, done channel.
+# KEYS: job, job counts. ARGV: status, result JSON, finished_at, done channel.
 # The first finisher wins; a redelivered duplicate cannot overwrite a final status.
 FINISH_JOB = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'succeeded' or status == 'partial' or status == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'finished_at', ARGV[3])
+redis.call('HINCRBY', KEYS[2], redis.call('HGET', KEYS[1], 'type') .. ':' .. ARGV[1], 1)
 if not redis.call('HGET', KEYS[1], 'started_at') then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[3])
 end

@@ -17,6 +17,7 @@ class CommonSettings(BaseSettings):
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     upload_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> CommonSettings:

@@ -14,6 +14,7 @@ from celery import Celery, signals
 from kombu import Queue
 
 from shared.errors import ModelWeightsUnavailable
+from shared.logs import configure_logging, current_job
 from shared.models.registry import get_model_spec
 from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE, celery_config
 from worker.runtime import WorkerRuntime
@@ -45,9 +46,24 @@ def runtime_of(celery_app: Celery) -> WorkerRuntime:
     return celery_app.runtime  # type: ignore[attr-defined]
 
 
+@signals.setup_logging.connect
+def _logging(**_: Any) -> None:
+    # Connecting here stops Celery from installing its own handlers: one JSON format everywhere.
+    configure_logging(settings.log_level, settings.log_format)
+
+
+@signals.task_prerun.connect
+def _job_context(args: tuple = (), **_: Any) -> None:
+    current_job.set(args[0] if args else None)
+
+
+@signals.task_postrun.connect
+def _clear_job_context(**_: Any) -> None:
+    current_job.set(None)
+
+
 @signals.worker_init.connect
 def _check_weights(**_: Any) -> None:
-    logging.basicConfig(level=settings.log_level)
     try:
         get_model_spec(settings.embedding_model).prepare(settings.embedding_weights, settings.cache_dir)
     except ModelWeightsUnavailable as exc:

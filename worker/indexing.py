@@ -6,6 +6,7 @@ Pure of Celery: the task passes in the store and embedder, so this runs in tests
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,7 +55,9 @@ def decode_item(index: int, inp: JobInput, data: bytes | None, max_pixels: int) 
 
 def _embed_and_store(store: WorkerStore, embedder: Embedder, collection: str, pending: list[Pending]) -> list[Outcome]:
     batch = np.stack([to_model_input(p.decoded.image, embedder.input_size) for p in pending])
+    started = time.perf_counter()
     vectors = embedder.embed(batch)
+    seconds = time.perf_counter() - started
     now = utcnow()
     new_images = [
         NewImage(
@@ -74,6 +77,7 @@ def _embed_and_store(store: WorkerStore, embedder: Embedder, collection: str, pe
         for p, vec in zip(pending, vectors, strict=True)
     ]
     created = store.add_images(collection, embedder.name, embedder.dim, new_images)
+    store.record_embedding(len(pending), seconds, sum(created))
     return [
         ok(p.index, p.input, ItemStatus.created if new else ItemStatus.existing)
         for p, new in zip(pending, created, strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -39,7 +40,9 @@ class WorkerRuntime:
         client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
         runtime = cls(
             settings=settings,
-            store=WorkerStore(client, settings.job_ttl_seconds, settings.log_maxlen),
+            store=WorkerStore(
+                client, settings.job_ttl_seconds, settings.log_maxlen, worker=f"{socket.gethostname()}-{os.getpid()}"
+            ),
             embedder=embedder,
             replicas=ReplicaSet(client, settings.replica_batch),
         )

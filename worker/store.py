@@ -23,8 +23,9 @@ class NewImage:
 
 
 class WorkerStore:
-    def __init__(self, client: redis.Redis, job_ttl_s: int, log_maxlen: int) -> None:
+    def __init__(self, client: redis.Redis, job_ttl_s: int, log_maxlen: int, worker: str = "worker") -> None:
         self.redis = client
+        self.worker = worker
         self.job_ttl_s = job_ttl_s
         self.log_maxlen = log_maxlen
         self._record_items = client.register_script(scripts.RECORD_ITEMS)
@@ -66,7 +67,7 @@ class WorkerStore:
 
     def finish_job(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> bool:
         done = self._finish_job(
-            keys=[keys.job(job_id)],
+            keys=[keys.job(job_id), keys.JOB_COUNTS],
             args=[status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id)],
         )
         return int(done) == 1
@@ -214,3 +215,16 @@ class WorkerStore:
         matrix = np.frombuffer(centroids, dtype="<f4").reshape(int(k), int(dim))
         labels = {key.decode(): int(v) for key, v in self.redis.hgetall(keys.labels(collection)).items()}
         return job_id.decode(), matrix, labels
+
+    # -- metrics ----------------------------------------------------------------------------
+    def record_embedding(self, images: int, seconds: float, created: int) -> None:
+        """Counters the API's /metrics exposes per worker process; they expire if the worker does."""
+        key = keys.worker_metrics(self.worker)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, "batches", 1)
+        pipe.hincrby(key, "images", images)
+        pipe.hincrby(key, "images_indexed", created)
+        pipe.hincrbyfloat(key, "embed_seconds", seconds)
+        pipe.hset(key, mapping={"last_batch_seconds": seconds, "last_images_per_second": images / max(seconds, 1e-9)})
+        pipe.expire(key, 24 * 3600)
+        pipe.execute()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from shared.errors import InvalidRequest, NotFound
 from shared.queueing import INDEX_CHUNK_TASK, INDEX_QUEUE
 from shared.schemas import IMAGE_ID, ImageRecord, JobAccepted, JobType
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/collections/{collection}/images", tags=["images"])
 
 UPLOAD_DOC = {
@@ -48,6 +50,7 @@ async def index_images(
     job_id = uuid.uuid4().hex
     await store.create_job(job_id, JobType.index, collection, {"collection": collection}, uploads)
     await queue.send_chunks(INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
+    log.info("index job queued", extra={"job_id": job_id, "collection": collection, "items": len(uploads)})
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
 
 
