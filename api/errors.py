@@ -36,7 +36,7 @@ def error_response(status: int, code: str, detail: Any, headers: dict[str, str] 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SimsearchError)
     async def _simsearch(_: Request, exc: SimsearchError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.detail)
+        return error_response(exc.status_code, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

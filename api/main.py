@@ -32,6 +32,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, settings.log_format)
+        if not settings.api_keys:
+            log.warning("no API_KEYS configured: the API is open to anyone who can reach it")
         client = Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from api.auth import ApiKey
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.models.registry import MODELS
 from shared.settings import CommonSettings
@@ -21,6 +22,10 @@ class ApiSettings(CommonSettings):
     max_k: int = Field(default=1000, ge=1)
     max_wait_seconds: float = Field(default=30.0, ge=0, le=300)
     redis_timeout_s: float = Field(default=3.0, gt=0)
+    # JSON list of {"name", "sha256", "collections"}; empty = the service runs open (and says so).
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    # Requests per second per API key (per client address when open), counted in Redis; 0 = off.
+    rate_limit_per_second: int = Field(default=200, ge=0)
 
     @field_validator("embedding_model")
     @classmethod
@@ -28,3 +33,9 @@ class ApiSettings(CommonSettings):
         if value not in MODELS:
             raise ValueError(f"unknown EMBEDDING_MODEL {value!r}; choose one of {sorted(MODELS)}")
         return value
+
+    @model_validator(mode="after")
+    def _keys_in_production(self) -> ApiSettings:
+        if self.environment == "production" and not self.api_keys:
+            raise ValueError("API_KEYS must be set when ENVIRONMENT=production")
+        return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 class SimsearchError(Exception):
     status_code: int = 500
     code: str = "internal_error"
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str, *, code: str | None = None, status_code: int | None = None) -> None:
         super().__init__(detail)

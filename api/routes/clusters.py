@@ -3,15 +3,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api.auth import principal_of
 from api.deps import CollectionName, QueueDep, StoreDep
 from shared.errors import NotFound
 from shared.queueing import CLUSTER_TASK, INDEX_QUEUE
 from shared.schemas import ImageRecord, JobAccepted, JobType
 
-router = APIRouter(prefix="/v1/collections/{collection}/clusters", tags=["clusters"])
+router = APIRouter(
+    prefix="/v1/collections/{collection}/clusters", tags=["clusters"], dependencies=[Depends(principal_of)]
+)
 
 
 class ClusterRequest(BaseModel):

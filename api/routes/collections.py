@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from api.auth import Principal, principal_of
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.store import Upload
 from shared.errors import Conflict, NotFound
@@ -11,12 +12,13 @@ from shared.models.registry import MODELS
 from shared.queueing import INDEX_QUEUE, REEMBED_CHUNK_TASK
 from shared.schemas import CollectionInfo, JobAccepted, JobInput, JobType
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(prefix="/v1/collections", tags=["collections"], dependencies=[Depends(principal_of)])
 
 
 @router.get("", response_model=list[CollectionInfo])
-async def list_collections(store: StoreDep) -> list[CollectionInfo]:
-    return await store.collections()
+async def list_collections(store: StoreDep, principal: Principal) -> list[CollectionInfo]:
+    """The collections this API key may use (all of them when the service runs open)."""
+    return [c for c in await store.collections() if principal is None or principal.may_use(c.name)]
 
 
 @router.get("/{collection}", response_model=CollectionInfo)

@@ -2,14 +2,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
+from api.auth import principal_of
 from api.deps import CollectionName, StoreDep
 from api.export import csv_rows, npy_zip
 from shared.errors import Conflict, NotFound
 
-router = APIRouter(prefix="/v1/collections/{collection}", tags=["export"])
+router = APIRouter(prefix="/v1/collections/{collection}", tags=["export"], dependencies=[Depends(principal_of)])
 
 
 @router.get("/export", response_class=StreamingResponse)

@@ -4,9 +4,10 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import principal_of
 from api.compat import require_current_model
 from api.deps import CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
 from api.uploads import files_of, parse_metadata, read_form, to_uploads
@@ -15,7 +16,7 @@ from shared.queueing import INDEX_CHUNK_TASK, INDEX_QUEUE
 from shared.schemas import IMAGE_ID, ImageRecord, JobAccepted, JobType
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/collections/{collection}/images", tags=["images"])
+router = APIRouter(prefix="/v1/collections/{collection}/images", tags=["images"], dependencies=[Depends(principal_of)])
 
 UPLOAD_DOC = {
     "requestBody": {

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.auth import principal_of
 from api.compat import require_current_model
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.store import Upload
@@ -14,7 +15,7 @@ from shared.imaging import content_id, safe_filename, sniff_format
 from shared.queueing import SEARCH_QUEUE, SEARCH_TASK
 from shared.schemas import IMAGE_ID, JobAccepted, JobInput, JobType, SearchParams
 
-router = APIRouter(prefix="/v1/collections/{collection}/search", tags=["search"])
+router = APIRouter(prefix="/v1/collections/{collection}/search", tags=["search"], dependencies=[Depends(principal_of)])
 
 
 class SearchById(BaseModel):

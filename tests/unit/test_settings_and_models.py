@@ -11,8 +11,11 @@ from worker.settings import WorkerSettings
 def test_production_refuses_redis_without_password() -> None:
     with pytest.raises(ValidationError, match="password"):
         ApiSettings(environment="production", redis_url="redis://redis:6379/0")
-    ok = ApiSettings(environment="production", redis_url="redis://:s3cret@redis:6379/0")
-    assert ok.environment == "production"
+    with pytest.raises(ValidationError, match="API_KEYS"):
+        ApiSettings(environment="production", redis_url="redis://:s3cret@redis:6379/0")
+    key = {"name": "ops", "sha256": "a" * 64, "collections": ["*"]}
+    ok = ApiSettings(environment="production", redis_url="redis://:s3cret@redis:6379/0", api_keys=[key])
+    assert ok.environment == "production" and ok.api_keys[0].may_use("anything")
 
 
 def test_worker_defaults_are_real_weights_never_random(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,3 +72,12 @@ def test_cached_or_explicit_weights_are_used_without_download(tmp_path, monkeypa
     assert resnet50.resolve_weights("imagenet") == cached
     assert resnet50.resolve_weights(str(cached)) == cached
     assert resnet50.resolve_weights("random") is None
+
+
+def test_key_scopes_and_hashing() -> None:
+    from api.auth import ApiKey, hash_key
+
+    key = ApiKey(name="alice", sha256=hash_key("secret"), collections=["alice-*", "shared"])
+    assert key.may_use("alice-photos") and key.may_use("shared")
+    assert not key.may_use("bob-photos") and not key.may_use("shared-2")
+    assert hash_key("secret") != hash_key("secret ") and len(hash_key("x")) == 64

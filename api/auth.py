@@ -1,0 +1,124 @@
+"""API keys (stored only as SHA-256 hashes), collection scopes, and a per-key rate limit.
+
+`API_KEYS` is a JSON list of `{"name", "sha256", "collections"}`; `collections` holds name
+patterns (`*` wildcards; `["*"]` = every collection). Make a key and its entry with
+`python -m api.auth new-key --name alice --collections 'alice-*'`. Keys are random 256-bit tokens,
+so a plain SHA-256 is enough to store them (no password stretching needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+
+from shared.errors import SimsearchError
+
+
+class ApiKey(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    collections: list[str] = ["*"]
+
+    def may_use(self, collection: str) -> bool:
+        return any(fnmatch.fnmatchcase(collection, pattern) for pattern in self.collections)
+
+
+class Unauthorized(SimsearchError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(SimsearchError):
+    status_code = 403
+    code = "forbidden"
+
+
+class RateLimited(SimsearchError):
+    status_code = 429
+    code = "rate_limited"
+    headers = {"Retry-After": "1"}  # noqa: RUF012 - windows are one second long
+
+
+def hash_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _presented_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def authenticate(keys: list[ApiKey], request: Request) -> ApiKey | None:
+    """The caller's key; None when the service runs open (no keys configured)."""
+    if not keys:
+        return None
+    token = _presented_token(request)
+    if token is None:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+    digest = hash_key(token)
+    for key in keys:
+        if hmac.compare_digest(key.sha256, digest):
+            return key
+    raise Unauthorized("unknown API key")
+
+
+def require_scope(principal: ApiKey | None, collection: str) -> None:
+    if principal is not None and not principal.may_use(collection):
+        raise Forbidden(f"API key {principal.name!r} may not use collection {collection!r}")
+
+
+async def check_rate(redis: Redis, subject: str, per_second: int) -> None:
+    """Fixed one-second windows in Redis, so every API replica counts against the same limit."""
+    if per_second <= 0:
+        return
+    window = int(time.time())
+    key = f"ss:rl:{subject}:{window}"
+    pipe = redis.pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, 2)
+    count, _ = await pipe.execute()
+    if count > per_second:
+        raise RateLimited(f"more than {per_second} requests per second for {subject}")
+
+
+async def principal_of(request: Request) -> ApiKey | None:
+    settings = request.app.state.settings
+    principal = authenticate(settings.api_keys, request)
+    subject = f"key:{principal.name}" if principal else f"ip:{request.client.host if request.client else '?'}"
+    await check_rate(request.app.state.store.redis, subject, settings.rate_limit_per_second)
+    collection = request.path_params.get("collection")
+    if collection is not None:
+        require_scope(principal, collection)
+    return principal
+
+
+Principal = Annotated[ApiKey | None, Depends(principal_of)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m api.auth")
+    sub = parser.add_subparsers(dest="command", required=True)
+    new = sub.add_parser("new-key", help="make a key; prints it once and the API_KEYS entry to add")
+    new.add_argument("--name", required=True)
+    new.add_argument("--collections", nargs="+", default=["*"])
+    args = parser.parse_args()
+    token = "ssk_" + secrets.token_urlsafe(32)
+    entry = ApiKey(name=args.name, sha256=hash_key(token), collections=args.collections)
+    print(f"key (give it to the client; it is not stored): {token}")
+    print(f"API_KEYS entry: {json.dumps(entry.model_dump())}")
+
+
+if __name__ == "__main__":
+    main()
