@@ -61,6 +61,10 @@ def job_items(job_id: str) -> str:
     return f"ss:job:{job_id}:items"  # hash: item index -> ItemOutcome JSON
 
 
+def job_attempts(job_id: str) -> str:
+    return f"ss:job:{job_id}:attempts"  # hash: "chunk:<first>" / "item:<i>" -> times started
+
+
 def job_errors(job_id: str) -> str:
     return f"ss:job:{job_id}:errors"  # list of ItemError JSON, in arrival order
 

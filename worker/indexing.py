@@ -96,10 +96,21 @@ def guarded(pending: list[Pending], step: Callable[[], list[Outcome]]) -> list[O
         return [failed(p.index, p.input.filename, p.input.image_id, "embedding_error", detail) for p in pending]
 
 
-def index_chunk(
-    store: WorkerStore, embedder: Embedder, job_id: str, collection: str, indices: list[int], max_pixels: int
-) -> None:
-    store.mark_running(job_id)
+ItemHook = Callable[[JobInput], None]
+MAX_ITEM_ATTEMPTS = 2
+
+
+def _process(
+    store: WorkerStore,
+    embedder: Embedder,
+    job_id: str,
+    collection: str,
+    indices: list[int],
+    max_pixels: int,
+    before_item: ItemHook | None,
+) -> int:
+    """Decode, embed (one forward pass) and store these items, then record them. Returns the
+    job's completeness flag from `record_items`."""
     inputs = store.inputs(job_id, indices)
     existing = store.existing_ids(collection, [i.image_id for i in inputs if i is not None])
     outcomes: list[Outcome] = []
@@ -112,14 +123,68 @@ def index_chunk(
         elif inp.image_id in existing:
             outcomes.append(ok(index, inp, ItemStatus.existing))
         else:
+            if before_item is not None:
+                before_item(inp)
             step = decode_item(index, inp, store.upload(job_id, index), max_pixels)
             (pending if isinstance(step, Pending) else outcomes).append(step)
     if pending:
         outcomes += guarded(pending, lambda: _embed_and_store(store, embedder, collection, pending))
     complete = store.record_items(job_id, outcomes)
     store.drop_uploads(job_id, indices)
+    return complete
+
+
+def index_chunk(
+    store: WorkerStore,
+    embedder: Embedder,
+    job_id: str,
+    collection: str,
+    indices: list[int],
+    max_pixels: int,
+    before_item: ItemHook | None = None,
+) -> None:
+    store.mark_running(job_id)
+    if store.count_attempt(job_id, f"chunk:{indices[0]}") == 1:
+        complete = _process(store, embedder, job_id, collection, indices, max_pixels, before_item)
+    else:
+        complete = _one_at_a_time(store, embedder, job_id, collection, indices, max_pixels, before_item)
     if complete == 1:
         finish_index_job(store, job_id)
+
+
+def _one_at_a_time(
+    store: WorkerStore,
+    embedder: Embedder,
+    job_id: str,
+    collection: str,
+    indices: list[int],
+    max_pixels: int,
+    before_item: ItemHook | None,
+) -> int:
+    """A redelivered chunk: its last run died (or the message came twice). Items are processed and
+    recorded singly, each with its own attempt count, so an image that kills the worker every time
+    fails alone after MAX_ITEM_ATTEMPTS instead of taking its chunk down forever."""
+    complete = 0
+    for index in store.unrecorded(job_id, indices):
+        tries = store.count_attempt(job_id, f"item:{index}")
+        if tries > MAX_ITEM_ATTEMPTS:
+            inp = store.inputs(job_id, [index])[0]
+            detail = f"processing this image stopped the worker {tries - 1} times"
+            outcome = failed(index, inp.filename if inp else "", inp.image_id if inp else "", "worker_crashed", detail)
+            complete = store.record_items(job_id, [outcome])
+            store.drop_uploads(job_id, [index])
+        else:
+            complete = _process(store, embedder, job_id, collection, [index], max_pixels, before_item)
+    # Nothing left to do here (all recorded before): say whether the job is complete all the same.
+    return complete or store.record_items(job_id, [])
+
+
+def fail_unrecorded(store: WorkerStore, job_id: str, indices: list[int], code: str, detail: str) -> None:
+    """Used when a chunk runs out of time: its remaining items fail with a reason."""
+    outcomes = [failed(i, "", "", code, detail) for i in store.unrecorded(job_id, indices)]
+    if outcomes and store.record_items(job_id, outcomes) == 1:
+        finish_index_job(store, job_id)
+    store.drop_uploads(job_id, indices)
 
 
 def finish_index_job(store: WorkerStore, job_id: str) -> None:

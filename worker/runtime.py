@@ -12,6 +12,7 @@ import redis
 
 from shared.models.base import NetworkEmbedder
 from shared.models.registry import get_model_spec
+from shared.schemas import JobInput
 from worker.inference import build_embedder
 from worker.replica import ReplicaSet
 from worker.settings import WorkerSettings
@@ -26,6 +27,11 @@ class WorkerRuntime:
     store: WorkerStore
     embedder: NetworkEmbedder
     replicas: ReplicaSet
+
+    def fault_hook(self, item: JobInput) -> None:
+        if self.settings.test_crash_on_filename and item.filename == self.settings.test_crash_on_filename:
+            log.warning("test fault: exiting on %s", item.filename)
+            os._exit(70)
 
     @classmethod
     def start(cls, settings: WorkerSettings) -> WorkerRuntime:

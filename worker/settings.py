@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.models.registry import MODELS
@@ -28,6 +28,9 @@ class WorkerSettings(CommonSettings):
     task_time_limit_s: int = Field(default=600, ge=10)
     log_maxlen: int = Field(default=1_000_000, ge=1000)
     replica_batch: int = Field(default=2000, ge=10)
+    # Fault injection for the crash-recovery tests: the worker process exits when it meets an
+    # upload of this name. Refused outside ENVIRONMENT=test.
+    test_crash_on_filename: str | None = None
 
     @field_validator("embedding_model")
     @classmethod
@@ -35,6 +38,12 @@ class WorkerSettings(CommonSettings):
         if value not in MODELS:
             raise ValueError(f"unknown EMBEDDING_MODEL {value!r}; choose one of {sorted(MODELS)}")
         return value
+
+    @model_validator(mode="after")
+    def _faults_only_in_tests(self) -> WorkerSettings:
+        if self.test_crash_on_filename and self.environment != "test":
+            raise ValueError("TEST_CRASH_ON_FILENAME is only allowed with ENVIRONMENT=test")
+        return self
 
     @property
     def model_input_size(self) -> int:

@@ -45,6 +45,18 @@ class WorkerStore:
     def mark_running(self, job_id: str) -> None:
         self._mark_running(keys=[keys.job(job_id)], args=[utcnow()])
 
+    def count_attempt(self, job_id: str, what: str) -> int:
+        """How many times this chunk or item has been started (this time included)."""
+        key = keys.job_attempts(job_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key, what, 1)
+        pipe.expire(key, self.job_ttl_s)
+        return int(pipe.execute()[0])
+
+    def unrecorded(self, job_id: str, indices: list[int]) -> list[int]:
+        raw = self.redis.hmget(keys.job_items(job_id), [str(i) for i in indices])
+        return [i for i, r in zip(indices, raw, strict=True) if r is None]
+
     def inputs(self, job_id: str, indices: list[int]) -> list[JobInput | None]:
         raw = self.redis.hmget(keys.job_inputs(job_id), [str(i) for i in indices])
         return [JobInput.model_validate_json(r) if r else None for r in raw]

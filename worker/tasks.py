@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.queueing import CLUSTER_TASK, INDEX_CHUNK_TASK, REEMBED_CHUNK_TASK, SEARCH_TASK
 from worker import clustering_job, indexing, reembedding, searching
@@ -14,7 +15,13 @@ from worker.app import app, runtime_of
 @app.task(name=INDEX_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def index_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
     rt = runtime_of(self.app)
-    indexing.index_chunk(rt.store, rt.embedder, job_id, collection, indices, rt.settings.max_image_pixels)
+    try:
+        indexing.index_chunk(
+            rt.store, rt.embedder, job_id, collection, indices, rt.settings.max_image_pixels, rt.fault_hook
+        )
+    except SoftTimeLimitExceeded:
+        limit = rt.settings.task_time_limit_s
+        indexing.fail_unrecorded(rt.store, job_id, indices, "timeout", f"the chunk ran over {limit}s")
 
 
 @app.task(name=SEARCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)

@@ -1,0 +1,111 @@
+"""Faults injected into real processes: a worker killed mid-batch, an image that kills its worker
+every time, and a task delivered twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from shared import keys
+from shared.imaging import content_id
+from shared.queueing import INDEX_CHUNK_TASK, INDEX_QUEUE
+from tests.images import photo_bytes
+from tests.integration.client_helpers import index, search_bytes, submit_images, wait_job
+from tests.integration.services import Service, start_api, start_redis, start_worker
+
+# A short visibility timeout (2 x the task limit) so a dead worker's unacknowledged chunks come
+# back within the test's patience.
+FAST_REDELIVERY = {"TASK_TIME_LIMIT_S": "10", "ENVIRONMENT": "test"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, str]]:
+    workdir = tmp_path_factory.mktemp("faults")
+    redis_service, url = start_redis(workdir)
+    api, base = start_api(url, workdir)
+    yield url, workdir, base
+    api.stop()
+    redis_service.stop()
+
+
+def test_poison_image_fails_alone_after_bounded_retries(stack: tuple[str, Path, str]) -> None:
+    url, workdir, base = stack
+    worker = start_worker(url, workdir, "poison", TEST_CRASH_ON_FILENAME="poison.jpg", **FAST_REDELIVERY)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            files = [(f"ok{i}.jpg", photo_bytes(18000 + i)) for i in range(40)]
+            files.insert(5, ("poison.jpg", photo_bytes(18999)))
+            job = wait_job(client, submit_images(client, "poisoned", files)["job_id"], timeout=300)
+            assert job["status"] == "partial"
+            assert job["progress"] == {"total": 41, "done": 41, "failed": 1}
+            (error,) = job["errors"]
+            assert error["filename"] == "poison.jpg" and error["error"] == "worker_crashed"
+            assert client.get("/v1/collections/poisoned").json()["image_count"] == 40
+            assert worker.proc.poll() is None  # the worker itself is still up
+            top = search_bytes(client, "poisoned", files[0][1])["result"]["matches"][0]
+            assert top["image_id"] == content_id(files[0][1])
+    finally:
+        worker.stop()
+
+
+def test_worker_killed_mid_batch_loses_nothing(stack: tuple[str, Path, str]) -> None:
+    url, workdir, base = stack
+    first = start_worker(url, workdir, "doomed", **FAST_REDELIVERY)
+    second: Service | None = None
+    try:
+        with httpx.Client(base_url=base, timeout=120) as client:
+            files = [(f"b{i:04d}.jpg", photo_bytes(20000 + i, size=(64, 48))) for i in range(1000)]
+            job_id = submit_images(client, "killed", files)["job_id"]
+            deadline = time.monotonic() + 120
+            while client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] < 150:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            os.killpg(first.proc.pid, signal.SIGKILL)  # the whole worker: parent and pool
+            first.proc.wait(10)
+            done_at_kill = client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"]
+            assert done_at_kill < 1000
+            second = start_worker(url, workdir, "rescuer", **FAST_REDELIVERY)
+            job = wait_job(client, job_id, timeout=300)
+            assert job["status"] == "succeeded", job["errors"][:3]
+            assert job["progress"] == {"total": 1000, "done": 1000, "failed": 0}
+            ids = job["result"]["created"] + job["result"]["existing"]
+            assert sorted(ids) == sorted(content_id(b) for _, b in files)
+            assert client.get("/v1/collections/killed").json()["image_count"] == 1000
+            assert redis.Redis.from_url(url).hlen(keys.vectors("killed")) == 1000
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_task_delivered_twice_changes_nothing(stack: tuple[str, Path, str]) -> None:
+    url, workdir, base = stack
+    worker = start_worker(url, workdir, "twice", **FAST_REDELIVERY)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            files = [(f"t{i}.jpg", photo_bytes(19000 + i)) for i in range(6)]
+            job = index(client, "twice", files)
+            r = redis.Redis.from_url(url)
+            before = (r.hgetall(keys.vectors("twice")), r.xlen(keys.log("twice")), r.hgetall(keys.job(job["job_id"])))
+            from celery import Celery
+
+            producer = Celery(broker=url)
+            producer.conf.update(task_serializer="json", accept_content=["json"])
+            producer.send_task(INDEX_CHUNK_TASK, args=[job["job_id"], "twice", list(range(6))], queue=INDEX_QUEUE)
+            deadline = time.monotonic() + 60
+            while r.hget(keys.job_attempts(job["job_id"]), "chunk:0") != b"2":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            time.sleep(0.5)
+            after = (r.hgetall(keys.vectors("twice")), r.xlen(keys.log("twice")), r.hgetall(keys.job(job["job_id"])))
+            assert after == before
+            assert client.get(f"/v1/jobs/{job['job_id']}").json()["progress"] == job["progress"]
+    finally:
+        worker.stop()

@@ -1,0 +1,762 @@
+"""Offline checks of the deployment files: the Kubernetes manifests under infra/k8s and docker-compose.yml.
+
+No cluster and no network. Core Kubernetes objects are validated against the JSON schemas that the
+`kubernetes-validate` package ships (strict: unknown fields are errors), for the newest Kubernetes
+version it has and for an older one still common on managed clusters. KEDA's ScaledObject and
+TriggerAuthentication are custom resources with no shipped schema: they are validated against the
+JSON schemas below, written from KEDA's CRDs and documentation (keda.sh/v1alpha1). Then the
+properties that matter for this service are asserted one by one.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_DIR = ROOT / "infra" / "k8s"
+EXAMPLES_DIR = K8S_DIR / "examples"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+NAMESPACE = "simsearch"
+REDIS_SECRET = ("simsearch-redis", "password")
+
+# The newest schema set kubernetes-validate ships (1.37 with kubernetes-validate 1.37.0), and 1.29,
+# an older version still run by managed clusters: the manifests must use no field newer than it.
+K8S_VERSIONS = sorted({kubernetes_validate.latest_version(), "1.29.0"})
+
+MANIFEST_FILES = sorted(p for p in K8S_DIR.rglob("*") if p.suffix in {".yaml", ".yml", ".json"})
+
+
+# --------------------------------------------------------------------------------------------------
+# KEDA schemas (keda.sh/v1alpha1). Sources: the CRDs in kedacore/keda config/crd/bases
+# (keda.sh_scaledobjects.yaml, keda.sh_triggerauthentications.yaml), keda.sh/docs/latest/reference/
+# scaledobject-spec, keda.sh/docs/latest/scalers/redis-lists, keda.sh/docs/latest/authentication-
+# providers/secret. The CRDs are structural, so the API server prunes or (with kubectl's default
+# strict field validation) rejects unknown fields: `additionalProperties: false` mirrors that. The
+# one rule stricter than KEDA: a `redis` trigger's metadata may only hold the documented keys (KEDA
+# would ignore a misspelt one silently).
+
+_STRING: dict[str, Any] = {"type": "string"}
+_INT32: dict[str, Any] = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
+_DIGITS: dict[str, Any] = {"type": "string", "pattern": r"^[0-9]+$"}
+_BOOL_STRING: dict[str, Any] = {"type": "string", "enum": ["true", "false"]}
+_OBJECT_META: dict[str, Any] = {
+    # Checked fully against Kubernetes' ObjectMeta in _schema_errors; here only what a CR needs.
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": _STRING, "namespace": _STRING},
+}
+
+REDIS_LIST_TRIGGER_METADATA: dict[str, Any] = {
+    "type": "object",
+    "required": ["listName"],
+    "additionalProperties": False,
+    "properties": {
+        "address": _STRING,
+        "addressFromEnv": _STRING,
+        "host": _STRING,
+        "hostFromEnv": _STRING,
+        "port": _DIGITS,
+        "portFromEnv": _STRING,
+        "usernameFromEnv": _STRING,
+        "passwordFromEnv": _STRING,
+        "listName": {"type": "string", "minLength": 1},
+        "listLength": _DIGITS,
+        "activationListLength": _DIGITS,
+        "enableTLS": _BOOL_STRING,
+        "unsafeSsl": _BOOL_STRING,
+        "databaseIndex": _DIGITS,
+    },
+}
+
+_SCALING_POLICY: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "value", "periodSeconds"],
+    "additionalProperties": False,
+    "properties": {"type": {"enum": ["Pods", "Percent"]}, "value": _INT32, "periodSeconds": _INT32},
+}
+_SCALING_RULES: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "policies": {"type": "array", "items": _SCALING_POLICY},
+        "selectPolicy": {"enum": ["Max", "Min", "Disabled"]},
+        "stabilizationWindowSeconds": {"type": "integer", "minimum": 0, "maximum": 3600},
+        "tolerance": {"type": ["string", "number"]},
+    },
+}
+
+SCALED_OBJECT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "ScaledObject"},
+        "metadata": _OBJECT_META,
+        "spec": {
+            "type": "object",
+            "required": ["scaleTargetRef", "triggers"],
+            "additionalProperties": False,
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "apiVersion": _STRING,
+                        "kind": _STRING,
+                        "name": {"type": "string", "minLength": 1},
+                        "envSourceContainerName": _STRING,
+                    },
+                },
+                "pollingInterval": _INT32,
+                "cooldownPeriod": _INT32,
+                "initialCooldownPeriod": _INT32,
+                "idleReplicaCount": _INT32,
+                "minReplicaCount": _INT32,
+                "maxReplicaCount": _INT32,
+                "fallback": {
+                    "type": "object",
+                    "required": ["failureThreshold", "replicas"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "failureThreshold": _INT32,
+                        "replicas": _INT32,
+                        "behavior": {
+                            "enum": ["static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"]
+                        },
+                    },
+                },
+                "advanced": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "restoreToOriginalReplicaCount": {"type": "boolean"},
+                        "horizontalPodAutoscalerConfig": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": _STRING,
+                                "behavior": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {"scaleUp": _SCALING_RULES, "scaleDown": _SCALING_RULES},
+                                },
+                            },
+                        },
+                        "scalingModifiers": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "formula": _STRING,
+                                "target": _STRING,
+                                "activationTarget": _STRING,
+                                "metricType": {"enum": ["AverageValue", "Value"]},
+                            },
+                        },
+                    },
+                },
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "metadata"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "type": {"type": "string", "minLength": 1},
+                            "name": _STRING,
+                            "metadata": {"type": "object", "additionalProperties": _STRING},
+                            "authenticationRef": {
+                                "type": "object",
+                                "required": ["name"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "name": {"type": "string", "minLength": 1},
+                                    "kind": {"enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]},
+                                },
+                            },
+                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                            "useCachedMetrics": {"type": "boolean"},
+                        },
+                        "allOf": [
+                            {
+                                "if": {"properties": {"type": {"const": "redis"}}},
+                                "then": {"properties": {"metadata": REDIS_LIST_TRIGGER_METADATA}},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        "status": {"type": "object"},
+    },
+}
+
+
+def _target_refs(*required: str, **extra: Any) -> dict[str, Any]:
+    props = {name: _STRING for name in required} | extra
+    return {
+        "type": "array",
+        "items": {"type": "object", "required": list(required), "additionalProperties": False, "properties": props},
+    }
+
+
+TRIGGER_AUTHENTICATION_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "TriggerAuthentication"},
+        "metadata": _OBJECT_META,
+        "spec": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": False,
+            "properties": {
+                "secretTargetRef": _target_refs("parameter", "name", "key"),
+                "configMapTargetRef": _target_refs("parameter", "name", "key"),
+                "env": _target_refs("parameter", "name", containerName=_STRING),
+                "boundServiceAccountToken": _target_refs("parameter", "serviceAccountName"),
+                # Providers this project does not use: their inner structure is not checked here.
+                "podIdentity": {"type": "object", "required": ["provider"]},
+                "hashiCorpVault": {"type": "object", "required": ["address", "authentication", "secrets"]},
+                "azureKeyVault": {"type": "object", "required": ["vaultUri", "secrets"]},
+                "awsSecretManager": {"type": "object", "required": ["secrets"]},
+                "gcpSecretManager": {"type": "object", "required": ["secrets"]},
+            },
+        },
+        "status": {"type": "object"},
+    },
+}
+
+KEDA_SCHEMAS = {"ScaledObject": SCALED_OBJECT_SCHEMA, "TriggerAuthentication": TRIGGER_AUTHENTICATION_SCHEMA}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and helpers
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict[str, Any]]:
+    return [doc for path in MANIFEST_FILES for doc in _load(path)]
+
+
+@pytest.fixture(scope="module")
+def applied_docs() -> list[dict[str, Any]]:
+    """What `kubectl apply -f infra/k8s/` applies: the directory itself, not examples/."""
+    return [doc for path in MANIFEST_FILES if path.parent == K8S_DIR for doc in _load(path)]
+
+
+def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}]
+
+
+def _containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    pod = workload["spec"]["template"]["spec"]
+    yield from pod.get("initContainers", [])
+    yield from pod["containers"]
+
+
+def _container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    assert len(found) == 1, f"{workload['metadata']['name']}: expected one container {name!r}"
+    return found[0]
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+
+
+def _env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, str | SecretRef]:
+    """The container's environment as Kubernetes builds it: envFrom ConfigMaps, then env (which wins)."""
+    env: dict[str, str | SecretRef] = {}
+    for source in container.get("envFrom", []):
+        assert "secretRef" not in source, "import secrets key by key (secretKeyRef), not wholesale"
+        env.update(_one(docs, "ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            ref = var["valueFrom"].get("secretKeyRef")
+            assert ref is not None, f"{var['name']}: only literal values and secretKeyRef are used here"
+            env[var["name"]] = SecretRef(ref["name"], ref["key"])
+    return env
+
+
+_BINARY = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def _quantity(value: str | int | float) -> float:
+    """A Kubernetes resource quantity ("500m", "2", "3Gi") as a number (cores or bytes)."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(m|Ki|Mi|Gi|Ti|k|M|G)?", str(value))
+    assert match, f"unparsable quantity {value!r}"
+    number, suffix = float(match[1]), match[2] or ""
+    return number / 1000 if suffix == "m" else number * _BINARY[suffix]
+
+
+def _redis_bytes(value: str) -> int:
+    """A Redis memory size ("6gb": 1024-based, like redis.conf)."""
+    match = re.fullmatch(r"([0-9]+)(b|kb|mb|gb|k|m|g)?", value.lower())
+    assert match, f"unparsable redis size {value!r}"
+    scale = {"": 1, "b": 1, "kb": 2**10, "mb": 2**20, "gb": 2**30, "k": 10**3, "m": 10**6, "g": 10**9}
+    return int(match[1]) * scale[match[2] or ""]
+
+
+def _schema_errors(doc: dict[str, Any], version: str) -> list[str]:
+    """Every schema error of one document: kubernetes-validate for core kinds, ours for KEDA's."""
+    if str(doc.get("apiVersion", "")).startswith("keda.sh/"):
+        schema = KEDA_SCHEMAS.get(doc.get("kind", ""))
+        if schema is None:
+            return [f"no schema for KEDA kind {doc.get('kind')!r}"]
+        errors = [
+            f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+            for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)
+        ]
+        # The metadata of a custom resource is a plain ObjectMeta: check it as one.
+        if not errors:
+            errors = _schema_errors({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}, version)
+        return errors
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"]
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return [e.message]
+    return []
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema validation
+
+
+def test_the_manifests_are_there() -> None:
+    names = {p.relative_to(K8S_DIR).as_posix() for p in MANIFEST_FILES}
+    assert len(names) >= 6, names
+    assert any(n.startswith("examples/") for n in names), "the secret example lives in examples/"
+    assert (K8S_DIR / "README.md").is_file()
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", MANIFEST_FILES, ids=lambda p: p.relative_to(K8S_DIR).as_posix())
+def test_every_document_matches_its_schema(path: Path, version: str) -> None:
+    documents = _load(path)
+    assert documents, f"{path} holds no document"
+    problems = []
+    for doc in documents:
+        assert isinstance(doc, dict) and {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path}: not an object"
+        where = f"{doc['kind']}/{doc['metadata'].get('name')}"
+        problems += [f"{where}: {err}" for err in _schema_errors(doc, version)]
+    assert not problems, f"{path.name} against Kubernetes {version}:\n" + "\n".join(problems)
+
+
+def test_the_keda_schemas_are_valid_json_schemas() -> None:
+    for schema in KEDA_SCHEMAS.values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if value is _DELETE:
+            del node[last]
+        elif isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+
+    return mutate
+
+
+_DELETE = object()
+_BROKEN = [
+    ("Deployment", "simsearch-worker", "spec.template.spec.containers.0.imagee", "typo"),
+    ("Deployment", "simsearch-api", "spec.template.spec.containers.0.env.0.value", 8000),
+    ("Deployment", "simsearch-api", "spec.template.spec.containers.0.ports.0.containerPort", "8000"),
+    ("StatefulSet", "redis", "spec.selector", _DELETE),
+    ("StatefulSet", "redis", "spec.volumeClaimTemplates.0.spec.accessModes", "ReadWriteOnce"),
+    ("ScaledObject", "simsearch-worker", "spec.triggers.0.metadata.listLength", 64),
+    ("ScaledObject", "simsearch-worker", "spec.triggers.0.metadata.listname", "index"),
+    ("ScaledObject", "simsearch-worker", "spec.scaleTargetRef.name", _DELETE),
+    ("ScaledObject", "simsearch-worker", "spec.minReplicas", 1),
+    ("ScaledObject", "simsearch-worker", "spec.triggers.0.authenticationRef.kind", "Secret"),
+    ("TriggerAuthentication", "simsearch-redis-auth", "spec.secretTargetRef.0.key", _DELETE),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "path", "value"), _BROKEN, ids=[f"{b[0]}:{b[2]}" for b in _BROKEN])
+def test_the_validation_catches_broken_documents(
+    docs: list[dict[str, Any]], kind: str, name: str, path: str, value: Any
+) -> None:
+    """The schemas are not vacuous: each of these typical mistakes is an error."""
+    doc = copy.deepcopy(_one(docs, kind, name))
+    assert not _schema_errors(doc, K8S_VERSIONS[-1])
+    _set(path, value)(doc)
+    assert _schema_errors(doc, K8S_VERSIONS[-1]), f"{kind}/{name} with {path}={value!r} passed validation"
+
+
+# --------------------------------------------------------------------------------------------------
+# What the manifests must say
+
+
+def test_the_expected_objects_all_in_the_namespace(docs: list[dict[str, Any]]) -> None:
+    expected = {
+        ("Namespace", NAMESPACE),
+        ("ConfigMap", "simsearch-config"),
+        ("Service", "redis"),
+        ("StatefulSet", "redis"),
+        ("Service", "simsearch-api"),
+        ("Deployment", "simsearch-api"),
+        ("Deployment", "simsearch-worker"),
+        ("TriggerAuthentication", "simsearch-redis-auth"),
+        ("ScaledObject", "simsearch-worker"),
+        ("Secret", REDIS_SECRET[0]),
+    }
+    present = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(present) == len(set(present)), f"duplicate objects: {present}"
+    assert expected <= set(present), expected - set(present)
+    for doc in docs:
+        name = doc["metadata"]["name"]
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, f"{doc['kind']}/{name} outside {NAMESPACE}"
+
+
+def test_no_secret_is_applied_and_the_example_is_a_placeholder(
+    docs: list[dict[str, Any]], applied_docs: list[dict[str, Any]]
+) -> None:
+    assert not [d for d in applied_docs if d["kind"] == "Secret"], "real secrets are created with kubectl, not applied"
+    for secret in (d for d in docs if d["kind"] == "Secret"):
+        assert "data" not in secret, "the example uses stringData, readable as a placeholder"
+        for key, value in secret["stringData"].items():
+            assert "REPLACE-ME" in value, f"{secret['metadata']['name']}.{key} is not an obvious placeholder"
+    example = (EXAMPLES_DIR / "secrets.example.yaml").read_text()
+    assert "kubectl -n simsearch create secret generic simsearch-redis" in example
+
+
+def test_no_literal_password_in_workloads_or_config(docs: list[dict[str, Any]]) -> None:
+    secret_words = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEYS|AUTH", re.IGNORECASE)
+    for config in (d for d in docs if d["kind"] == "ConfigMap"):
+        assert not [k for k in config.get("data", {}) if secret_words.search(k)], "secrets do not go in ConfigMaps"
+    for workload in _workloads(docs):
+        for container in _containers(workload):
+            env = _env(container, docs)
+            for name, value in env.items():
+                if secret_words.search(name):
+                    assert isinstance(value, SecretRef), f"{workload['metadata']['name']}: literal {name}"
+            url = env.get("REDIS_URL")
+            if url is not None:
+                # The password is only ever the secret-backed variable, expanded by Kubernetes.
+                assert isinstance(url, str)
+                match = re.fullmatch(r"redis://:\$\((\w+)\)@redis:6379/0", url)
+                assert match, f"REDIS_URL {url!r} must take its password from the Secret"
+                assert env[match[1]] == SecretRef(*REDIS_SECRET)
+            words = container.get("command", []) + container.get("args", [])
+            for flag, value in itertools.pairwise(words):
+                if flag == "--requirepass":
+                    match = re.fullmatch(r"\$\((\w+)\)", value)
+                    assert match, "--requirepass takes $(VAR), never a literal"
+                    assert env[match[1]] == SecretRef(*REDIS_SECRET)
+
+
+def test_every_variable_reference_is_defined_before_use(docs: list[dict[str, Any]]) -> None:
+    """$(VAR) is expanded only if VAR is defined earlier (envFrom or a previous env entry); otherwise
+    the literal text stays, e.g. a REDIS_URL whose password is the string "$(REDIS_PASWORD)"."""
+    reference = re.compile(r"\$\((\w+)\)")
+    for workload in _workloads(docs):
+        for container in _containers(workload):
+            defined: set[str] = set()
+            for source in container.get("envFrom", []):
+                defined |= set(_one(docs, "ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+            for var in container.get("env", []):
+                for used in reference.findall(var.get("value", "")):
+                    assert used in defined, f"{container['name']}: {var['name']} uses $({used}) before it is defined"
+                defined.add(var["name"])
+            for word in container.get("command", []) + container.get("args", []):
+                for used in reference.findall(word):
+                    assert used in defined, f"{container['name']}: $({used}) in the command is not defined"
+
+
+def test_redis_persists_with_aof_and_requires_the_password(docs: list[dict[str, Any]]) -> None:
+    redis = _one(docs, "StatefulSet", "redis")
+    container = _container(redis, "redis")
+    assert container["image"] == "redis:7.2-alpine"
+    args = container["args"]
+    assert args[0] == "redis-server"
+    options = dict(zip(args[1::2], args[2::2], strict=True))
+    assert options["--appendonly"] == "yes"
+    assert options["--appendfsync"] == "everysec"
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert options["--requirepass"].startswith("$(")
+    # The data directory is the volume from the claim template.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert options.get("--dir", "/data") == "/data"
+    claims = {t["metadata"]["name"]: t for t in redis["spec"]["volumeClaimTemplates"]}
+    assert mounts["/data"] in claims
+    assert _quantity(claims[mounts["/data"]]["spec"]["resources"]["requests"]["storage"]) >= 10 * 2**30
+    # A full Redis must refuse writes, not be OOM-killed: maxmemory below the memory limit.
+    limit = _quantity(container["resources"]["limits"]["memory"])
+    assert _redis_bytes(options["--maxmemory"]) < limit
+    # The headless service governs the StatefulSet and reaches its pod.
+    service = _one(docs, "Service", redis["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    labels = redis["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert redis["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert [p["port"] for p in service["spec"]["ports"]] == [6379]
+
+
+def test_redis_probes_ping_with_the_password(docs: list[dict[str, Any]]) -> None:
+    container = _container(_one(docs, "StatefulSet", "redis"), "redis")
+    env = _env(container, docs)
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = " ".join(container[probe]["exec"]["command"])
+        assert "redis-cli" in command and "ping" in command and "PONG" in command, probe
+        # Authenticated either by REDISCLI_AUTH (kept off the command line) or by -a "$VAR".
+        via = re.search(r"-a\s+\"?\$\{?(\w+)", command)
+        assert env[via[1] if via else "REDISCLI_AUTH"] == SecretRef(*REDIS_SECRET), probe
+
+
+def test_every_container_has_resources(docs: list[dict[str, Any]]) -> None:
+    for workload in _workloads(docs):
+        for container in _containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            resources = container.get("resources", {})
+            requests, limits = resources.get("requests", {}), resources.get("limits", {})
+            assert {"cpu", "memory"} <= requests.keys(), f"{where}: requests"
+            assert "memory" in limits, f"{where}: memory limit"
+            for resource, limit in limits.items():
+                assert _quantity(limit) >= _quantity(requests.get(resource, 0)), f"{where}: {resource}"
+
+
+def test_api_probes_and_service(docs: list[dict[str, Any]]) -> None:
+    api = _one(docs, "Deployment", "simsearch-api")
+    container = _container(api, "api")
+    assert container["image"].split(":")[0].endswith("simsearch-api")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000}
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path and get["port"] in {"http", 8000}, probe
+    service = _one(docs, "Service", "simsearch-api")
+    assert service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+    assert [p["targetPort"] for p in service["spec"]["ports"]] in (["http"], [8000])
+
+
+def _dockerfile_uid(name: str) -> int:
+    match = re.search(r"useradd\b[^\n]*--uid\s+(\d+)", (ROOT / "infra" / name).read_text())
+    assert match, f"{name} creates no user with a fixed uid"
+    return int(match[1])
+
+
+@pytest.mark.parametrize(
+    ("deployment", "dockerfile"), [("simsearch-api", "api.Dockerfile"), ("simsearch-worker", "worker.Dockerfile")]
+)
+def test_api_and_worker_run_as_the_images_non_root_user(
+    docs: list[dict[str, Any]], deployment: str, dockerfile: str
+) -> None:
+    pod = _one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    # The images name their user (`USER simsearch`); the kubelet can only enforce runAsNonRoot
+    # against a numeric uid, so it must be given, and be the image's.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == _dockerfile_uid(dockerfile) != 0
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(docs: list[dict[str, Any]]) -> None:
+    namespace = _one(docs, "Namespace", NAMESPACE)
+    assert namespace["metadata"]["labels"].get("pod-security.kubernetes.io/enforce") == "restricted"
+    for workload in _workloads(docs):
+        pod = workload["spec"]["template"]["spec"]
+        pod_context = pod.get("securityContext", {})
+        for container in _containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            context = container.get("securityContext", {})
+            assert context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is True, where
+            assert context.get("runAsUser", pod_context.get("runAsUser", 1)) != 0, where
+            assert context.get("allowPrivilegeEscalation") is False, where
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not context.get("privileged", False), where
+            seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+            assert seccomp.get("type") in {"RuntimeDefault", "Localhost"}, where
+        for volume in pod.get("volumes", []):
+            assert volume.keys() & {"emptyDir", "persistentVolumeClaim", "configMap", "secret", "projected"}, volume
+
+
+def test_worker_deployment(docs: list[dict[str, Any]]) -> None:
+    worker = _one(docs, "Deployment", "simsearch-worker")
+    pod = worker["spec"]["template"]["spec"]
+    container = _container(worker, "worker")
+    assert container["image"].split(":")[0].endswith("simsearch-worker")
+    assert "ports" not in container
+    # The autoscaler owns the replica count: a `replicas` here would reset it on every apply.
+    assert "replicas" not in worker["spec"]
+    env = _env(container, docs)
+    assert env["EMBEDDING_MODEL"] in {"resnet50", "efficientnet-lite0"}
+    assert env["EMBEDDING_WEIGHTS"]
+    assert env["ENVIRONMENT"] == "production"
+    assert env["SIMSEARCH_CACHE_DIR"] == "/cache/simsearch"
+    assert env["KERAS_HOME"] == "/cache/keras"
+    # /cache is a per-pod emptyDir or a claim, never the image's filesystem.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/cache"]].keys() & {"emptyDir", "persistentVolumeClaim"}
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert _quantity(requests["cpu"]) >= 2
+    assert _quantity(requests["memory"]) >= 3 * 2**30
+    # Inference threads match the CPUs the container gets (the default counts the node's CPUs).
+    cpus = _quantity(limits.get("cpu", requests["cpu"]))
+    assert int(env["INFERENCE_THREADS"]) * int(env.get("WORKER_CONCURRENCY", "1")) <= max(1, cpus)
+    # A running task may finish during the shutdown grace period.
+    task_limit = int(env.get("TASK_TIME_LIMIT_S", "600"))
+    assert pod["terminationGracePeriodSeconds"] > task_limit
+
+
+def test_api_and_worker_share_their_configuration(docs: list[dict[str, Any]]) -> None:
+    api = _env(_container(_one(docs, "Deployment", "simsearch-api"), "api"), docs)
+    worker = _env(_container(_one(docs, "Deployment", "simsearch-worker"), "worker"), docs)
+    for name in ("REDIS_URL", "REDIS_PASSWORD", "ENVIRONMENT", "EMBEDDING_MODEL"):
+        assert api[name] == worker[name], name
+    assert api["ENVIRONMENT"] == "production"
+    assert isinstance(api["API_KEYS"], SecretRef), "production refuses to start without API keys"
+
+
+def test_scaled_object_scales_the_worker_on_both_queues(docs: list[dict[str, Any]]) -> None:
+    scaled = _one(docs, "ScaledObject", "simsearch-worker")
+    spec = scaled["spec"]
+    target = spec["scaleTargetRef"]
+    assert target.get("kind", "Deployment") == "Deployment"
+    assert target.get("apiVersion", "apps/v1") == "apps/v1"
+    worker = _one(docs, "Deployment", target["name"])
+    assert worker["metadata"]["name"] == "simsearch-worker"
+    assert target.get("envSourceContainerName", "worker") == "worker"
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    assert "cooldownPeriod" in spec
+    redis_service = _one(docs, "Service", "redis")
+    address = f"{redis_service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:6379"
+    by_list = {t["metadata"]["listName"]: t for t in spec["triggers"] if t["type"] == "redis"}
+    assert set(by_list) == {INDEX_QUEUE, SEARCH_QUEUE}
+    for trigger in by_list.values():
+        metadata = trigger["metadata"]
+        # KEDA runs in its own namespace: the fully qualified service name.
+        assert metadata["address"] == address
+        assert metadata.get("databaseIndex", "0") == "0"  # REDIS_URL's /0
+        assert int(metadata["listLength"]) >= 1
+        if "passwordFromEnv" in metadata:
+            assert _env(_container(worker, "worker"), docs)[metadata["passwordFromEnv"]] == SecretRef(*REDIS_SECRET)
+        else:
+            auth = _one(
+                docs,
+                trigger["authenticationRef"].get("kind", "TriggerAuthentication"),
+                trigger["authenticationRef"]["name"],
+            )
+            refs = {r["parameter"]: SecretRef(r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+            assert refs["password"] == SecretRef(*REDIS_SECRET)
+
+
+def test_the_hpa_keda_derives_is_a_valid_autoscaling_v2_object(docs: list[dict[str, Any]]) -> None:
+    """KEDA turns the ScaledObject into an autoscaling/v2 HPA (external metrics, one per trigger, with
+    listLength as an AverageValue target, and the `advanced` behaviour): check that HPA's schema too."""
+    spec = _one(docs, "ScaledObject", "simsearch-worker")["spec"]
+    hpa_spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec["scaleTargetRef"]["name"]},
+        "minReplicas": spec["minReplicaCount"],
+        "maxReplicas": spec["maxReplicaCount"],
+        "metrics": [
+            {
+                "type": "External",
+                "external": {
+                    "metric": {"name": f"s{i}-redis-{t['metadata']['listName']}"},
+                    "target": {"type": "AverageValue", "averageValue": t["metadata"]["listLength"]},
+                },
+            }
+            for i, t in enumerate(spec["triggers"])
+        ],
+    }
+    behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
+    if behavior is not None:
+        hpa_spec["behavior"] = behavior
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "keda-hpa-simsearch-worker", "namespace": NAMESPACE},
+        "spec": hpa_spec,
+    }
+    for version in K8S_VERSIONS:
+        assert not _schema_errors(hpa, version)
+
+
+# --------------------------------------------------------------------------------------------------
+# docker-compose.yml (structure only: there is no Docker engine here)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return command.split() if isinstance(command, str) else list(command)
+
+
+def test_compose_redis_persists_with_aof_and_a_password(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    assert redis["image"].startswith("redis:")
+    command = _command(redis)
+    assert "--requirepass" in command
+    assert re.fullmatch(r"\$\{REDIS_PASSWORD[^}]*\}", command[command.index("--requirepass") + 1])
+    # AOF: on the command line, or in the config file mounted and passed to redis-server.
+    settings = " ".join(command)
+    for volume in redis.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if target in command and source.endswith(".conf"):
+            settings += "\n" + (ROOT / source).read_text()
+    assert re.search(r"(^|\s|--)appendonly\s+\"?yes", settings, re.MULTILINE), "AOF is off"
+    assert re.search(r"(^|\s|--)appendfsync\s+\"?(everysec|always)", settings, re.MULTILINE)
+    assert any(str(v).split(":")[1] == "/data" for v in redis.get("volumes", [])), "no volume for /data"
+
+
+def test_compose_worker_can_scale_and_api_waits_for_redis(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    worker, api = services["worker"], services["api"]
+    # `--scale worker=N` needs no fixed name and no host port.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    depends = api.get("depends_on", {})
+    assert "redis" in depends
+    if isinstance(depends, dict):
+        assert depends["redis"].get("condition") == "service_healthy"
+    for name in ("api", "worker"):
+        url = services[name]["environment"]["REDIS_URL"]
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD[^}]*\}@redis:6379/\d+", url), f"{name}: {url}"
