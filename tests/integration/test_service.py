@@ -118,10 +118,12 @@ def test_bad_files_fail_alone_and_workers_stay_up(client: httpx.Client, collecti
         ("truncated.jpg", truncated),
         ("bomb.png", _png_header_only(20000, 20000)),
         ("doc.jpg", b"%PDF-1.4\n%%EOF\n"),
+        ("vector.jpg", b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>'),
+        ("sky.jpg", b"SIMPLE  =                    T" + b" " * 50 + b"BITPIX  =                    8"),
     ]
     job = index(client, collection, [good[0], *bad[:3], good[1], *bad[3:], good[2]])
     assert job["status"] == "partial"
-    assert job["progress"] == {"total": 8, "done": 8, "failed": 5}
+    assert job["progress"] == {"total": 10, "done": 10, "failed": 7}
     assert job["result"]["created"] == [content_id(b) for _, b in good]
     reasons = {e["filename"]: e for e in job["errors"]}
     assert set(reasons) == {name for name, _ in bad}
@@ -133,6 +135,36 @@ def test_bad_files_fail_alone_and_workers_stay_up(client: httpx.Client, collecti
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: search_bytes(client, collection, good[1][1]), range(4)))
     assert all(r["result"]["matches"][0]["image_id"] == content_id(good[1][1]) for r in results)
+
+
+def test_awkward_but_valid_images_are_indexed_as_a_person_sees_them(client: httpx.Client, collection: str) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from tests.images import encode, make_photo
+
+    ramp = (np.arange(96 * 128, dtype=np.uint16).reshape(96, 128) * 5).astype(np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [make_photo(9400), make_photo(9401)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    files = [
+        ("cmyk.jpg", encode(make_photo(9402).convert("CMYK"), "JPEG")),
+        ("deep.png", encode(Image.fromarray(ramp), "PNG")),
+        ("rotated.jpg", encode(make_photo(9403, size=(200, 100)), "JPEG", exif=exif.tobytes())),
+        ("animated.gif", gif.getvalue()),
+    ]
+    job = index(client, collection, files)
+    assert job["status"] == "succeeded", job["errors"]
+    rotated = client.get(f"/v1/collections/{collection}/images/{content_id(files[2][1])}").json()
+    assert (rotated["width"], rotated["height"]) == (100, 200)  # upright, as displayed
+    thumb = Image.open(
+        io.BytesIO(client.get(f"/v1/collections/{collection}/images/{content_id(files[2][1])}/content").content)
+    )
+    assert thumb.size == (100, 200)
+    for _, data in files:
+        assert search_bytes(client, collection, data, k=1)["result"]["matches"][0]["image_id"] == content_id(data)
 
 
 def test_min_similarity_with_nothing_close_says_so(client: httpx.Client, collection: str) -> None:

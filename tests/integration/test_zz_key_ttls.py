@@ -1,0 +1,29 @@
+"""Runs after the other integration tests (file order): every key they left that is not data, not
+the broker's own bookkeeping and not a lifetime metric must carry a TTL."""
+
+from __future__ import annotations
+
+import redis
+
+from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE
+
+DATA_PREFIXES = ("ss:c:",)
+DATA_KEYS = {"ss:collections"}
+METRIC_KEYS = {"ss:metrics:jobs"}  # Prometheus counters: they must outlive any job
+BROKER = {INDEX_QUEUE, SEARCH_QUEUE, "unacked", "unacked_index", "unacked_mutex"}
+
+
+def test_no_temporary_key_lacks_a_ttl(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    checked, missing = 0, []
+    for raw in client.scan_iter(count=1000):
+        key = raw.decode()
+        if key in DATA_KEYS or key.startswith(DATA_PREFIXES) or key in METRIC_KEYS:
+            continue
+        if key in BROKER or key.startswith("_kombu."):
+            continue
+        checked += 1
+        if client.ttl(key) < 0:
+            missing.append(key)
+    assert checked > 0, "nothing was checked: did the other integration tests run?"
+    assert missing == [], missing
