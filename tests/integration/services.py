@@ -63,11 +63,11 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path, name: str) -> Service
     return Service(proc=proc, log=log, name=name, env=env)
 
 
-def start_redis(workdir: Path, appendonly: bool = False) -> tuple[Service, str]:
+def start_redis(workdir: Path, appendonly: bool = False, port: int | None = None) -> tuple[Service, str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-    port = free_port()
+    port = port or free_port()
     cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
     cmd += ["--appendonly", "yes" if appendonly else "no"]
     service = _spawn(cmd, dict(os.environ), workdir / f"redis-{port}.log", "redis")
