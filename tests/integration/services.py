@@ -93,10 +93,11 @@ def start_worker(redis_url: str, workdir: Path, name: str, ready_timeout: float 
     return service
 
 
-def start_api(redis_url: str, workdir: Path, **extra: str) -> tuple[Service, str]:
+def start_api(redis_url: str, workdir: Path, access_log: bool = True, **extra: str) -> tuple[Service, str]:
     port = free_port()
     env = service_env(redis_url, **extra)
     cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += [] if access_log else ["--no-access-log"]
     service = _spawn(cmd, env, workdir / f"api-{port}.log", "api")
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(base + "/healthz").status_code == 200, 30, "api", service.proc, service.log)

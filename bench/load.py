@@ -1,0 +1,112 @@
+"""Polling under load: 50 clients poll job status (wrk, 50 connections) while a 1,000-image batch
+is embedded by one worker; compared with the same batch embedded with nobody polling.
+
+    python bench/load.py --data ../shared/datasets/animals
+
+Prints polls/s, poll latency p50/p99 (from wrk) and the batch's time with and without polling.
+Needs `wrk` (apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from common import Service, labelled_images  # noqa: E402
+
+
+def timed_batch(service: Service, collection: str, files: list[tuple[str, bytes]], on_submit=None) -> float:
+    started = time.perf_counter()
+    parts = [("files", (name, data, "image/jpeg")) for name, data in files]
+    job_id = service.http.post(f"/v1/collections/{collection}/images", files=parts).raise_for_status().json()["job_id"]
+    if on_submit:
+        on_submit(job_id)
+    job = service.wait(job_id)
+    assert job["status"] == "succeeded", job["errors"][:3]
+    return time.perf_counter() - started
+
+
+def wrk(url: str, seconds: int, connections: int, out: dict) -> None:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    out["text"] = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def parse(text: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        number, unit = float(re.match(r"[\d.]+", value).group()), re.search(r"[a-z]+$", value).group()
+        return number * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", text, re.M))
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "p50": ms(latency["50"]),
+        "p99": ms(latency["99"]),
+        "errors": float(sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", text))),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "animals")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+
+    from tests.integration.services import start_api, start_redis, start_worker
+
+    workdir = Path(tempfile.mkdtemp(prefix="load-"))
+    redis_service, url = start_redis(workdir)
+    cache = Path(tempfile.gettempdir()) / "simsearch-bench-cache"
+    worker = start_worker(url, workdir, "load", ready_timeout=600, SIMSEARCH_CACHE_DIR=str(cache))
+    api, base = start_api(url, workdir, access_log=False, RATE_LIMIT_PER_SECOND="0", LOG_LEVEL="WARNING")
+    try:
+        service = Service(base)
+        photos = [p.read_bytes() for p, _ in labelled_images(args.data)]
+        assert len(photos) >= 2 * args.images + 32, "need two distinct batches"
+        service.index("warmup", [(f"w{i}.jpg", b) for i, b in enumerate(photos[-32:])])
+        quiet = timed_batch(service, "quiet", [(f"q{i}.jpg", b) for i, b in enumerate(photos[: args.images])])
+        print(f"batch of {args.images} with nobody polling: {quiet:.2f}s ({args.images / quiet:.1f} images/s)")
+
+        result: dict = {}
+        poller = None
+
+        def start_polling(job_id: str) -> None:
+            nonlocal poller
+            seconds = max(2, int(quiet * 0.9))  # poll for (about) the whole batch
+            poller = threading.Thread(
+                target=wrk, args=(f"{base}/v1/jobs/{job_id}", seconds, args.clients, result), daemon=True
+            )
+            poller.start()
+
+        files = [(f"p{i}.jpg", b) for i, b in enumerate(photos[args.images : 2 * args.images])]
+        busy = timed_batch(service, "polled", files, on_submit=start_polling)
+        poller.join()
+        stats = parse(result["text"])
+        rate = args.images / busy
+        print(f"batch of {args.images} with {args.clients} clients polling: {busy:.2f}s ({rate:.1f} images/s)")
+        print(
+            f"polls: {stats['rps']:.0f}/s, latency p50 {stats['p50']:.1f} ms, p99 {stats['p99']:.1f} ms, "
+            f"non-2xx {stats['errors']:.0f}"
+        )
+        print(f"batch slowed by {100 * (busy / quiet - 1):.1f} %")
+    finally:
+        api.stop()
+        worker.stop()
+        redis_service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
