@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from api.errors import install_error_handlers
+from api.fastpoll import JobPollCache
 from api.limits import BodySizeLimit
 from api.metrics import HttpMetrics
 from api.queue import TaskQueue
@@ -61,6 +62,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="simsearch", version="0.1.0", lifespan=lifespan)
     app.state.metrics_registry = CollectorRegistry()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(JobPollCache)
     app.add_middleware(HttpMetrics, registry=app.state.metrics_registry)
     install_error_handlers(app)
     for module in (health, metrics, jobs, collections, images, search, clusters, export):

@@ -3,7 +3,9 @@ is embedded by one worker; compared with the same batch embedded with nobody pol
 
     python bench/load.py --data ../shared/datasets/animals
 
-Prints polls/s, poll latency p50/p99 (from wrk) and the batch's time with and without polling.
+Each client polls `--rate` times a second (default 25: 1,250 polls/s from 50 clients; 0 = as fast
+as possible). Prints polls/s, poll latency p50/p99 (from wrk) and the batch's time with and
+without polling.
 Needs `wrk` (apt-get install wrk).
 """
 
@@ -35,8 +37,13 @@ def timed_batch(service: Service, collection: str, files: list[tuple[str, bytes]
     return time.perf_counter() - started
 
 
-def wrk(url: str, seconds: int, connections: int, out: dict) -> None:
+def wrk(url: str, seconds: int, connections: int, per_client_hz: float, out: dict) -> None:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if per_client_hz > 0:
+        # wrk's delay() hook paces each connection: clients that poll at a rate, not a flood.
+        script = Path(tempfile.mkstemp(suffix=".lua")[1])
+        script.write_text(f"function delay() return {1000.0 / per_client_hz:.1f} end\n")
+        cmd[1:1] = ["-s", str(script)]
     out["text"] = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
@@ -59,7 +66,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "animals")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--rate", type=float, default=25.0, help="polls per second per client (0 = flood)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -86,7 +93,9 @@ def main() -> int:
             nonlocal poller
             seconds = max(2, int(quiet * 0.9))  # poll for (about) the whole batch
             poller = threading.Thread(
-                target=wrk, args=(f"{base}/v1/jobs/{job_id}", seconds, args.clients, result), daemon=True
+                target=wrk,
+                args=(f"{base}/v1/jobs/{job_id}", seconds, args.clients, args.rate, result),
+                daemon=True,
             )
             poller.start()
 

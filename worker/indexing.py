@@ -144,10 +144,21 @@ def index_chunk(
     before_item: ItemHook | None = None,
 ) -> None:
     store.mark_running(job_id)
-    if store.count_attempt(job_id, f"chunk:{indices[0]}") == 1:
+    started = time.perf_counter()
+    attempt = store.count_attempt(job_id, f"chunk:{indices[0]}")
+    if attempt == 1:
         complete = _process(store, embedder, job_id, collection, indices, max_pixels, before_item)
     else:
         complete = _one_at_a_time(store, embedder, job_id, collection, indices, max_pixels, before_item)
+    log.info(
+        "indexed a chunk",
+        extra={
+            "collection": collection,
+            "items": len(indices),
+            "attempt": attempt,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
     if complete == 1:
         finish_index_job(store, job_id)
 

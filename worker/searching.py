@@ -125,6 +125,7 @@ def run_search_job(
     try:
         result = search(store, embedder, replicas, job_id, collection, params, max_pixels)
         result.served_by = served_by
+        log.info("answered a search", extra={"collection": collection, "matches": len(result.matches)})
     except SimsearchError as exc:
         error = ItemError(
             index=0, filename=params.filename, image_id=params.image_id, error=exc.code, detail=exc.detail

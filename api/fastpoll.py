@@ -1,0 +1,105 @@
+"""The hot path of a busy service is clients polling job status. Plain polls (no `wait`) of
+`GET /v1/jobs/{id}` are answered here, in front of the framework: same authentication, scope
+check and rate limit, but a job is read from Redis and rendered at most once per `ttl_s` per API
+process, so a thousand polls a second of the same job cost a few Redis reads instead of a
+thousand. Status may lag by at most `ttl_s`; long polls (`?wait=`) take the normal route."""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import parse_qs
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.auth import Forbidden, Unauthorized, check_rate, hash_key
+from shared.errors import SimsearchError
+
+PREFIX = "/v1/jobs/"
+
+
+class JobPollCache:
+    def __init__(self, app: ASGIApp, ttl_s: float = 0.1, final_ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
+        self.app = app
+        self.ttl_s = ttl_s
+        self.final_ttl_s = final_ttl_s
+        self.max_entries = max_entries
+        self._cache: dict[str, tuple[float, str, bytes]] = {}
+
+    def _plain_poll(self, scope: Scope) -> str | None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(PREFIX):
+            return None
+        job_id = scope["path"][len(PREFIX) :]
+        if not job_id or "/" in job_id:
+            return None
+        query = parse_qs(scope.get("query_string", b"").decode())
+        if query.get("wait", ["0"])[0] not in ("0", "0.0", ""):
+            return None
+        return job_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        job_id = self._plain_poll(scope)
+        if job_id is None:
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        scope["metrics_route"] = "/v1/jobs/{job_id}"
+        try:
+            principal = self._authenticate(state.settings.api_keys, scope)
+            subject = f"key:{principal.name}" if principal else f"ip:{(scope.get('client') or ('?',))[0]}"
+            await check_rate(state.store.redis, subject, state.settings.rate_limit_per_second)
+            entry = await self._job(state.store, job_id)
+            if entry is None:
+                # Unknown job: let the normal route produce its 404 (and anything else it does).
+                await self.app(scope, receive, send)
+                return
+            collection, body = entry
+            if principal is not None and not principal.may_use(collection):
+                raise Forbidden(f"API key {principal.name!r} may not use collection {collection!r}")
+        except SimsearchError as exc:
+            body = json.dumps({"error": exc.code, "detail": exc.detail}).encode()
+            await self._send(send, exc.status_code, body, exc.headers)
+            return
+        except (RedisConnectionError, RedisTimeoutError):
+            body = json.dumps({"error": "redis_unavailable", "detail": "the job store is unreachable; retry shortly"})
+            await self._send(send, 503, body.encode(), {"Retry-After": "2"})
+            return
+        await self._send(send, 200, body)
+
+    @staticmethod
+    def _authenticate(api_keys: list, scope: Scope):
+        if not api_keys:
+            return None
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"").decode()
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode()
+        if not token:
+            raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        digest = hash_key(token)
+        for key in api_keys:
+            if key.sha256 == digest:
+                return key
+        raise Unauthorized("unknown API key")
+
+    async def _job(self, store, job_id: str) -> tuple[str, bytes] | None:
+        now = time.monotonic()
+        cached = self._cache.get(job_id)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        job = await store.get_job(job_id)
+        if job is None:
+            return None
+        body = job.model_dump_json().encode()
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()  # crude, but bounded; entries live for a fraction of a second
+        self._cache[job_id] = (now + (self.final_ttl_s if job.status.final else self.ttl_s), job.collection, body)
+        return job.collection, body
+
+    @staticmethod
+    async def _send(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
