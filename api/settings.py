@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from api.auth import ApiKey
 from shared.imaging import DEFAULT_MAX_PIXELS
-from shared.models.registry import MODELS
-from shared.settings import CommonSettings
+from shared.settings import ModelSettings
 
 
-class ApiSettings(CommonSettings):
-    # The model the workers run (same variable as theirs): collections built with another one are
-    # refused with 409 until they are re-embedded.
-    embedding_model: str = "resnet50"
+class ApiSettings(ModelSettings):
     max_request_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_files_per_request: int = Field(default=1000, ge=1)
@@ -26,13 +22,6 @@ class ApiSettings(CommonSettings):
     api_keys: list[ApiKey] = Field(default_factory=list)
     # Requests per second per API key (per client address when open), counted in Redis; 0 = off.
     rate_limit_per_second: int = Field(default=200, ge=0)
-
-    @field_validator("embedding_model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value not in MODELS:
-            raise ValueError(f"unknown EMBEDDING_MODEL {value!r}; choose one of {sorted(MODELS)}")
-        return value
 
     @model_validator(mode="after")
     def _keys_in_production(self) -> ApiSettings:

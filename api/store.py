@@ -125,15 +125,7 @@ class ApiStore:
 
     async def delete_image(self, collection: str, image_id: str) -> bool:
         deleted = await self._delete_image(
-            keys=[
-                keys.images(collection),
-                keys.vectors(collection),
-                keys.thumbnails(collection),
-                keys.log(collection),
-                keys.collection(collection),
-                keys.labels(collection),
-                keys.order(collection),
-            ],
+            keys=keys.delete_image_keys(collection),
             args=[image_id, self.log_maxlen],
         )
         return int(deleted) == 1

@@ -49,6 +49,11 @@ def cluster_members(name: str, cluster: int) -> str:
     return f"ss:c:{name}:cluster:{cluster}"  # list of image ids, nearest the centroid first
 
 
+def delete_image_keys(name: str) -> list[str]:
+    """The KEYS of `scripts.DELETE_IMAGE`, in order."""
+    return [images(name), vectors(name), thumbnails(name), log(name), collection(name), labels(name), order(name)]
+
+
 def job(job_id: str) -> str:
     return f"ss:job:{job_id}"  # hash: the job record
 

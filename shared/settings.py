@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,3 +25,18 @@ class CommonSettings(BaseSettings):
         if self.environment == "production" and not urlparse(self.redis_url).password:
             raise ValueError("REDIS_URL must carry a password when ENVIRONMENT=production")
         return self
+
+
+class ModelSettings(CommonSettings):
+    """The embedding model: workers run it, the API checks collections against it."""
+
+    embedding_model: str = "resnet50"
+
+    @field_validator("embedding_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from shared.models.registry import MODELS
+
+        if value not in MODELS:
+            raise ValueError(f"unknown EMBEDDING_MODEL {value!r}; choose one of {sorted(MODELS)}")
+        return value

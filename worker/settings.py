@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.models.registry import MODELS
-from shared.settings import CommonSettings
+from shared.settings import ModelSettings
 
 
-class WorkerSettings(CommonSettings):
-    embedding_model: str = "resnet50"
+class WorkerSettings(ModelSettings):
     # 'imagenet', a weights file path, or 'random' (benchmarks and plumbing tests only; never implied).
     embedding_weights: str = "imagenet"
     input_size: int | None = Field(default=None, ge=32, le=1024)
@@ -31,13 +30,6 @@ class WorkerSettings(CommonSettings):
     # Fault injection for the crash-recovery tests: the worker process exits when it meets an
     # upload of this name. Refused outside ENVIRONMENT=test.
     test_crash_on_filename: str | None = None
-
-    @field_validator("embedding_model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value not in MODELS:
-            raise ValueError(f"unknown EMBEDDING_MODEL {value!r}; choose one of {sorted(MODELS)}")
-        return value
 
     @model_validator(mode="after")
     def _faults_only_in_tests(self) -> WorkerSettings:

@@ -155,15 +155,7 @@ class WorkerStore:
         delete = self.redis.register_script(scripts.DELETE_IMAGE)
         for image_id in dropped:
             delete(
-                keys=[
-                    keys.images(collection),
-                    keys.vectors(collection),
-                    keys.thumbnails(collection),
-                    keys.log(collection),
-                    keys.collection(collection),
-                    keys.labels(collection),
-                    keys.order(collection),
-                ],
+                keys=keys.delete_image_keys(collection),
                 args=[image_id, self.log_maxlen],
             )
         swap = self.redis.register_script(scripts.SWAP_VECTORS)
