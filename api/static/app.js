@@ -1,0 +1,874 @@
+// simsearch web gallery: plain ES module, no build step, talks to the /v1 API of the same origin.
+
+const BATCH_FILES = 50; // files per POST .../images
+const BATCH_BYTES = 48 * 1024 * 1024; // and at most this many bytes per request (one bigger file goes alone)
+const PROGRESS_WAIT = 1; // seconds of long poll per progress update while indexing
+const RESULT_WAIT = 10; // seconds of long poll when only the final result matters
+const FINAL = new Set(["succeeded", "partial", "failed"]);
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const KEY_STORAGE = "simsearch.apiKey";
+const COLLECTION_STORAGE = "simsearch.collection";
+
+const $ = (selector) => document.querySelector(selector);
+const enc = encodeURIComponent;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const scrollBehavior = () => (matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth");
+
+const els = {
+  status: $("#status"),
+  statusText: $("#status-text"),
+  statusClose: $("#status-close"),
+  keyForm: $("#key-form"),
+  apiKey: $("#api-key"),
+  keyForget: $("#key-forget"),
+  collectionForm: $("#collection-form"),
+  collectionSelect: $("#collection-select"),
+  collectionName: $("#collection-name"),
+  collectionRefresh: $("#collection-refresh"),
+  collectionInfo: $("#collection-info"),
+  indexDrop: $("#index-drop"),
+  indexFiles: $("#index-files"),
+  indexSummary: $("#index-summary"),
+  batches: $("#batches"),
+  failedBox: $("#failed-box"),
+  failed: $("#failed"),
+  failedCount: $("#failed-count"),
+  queryDrop: $("#query-drop"),
+  queryFile: $("#query-file"),
+  searchForm: $("#search-form"),
+  k: $("#k"),
+  minSim: $("#min-sim"),
+  minSimValue: $("#min-sim-value"),
+  searchAgain: $("#search-again"),
+  results: $("#results"),
+  queryImg: $("#query-img"),
+  queryCaption: $("#query-caption"),
+  searchStatus: $("#search-status"),
+  matches: $("#matches"),
+  browseAll: $("#browse-all"),
+  browseTitle: $("#browse-title"),
+  browse: $("#browse"),
+  prev: $("#prev"),
+  next: $("#next"),
+  pageInfo: $("#page-info"),
+  pageSize: $("#page-size"),
+  clusterRun: $("#cluster-run"),
+  clusterStatus: $("#cluster-status"),
+  clusters: $("#clusters"),
+};
+
+const state = {
+  collection: "",
+  browse: { offset: 0, limit: 24, cluster: null, total: 0 },
+  lastQuery: null, // {kind: "file", file} | {kind: "id", id, filename}
+  searchSeq: 0,
+  browseSeq: 0,
+  queryUrl: null,
+  activeRuns: 0,
+  failedTotal: 0,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Storage (localStorage may be unavailable, e.g. in some private modes)
+
+function stored(key) {
+  try {
+    return localStorage.getItem(key) || "";
+  } catch {
+    return "";
+  }
+}
+
+function store(key, value) {
+  try {
+    if (value) localStorage.setItem(key, value);
+    else localStorage.removeItem(key);
+  } catch {
+    /* not persisted; still used for this page */
+  }
+}
+
+let apiKeyValue = stored(KEY_STORAGE);
+
+// ---------------------------------------------------------------------------------------------
+// API client
+
+class ApiError extends Error {
+  constructor(status, code, detail) {
+    super(`${code}: ${formatDetail(detail)}`);
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+function formatDetail(detail) {
+  if (detail == null) return "";
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((e) => (e && typeof e === "object" ? `${(e.loc || []).join(".")}: ${e.msg ?? JSON.stringify(e)}` : String(e)))
+      .join("; ");
+  }
+  return JSON.stringify(detail);
+}
+
+function authHeaders() {
+  return apiKeyValue ? { Authorization: `Bearer ${apiKeyValue}` } : {};
+}
+
+async function api(path, { method = "GET", json, body, query } = {}) {
+  const url = new URL(path, document.baseURI);
+  for (const [name, value] of Object.entries(query || {})) {
+    if (value !== undefined && value !== null) url.searchParams.set(name, String(value));
+  }
+  const headers = authHeaders();
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  }
+  let resp;
+  try {
+    resp = await fetch(url, { method, headers, body });
+  } catch (err) {
+    throw new ApiError(0, "network_error", `could not reach the API (${err.message})`);
+  }
+  if (resp.status === 204) return null;
+  const text = await resp.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!resp.ok) {
+    const code = data && typeof data === "object" && data.error ? data.error : `http_${resp.status}`;
+    const detail = data && typeof data === "object" && "detail" in data ? data.detail : text.slice(0, 300) || resp.statusText;
+    throw new ApiError(resp.status, code, detail);
+  }
+  return data;
+}
+
+const collectionPath = (c) => `v1/collections/${enc(c)}`;
+const contentPath = (c, id) => `${collectionPath(c)}/images/${enc(id)}/content`;
+
+/** Poll a job until it is final; `onUpdate` sees every intermediate view. Transient failures are retried. */
+async function pollJob(jobId, { wait = RESULT_WAIT, onUpdate } = {}) {
+  let retries = 0;
+  for (;;) {
+    const started = performance.now();
+    let job;
+    try {
+      job = await api(`v1/jobs/${enc(jobId)}`, { query: { wait } });
+      retries = 0;
+    } catch (err) {
+      if ((err.status === 0 || err.status === 502 || err.status === 503 || err.status === 504) && retries < 5) {
+        retries += 1;
+        await sleep(500 * 2 ** retries);
+        continue;
+      }
+      throw err;
+    }
+    onUpdate?.(job);
+    if (FINAL.has(job.status)) return job;
+    // A server that answers at once (no long poll) must not be hammered.
+    const elapsed = performance.now() - started;
+    if (elapsed < 300) await sleep(300 - elapsed);
+  }
+}
+
+// Thumbnails: plain URLs (HTTP-cacheable) unless an API key is set; <img> cannot send headers, so
+// then they are fetched with the key and shown from blob URLs.
+const blobUrls = new Map();
+
+function clearBlobUrls() {
+  for (const url of blobUrls.values()) URL.revokeObjectURL(url);
+  blobUrls.clear();
+}
+
+function setThumb(img, collection, imageId) {
+  const path = contentPath(collection, imageId);
+  if (!apiKeyValue) {
+    img.src = path;
+    return;
+  }
+  const cached = blobUrls.get(path);
+  if (cached) {
+    img.src = cached;
+    return;
+  }
+  fetch(new URL(path, document.baseURI), { headers: authHeaders() })
+    .then((resp) => (resp.ok ? resp.blob() : Promise.reject(new Error(`HTTP ${resp.status}`))))
+    .then((blob) => {
+      const url = URL.createObjectURL(blob);
+      blobUrls.set(path, url);
+      img.src = url;
+    })
+    .catch(() => img.classList.add("broken"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status area
+
+let statusTimer = null;
+
+function showStatus(message, kind = "info") {
+  clearTimeout(statusTimer);
+  els.status.setAttribute("aria-live", kind === "error" ? "assertive" : "polite");
+  els.status.className = message ? `status ${kind}` : "status";
+  els.statusText.textContent = message;
+  els.statusClose.hidden = !message;
+  if (message && kind !== "error") statusTimer = setTimeout(() => showStatus(""), 8000);
+}
+
+function showError(err, context) {
+  const text =
+    err instanceof ApiError
+      ? `${context ? `${context}: ` : ""}${err.code}${err.status ? ` (HTTP ${err.status})` : ""} — ${formatDetail(err.detail)}`
+      : `${context ? `${context}: ` : ""}${err?.message || err}`;
+  showStatus(text, "error");
+}
+
+els.statusClose.addEventListener("click", () => showStatus(""));
+
+// ---------------------------------------------------------------------------------------------
+// Small DOM helpers
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name in node && !name.startsWith("aria") && !name.startsWith("data")) node[name] = value;
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
+  return node;
+}
+
+const srOnly = (text) => el("span", { class: "visually-hidden", text });
+const plural = (n, word, many = `${word}s`) => `${n} ${n === 1 ? word : many}`;
+
+function thumbButton(image, { similarity, rank } = {}) {
+  const img = el("img", { alt: image.filename || image.image_id, loading: "lazy", decoding: "async" });
+  setThumb(img, state.collection, image.image_id);
+  const parts = [img, el("span", { class: "name", "aria-hidden": "true", title: image.filename, text: image.filename })];
+  if (similarity !== undefined) {
+    const value = similarity.toFixed(3);
+    parts.push(
+      el(
+        "span",
+        { class: "sim" },
+        rank !== undefined ? el("span", { class: "rank", "aria-hidden": "true", text: `#${rank}` }) : null,
+        srOnly("similarity "),
+        el("span", { class: "sim-value", text: value }),
+        el("meter", { min: 0, max: 1, value: Math.max(0, similarity), "aria-hidden": "true" }),
+      ),
+    );
+  }
+  parts.push(srOnly(", search for similar images"));
+  return el(
+    "button",
+    {
+      type: "button",
+      class: "thumb",
+      "data-image-id": image.image_id,
+      title: `Search for images similar to ${image.filename}`,
+      onclick: () => runSearch({ kind: "id", id: image.image_id, filename: image.filename }),
+    },
+    parts,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collections
+
+async function loadCollections() {
+  let list;
+  try {
+    list = await api("v1/collections");
+  } catch (err) {
+    els.collectionSelect.replaceChildren(el("option", { value: "", text: "(could not load)" }));
+    showError(err, "Listing collections");
+    return;
+  }
+  const options = [el("option", { value: "", text: list.length ? "— choose —" : "(none yet)" })];
+  for (const c of list) {
+    options.push(el("option", { value: c.name, text: `${c.name} (${plural(c.image_count, "image")})` }));
+  }
+  els.collectionSelect.replaceChildren(...options);
+  els.collectionSelect.value = list.some((c) => c.name === state.collection) ? state.collection : "";
+}
+
+async function showCollectionInfo() {
+  const c = state.collection;
+  try {
+    const info = await api(collectionPath(c));
+    if (c !== state.collection) return;
+    const model = info.model ? ` · model ${info.model}${info.dimension ? ` (${info.dimension}-d)` : ""}` : "";
+    els.collectionInfo.textContent = `“${info.name}”: ${plural(info.image_count, "image")}${model}`;
+  } catch (err) {
+    if (c !== state.collection) return;
+    if (err.status === 404) els.collectionInfo.textContent = `“${c}” is a new collection: index images to create it.`;
+    else showError(err, "Reading the collection");
+  }
+}
+
+function openCollection(name) {
+  name = name.trim();
+  els.collectionName.removeAttribute("aria-invalid");
+  if (!NAME_RE.test(name)) {
+    els.collectionName.setAttribute("aria-invalid", "true");
+    showStatus("A collection name is 1–64 letters, digits, “_”, “-” or “.”, starting with a letter or digit.", "error");
+    els.collectionName.focus();
+    return false;
+  }
+  const changed = name !== state.collection;
+  state.collection = name;
+  els.collectionName.value = name;
+  store(COLLECTION_STORAGE, name);
+  if ([...els.collectionSelect.options].some((o) => o.value === name)) els.collectionSelect.value = name;
+  if (changed) {
+    state.browse.offset = 0;
+    state.browse.cluster = null;
+    state.lastQuery = null;
+    els.searchAgain.disabled = true;
+    els.results.hidden = true;
+    clearBlobUrls();
+  }
+  showCollectionInfo();
+  loadBrowse();
+  loadClusters();
+  return true;
+}
+
+/** The collection to act on: the open one, or the typed name when it was not opened yet. */
+function requireCollection() {
+  const typed = els.collectionName.value.trim();
+  if (typed && typed !== state.collection) {
+    if (!openCollection(typed)) return null;
+  }
+  if (!state.collection) {
+    showStatus("Choose a collection or type a new name first.", "error");
+    els.collectionName.focus();
+    return null;
+  }
+  return state.collection;
+}
+
+els.collectionForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  openCollection(els.collectionName.value);
+});
+els.collectionSelect.addEventListener("change", () => {
+  if (els.collectionSelect.value) openCollection(els.collectionSelect.value);
+});
+els.collectionRefresh.addEventListener("click", () => {
+  loadCollections();
+  if (state.collection) showCollectionInfo();
+});
+
+// ---------------------------------------------------------------------------------------------
+// Indexing
+
+function splitBatches(files) {
+  const batches = [];
+  let current = [];
+  let bytes = 0;
+  for (const file of files) {
+    if (current.length && (current.length >= BATCH_FILES || bytes + file.size > BATCH_BYTES)) {
+      batches.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(file);
+    bytes += file.size;
+  }
+  if (current.length) batches.push(current);
+  return batches;
+}
+
+let batchIds = 0;
+
+function batchRow(number, count, of) {
+  const labelId = `batch-label-${++batchIds}`;
+  const state_ = el("span", { class: "batch-state", text: "waiting" });
+  const counts = el("span", { class: "batch-count", text: `0 / ${count}` });
+  const bar = el("progress", { max: count, value: 0, "aria-labelledby": labelId });
+  const row = el(
+    "li",
+    { class: "batch", "data-status": "waiting" },
+    el(
+      "div",
+      { class: "batch-head" },
+      el("span", { id: labelId, text: `Batch ${number} of ${of} · ${plural(count, "file")}` }),
+      state_,
+    ),
+    bar,
+    el("div", { class: "batch-head" }, counts),
+  );
+  const update = (status, done, total, failed) => {
+    row.dataset.status = status;
+    state_.textContent = status;
+    bar.max = total;
+    bar.value = done;
+    counts.textContent = `${done} / ${total} processed${failed ? ` · ${failed} failed` : ""}`;
+  };
+  return { row, update };
+}
+
+function addFailures(errors) {
+  for (const e of errors) {
+    state.failedTotal += 1;
+    els.failed.append(
+      el(
+        "li",
+        {},
+        el("strong", { text: e.filename || e.image_id || `item ${e.index ?? "?"}` }),
+        " — ",
+        el("span", { class: "code", text: e.error }),
+        e.detail ? `: ${formatDetail(e.detail)}` : "",
+      ),
+    );
+  }
+  els.failedCount.textContent = String(state.failedTotal);
+  els.failedBox.hidden = state.failedTotal === 0;
+}
+
+async function indexFiles(fileList) {
+  const files = Array.from(fileList || []);
+  if (!files.length) return;
+  const collection = requireCollection();
+  if (!collection) return;
+  if (state.activeRuns === 0) {
+    // A new run: forget the previous run's rows and failures.
+    els.batches.replaceChildren();
+    els.failed.replaceChildren();
+    state.failedTotal = 0;
+    els.failedBox.hidden = true;
+  }
+  state.activeRuns += 1;
+  const batches = splitBatches(files);
+  const rows = batches.map((b, i) => batchRow(i + 1, b.length, batches.length));
+  els.batches.append(...rows.map((r) => r.row));
+  const totals = { created: 0, existing: 0, failed: 0, done: 0 };
+  els.indexSummary.textContent = `Uploading ${plural(files.length, "file")} to “${collection}” in ${plural(batches.length, "batch", "batches")}…`;
+
+  const polls = [];
+  for (const [i, batch] of batches.entries()) {
+    const { update } = rows[i];
+    update("uploading", 0, batch.length, 0);
+    const form = new FormData();
+    for (const file of batch) form.append("files", file, file.name);
+    let accepted;
+    try {
+      accepted = await api(`${collectionPath(collection)}/images`, { method: "POST", body: form });
+    } catch (err) {
+      update("error", batch.length, batch.length, batch.length);
+      totals.failed += batch.length;
+      addFailures(batch.map((f) => ({ filename: f.name, error: err.code || "error", detail: err.detail ?? err.message })));
+      showError(err, `Uploading batch ${i + 1}`);
+      continue;
+    }
+    update("queued", 0, accepted.total ?? batch.length, 0);
+    polls.push(
+      pollJob(accepted.job_id, {
+        wait: PROGRESS_WAIT,
+        onUpdate: (job) => update(job.status, job.progress.done, job.progress.total, job.progress.failed),
+      })
+        .then((job) => {
+          const result = job.result || {};
+          totals.created += (result.created || []).length;
+          totals.existing += (result.existing || []).length;
+          totals.failed += job.progress.failed;
+          totals.done += job.progress.done;
+          addFailures(job.errors || []);
+          els.indexSummary.textContent = `Batch ${i + 1} of ${batches.length}: ${job.status}, ${job.progress.done} / ${job.progress.total} processed, ${job.progress.failed} failed.`;
+        })
+        .catch((err) => {
+          update("error", 0, batch.length, batch.length);
+          showError(err, `Following batch ${i + 1}`);
+        }),
+    );
+  }
+  await Promise.all(polls);
+  state.activeRuns -= 1;
+  els.indexSummary.textContent =
+    `Done: ${plural(files.length, "file")} — ${totals.created} new, ${totals.existing} already indexed, ${totals.failed} failed.`;
+  if (collection === state.collection) {
+    loadCollections();
+    showCollectionInfo();
+    loadBrowse();
+    loadClusters();
+  }
+}
+
+els.indexFiles.addEventListener("change", () => {
+  const files = Array.from(els.indexFiles.files);
+  els.indexFiles.value = ""; // picking the same files again fires "change" again
+  indexFiles(files);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Drag and drop
+
+function dropZone(zone, onFiles) {
+  let depth = 0;
+  zone.addEventListener("dragenter", (event) => {
+    event.preventDefault();
+    depth += 1;
+    zone.classList.add("over");
+  });
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  zone.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) zone.classList.remove("over");
+  });
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    depth = 0;
+    zone.classList.remove("over");
+    const items = Array.from(event.dataTransfer.items || []);
+    const files = Array.from(event.dataTransfer.files || []).filter((file, i) => {
+      const entry = items[i]?.webkitGetAsEntry?.();
+      return !(entry && entry.isDirectory);
+    });
+    if (files.length) onFiles(files);
+  });
+}
+
+// Dropping a file elsewhere must not navigate away from the page.
+window.addEventListener("dragover", (event) => event.preventDefault());
+window.addEventListener("drop", (event) => event.preventDefault());
+
+dropZone(els.indexDrop, indexFiles);
+dropZone(els.queryDrop, (files) => runSearch({ kind: "file", file: files[0] }));
+
+// ---------------------------------------------------------------------------------------------
+// Search
+
+function searchParams() {
+  let k = Number.parseInt(els.k.value, 10);
+  if (!Number.isFinite(k) || k < 1) k = 10;
+  k = Math.min(k, 1000);
+  els.k.value = String(k);
+  const minSimilarity = Number.parseFloat(els.minSim.value);
+  return { k, min_similarity: minSimilarity > 0 ? minSimilarity : undefined };
+}
+
+function showQuery(query) {
+  if (state.queryUrl) URL.revokeObjectURL(state.queryUrl);
+  state.queryUrl = null;
+  if (query.kind === "file") {
+    state.queryUrl = URL.createObjectURL(query.file);
+    els.queryImg.src = state.queryUrl;
+    els.queryImg.alt = `Query image ${query.file.name}`;
+    els.queryCaption.textContent = `Query: ${query.file.name} (uploaded)`;
+  } else {
+    setThumb(els.queryImg, state.collection, query.id);
+    els.queryImg.alt = `Query image ${query.filename}`;
+    els.queryCaption.textContent = `Query: ${query.filename} (from the collection; excluded from its matches)`;
+  }
+}
+
+async function runSearch(query) {
+  if (!query) return;
+  const collection = requireCollection();
+  if (!collection) return;
+  state.lastQuery = query;
+  els.searchAgain.disabled = false;
+  const seq = ++state.searchSeq;
+  const params = searchParams();
+  els.results.hidden = false;
+  showQuery(query);
+  els.matches.replaceChildren();
+  els.matches.setAttribute("aria-busy", "true");
+  els.results.dataset.state = "searching";
+  els.searchStatus.textContent = "Searching…";
+  if (query.kind === "id") els.results.scrollIntoView({ behavior: scrollBehavior(), block: "start" });
+
+  const finish = (text, stateName) => {
+    if (seq !== state.searchSeq) return;
+    els.searchStatus.textContent = text;
+    els.results.dataset.state = stateName;
+    els.matches.removeAttribute("aria-busy");
+  };
+  try {
+    let accepted;
+    const path = `${collectionPath(collection)}/search`;
+    if (query.kind === "file") {
+      const form = new FormData();
+      form.append("file", query.file, query.file.name);
+      accepted = await api(path, { method: "POST", body: form, query: params });
+    } else {
+      accepted = await api(path, { method: "POST", json: { image_id: query.id }, query: params });
+    }
+    const job = await pollJob(accepted.job_id, { wait: RESULT_WAIT });
+    if (seq !== state.searchSeq) return;
+    if (job.status === "failed") {
+      const e = (job.errors || [])[0] || job.result || {};
+      const err = new ApiError(0, e.error || "search_failed", e.detail || "the search job failed");
+      showError(err, "Search");
+      finish(`Search failed: ${err.message}`, "error");
+      return;
+    }
+    const result = job.result || { matches: [] };
+    const matches = result.matches || [];
+    els.matches.replaceChildren(
+      ...matches.map((m, i) => el("li", {}, thumbButton(m, { similarity: m.similarity, rank: i + 1 }))),
+    );
+    if (!matches.length) {
+      finish(result.message || "No similar images found.", "empty");
+      return;
+    }
+    const bits = [`${plural(matches.length, "match", "matches")} among ${plural(result.collection_size ?? 0, "image")}`];
+    if (params.min_similarity !== undefined) bits.push(`similarity ≥ ${params.min_similarity.toFixed(2)}`);
+    if (result.query_cluster !== undefined && result.query_cluster !== null) bits.push(`query is nearest cluster ${result.query_cluster}`);
+    if (result.served_by) bits.push(`served by ${result.served_by}`);
+    finish(bits.join(" · "), "done");
+  } catch (err) {
+    showError(err, "Search");
+    finish(`Search failed: ${err.message}`, "error");
+  }
+}
+
+els.queryFile.addEventListener("change", () => {
+  const file = els.queryFile.files[0];
+  els.queryFile.value = "";
+  if (file) runSearch({ kind: "file", file });
+});
+els.minSim.addEventListener("input", () => {
+  els.minSimValue.textContent = Number.parseFloat(els.minSim.value).toFixed(2);
+});
+els.searchForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (state.lastQuery) runSearch(state.lastQuery);
+  else showStatus("Choose a query image first (or select an image of the collection).", "info");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Browse (all images or one cluster)
+
+async function loadBrowse() {
+  const collection = state.collection;
+  if (!collection) return;
+  const seq = ++state.browseSeq;
+  const { offset, limit, cluster } = state.browse;
+  const path =
+    cluster === null ? `${collectionPath(collection)}/images` : `${collectionPath(collection)}/clusters/${cluster}/images`;
+  els.browse.setAttribute("aria-busy", "true");
+  let page;
+  try {
+    page = await api(path, { query: { offset, limit } });
+  } catch (err) {
+    if (seq !== state.browseSeq) return;
+    els.browse.removeAttribute("aria-busy");
+    if (err.status === 404 && err.code === "collection_not_found") {
+      renderPage({ total: 0, offset: 0, images: [] });
+      return;
+    }
+    if (cluster !== null && err.status === 404) {
+      showError(err, `Cluster ${cluster}`);
+      showAllImages();
+      return;
+    }
+    showError(err, "Browsing");
+    return;
+  }
+  if (seq !== state.browseSeq) return;
+  els.browse.removeAttribute("aria-busy");
+  if (page.total > 0 && offset >= page.total) {
+    // Images were deleted since: go to the last page.
+    state.browse.offset = Math.max(0, Math.floor((page.total - 1) / limit) * limit);
+    loadBrowse();
+    return;
+  }
+  renderPage(page);
+}
+
+function renderPage(page) {
+  const { cluster, limit } = state.browse;
+  state.browse.total = page.total;
+  const images = page.images || [];
+  els.browse.replaceChildren(...images.map((image) => el("li", {}, thumbButton(image))));
+  els.browseTitle.textContent =
+    cluster === null
+      ? page.total
+        ? `All images of “${state.collection}” (${page.total}), in the order they were added. Select one to search by it.`
+        : `“${state.collection}” has no images yet.`
+      : `Cluster ${cluster}: ${plural(page.total, "image")}, nearest its centroid first.`;
+  els.browseAll.hidden = cluster === null;
+  const first = images.length ? page.offset + 1 : 0;
+  const last = page.offset + images.length;
+  const pages = Math.max(1, Math.ceil(page.total / limit));
+  const current = Math.floor(page.offset / limit) + 1;
+  els.pageInfo.textContent = page.total ? `${first}–${last} of ${page.total} (page ${current} of ${pages})` : "";
+  els.prev.disabled = page.offset <= 0;
+  els.next.disabled = page.offset + limit >= page.total;
+}
+
+function showAllImages() {
+  state.browse.cluster = null;
+  state.browse.offset = 0;
+  markCluster(null);
+  loadBrowse();
+}
+
+els.prev.addEventListener("click", () => {
+  state.browse.offset = Math.max(0, state.browse.offset - state.browse.limit);
+  loadBrowse();
+});
+els.next.addEventListener("click", () => {
+  state.browse.offset += state.browse.limit;
+  loadBrowse();
+});
+els.pageSize.addEventListener("change", () => {
+  let size = Number.parseInt(els.pageSize.value, 10);
+  if (!Number.isFinite(size) || size < 1) size = 24;
+  size = Math.min(size, 500);
+  els.pageSize.value = String(size);
+  state.browse.limit = size;
+  state.browse.offset = 0;
+  loadBrowse();
+});
+els.browseAll.addEventListener("click", () => {
+  showAllImages();
+  els.browseTitle.scrollIntoView({ block: "nearest" });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Clusters
+
+function markCluster(n) {
+  for (const button of els.clusters.querySelectorAll("button[data-cluster]")) {
+    button.setAttribute("aria-pressed", String(Number(button.dataset.cluster) === n));
+  }
+}
+
+async function loadClusters() {
+  const collection = state.collection;
+  if (!collection) return;
+  let clustering;
+  try {
+    clustering = await api(`${collectionPath(collection)}/clusters`);
+  } catch (err) {
+    if (collection !== state.collection) return;
+    els.clusters.replaceChildren();
+    if (err.status === 404) {
+      els.clusterStatus.textContent = "Not clustered yet.";
+      return;
+    }
+    showError(err, "Reading clusters");
+    return;
+  }
+  if (collection !== state.collection) return;
+  renderClusters(clustering);
+}
+
+function renderClusters(clustering) {
+  const score = clustering.silhouette?.[String(clustering.k)];
+  const bits = [`K = ${clustering.k}`, `${plural(clustering.image_count ?? 0, "image")} clustered`];
+  if (typeof score === "number") bits.push(`silhouette ${score.toFixed(3)}`);
+  els.clusterStatus.replaceChildren(
+    bits.join(" · "),
+    clustering.stale
+      ? el("span", { class: "stale", text: " · stale: images were added or deleted since; run clustering again" })
+      : "",
+  );
+  const items = (clustering.clusters || []).map((c) => {
+    let img;
+    if (c.medoid_image_id) {
+      img = el("img", { alt: `Representative image of cluster ${c.cluster}`, loading: "lazy", decoding: "async" });
+      setThumb(img, state.collection, c.medoid_image_id);
+    } else {
+      img = el("span", { class: "no-thumb", "aria-hidden": "true", text: "empty" }); // K-means left it empty
+    }
+    const button = el(
+      "button",
+      {
+        type: "button",
+        class: "cluster-btn",
+        "data-cluster": String(c.cluster),
+        "aria-pressed": String(state.browse.cluster === c.cluster),
+        onclick: () => {
+          state.browse.cluster = c.cluster;
+          state.browse.offset = 0;
+          markCluster(c.cluster);
+          loadBrowse();
+          els.browseTitle.scrollIntoView({ behavior: scrollBehavior(), block: "nearest" });
+        },
+      },
+      img,
+      el(
+        "span",
+        {},
+        el("strong", { text: `Cluster ${c.cluster}` }),
+        el("span", { text: plural(c.size, "image") }),
+        clustering.stale ? el("span", { class: "stale", text: " (stale)" }) : "",
+      ),
+    );
+    return el("li", {}, button);
+  });
+  els.clusters.replaceChildren(...items);
+}
+
+els.clusterRun.addEventListener("click", async () => {
+  const collection = requireCollection();
+  if (!collection) return;
+  els.clusterRun.disabled = true;
+  els.clusterStatus.textContent = "Clustering…";
+  try {
+    const accepted = await api(`${collectionPath(collection)}/clusters`, { method: "POST", json: { k: null } });
+    const job = await pollJob(accepted.job_id, { wait: RESULT_WAIT });
+    if (job.status === "failed") {
+      const e = job.result || (job.errors || [])[0] || {};
+      throw new ApiError(0, e.error || "cluster_failed", e.detail || "the clustering job failed");
+    }
+    if (collection === state.collection) {
+      state.browse.cluster = null;
+      await loadClusters();
+      showStatus(`Clustered “${collection}” into ${job.result?.k ?? "?"} clusters.`, "ok");
+    }
+  } catch (err) {
+    els.clusterStatus.textContent = "Clustering failed.";
+    showError(err, "Clustering");
+  } finally {
+    els.clusterRun.disabled = false;
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// API key
+
+els.apiKey.value = apiKeyValue;
+els.keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  apiKeyValue = els.apiKey.value.trim();
+  store(KEY_STORAGE, apiKeyValue);
+  clearBlobUrls();
+  showStatus(apiKeyValue ? "API key saved in this browser." : "No API key is set.", "ok");
+  loadCollections();
+});
+els.keyForget.addEventListener("click", () => {
+  apiKeyValue = "";
+  els.apiKey.value = "";
+  store(KEY_STORAGE, "");
+  clearBlobUrls();
+  showStatus("API key forgotten.", "ok");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+const initial = new URLSearchParams(location.search).get("collection") || stored(COLLECTION_STORAGE);
+loadCollections().then(() => {
+  if (initial && NAME_RE.test(initial)) openCollection(initial);
+  else els.browseTitle.textContent = "Choose a collection to browse its images.";
+});
