@@ -15,14 +15,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Forbidden, Unauthorized, check_rate, hash_key
+from api.metrics import RequestMetrics
 from shared.errors import SimsearchError
 
 PREFIX = "/v1/jobs/"
 
 
 class JobPollCache:
-    def __init__(self, app: ASGIApp, ttl_s: float = 0.1, final_ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: RequestMetrics,
+        ttl_s: float = 0.1,
+        final_ttl_s: float = 5.0,
+        max_entries: int = 10_000,
+    ) -> None:
         self.app = app
+        self.metrics = metrics
         self.ttl_s = ttl_s
         self.final_ttl_s = final_ttl_s
         self.max_entries = max_entries
@@ -45,7 +54,7 @@ class JobPollCache:
             await self.app(scope, receive, send)
             return
         state = scope["app"].state
-        scope["metrics_route"] = "/v1/jobs/{job_id}"
+        started = time.perf_counter()
         try:
             principal = self._authenticate(state.settings.api_keys, scope)
             subject = f"key:{principal.name}" if principal else f"ip:{(scope.get('client') or ('?',))[0]}"
@@ -55,18 +64,22 @@ class JobPollCache:
                 # Unknown job: let the normal route produce its 404 (and anything else it does).
                 await self.app(scope, receive, send)
                 return
+            status = 200
             collection, body = entry
             if principal is not None and not principal.may_use(collection):
                 raise Forbidden(f"API key {principal.name!r} may not use collection {collection!r}")
         except SimsearchError as exc:
+            status, headers = exc.status_code, exc.headers
             body = json.dumps({"error": exc.code, "detail": exc.detail}).encode()
-            await self._send(send, exc.status_code, body, exc.headers)
-            return
         except (RedisConnectionError, RedisTimeoutError):
+            status, headers = 503, {"Retry-After": "2"}
             body = json.dumps({"error": "redis_unavailable", "detail": "the job store is unreachable; retry shortly"})
-            await self._send(send, 503, body.encode(), {"Retry-After": "2"})
-            return
-        await self._send(send, 200, body)
+            body = body.encode()
+        else:
+            headers = None
+        await self._send(send, status, body, headers)
+        # This path runs in front of the metrics middleware (which would cost more than the poll).
+        self.metrics.record("GET", "/v1/jobs/{job_id}", status, time.perf_counter() - started)
 
     @staticmethod
     def _authenticate(api_keys: list, scope: Scope):

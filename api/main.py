@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from api.errors import install_error_handlers
 from api.fastpoll import JobPollCache
 from api.limits import BodySizeLimit
-from api.metrics import HttpMetrics
+from api.metrics import HttpMetrics, RequestMetrics
 from api.queue import TaskQueue
 from api.routes import clusters, collections, export, health, images, jobs, metrics, search
 from api.settings import ApiSettings
@@ -61,9 +61,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="simsearch", version="0.1.0", lifespan=lifespan)
     app.state.metrics_registry = CollectorRegistry()
+    request_metrics = RequestMetrics(app.state.metrics_registry)
+    # Last added runs first: plain job polls are answered before anything else runs.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(JobPollCache)
-    app.add_middleware(HttpMetrics, registry=app.state.metrics_registry)
+    app.add_middleware(HttpMetrics, metrics=request_metrics)
+    app.add_middleware(JobPollCache, metrics=request_metrics)
     install_error_handlers(app)
     for module in (health, metrics, jobs, collections, images, search, clusters, export):
         app.include_router(module.router)

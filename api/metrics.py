@@ -16,11 +16,10 @@ from shared import keys
 from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE
 
 
-class HttpMetrics:
-    """Pure ASGI middleware: count and time requests by route template (not by raw path)."""
+class RequestMetrics:
+    """Request counts and latency by route template (not by raw path)."""
 
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "simsearch_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
         )
@@ -31,6 +30,18 @@ class HttpMetrics:
             registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+
+class HttpMetrics:
+    """Pure ASGI middleware recording every request that reaches the framework."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
 
     @staticmethod
     def _route(scope: Scope) -> str:
@@ -56,9 +67,7 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, capture)
         finally:
-            route, method = self._route(scope), scope["method"]
-            self.requests.labels(method, route, str(status)).inc()
-            self.latency.labels(method, route).observe(time.perf_counter() - started)
+            self.metrics.record(scope["method"], self._route(scope), status, time.perf_counter() - started)
 
 
 class _Snapshot:

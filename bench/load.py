@@ -38,7 +38,7 @@ def timed_batch(service: Service, collection: str, files: list[tuple[str, bytes]
 
 
 def wrk(url: str, seconds: int, connections: int, per_client_hz: float, out: dict) -> None:
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     if per_client_hz > 0:
         # wrk's delay() hook paces each connection: clients that poll at a rate, not a flood.
         script = Path(tempfile.mkstemp(suffix=".lua")[1])
