@@ -15,6 +15,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -53,18 +54,18 @@ def hash_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _presented_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
+def _presented_token(headers: Mapping[str, str]) -> str | None:
+    header = headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
-    return request.headers.get("x-api-key") or None
+    return headers.get("x-api-key") or None
 
 
-def authenticate(keys: list[ApiKey], request: Request) -> ApiKey | None:
-    """The caller's key; None when the service runs open (no keys configured)."""
+def authenticate(keys: list[ApiKey], headers: Mapping[str, str]) -> ApiKey | None:
+    """The caller's key (headers with lower-case names); None when the service runs open."""
     if not keys:
         return None
-    token = _presented_token(request)
+    token = _presented_token(headers)
     if token is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
     digest = hash_key(token)
@@ -95,7 +96,7 @@ async def check_rate(redis: Redis, subject: str, per_second: int) -> None:
 
 async def principal_of(request: Request) -> ApiKey | None:
     settings = request.app.state.settings
-    principal = authenticate(settings.api_keys, request)
+    principal = authenticate(settings.api_keys, request.headers)
     subject = f"key:{principal.name}" if principal else f"ip:{request.client.host if request.client else '?'}"
     await check_rate(request.app.state.store.redis, subject, settings.rate_limit_per_second)
     collection = request.path_params.get("collection")

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.auth import Forbidden, Unauthorized, check_rate, hash_key
+from api.auth import Forbidden, authenticate, check_rate
 from api.metrics import RequestMetrics
 from shared.errors import SimsearchError
 
@@ -56,7 +56,8 @@ class JobPollCache:
         state = scope["app"].state
         started = time.perf_counter()
         try:
-            principal = self._authenticate(state.settings.api_keys, scope)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            principal = authenticate(state.settings.api_keys, headers)
             subject = f"key:{principal.name}" if principal else f"ip:{(scope.get('client') or ('?',))[0]}"
             await check_rate(state.store.redis, subject, state.settings.rate_limit_per_second)
             entry = await self._job(state.store, job_id)
@@ -80,21 +81,6 @@ class JobPollCache:
         await self._send(send, status, body, headers)
         # This path runs in front of the metrics middleware (which would cost more than the poll).
         self.metrics.record("GET", "/v1/jobs/{job_id}", status, time.perf_counter() - started)
-
-    @staticmethod
-    def _authenticate(api_keys: list, scope: Scope):
-        if not api_keys:
-            return None
-        headers = dict(scope["headers"])
-        auth = headers.get(b"authorization", b"").decode()
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode()
-        if not token:
-            raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        digest = hash_key(token)
-        for key in api_keys:
-            if key.sha256 == digest:
-                return key
-        raise Unauthorized("unknown API key")
 
     async def _job(self, store, job_id: str) -> tuple[str, bytes] | None:
         now = time.monotonic()
