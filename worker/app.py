@@ -29,6 +29,9 @@ app.conf.update(
     celery_config(settings.redis_url, visibility_timeout_s=2 * settings.task_time_limit_s),
     task_queues=[Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE)],
     worker_prefetch_multiplier=1,
+    # Pool processes build the model in worker_process_init (seconds: TensorFlow, OpenVINO compile);
+    # Celery's default of 4 s would kill and respawn them forever.
+    worker_proc_alive_timeout=settings.process_start_timeout_s,
     worker_concurrency=settings.worker_concurrency,
     task_acks_late=True,
     task_reject_on_worker_lost=True,

@@ -25,6 +25,7 @@ class WorkerSettings(ModelSettings):
     worker_concurrency: int = Field(default=1, ge=1)
     max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     task_time_limit_s: int = Field(default=600, ge=10)
+    process_start_timeout_s: float = Field(default=300, ge=4)
     log_maxlen: int = Field(default=1_000_000, ge=1000)
     replica_batch: int = Field(default=2000, ge=10)
     # Fault injection for the crash-recovery tests: the worker process exits when it meets an
