@@ -47,8 +47,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30
         )
         app.state.settings = settings
-        app.state.store = ApiStore(client, settings.job_ttl_seconds, settings.upload_ttl_seconds)
-        app.state.queue = TaskQueue(settings.redis_url)
+        app.state.store = ApiStore(client, settings.job_ttl_seconds, settings.upload_ttl_seconds, settings.log_maxlen)
+        app.state.queue = TaskQueue(settings.redis_url, settings.task_visibility_timeout_s)
         app.state.waiter = JobWaiter(listener)
         app.state.waiter.start()
         try:

@@ -9,8 +9,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import keys, scripts
-from shared.jobs import new_job_fields, parse_job
-from shared.schemas import CollectionInfo, ImageRecord, JobInput, JobType, JobView, utcnow
+from shared.jobs import AsyncJobs, JobLifecycle
+from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
+from shared.schemas import CollectionInfo, ImageRecord, JobInput, JobType, JobView
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,11 @@ def _s(value: bytes | str | None) -> str | None:
 
 
 class ApiStore:
-    def __init__(self, client: Redis, job_ttl_s: int, upload_ttl_s: int, log_maxlen: int = 1_000_000) -> None:
+    def __init__(self, client: Redis, job_ttl_s: int, upload_ttl_s: int, log_maxlen: int) -> None:
         self.redis = client
         self.job_ttl_s = job_ttl_s
-        self.upload_ttl_s = upload_ttl_s
         self.log_maxlen = log_maxlen
+        self.jobs = AsyncJobs(client, JobLifecycle(job_ttl_s, upload_ttl_s), JOB_SCRIPTS)
         self._delete_image = client.register_script(scripts.DELETE_IMAGE)
 
     async def ping(self) -> bool:
@@ -38,33 +39,13 @@ class ApiStore:
     async def create_job(
         self, job_id: str, job_type: JobType, collection: str, params: dict[str, Any], uploads: list[Upload]
     ) -> None:
-        """Write the job, its inputs and their bytes in one round trip, before anything is queued."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.sadd(keys.COLLECTIONS, collection)
-        pipe.hsetnx(keys.collection(collection), "name", collection)
-        pipe.hsetnx(keys.collection(collection), "created_at", utcnow())
-        pipe.hset(keys.job(job_id), mapping=new_job_fields(job_type, collection, len(uploads) or 1, params))
-        pipe.hincrby(keys.JOB_COUNTS, f"{job_type.value}:created", 1)
-        pipe.expire(keys.job(job_id), self.job_ttl_s)
-        if uploads:
-            pipe.hset(
-                keys.job_inputs(job_id), mapping={str(i): u.input.model_dump_json() for i, u in enumerate(uploads)}
-            )
-            pipe.expire(keys.job_inputs(job_id), self.job_ttl_s)
-        for i, upload in enumerate(uploads):
-            if upload.data is not None:
-                pipe.set(keys.upload(job_id, i), upload.data, ex=self.upload_ttl_s)
-        await pipe.execute()
-
-    async def set_upload(self, job_id: str, index: int, data: bytes) -> None:
-        await self.redis.set(keys.upload(job_id, index), data, ex=self.upload_ttl_s)
+        """Write the job, its inputs and their bytes, before anything is queued. The collection
+        itself comes into being with its first image (a batch whose files all fail leaves none)."""
+        data = {i: u.data for i, u in enumerate(uploads) if u.data is not None}
+        await self.jobs.create(job_id, job_type, collection, params, [u.input for u in uploads], data)
 
     async def get_job(self, job_id: str) -> JobView | None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.job(job_id))
-        pipe.lrange(keys.job_errors(job_id), 0, 999)
-        raw, errors = await pipe.execute()
-        return parse_job(job_id, raw, errors) if raw else None
+        return await self.jobs.get(job_id)
 
     # -- collections ------------------------------------------------------------------------
     async def collection_exists(self, name: str) -> bool:
@@ -124,11 +105,28 @@ class ApiStore:
         return bool(await self.redis.hexists(keys.images(collection), image_id))
 
     async def delete_image(self, collection: str, image_id: str) -> bool:
+        """Delete now; index jobs created before this call will not bring the image back."""
         deleted = await self._delete_image(
-            keys=keys.delete_image_keys(collection),
-            args=[image_id, self.log_maxlen],
+            keys=keys.delete_image_keys(collection, image_id),
+            args=[image_id, self.log_maxlen, self.job_ttl_s],
         )
         return int(deleted) == 1
+
+    async def begin_reembed(self, collection: str, job_id: str, embedding: str) -> list[str] | str:
+        """Mark the collection as re-embedding for this job and return the ids to re-embed, or the
+        id of a re-embed still running. The mark and the id list are read in one transaction:
+        an image added before it is in the list, one added after it is seen by the job's swap."""
+        running = _s(await self.redis.hget(keys.collection(collection), "reembed_job"))
+        if running is not None:
+            job = await self.get_job(running)
+            if job is not None and not job.status.final:
+                return running
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.collection(collection), mapping={"reembed_job": job_id, "reembed_embedding": embedding})
+        pipe.delete(keys.staged_vectors(collection))  # left by a re-embed that never finished
+        pipe.hkeys(keys.images(collection))
+        _, _, ids = await pipe.execute()
+        return sorted(_s(i) for i in ids)
 
     # -- clusters ---------------------------------------------------------------------------
     async def clustering(self, collection: str) -> dict[str, Any] | None:

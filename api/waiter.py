@@ -2,6 +2,8 @@
 
 Workers publish on `ss:jobdone:<id>` when a job reaches a final status. A waiter also re-reads the
 job at least every `recheck_s`, so a message lost while Redis restarted costs latency, not a hang.
+Until the subscription is confirmed (at startup, after a reconnect) messages can be missed, so
+waiters re-read every `unsubscribed_recheck_s` instead.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class JobWaiter:
-    def __init__(self, client: Redis, recheck_s: float = 1.0) -> None:
+    def __init__(self, client: Redis, recheck_s: float = 1.0, unsubscribed_recheck_s: float = 0.02) -> None:
         self.redis = client
         self.recheck_s = recheck_s
+        self.unsubscribed_recheck_s = unsubscribed_recheck_s
+        self.subscribed = asyncio.Event()
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
@@ -42,11 +46,14 @@ class JobWaiter:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.psubscribe(JOB_DONE_CHANNEL_PREFIX + "*")
                     async for message in pubsub.listen():
-                        if message["type"] == "pmessage":
+                        if message["type"] == "psubscribe":
+                            self.subscribed.set()
+                        elif message["type"] == "pmessage":
                             channel = message["channel"]
                             channel = channel.decode() if isinstance(channel, bytes) else channel
                             self._notify(channel.removeprefix(JOB_DONE_CHANNEL_PREFIX))
             except (RedisError, OSError) as exc:
+                self.subscribed.clear()
                 log.warning("job notifications interrupted (%s); reconnecting", exc)
                 await asyncio.sleep(1.0)
 
@@ -67,9 +74,10 @@ class JobWaiter:
                 del self._events[job_id]
 
     async def sleep(self, event: asyncio.Event, timeout: float) -> bool:
-        """Wait for the event or the timeout (capped at `recheck_s`); True if the event fired."""
+        """Wait for the event or the timeout (capped at the re-check interval); True if it fired."""
+        recheck = self.recheck_s if self.subscribed.is_set() else self.unsubscribed_recheck_s
         try:
-            await asyncio.wait_for(event.wait(), timeout=min(timeout, self.recheck_s))
+            await asyncio.wait_for(event.wait(), timeout=min(timeout, recheck))
         except TimeoutError:
             return False
         return True

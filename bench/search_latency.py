@@ -30,9 +30,11 @@ def fill(redis_url: str, collection: str, count: int, dim: int, model: str) -> N
 
     from shared.models.base import l2_normalise
     from shared.schemas import ImageRecord, utcnow
-    from worker.store import NewImage, WorkerStore
+    from shared.settings import embedding_id
+    from worker.store import Embedding, NewImage, WorkerStore
 
-    store = WorkerStore(redis.Redis.from_url(redis_url), job_ttl_s=3600, log_maxlen=1_000_000)
+    store = WorkerStore(redis.Redis.from_url(redis_url), log_maxlen=1_000_000, data_ttl_s=3600)
+    embedding = Embedding(model, embedding_id(model, 224), dim)
     thumb = io.BytesIO()
     Image.new("RGB", (8, 8), (128, 128, 128)).save(thumb, "JPEG")
     rng = np.random.default_rng(0)
@@ -55,7 +57,7 @@ def fill(redis_url: str, collection: str, count: int, dim: int, model: str) -> N
             )
             for i, vec in enumerate(vectors)
         ]
-        store.add_images(collection, model, dim, images)
+        store.add_images(collection, embedding, 0, images)
 
 
 def main() -> int:

@@ -7,10 +7,15 @@ Job and upload keys always carry a TTL.
 from __future__ import annotations
 
 COLLECTIONS = "ss:collections"  # set of collection names
+# One counter orders jobs and deletes across the deployment: a delete wins over an add whose job
+# was created before it.
+SEQUENCE = "ss:seq"
 
 
 def collection(name: str) -> str:
-    return f"ss:c:{name}"  # hash: name, model, dim, created_at
+    # hash: name, model, dim, created_at, version (= the number of the last log entry),
+    # reembed_job / reembed_embedding while a re-embed runs
+    return f"ss:c:{name}"
 
 
 def images(name: str) -> str:
@@ -29,12 +34,18 @@ def staged_vectors(name: str) -> str:
     return f"ss:c:{name}:vectors:next"  # hash: vectors of a re-embed job, swapped in when it ends
 
 
+def tombstone(name: str, image_id: str) -> str:
+    return f"ss:c:{name}:tomb:{image_id}"  # the SEQUENCE value of the image's delete (with a TTL)
+
+
 def thumbnails(name: str) -> str:
     return f"ss:c:{name}:thumbs"  # hash: image_id -> JPEG bytes
 
 
 def log(name: str) -> str:
-    return f"ss:c:{name}:log"  # stream of {op: add|del|reset, id}: what replicas replay
+    # stream of {op: add|del|reset, id, n}: what replicas replay; n is the collection's version
+    # after the entry, so a replica that sees n jump knows entries were trimmed away unseen
+    return f"ss:c:{name}:log"
 
 
 def clustering(name: str) -> str:
@@ -49,9 +60,20 @@ def cluster_members(name: str, cluster: int) -> str:
     return f"ss:c:{name}:cluster:{cluster}"  # list of image ids, nearest the centroid first
 
 
-def delete_image_keys(name: str) -> list[str]:
+def delete_image_keys(name: str, image_id: str) -> list[str]:
     """The KEYS of `scripts.DELETE_IMAGE`, in order."""
-    return [images(name), vectors(name), thumbnails(name), log(name), collection(name), labels(name), order(name)]
+    return [
+        images(name),
+        vectors(name),
+        thumbnails(name),
+        log(name),
+        collection(name),
+        labels(name),
+        order(name),
+        staged_vectors(name),
+        SEQUENCE,
+        tombstone(name, image_id),
+    ]
 
 
 def job(job_id: str) -> str:

@@ -15,7 +15,7 @@ REEMBED_CHUNK_TASK = "simsearch.reembed_chunk"
 CLUSTER_TASK = "simsearch.cluster"
 
 
-def celery_config(redis_url: str, visibility_timeout_s: int = 1200) -> dict[str, Any]:
+def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, Any]:
     return {
         "broker_url": redis_url,
         # JSON only: a pickled message from anyone who can write to Redis would be code execution.
@@ -31,8 +31,19 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 1200) -> dict[str,
             CLUSTER_TASK: {"queue": INDEX_QUEUE},
             SEARCH_TASK: {"queue": SEARCH_QUEUE},
         },
-        # An unacknowledged message comes back after this long if its whole worker vanished;
-        # it must outlast the longest task.
-        "broker_transport_options": {"visibility_timeout": visibility_timeout_s},
+        "broker_transport_options": broker_transport_options(visibility_timeout_s),
         "broker_connection_retry_on_startup": True,
+    }
+
+
+def broker_transport_options(visibility_timeout_s: int) -> dict[str, Any]:
+    """An unacknowledged message comes back after `visibility_timeout_s` unless its worker keeps
+    refreshing it (`worker.heartbeat`): a live worker keeps long tasks, a dead one's come back
+    within about this long. kombu's defaults would sweep for them only every 100 s (interval x
+    throttle) and let a crashed sweeper's lock block sweeps for 300 s."""
+    return {
+        "visibility_timeout": visibility_timeout_s,
+        "unacked_restore_interval": max(1, visibility_timeout_s // 6),
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": visibility_timeout_s,
     }

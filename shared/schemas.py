@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex
 
 
 def utcnow() -> str:
@@ -40,6 +41,7 @@ class ItemStatus(StrEnum):
     created = "created"
     existing = "existing"
     skipped = "skipped"  # re-embed: the image was deleted while the job ran
+    deleted = "deleted"  # index: a delete that came after this job was queued wins over its add
     failed = "failed"
 
 

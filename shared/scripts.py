@@ -1,108 +1,132 @@
-"""Lua scripts that make multi-key updates atomic.
+"""Lua scripts that make multi-key collection updates atomic (job state: `shared.jobs.scripts`).
 
-Both the async API client and the sync worker client register the same sources
-(`redis.register_script`), so the logic exists once.
+Both the async API client and the sync worker client register the same sources. Every log entry
+carries `n`, the collection's version after it: versions and log entries move one for one, so a
+replica that reads an entry whose `n` is not its own version + 1 knows it missed entries.
 """
 
 from __future__ import annotations
 
-# KEYS: job, items, errors. ARGV: ttl, then triplets (index, outcome JSON, error JSON or "").
-# HSETNX makes a redelivered task's second report of an item a no-op, so progress counts each item
-# exactly once. Returns -1 if the job record is gone, else 1 when every item is accounted for.
-RECORD_ITEMS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('HINCRBY', KEYS[1], 'done', 1)
-    if ARGV[i + 2] ~= '' then
-      redis.call('HINCRBY', KEYS[1], 'failed', 1)
-      redis.call('RPUSH', KEYS[3], ARGV[i + 2])
-      redis.call('EXPIRE', KEYS[3], ttl)
-    end
-  end
-end
-redis.call('EXPIRE', KEYS[2], ttl)
-local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
-local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
-if done >= total then return 1 end
-return 0
-"""
-
-# KEYS: job. ARGV: started_at.
-MARK_RUNNING = """
-if redis.call('HGET', KEYS[1], 'status') == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-  return 1
-end
-return 0
-"""
-
-# KEYS: job, job counts. ARGV: status, result JSON, finished_at, done channel.
-# The first finisher wins; a redelivered duplicate cannot overwrite a final status.
-FINISH_JOB = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return -1 end
-if status == 'succeeded' or status == 'partial' or status == 'failed' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'finished_at', ARGV[3])
-redis.call('HINCRBY', KEYS[2], redis.call('HGET', KEYS[1], 'type') .. ':' .. ARGV[1], 1)
-if not redis.call('HGET', KEYS[1], 'started_at') then
-  redis.call('HSET', KEYS[1], 'started_at', ARGV[3])
-end
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return 1
-"""
-
-# KEYS: collection, images, vectors, thumbs, log, order.
-# ARGV: model, dim, log maxlen, then quadruplets (image_id, record JSON, vector bytes, thumbnail bytes).
-# An empty collection takes the model of whoever adds to it first.
+# KEYS: collections, collection, images, vectors, thumbs, log, order, staged, then one tombstone
+# key per image. ARGV: model, embedding, dim, log maxlen, job seq, collection name, now, staged
+# ttl, then quadruplets (image_id, record JSON, vector bytes or "" for a confirm-only item,
+# thumbnail bytes).
 # Returns {code, flags...}: code -2 on a model mismatch (nothing written), else 1 and per image
-# 1 = created, 0 = already there. The log entry is what makes replicas see the image.
+# 1 = created, 0 = already there, 2 = deleted after this job was queued (the delete wins).
+# An empty collection takes the model of whoever adds to it first, and exists from its first image.
+# While a re-embed runs with this worker's embedding, new vectors are staged for it too.
 ADD_IMAGES = """
-local model = redis.call('HGET', KEYS[1], 'model')
-if model and model ~= ARGV[1] and redis.call('HLEN', KEYS[2]) > 0 then return {-2, model} end
-if model ~= ARGV[1] then redis.call('HSET', KEYS[1], 'model', ARGV[1], 'dim', ARGV[2]) end
+local model = redis.call('HGET', KEYS[2], 'model')
+if model and model ~= ARGV[1] and redis.call('HLEN', KEYS[3]) > 0 then return {-2, model} end
+local seq = tonumber(ARGV[5])
+local stage = redis.call('HGET', KEYS[2], 'reembed_embedding') == ARGV[2]
 local out = {1}
-for i = 4, #ARGV, 4 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
-    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 3])
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[3], '*', 'op', 'add', 'id', ARGV[i])
-    local seq = redis.call('HINCRBY', KEYS[1], 'version', 1)
-    redis.call('ZADD', KEYS[6], seq, ARGV[i])
-    table.insert(out, 1)
-  else
+local created = false
+local n = 0
+for i = 9, #ARGV, 4 do
+  n = n + 1
+  local id = ARGV[i]
+  local tomb = tonumber(redis.call('GET', KEYS[8 + n]) or '0')
+  if redis.call('HEXISTS', KEYS[3], id) == 1 then
     table.insert(out, 0)
+  elseif tomb > seq or ARGV[i + 2] == '' then
+    table.insert(out, 2)
+  else
+    redis.call('HSET', KEYS[3], id, ARGV[i + 1])
+    redis.call('HSET', KEYS[4], id, ARGV[i + 2])
+    redis.call('HSET', KEYS[5], id, ARGV[i + 3])
+    if stage then
+      redis.call('HSET', KEYS[8], id, ARGV[i + 2])
+      redis.call('EXPIRE', KEYS[8], ARGV[8])
+    end
+    local v = redis.call('HINCRBY', KEYS[2], 'version', 1)
+    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'op', 'add', 'id', id, 'n', v)
+    redis.call('ZADD', KEYS[7], v, id)
+    table.insert(out, 1)
+    created = true
   end
+end
+if created then
+  if model ~= ARGV[1] then redis.call('HSET', KEYS[2], 'model', ARGV[1], 'dim', ARGV[3], 'embedding', ARGV[2]) end
+  redis.call('HSETNX', KEYS[2], 'embedding', ARGV[2])
+  redis.call('HSETNX', KEYS[2], 'name', ARGV[6])
+  redis.call('HSETNX', KEYS[2], 'created_at', ARGV[7])
+  redis.call('SADD', KEYS[1], ARGV[6])
 end
 return out
 """
 
-# KEYS: images, vectors, thumbs, log, collection, labels, order. ARGV: image_id, log maxlen.
-# The version bump marks clusters computed before it as stale.
+# KEYS: `keys.delete_image_keys`. ARGV: image_id, log maxlen, tombstone ttl.
+# The tombstone (a fresh sequence number) makes index jobs created before this delete skip the
+# image. The version bump marks clusterings computed before it as stale.
 DELETE_IMAGE = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SET', KEYS[10], redis.call('INCR', KEYS[9]), 'EX', ARGV[3])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
+redis.call('HDEL', KEYS[8], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
-redis.call('HINCRBY', KEYS[5], 'version', 1)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'op', 'del', 'id', ARGV[1])
+local v = redis.call('HINCRBY', KEYS[5], 'version', 1)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'op', 'del', 'id', ARGV[1], 'n', v)
 return 1
 """
 
-# KEYS: collection, vectors, staged vectors, log. ARGV: model, dim, log maxlen.
-# Ends a re-embed job: the staged vectors become the collection's, and a 'reset' entry tells every
-# replica to rebuild rather than patch.
-SWAP_VECTORS = """
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('RENAME', KEYS[3], KEYS[2])
-  redis.call('PERSIST', KEYS[2])
-else
-  redis.call('DEL', KEYS[2])
+# KEYS: images, staged. ARGV: ttl, then pairs (image_id, vector bytes).
+# Only images still in the collection get a staged vector: staged stays a subset of images, which
+# lets SWAP_VECTORS check completeness by counting.
+STAGE_VECTORS = """
+local staged = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    staged = staged + 1
+  end
 end
-redis.call('HSET', KEYS[1], 'model', ARGV[1], 'dim', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'op', 'reset', 'id', '*')
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return staged
+"""
+
+# KEYS: collection, images, vectors, staged, thumbs, labels, order, log.
+# ARGV: job_id, model, embedding, dim, log maxlen, then the ids whose re-embed failed.
+# Ends a re-embed: failed images without a staged vector leave; then, only if every remaining image
+# has a staged vector, the staged vectors become the collection's and a 'reset' entry tells every
+# replica to rebuild. Returns {1 swapped | 0 not yet (images lack a vector) | -1 not this job's
+# re-embed, dropped ids...}.
+SWAP_VECTORS = """
+if redis.call('HGET', KEYS[1], 'reembed_job') ~= ARGV[1] then return {-1} end
+local out = {0}
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HEXISTS', KEYS[4], id) == 0 and redis.call('HDEL', KEYS[2], id) == 1 then
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[5], id)
+    redis.call('HDEL', KEYS[6], id)
+    redis.call('ZREM', KEYS[7], id)
+    local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+    redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[5], '*', 'op', 'del', 'id', id, 'n', v)
+    table.insert(out, id)
+  end
+end
+if redis.call('HLEN', KEYS[2]) ~= redis.call('HLEN', KEYS[4]) then return out end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('RENAME', KEYS[4], KEYS[3])
+  redis.call('PERSIST', KEYS[3])
+else
+  redis.call('DEL', KEYS[3])
+end
+redis.call('HSET', KEYS[1], 'model', ARGV[2], 'embedding', ARGV[3], 'dim', ARGV[4])
+redis.call('HDEL', KEYS[1], 'reembed_job', 'reembed_embedding')
+local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[5], '*', 'op', 'reset', 'id', '*', 'n', v)
+out[1] = 1
+return out
+"""
+
+# KEYS: collection, staged. ARGV: job_id. A re-embed that ends without swapping lets go.
+ABORT_REEMBED = """
+if redis.call('HGET', KEYS[1], 'reembed_job') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'reembed_job', 'reembed_embedding')
+redis.call('DEL', KEYS[2])
 return 1
 """

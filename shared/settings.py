@@ -16,6 +16,12 @@ class CommonSettings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     upload_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    # Entries kept in each collection's change log. A replica that falls further behind than this
+    # rebuilds from the vectors (detected from the entries' sequence numbers).
+    log_maxlen: int = Field(default=1_000_000, ge=1)
+    # A task message held by a worker that stops sending heartbeats comes back to the queue after
+    # this long (live workers refresh their messages every third of it).
+    task_visibility_timeout_s: int = Field(default=30, ge=5)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -31,6 +37,20 @@ class ModelSettings(CommonSettings):
     """The embedding model: workers run it, the API checks collections against it."""
 
     embedding_model: str = "resnet50"
+    # The model's input side in pixels; None = the model's default. Part of a collection's
+    # embedding identity: set it to the same value for the API and the workers.
+    input_size: int | None = Field(default=None, ge=32, le=1024)
+
+    @property
+    def model_input_size(self) -> int:
+        from shared.models.registry import MODELS
+
+        return self.input_size or MODELS[self.embedding_model].default_input_size
+
+    @property
+    def embedding(self) -> str:
+        """What makes two vectors comparable: the model and its input size."""
+        return embedding_id(self.embedding_model, self.model_input_size)
 
     @field_validator("embedding_model")
     @classmethod
@@ -40,3 +60,7 @@ class ModelSettings(CommonSettings):
         if value not in MODELS:
             raise ValueError(f"unknown EMBEDDING_MODEL {value!r}; choose one of {sorted(MODELS)}")
         return value
+
+
+def embedding_id(model: str, input_size: int) -> str:
+    return f"{model}@{input_size}"

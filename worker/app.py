@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from kombu import Queue
 
@@ -17,6 +18,7 @@ from shared.errors import ModelWeightsUnavailable
 from shared.logs import configure_logging, current_job
 from shared.models.registry import get_model_spec
 from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE, celery_config
+from worker.heartbeat import Heartbeat
 from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings
 
@@ -26,7 +28,7 @@ settings = WorkerSettings()
 
 app = Celery("simsearch", include=["worker.tasks"])
 app.conf.update(
-    celery_config(settings.redis_url, visibility_timeout_s=2 * settings.task_time_limit_s),
+    celery_config(settings.redis_url, visibility_timeout_s=settings.task_visibility_timeout_s),
     task_queues=[Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE)],
     worker_prefetch_multiplier=1,
     # Pool processes build the model in worker_process_init (seconds: TensorFlow, OpenVINO compile);
@@ -40,6 +42,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 app.runtime = None  # type: ignore[attr-defined]
+app.heartbeat = None  # type: ignore[attr-defined]
 
 
 def runtime_of(celery_app: Celery) -> WorkerRuntime:
@@ -77,3 +80,17 @@ def _check_weights(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _start_runtime(**_: Any) -> None:
     runtime_of(app)
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(**_: Any) -> None:
+    # In the main process, which holds the messages (the pool's children only run them).
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=30)
+    app.heartbeat = Heartbeat(client, settings.heartbeat_interval_s)  # type: ignore[attr-defined]
+    app.heartbeat.start()  # type: ignore[attr-defined]
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    if app.heartbeat is not None:  # type: ignore[attr-defined]
+        app.heartbeat.stop()  # type: ignore[attr-defined]

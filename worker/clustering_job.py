@@ -7,24 +7,20 @@ import logging
 from shared.errors import SimsearchError
 from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobStatus, utcnow
 from worker.clustering import cluster
-from worker.replica import ReplicaSet
-from worker.store import WorkerStore
+from worker.context import JobContext
 
 log = logging.getLogger(__name__)
 
 
-def run_cluster_job(store: WorkerStore, replicas: ReplicaSet, job_id: str, collection: str) -> None:
-    params = store.job_params(job_id)
-    if params is None:
-        log.warning("cluster job %s expired before it ran", job_id)
-        return
-    store.mark_running(job_id)
+def run_cluster_job(ctx: JobContext) -> None:
+    store, jobs, job_id, collection, params = ctx.store, ctx.jobs, ctx.job_id, ctx.collection, ctx.job.params
+    jobs.mark_running(job_id)
     outcome = ItemOutcome(index=0, filename="", image_id="", status=ItemStatus.created)
     try:
         # The version is read first: anything that changes the collection after it marks this
         # clustering stale.
         version = store.collection_version(collection)
-        replica = replicas.sync(collection)
+        replica = ctx.replicas.sync(collection)
         if replica is None or len(replica.index) < 3:
             raise SimsearchError("clustering needs at least 3 images", code="too_few_images", status_code=409)
         ids = replica.index.ids
@@ -55,8 +51,8 @@ def run_cluster_job(store: WorkerStore, replicas: ReplicaSet, job_id: str, colle
         store.save_clustering(collection, job_id, summary, labels, members, result.centroids, version)
     except SimsearchError as exc:
         error = ItemError(index=0, error=exc.code, detail=exc.detail)
-        store.record_items(job_id, [(outcome.model_copy(update={"status": ItemStatus.failed}), error)])
-        store.finish_job(job_id, JobStatus.failed, {"error": exc.code, "detail": exc.detail})
+        jobs.record_items(job_id, [(outcome.model_copy(update={"status": ItemStatus.failed}), error)])
+        jobs.finish(job_id, JobStatus.failed, {"error": exc.code, "detail": exc.detail})
         return
-    store.record_items(job_id, [(outcome, None)])
-    store.finish_job(job_id, JobStatus.succeeded, {**summary, "stale": False})
+    jobs.record_items(job_id, [(outcome, None)])
+    jobs.finish(job_id, JobStatus.succeeded, {**summary, "stale": False})

@@ -1,6 +1,8 @@
-"""Index a chunk of an index job: decode, embed in one forward pass, store, report per item.
+"""Index a chunk of an index job: prepare each image, embed them in one forward pass, store,
+report per item. Pure of Celery: the task hands in a `JobContext`.
 
-Pure of Celery: the task passes in the store and embedder, so this runs in tests as it is.
+Each image is reduced to what is kept (model input, rendition) as soon as it is decoded, so a
+chunk of large images holds one full-size decode at a time, not 32.
 """
 
 from __future__ import annotations
@@ -13,39 +15,30 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.errors import InvalidImage, SimsearchError
-from shared.imaging import DecodedImage, decode_image, rendition, to_model_input
+from shared.imaging import PreparedImage, prepare_image
 from shared.jobs import final_status
-from shared.models.base import Embedder
-from shared.schemas import ImageRecord, ItemError, ItemOutcome, ItemStatus, JobInput, utcnow
-from worker.store import NewImage, WorkerStore
+from shared.schemas import ImageRecord, ItemError, ItemStatus, JobInput, utcnow
+from worker.context import JobContext, Outcome, failed, failed_item, ok
+from worker.store import NewImage
 
 log = logging.getLogger(__name__)
 
-Outcome = tuple[ItemOutcome, ItemError | None]
+MAX_ITEM_ATTEMPTS = 2
+STATUS_OF_FLAG = {1: ItemStatus.created, 0: ItemStatus.existing, 2: ItemStatus.deleted}
 
 
 @dataclass(frozen=True)
 class Pending:
     index: int
     input: JobInput
-    decoded: DecodedImage
-    data: bytes
+    image: PreparedImage | None  # None: already in the collection, to be confirmed atomically
 
 
-def failed(index: int, filename: str, image_id: str, code: str, detail: str) -> Outcome:
-    outcome = ItemOutcome(index=index, filename=filename, image_id=image_id, status=ItemStatus.failed)
-    return outcome, ItemError(index=index, filename=filename, image_id=image_id, error=code, detail=detail)
-
-
-def ok(index: int, inp: JobInput, status: ItemStatus) -> Outcome:
-    return ItemOutcome(index=index, filename=inp.filename, image_id=inp.image_id, status=status), None
-
-
-def decode_item(index: int, inp: JobInput, data: bytes | None, max_pixels: int) -> Pending | Outcome:
+def prepare_item(ctx: JobContext, index: int, inp: JobInput, data: bytes | None) -> Pending | Outcome:
     if data is None:
         return failed(index, inp.filename, inp.image_id, "upload_expired", "the uploaded bytes are gone")
     try:
-        return Pending(index, inp, decode_image(data, max_pixels=max_pixels), data)
+        return Pending(index, inp, prepare_image(data, ctx.embedder.input_size, max_pixels=ctx.max_pixels))
     except InvalidImage as exc:
         return failed(index, inp.filename, inp.image_id, exc.code, exc.detail)
     except Exception as exc:  # a decoder bug must fail this item, not the batch
@@ -53,35 +46,38 @@ def decode_item(index: int, inp: JobInput, data: bytes | None, max_pixels: int) 
         return failed(index, inp.filename, inp.image_id, "decode_error", f"{type(exc).__name__}: {exc}")
 
 
-def _embed_and_store(store: WorkerStore, embedder: Embedder, collection: str, pending: list[Pending]) -> list[Outcome]:
-    batch = np.stack([to_model_input(p.decoded.image, embedder.input_size) for p in pending])
-    started = time.perf_counter()
-    vectors = embedder.embed(batch)
-    seconds = time.perf_counter() - started
+def _record(p: Pending, now: str) -> ImageRecord:
+    img = p.image
+    return ImageRecord(
+        image_id=p.input.image_id,
+        filename=p.input.filename,
+        format=img.format if img else "",
+        width=img.width if img else 0,
+        height=img.height if img else 0,
+        size=p.input.size,
+        metadata=p.input.metadata,
+        created_at=now,
+    )
+
+
+def _embed_and_store(ctx: JobContext, pending: list[Pending]) -> list[Outcome]:
+    new = [p for p in pending if p.image is not None]
+    vectors: list[np.ndarray | None] = [None] * len(pending)
+    seconds = 0.0
+    if new:
+        started = time.perf_counter()
+        embedded = iter(ctx.embedder.embed(np.stack([p.image.pixels for p in new])))
+        seconds = time.perf_counter() - started
+        vectors = [next(embedded) if p.image is not None else None for p in pending]
     now = utcnow()
-    new_images = [
-        NewImage(
-            record=ImageRecord(
-                image_id=p.input.image_id,
-                filename=p.input.filename,
-                format=p.decoded.format,
-                width=p.decoded.width,
-                height=p.decoded.height,
-                size=p.input.size,
-                metadata=p.input.metadata,
-                created_at=now,
-            ),
-            vector=vec,
-            thumbnail=rendition(p.data, p.decoded),
-        )
+    images = [
+        NewImage(record=_record(p, now), vector=vec, thumbnail=p.image.rendition if p.image else b"")
         for p, vec in zip(pending, vectors, strict=True)
     ]
-    created = store.add_images(collection, embedder.name, embedder.dim, new_images)
-    store.record_embedding(len(pending), seconds, sum(created))
-    return [
-        ok(p.index, p.input, ItemStatus.created if new else ItemStatus.existing)
-        for p, new in zip(pending, created, strict=True)
-    ]
+    flags = ctx.store.add_images(ctx.collection, ctx.embedding, ctx.job.seq, images)
+    if new:
+        ctx.store.record_embedding(len(new), seconds, flags.count(1))
+    return [ok(p.index, p.input, STATUS_OF_FLAG[flag]) for p, flag in zip(pending, flags, strict=True)]
 
 
 def guarded(pending: list[Pending], step: Callable[[], list[Outcome]]) -> list[Outcome]:
@@ -96,108 +92,69 @@ def guarded(pending: list[Pending], step: Callable[[], list[Outcome]]) -> list[O
         return [failed(p.index, p.input.filename, p.input.image_id, "embedding_error", detail) for p in pending]
 
 
-ItemHook = Callable[[JobInput], None]
-MAX_ITEM_ATTEMPTS = 2
-
-
-def _process(
-    store: WorkerStore,
-    embedder: Embedder,
-    job_id: str,
-    collection: str,
-    indices: list[int],
-    max_pixels: int,
-    before_item: ItemHook | None,
-) -> int:
-    """Decode, embed (one forward pass) and store these items, then record them. Returns the
+def _process(ctx: JobContext, indices: list[int]) -> int:
+    """Prepare, embed (one forward pass) and store these items, then record them. Returns the
     job's completeness flag from `record_items`."""
-    inputs = store.inputs(job_id, indices)
-    existing = store.existing_ids(collection, [i.image_id for i in inputs if i is not None])
+    inputs = ctx.jobs.inputs(ctx.job_id, indices)
+    present = [inp.image_id for inp in inputs if isinstance(inp, JobInput)]
+    # Only a hint to skip the work: whether an image is new, existing or deleted is decided
+    # atomically when the chunk is stored.
+    existing = ctx.store.existing_ids(ctx.collection, present)
     outcomes: list[Outcome] = []
     pending: list[Pending] = []
     for index, inp in zip(indices, inputs, strict=True):
-        if inp is None:
-            outcomes.append(failed(index, "", "", "missing_input", "the job's record of this item is gone"))
+        if isinstance(inp, ItemError):
+            outcomes.append(failed_item(index, None, inp.error, inp.detail))
         elif inp.rejected is not None:
-            outcomes.append(failed(index, inp.filename, inp.image_id, inp.rejected.error, inp.rejected.detail))
+            outcomes.append(failed_item(index, inp, inp.rejected.error, inp.rejected.detail))
         elif inp.image_id in existing:
-            outcomes.append(ok(index, inp, ItemStatus.existing))
+            pending.append(Pending(index, inp, None))
         else:
-            if before_item is not None:
-                before_item(inp)
-            step = decode_item(index, inp, store.upload(job_id, index), max_pixels)
+            step = prepare_item(ctx, index, inp, ctx.jobs.upload(ctx.job_id, index))
             (pending if isinstance(step, Pending) else outcomes).append(step)
     if pending:
-        outcomes += guarded(pending, lambda: _embed_and_store(store, embedder, collection, pending))
-    complete = store.record_items(job_id, outcomes)
-    store.drop_uploads(job_id, indices)
+        outcomes += guarded(pending, lambda: _embed_and_store(ctx, pending))
+    complete = ctx.jobs.record_items(ctx.job_id, outcomes)
+    ctx.jobs.drop_uploads(ctx.job_id, indices)
     return complete
 
 
-def index_chunk(
-    store: WorkerStore,
-    embedder: Embedder,
-    job_id: str,
-    collection: str,
-    indices: list[int],
-    max_pixels: int,
-    before_item: ItemHook | None = None,
-) -> None:
-    store.mark_running(job_id)
+def index_chunk(ctx: JobContext, indices: list[int]) -> None:
+    ctx.jobs.mark_running(ctx.job_id)
     started = time.perf_counter()
-    attempt = store.count_attempt(job_id, f"chunk:{indices[0]}")
-    if attempt == 1:
-        complete = _process(store, embedder, job_id, collection, indices, max_pixels, before_item)
-    else:
-        complete = _one_at_a_time(store, embedder, job_id, collection, indices, max_pixels, before_item)
+    attempt = ctx.jobs.count_attempt(ctx.job_id, f"chunk:{indices[0]}")
+    complete = _process(ctx, indices) if attempt == 1 else _one_at_a_time(ctx, indices)
     log.info(
         "indexed a chunk",
         extra={
-            "collection": collection,
+            "collection": ctx.collection,
             "items": len(indices),
             "attempt": attempt,
             "seconds": round(time.perf_counter() - started, 3),
         },
     )
     if complete == 1:
-        finish_index_job(store, job_id)
+        finish_index_job(ctx)
 
 
-def _one_at_a_time(
-    store: WorkerStore,
-    embedder: Embedder,
-    job_id: str,
-    collection: str,
-    indices: list[int],
-    max_pixels: int,
-    before_item: ItemHook | None,
-) -> int:
+def _one_at_a_time(ctx: JobContext, indices: list[int]) -> int:
     """A redelivered chunk: its last run died (or the message came twice). Items are processed and
     recorded singly, each with its own attempt count, so an image that kills the worker every time
     fails alone after MAX_ITEM_ATTEMPTS instead of taking its chunk down forever."""
     complete = 0
-    for index in store.unrecorded(job_id, indices):
-        tries = store.count_attempt(job_id, f"item:{index}")
+    for index in ctx.jobs.unrecorded(ctx.job_id, indices):
+        tries = ctx.jobs.count_attempt(ctx.job_id, f"item:{index}")
         if tries > MAX_ITEM_ATTEMPTS:
-            inp = store.inputs(job_id, [index])[0]
+            inp = ctx.jobs.inputs(ctx.job_id, [index])[0]
             detail = f"processing this image stopped the worker {tries - 1} times"
-            outcome = failed(index, inp.filename if inp else "", inp.image_id if inp else "", "worker_crashed", detail)
-            complete = store.record_items(job_id, [outcome])
-            store.drop_uploads(job_id, [index])
+            complete = ctx.jobs.record_items(ctx.job_id, [failed_item(index, inp, "worker_crashed", detail)])
+            ctx.jobs.drop_uploads(ctx.job_id, [index])
         else:
-            complete = _process(store, embedder, job_id, collection, [index], max_pixels, before_item)
+            complete = _process(ctx, [index])
     # Nothing left to do here (all recorded before): say whether the job is complete all the same.
-    return complete or store.record_items(job_id, [])
+    return complete or ctx.jobs.record_items(ctx.job_id, [])
 
 
-def fail_unrecorded(store: WorkerStore, job_id: str, indices: list[int], code: str, detail: str) -> None:
-    """Used when a chunk runs out of time: its remaining items fail with a reason."""
-    outcomes = [failed(i, "", "", code, detail) for i in store.unrecorded(job_id, indices)]
-    if outcomes and store.record_items(job_id, outcomes) == 1:
-        finish_index_job(store, job_id)
-    store.drop_uploads(job_id, indices)
-
-
-def finish_index_job(store: WorkerStore, job_id: str) -> None:
-    total, failed = store.job_counts(job_id)
-    store.finish_job(job_id, final_status(total, failed), store.index_result(job_id))
+def finish_index_job(ctx: JobContext) -> None:
+    total, failures = ctx.jobs.counts(ctx.job_id)
+    ctx.jobs.finish(ctx.job_id, final_status(total, failures), ctx.jobs.index_result(ctx.job_id))

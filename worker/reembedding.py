@@ -1,7 +1,10 @@
 """Re-embed a collection with the model this worker runs, from the stored renditions.
 
 New vectors are staged beside the live ones; the last chunk swaps them in at once, so searches
-never see a mix of two models' vectors.
+never see a mix of two models' vectors. Images added while the job runs are staged by the adding
+worker when it runs the target embedding; any other straggler is embedded here before the swap,
+which the swap script refuses while a live image lacks a staged vector. Only images whose own
+re-embed failed leave the collection.
 """
 
 from __future__ import annotations
@@ -10,58 +13,115 @@ import logging
 
 import numpy as np
 
-from shared.imaging import to_model_input
+from shared.errors import InvalidImage
+from shared.imaging import prepare_image
 from shared.jobs import final_status
-from shared.models.base import Embedder
-from shared.schemas import ItemStatus, JobInput
-from worker.indexing import Outcome, Pending, decode_item, failed, guarded, ok
-from worker.store import WorkerStore
+from shared.schemas import ItemStatus, JobInput, JobStatus
+from worker.context import JobContext, Outcome, failed, failed_item, ok
+from worker.indexing import Pending, guarded
+from worker.store import Embedding
 
 log = logging.getLogger(__name__)
 
+MAX_SWAP_ROUNDS = 20
+BATCH = 32
 
-def _embed_and_stage(store: WorkerStore, embedder: Embedder, collection: str, pending: list[Pending]) -> list[Outcome]:
-    batch = np.stack([to_model_input(p.decoded.image, embedder.input_size) for p in pending])
-    store.stage_vectors(collection, [p.input.image_id for p in pending], embedder.embed(batch))
+
+def target_embedding(ctx: JobContext) -> Embedding:
+    params = ctx.job.params
+    return Embedding(params["model"], params.get("embedding") or ctx.embedding.id, int(params["dim"]))
+
+
+def _embed_and_stage(ctx: JobContext, pending: list[Pending]) -> list[Outcome]:
+    vectors = ctx.embedder.embed(np.stack([p.image.pixels for p in pending]))
+    ctx.store.stage_vectors(ctx.collection, [p.input.image_id for p in pending], vectors)
     return [ok(p.index, p.input, ItemStatus.created) for p in pending]
 
 
-def reembed_chunk(
-    store: WorkerStore, embedder: Embedder, job_id: str, collection: str, indices: list[int], max_pixels: int
-) -> None:
-    params = store.job_params(job_id)
-    if params is None:
-        log.warning("re-embed job %s expired before it ran", job_id)
-        return
-    store.mark_running(job_id)
-    inputs: list[JobInput | None] = store.inputs(job_id, indices)
+def _prepare(ctx: JobContext, index: int, inp: JobInput, rendition: bytes) -> Pending | Outcome:
+    try:
+        return Pending(index, inp, prepare_image(rendition, ctx.embedder.input_size, max_pixels=ctx.max_pixels))
+    except InvalidImage as exc:
+        return failed(index, inp.filename, inp.image_id, exc.code, exc.detail)
+
+
+def reembed_chunk(ctx: JobContext, indices: list[int]) -> None:
+    ctx.jobs.mark_running(ctx.job_id)
+    inputs = ctx.jobs.inputs(ctx.job_id, indices)
+    target = target_embedding(ctx)
     outcomes: list[Outcome] = []
     pending: list[Pending] = []
-    if params["model"] != embedder.name:
-        detail = f"this job re-embeds with {params['model']} but this worker runs {embedder.name}"
-        outcomes = [
-            failed(i, "", inp.image_id if inp else "", "model_mismatch", detail)
-            for i, inp in zip(indices, inputs, strict=True)
-        ]
+    if target.id != ctx.embedding.id:
+        detail = f"this job re-embeds with {target.id} but this worker runs {ctx.embedding.id}"
+        outcomes = [failed_item(i, inp, "model_mismatch", detail) for i, inp in zip(indices, inputs, strict=True)]
     else:
-        present = [(i, inp) for i, inp in zip(indices, inputs, strict=True) if inp is not None]
-        thumbs = store.thumbnails(collection, [inp.image_id for _, inp in present])
+        present = [(i, inp) for i, inp in zip(indices, inputs, strict=True) if isinstance(inp, JobInput)]
+        outcomes += [
+            failed_item(i, None, inp.error, inp.detail)
+            for i, inp in zip(indices, inputs, strict=True)
+            if not isinstance(inp, JobInput)
+        ]
+        thumbs = ctx.store.thumbnails(ctx.collection, [inp.image_id for _, inp in present])
         for (index, inp), data in zip(present, thumbs, strict=True):
             if data is None:  # deleted since the job started
                 outcomes.append(ok(index, inp, ItemStatus.skipped))
                 continue
-            step = decode_item(index, inp, data, max_pixels)
+            step = _prepare(ctx, index, inp, data)
             (pending if isinstance(step, Pending) else outcomes).append(step)
         if pending:
-            outcomes += guarded(pending, lambda: _embed_and_stage(store, embedder, collection, pending))
-    if store.record_items(job_id, outcomes) == 1:
-        finish_reembed_job(store, job_id, collection, params)
+            outcomes += guarded(pending, lambda: _embed_and_stage(ctx, pending))
+    if ctx.jobs.record_items(ctx.job_id, outcomes) == 1:
+        finish_reembed_job(ctx)
 
 
-def finish_reembed_job(store: WorkerStore, job_id: str, collection: str, params: dict) -> None:
-    total, failures = store.job_counts(job_id)
-    status = final_status(total, failures)
-    result: dict = {"model": params["model"], "dimension": params["dim"], "reembedded": total - failures}
-    if failures < total:
-        result["dropped"] = store.swap_vectors(collection, params["model"], int(params["dim"]))
-    store.finish_job(job_id, status, result)
+def _stage_stragglers(ctx: JobContext, ids: list[str]) -> tuple[int, list[str]]:
+    """Embed images that have no staged vector yet. Returns (staged, ids that cannot be embedded)."""
+    staged, broken = 0, []
+    for start in range(0, len(ids), BATCH):
+        chunk = ids[start : start + BATCH]
+        pending: list[Pending] = []
+        for image_id, data in zip(chunk, ctx.store.thumbnails(ctx.collection, chunk), strict=True):
+            if data is None:
+                continue  # deleted meanwhile
+            step = _prepare(ctx, 0, JobInput(filename="", image_id=image_id, size=0), data)
+            if isinstance(step, Pending):
+                pending.append(step)
+            else:
+                broken.append(image_id)
+        if pending:
+            vectors = ctx.embedder.embed(np.stack([p.image.pixels for p in pending]))
+            staged += ctx.store.stage_vectors(ctx.collection, [p.input.image_id for p in pending], vectors)
+    return staged, broken
+
+
+def finish_reembed_job(ctx: JobContext) -> None:
+    total, failures = ctx.jobs.counts(ctx.job_id)
+    target = target_embedding(ctx)
+    result: dict = {"model": target.model, "dimension": target.dim, "reembedded": total - failures}
+    if failures >= total:
+        ctx.store.abort_reembed(ctx.collection, ctx.job_id)
+        ctx.jobs.finish(ctx.job_id, JobStatus.failed, result)
+        return
+    items = ctx.jobs.index_result(ctx.job_id)["items"]
+    failed_ids = [i["image_id"] for i in items if i["status"] == ItemStatus.failed and i["image_id"]]
+    dropped: list[str] = []
+    added_during = 0
+    for _ in range(MAX_SWAP_ROUNDS):
+        swap = ctx.store.swap_vectors(ctx.collection, ctx.job_id, target, failed_ids)
+        dropped += swap.dropped
+        if swap.swapped:
+            break
+        if not swap.ours:
+            result.update(error="superseded", detail="another re-embed of this collection started")
+            ctx.jobs.finish(ctx.job_id, JobStatus.failed, result)
+            return
+        staged, broken = _stage_stragglers(ctx, ctx.store.unstaged_ids(ctx.collection))
+        added_during += staged
+        failed_ids += broken
+    else:
+        ctx.store.abort_reembed(ctx.collection, ctx.job_id)
+        result.update(error="not_converged", detail="images kept arriving faster than they could be re-embedded")
+        ctx.jobs.finish(ctx.job_id, JobStatus.failed, result)
+        return
+    result.update(dropped=sorted(dropped), added_during=added_during)
+    ctx.jobs.finish(ctx.job_id, final_status(total, failures), result)

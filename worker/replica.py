@@ -1,9 +1,11 @@
 """Each worker's in-memory replica of every collection it serves, kept current from Redis.
 
-Redis is the source of truth: `vectors` holds every live vector and `log` (a stream) records each
-add and delete in order. A replica remembers the last log entry it applied; before answering a
-search it applies whatever came after, so a search submitted after an index job finished sees
-that job's images on every worker. A new or restarted worker rebuilds from a snapshot.
+Redis is the source of truth: `vectors` holds every live vector and `log` (a capped stream)
+records each add and delete in order, each entry numbered with the collection's version (`n`).
+A replica remembers the last entry it applied; before answering a search it applies whatever
+came after, so a search submitted after an index job finished sees that job's images on every
+worker. If the next entry it reads is not numbered one past its own, entries were trimmed away
+before it read them (the replica fell behind the log's cap), and it rebuilds from the vectors.
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 
-from shared import keys
 from shared.index import VectorIndex
+from worker.store import StreamEntry, WorkerStore
 
 log = logging.getLogger(__name__)
-
-StreamEntry = tuple[bytes | str, dict[bytes | str, bytes | str]]
 
 
 def _s(value: bytes | str) -> str:
@@ -44,50 +43,68 @@ def fold_log(entries: Iterable[StreamEntry]) -> tuple[dict[str, str], str | None
     return final, last_id
 
 
+def entry_number(entry: StreamEntry) -> int | None:
+    raw = entry[1].get(b"n", entry[1].get("n"))  # type: ignore[call-overload]
+    return int(raw) if raw is not None else None
+
+
+def contiguous(version: int, entries: list[StreamEntry]) -> bool:
+    """Whether `entries` (read after a replica at `version`) follow it with nothing missing.
+    Entries written before numbering existed carry no `n` and are taken on trust."""
+    for expected, entry in enumerate(entries, start=version + 1):
+        n = entry_number(entry)
+        if n is not None and n != expected:
+            return False
+    return True
+
+
 @dataclass
 class Replica:
     model: str
     index: VectorIndex
     last_id: str = "0-0"
+    version: int = 0  # the collection version the replica reflects (n of the last entry applied)
     # (clustering id, centroids, labels): loaded when a clustering exists, reloaded when it changes
     clustering: tuple[str, Any, dict[str, int]] | None = None
 
 
 class ReplicaSet:
-    def __init__(self, client: redis.Redis, batch: int = 2000) -> None:
-        self.redis = client
+    def __init__(self, store: WorkerStore, batch: int = 2000) -> None:
+        self.store = store
         self.batch = batch
         self._replicas: dict[str, Replica] = {}
+        self.rebuilds = 0  # how many times a replica was built from the vectors (tests, metrics)
 
     def sync(self, collection: str) -> Replica | None:
         """The collection's replica, current as of now; None if it holds no vectors yet."""
-        model, dim = self.redis.hmget(keys.collection(collection), "model", "dim")
+        model, dim = self.store.collection_model(collection)
         if model is None or dim is None:
             self._replicas.pop(collection, None)
             return None
         replica = self._replicas.get(collection)
         if (
             replica is None
-            or replica.model != _s(model)
-            or replica.index.dim != int(dim)
+            or replica.model != model
+            or replica.index.dim != dim
             or not self._catch_up(collection, replica)
         ):
-            replica = self._rebuild(collection, _s(model), int(dim))
+            replica = self._rebuild(collection, model, dim)
         self._replicas[collection] = replica
         return replica
 
     def _rebuild(self, collection: str, model: str, dim: int) -> Replica:
         # Note the log position first: replaying everything after it over the snapshot converges,
         # whatever changed while the snapshot was being read.
-        tail = self.redis.xrevrange(keys.log(collection), count=1)
-        replica = Replica(model=model, index=VectorIndex(dim), last_id=_s(tail[0][0]) if tail else "0-0")
+        last_id, version = self.store.log_position(collection)
+        replica = Replica(model=model, index=VectorIndex(dim), last_id=last_id, version=version)
         cursor = 0
         while True:
-            cursor, chunk = self.redis.hscan(keys.vectors(collection), cursor, count=self.batch)
-            self._apply_vectors(collection, replica, {_s(k): v for k, v in chunk.items()})
+            cursor, chunk = self.store.scan_vectors(collection, cursor, self.batch)
+            self._apply_vectors(replica, {_s(k): v for k, v in chunk.items()})
             if cursor == 0:
                 break
         self._catch_up(collection, replica)
+        self.rebuilds += 1
         log.info("rebuilt replica of %s: %d vectors", collection, len(replica.index))
         return replica
 
@@ -95,10 +112,11 @@ class ReplicaSet:
         """Apply log entries after `last_id`. False if the replica must be rebuilt instead: entries
         were trimmed away before we read them, or the vectors were replaced wholesale."""
         while True:
-            entries = self.redis.xrange(keys.log(collection), min=f"({replica.last_id}", count=self.batch)
+            entries = self.store.log_after(collection, replica.last_id, self.batch)
             if not entries:
                 return True
-            if replica.last_id != "0-0" and self._trimmed_past(collection, replica.last_id):
+            if not contiguous(replica.version, entries):
+                log.warning("replica of %s fell behind the log's cap; rebuilding", collection)
                 return False
             final, last_id = fold_log(entries)
             if "reset" in final.values():  # vectors were swapped wholesale (re-embed): start over
@@ -107,19 +125,15 @@ class ReplicaSet:
             removed = [i for i, op in final.items() if op == "del"]
             replica.index.remove(removed)
             if added:
-                raw = self.redis.hmget(keys.vectors(collection), added)
+                raw = self.store.vectors(collection, added)
                 present = {i: v for i, v in zip(added, raw, strict=True) if v is not None}
                 # A vector missing here was deleted after this entry; its 'del' entry follows.
                 replica.index.remove(i for i in added if i not in present)
-                self._apply_vectors(collection, replica, present)
+                self._apply_vectors(replica, present)
             replica.last_id = last_id or replica.last_id
+            replica.version = entry_number(entries[-1]) or replica.version
 
-    def _trimmed_past(self, collection: str, last_id: str) -> bool:
-        info = self.redis.xinfo_stream(keys.log(collection))
-        max_deleted = info.get("max-deleted-entry-id")
-        return max_deleted is not None and stream_id_key(_s(max_deleted)) > stream_id_key(last_id)
-
-    def _apply_vectors(self, collection: str, replica: Replica, raw: dict[str, bytes]) -> None:
+    def _apply_vectors(self, replica: Replica, raw: dict[str, bytes]) -> None:
         if not raw:
             return
         ids = list(raw)

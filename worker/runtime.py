@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.jobs import JobLifecycle, Jobs
+from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.models.base import NetworkEmbedder
 from shared.models.registry import get_model_spec
-from shared.schemas import JobInput
+from worker.context import JobContext
 from worker.inference import build_embedder
 from worker.replica import ReplicaSet
 from worker.settings import WorkerSettings
@@ -24,14 +26,25 @@ log = logging.getLogger(__name__)
 @dataclass
 class WorkerRuntime:
     settings: WorkerSettings
+    jobs: Jobs
     store: WorkerStore
     embedder: NetworkEmbedder
     replicas: ReplicaSet
 
-    def fault_hook(self, item: JobInput) -> None:
-        if self.settings.test_crash_on_filename and item.filename == self.settings.test_crash_on_filename:
-            log.warning("test fault: exiting on %s", item.filename)
-            os._exit(70)
+    def context(self, job_id: str, served_by: str | None = None) -> JobContext | None:
+        """Everything a task body needs for this job; None once the job has expired."""
+        record = self.jobs.load(job_id)
+        if record is None:
+            return None
+        return JobContext(
+            job=record,
+            jobs=self.jobs,
+            store=self.store,
+            embedder=self.embedder,
+            replicas=self.replicas,
+            max_pixels=self.settings.max_image_pixels,
+            served_by=served_by,
+        )
 
     @classmethod
     def start(cls, settings: WorkerSettings) -> WorkerRuntime:
@@ -44,13 +57,14 @@ class WorkerRuntime:
             network, settings.inference_backend, settings.inference_precision, settings.cache_dir, threads
         )
         client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        worker = f"{socket.gethostname()}-{os.getpid()}"
+        store = WorkerStore(client, settings.log_maxlen, settings.job_ttl_seconds, worker=worker)
         runtime = cls(
             settings=settings,
-            store=WorkerStore(
-                client, settings.job_ttl_seconds, settings.log_maxlen, worker=f"{socket.gethostname()}-{os.getpid()}"
-            ),
+            jobs=Jobs(client, JobLifecycle(settings.job_ttl_seconds, settings.upload_ttl_seconds), JOB_SCRIPTS),
+            store=store,
             embedder=embedder,
-            replicas=ReplicaSet(client, settings.replica_batch),
+            replicas=ReplicaSet(store, settings.replica_batch),
         )
         log.info(
             "worker process %d ready: model=%s weights=%s input=%d backend=%s/%s threads=%d (%.1fs)",

@@ -1,4 +1,4 @@
-"""The worker's reads and writes in Redis (synchronous client)."""
+"""The worker's reads and writes of collection data in Redis (jobs: `shared.jobs`)."""
 
 from __future__ import annotations
 
@@ -11,83 +11,55 @@ import redis
 
 from shared import keys, scripts
 from shared.errors import Conflict
-from shared.jobs import index_result, job_params
-from shared.schemas import ImageRecord, ItemError, ItemOutcome, JobInput, JobStatus, utcnow
+from shared.schemas import ImageRecord, utcnow
+
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
 
 
 @dataclass(frozen=True)
 class NewImage:
     record: ImageRecord
-    vector: np.ndarray
-    thumbnail: bytes
+    vector: np.ndarray | None  # None: the image was found in the collection; only confirm it
+    thumbnail: bytes = b""
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Who made a vector: the model name, its full identity (model@input size) and dimension."""
+
+    model: str
+    id: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    swapped: bool
+    ours: bool  # False: the collection's re-embed is no longer this job's
+    dropped: list[str]
+
+
+def _s(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _f32(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
 class WorkerStore:
-    def __init__(self, client: redis.Redis, job_ttl_s: int, log_maxlen: int, worker: str = "worker") -> None:
+    def __init__(self, client: redis.Redis, log_maxlen: int, data_ttl_s: int, worker: str = "worker") -> None:
         self.redis = client
         self.worker = worker
-        self.job_ttl_s = job_ttl_s
         self.log_maxlen = log_maxlen
-        self._record_items = client.register_script(scripts.RECORD_ITEMS)
-        self._mark_running = client.register_script(scripts.MARK_RUNNING)
-        self._finish_job = client.register_script(scripts.FINISH_JOB)
+        # Staged vectors and tombstones live as long as a job could (then they are moot).
+        self.data_ttl_s = data_ttl_s
         self._add_images = client.register_script(scripts.ADD_IMAGES)
+        self._stage = client.register_script(scripts.STAGE_VECTORS)
+        self._swap = client.register_script(scripts.SWAP_VECTORS)
+        self._abort = client.register_script(scripts.ABORT_REEMBED)
 
-    # -- jobs -------------------------------------------------------------------------------
-    def job_params(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(keys.job(job_id))
-        return job_params(raw) if raw else None
-
-    def job_counts(self, job_id: str) -> tuple[int, int]:
-        total, failed = self.redis.hmget(keys.job(job_id), "total", "failed")
-        return int(total or 0), int(failed or 0)
-
-    def mark_running(self, job_id: str) -> None:
-        self._mark_running(keys=[keys.job(job_id)], args=[utcnow()])
-
-    def count_attempt(self, job_id: str, what: str) -> int:
-        """How many times this chunk or item has been started (this time included)."""
-        key = keys.job_attempts(job_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key, what, 1)
-        pipe.expire(key, self.job_ttl_s)
-        return int(pipe.execute()[0])
-
-    def unrecorded(self, job_id: str, indices: list[int]) -> list[int]:
-        raw = self.redis.hmget(keys.job_items(job_id), [str(i) for i in indices])
-        return [i for i, r in zip(indices, raw, strict=True) if r is None]
-
-    def inputs(self, job_id: str, indices: list[int]) -> list[JobInput | None]:
-        raw = self.redis.hmget(keys.job_inputs(job_id), [str(i) for i in indices])
-        return [JobInput.model_validate_json(r) if r else None for r in raw]
-
-    def upload(self, job_id: str, index: int) -> bytes | None:
-        return self.redis.get(keys.upload(job_id, index))
-
-    def drop_uploads(self, job_id: str, indices: list[int]) -> None:
-        if indices:
-            self.redis.delete(*(keys.upload(job_id, i) for i in indices))
-
-    def record_items(self, job_id: str, outcomes: list[tuple[ItemOutcome, ItemError | None]]) -> int:
-        """Returns 1 when every item of the job is now accounted for, 0 if not, -1 if the job is gone."""
-        args: list[Any] = [self.job_ttl_s]
-        for outcome, error in outcomes:
-            args += [str(outcome.index), outcome.model_dump_json(), error.model_dump_json() if error else ""]
-        return int(
-            self._record_items(keys=[keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)], args=args)
-        )
-
-    def finish_job(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> bool:
-        done = self._finish_job(
-            keys=[keys.job(job_id), keys.JOB_COUNTS],
-            args=[status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id)],
-        )
-        return int(done) == 1
-
-    def index_result(self, job_id: str) -> dict[str, Any]:
-        return index_result(self.redis.hgetall(keys.job_items(job_id)))
-
-    # -- collections ------------------------------------------------------------------------
+    # -- images -----------------------------------------------------------------------------
     def existing_ids(self, collection: str, image_ids: list[str]) -> set[str]:
         if not image_ids:
             return set()
@@ -96,79 +68,112 @@ class WorkerStore:
             pipe.hexists(keys.images(collection), image_id)
         return {i for i, there in zip(image_ids, pipe.execute(), strict=True) if there}
 
-    def collection_model(self, collection: str) -> tuple[str | None, int | None]:
-        model, dim = self.redis.hmget(keys.collection(collection), "model", "dim")
-        return (model.decode() if model else None), (int(dim) if dim else None)
-
-    def add_images(self, collection: str, model: str, dim: int, images: list[NewImage]) -> list[bool]:
-        """Store images atomically; per image True if created, False if it was already there."""
+    def add_images(self, collection: str, embedding: Embedding, job_seq: int, images: list[NewImage]) -> list[int]:
+        """Store images atomically. Per image: 1 created, 0 already there, 2 deleted after the job
+        was queued (the delete wins). Raises Conflict when the collection holds another model."""
         if not images:
             return []
-        args: list[Any] = [model, dim, self.log_maxlen]
+        args: list[Any] = [embedding.model, embedding.id, embedding.dim, self.log_maxlen, job_seq]
+        args += [collection, utcnow(), self.data_ttl_s]
         for img in images:
-            vec = np.ascontiguousarray(img.vector, dtype="<f4")
-            args += [img.record.image_id, img.record.model_dump_json(), vec.tobytes(), img.thumbnail]
+            vector = b"" if img.vector is None else _f32(img.vector)
+            args += [img.record.image_id, img.record.model_dump_json(), vector, img.thumbnail]
         out = self._add_images(
             keys=[
+                keys.COLLECTIONS,
                 keys.collection(collection),
                 keys.images(collection),
                 keys.vectors(collection),
                 keys.thumbnails(collection),
                 keys.log(collection),
                 keys.order(collection),
+                keys.staged_vectors(collection),
+                *(keys.tombstone(collection, img.record.image_id) for img in images),
             ],
             args=args,
         )
         if int(out[0]) == -2:
-            other = out[1].decode() if isinstance(out[1], bytes) else out[1]
             raise Conflict(
-                f"collection {collection!r} was built with model {other!r}; this worker runs {model!r}",
+                f"collection {collection!r} was built with model {_s(out[1])!r}; this worker runs {embedding.model!r}",
                 code="model_mismatch",
             )
-        return [bool(flag) for flag in out[1:]]
+        return [int(flag) for flag in out[1:]]
+
+    def collection_model(self, collection: str) -> tuple[str | None, int | None]:
+        model, dim = self.redis.hmget(keys.collection(collection), "model", "dim")
+        return _s(model), (int(dim) if dim else None)
 
     def stored_vector(self, collection: str, image_id: str) -> np.ndarray | None:
         raw = self.redis.hget(keys.vectors(collection), image_id)
         return np.frombuffer(raw, dtype="<f4").copy() if raw else None
 
+    def filenames(self, collection: str, ids: list[str]) -> list[str]:
+        if not ids:
+            return []
+        raw = self.redis.hmget(keys.images(collection), ids)
+        return [ImageRecord.model_validate_json(r).filename if r else "" for r in raw]
+
     # -- re-embedding -----------------------------------------------------------------------
     def thumbnails(self, collection: str, image_ids: list[str]) -> list[bytes | None]:
         return self.redis.hmget(keys.thumbnails(collection), image_ids) if image_ids else []
 
-    def stage_vectors(self, collection: str, image_ids: list[str], vectors: np.ndarray) -> None:
-        staged = keys.staged_vectors(collection)
-        mapping = {i: np.ascontiguousarray(v, dtype="<f4").tobytes() for i, v in zip(image_ids, vectors, strict=True)}
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(staged, mapping=mapping)
-        pipe.expire(staged, self.job_ttl_s)  # an abandoned re-embed must not leak its vectors
-        pipe.execute()
+    def reembed_target(self, collection: str) -> tuple[str | None, str | None]:
+        """(job id, embedding id) of the re-embed the collection is going through, if any."""
+        job, embedding = self.redis.hmget(keys.collection(collection), "reembed_job", "reembed_embedding")
+        return _s(job), _s(embedding)
 
-    def swap_vectors(self, collection: str, model: str, dim: int) -> list[str]:
-        """Make the staged vectors the collection's. Images without a new vector (their re-embed
-        failed) leave the collection and are returned; staged vectors of images deleted meanwhile
-        are discarded."""
-        staged = {k.decode() for k in self.redis.hkeys(keys.staged_vectors(collection))}
-        current = {k.decode() for k in self.redis.hkeys(keys.images(collection))}
-        if stale := staged - current:
-            self.redis.hdel(keys.staged_vectors(collection), *stale)
-        dropped = sorted(current - staged)
-        delete = self.redis.register_script(scripts.DELETE_IMAGE)
-        for image_id in dropped:
-            delete(
-                keys=keys.delete_image_keys(collection),
-                args=[image_id, self.log_maxlen],
-            )
-        swap = self.redis.register_script(scripts.SWAP_VECTORS)
-        swap(
+    def stage_vectors(self, collection: str, image_ids: list[str], vectors: np.ndarray) -> int:
+        args: list[Any] = [self.data_ttl_s]
+        for image_id, vector in zip(image_ids, vectors, strict=True):
+            args += [image_id, _f32(vector)]
+        return int(self._stage(keys=[keys.images(collection), keys.staged_vectors(collection)], args=args))
+
+    def unstaged_ids(self, collection: str) -> list[str]:
+        """Images without a staged vector (added during the re-embed by another embedding)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hkeys(keys.images(collection))
+        pipe.hkeys(keys.staged_vectors(collection))
+        live, staged = pipe.execute()
+        return sorted(_s(i) for i in set(live) - set(staged))
+
+    def swap_vectors(self, collection: str, job_id: str, embedding: Embedding, failed_ids: list[str]) -> SwapResult:
+        out = self._swap(
             keys=[
                 keys.collection(collection),
+                keys.images(collection),
                 keys.vectors(collection),
                 keys.staged_vectors(collection),
+                keys.thumbnails(collection),
+                keys.labels(collection),
+                keys.order(collection),
                 keys.log(collection),
             ],
-            args=[model, dim, self.log_maxlen],
+            args=[job_id, embedding.model, embedding.id, embedding.dim, self.log_maxlen, *failed_ids],
         )
-        return dropped
+        code = int(out[0])
+        return SwapResult(swapped=code == 1, ours=code != -1, dropped=[_s(i) for i in out[1:]])
+
+    def abort_reembed(self, collection: str, job_id: str) -> bool:
+        keys_ = [keys.collection(collection), keys.staged_vectors(collection)]
+        return int(self._abort(keys=keys_, args=[job_id])) == 1
+
+    # -- the change log (what replicas replay) ----------------------------------------------
+    def log_position(self, collection: str) -> tuple[str, int]:
+        """(id of the log's last entry or '0-0', the collection's version), read atomically."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xrevrange(keys.log(collection), count=1)
+        pipe.hget(keys.collection(collection), "version")
+        tail, version = pipe.execute()
+        return (_s(tail[0][0]) if tail else "0-0"), int(version or 0)
+
+    def log_after(self, collection: str, last_id: str, count: int) -> list[StreamEntry]:
+        return self.redis.xrange(keys.log(collection), min=f"({last_id}", count=count)
+
+    def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
+        return self.redis.hscan(keys.vectors(collection), cursor, count=count)
+
+    def vectors(self, collection: str, ids: list[str]) -> list[bytes | None]:
+        return self.redis.hmget(keys.vectors(collection), ids) if ids else []
 
     # -- clusters ---------------------------------------------------------------------------
     def collection_version(self, collection: str) -> int:
@@ -202,15 +207,14 @@ class WorkerStore:
                 "version": version,
                 "created_at": summary["created_at"],
                 "summary": json.dumps(summary),
-                "centroids": np.ascontiguousarray(centroids, dtype="<f4").tobytes(),
+                "centroids": _f32(centroids),
                 "dim": centroids.shape[1],
             },
         )
         pipe.execute()
 
     def clustering_id(self, collection: str) -> str | None:
-        value = self.redis.hget(keys.clustering(collection), "job_id")
-        return value.decode() if value else None
+        return _s(self.redis.hget(keys.clustering(collection), "job_id"))
 
     def clustering_state(self, collection: str) -> tuple[str, np.ndarray, dict[str, int]] | None:
         job_id, k, dim, centroids = self.redis.hmget(keys.clustering(collection), "job_id", "k", "dim", "centroids")

@@ -1,6 +1,14 @@
-"""Celery tasks: thin wrappers that hand the process's runtime to pure functions."""
+"""Celery tasks: thin wrappers that build the job's context and hand it to pure functions.
+
+Whatever a task body raises ends its items as failed with a reason (and the job, once every item
+is accounted for): a job never stays `running` because of a bug. Only a lost Redis connection is
+retried, because then the work is still owed and nothing could be recorded anyway.
+"""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -8,47 +16,102 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.queueing import CLUSTER_TASK, INDEX_CHUNK_TASK, REEMBED_CHUNK_TASK, SEARCH_TASK
+from shared.schemas import JobStatus, JobType
 from worker import clustering_job, indexing, reembedding, searching
 from worker.app import app, runtime_of
+from worker.context import JobContext, failed_item
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
 
 # Every task is idempotent (content-addressed ids, HSETNX progress, first-finisher-wins), so a
-# message redelivered after a worker died is safe to run again. A task that loses Redis midway is
-# retried with backoff rather than failed: the work is still owed.
+# message redelivered after a worker died is safe to run again.
 REDIS_DOWN = {
     "autoretry_for": (RedisConnectionError, RedisTimeoutError),
     "retry_backoff": True,
     "retry_backoff_max": 30,
     "max_retries": 20,
 }
+TASK = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, **REDIS_DOWN}
 
 
-@app.task(name=INDEX_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, **REDIS_DOWN)
-def index_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
-    rt = runtime_of(self.app)
+def finish_single(ctx: JobContext) -> None:
+    """A one-item job (search, cluster) whose body raised: fail it with its item's error."""
+    job = ctx.jobs.get(ctx.job_id)
+    error = job.errors[0] if job and job.errors else None
+    result = {"error": error.error, "detail": error.detail} if error else {"error": "internal_error", "detail": ""}
+    ctx.jobs.finish(ctx.job_id, JobStatus.failed, result)
+
+
+FINISHERS: dict[JobType, Callable[[JobContext], None]] = {
+    JobType.index: indexing.finish_index_job,
+    JobType.reembed: reembedding.finish_reembed_job,
+    JobType.search: finish_single,
+    JobType.cluster: finish_single,
+}
+
+
+def fail_remaining(ctx: JobContext, indices: list[int], code: str, detail: str) -> None:
+    """Fail the items of `indices` not yet recorded, then finish the job if that completes it."""
+    todo = ctx.jobs.unrecorded(ctx.job_id, indices)
+    inputs = ctx.jobs.inputs(ctx.job_id, todo) if todo else []
+    outcomes = [failed_item(i, inp, code, detail) for i, inp in zip(todo, inputs, strict=True)]
+    complete = ctx.jobs.record_items(ctx.job_id, outcomes)
+    ctx.jobs.drop_uploads(ctx.job_id, indices)
+    if complete != 1:
+        return
     try:
-        indexing.index_chunk(
-            rt.store, rt.embedder, job_id, collection, indices, rt.settings.max_image_pixels, rt.fault_hook
-        )
+        FINISHERS[ctx.job.type](ctx)
+    except (RedisConnectionError, RedisTimeoutError):
+        raise
+    except Exception as exc:
+        log.exception("finishing job %s failed", ctx.job_id)
+        ctx.jobs.finish(ctx.job_id, JobStatus.failed, {"error": "internal_error", "detail": _why(exc)})
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def run(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], None]) -> None:
+    rt: WorkerRuntime = runtime_of(task.app)
+    try:
+        ctx = rt.context(job_id, served_by=task.request.hostname)
+    except (RedisConnectionError, RedisTimeoutError):
+        raise
+    except Exception as exc:  # the job record itself is unreadable: nothing can run, so end it
+        log.exception("job %s cannot be loaded", job_id)
+        rt.jobs.finish(job_id, JobStatus.failed, {"error": "invalid_job", "detail": _why(exc)})
+        return
+    if ctx is None:
+        log.warning("job %s expired before it ran", job_id)
+        return
+    try:
+        body(ctx)
+    except (RedisConnectionError, RedisTimeoutError):
+        raise
     except SoftTimeLimitExceeded:
-        limit = rt.settings.task_time_limit_s
-        indexing.fail_unrecorded(rt.store, job_id, indices, "timeout", f"the chunk ran over {limit}s")
+        fail_remaining(ctx, indices, "timeout", f"the task ran over {rt.settings.task_time_limit_s}s")
+    except Exception as exc:
+        log.exception("a %s task of job %s failed", ctx.job.type.value, job_id)
+        fail_remaining(ctx, indices, "internal_error", _why(exc))
 
 
-@app.task(name=SEARCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, **REDIS_DOWN)
-def search(self: Task, job_id: str, collection: str) -> None:
-    rt = runtime_of(self.app)
-    searching.run_search_job(
-        rt.store, rt.embedder, rt.replicas, job_id, collection, rt.settings.max_image_pixels, self.request.hostname
-    )
+@app.task(name=INDEX_CHUNK_TASK, **TASK)
+def index_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
+    run(self, job_id, indices, lambda ctx: indexing.index_chunk(ctx, indices))
 
 
-@app.task(name=REEMBED_CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, **REDIS_DOWN)
+@app.task(name=REEMBED_CHUNK_TASK, **TASK)
 def reembed_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
-    rt = runtime_of(self.app)
-    reembedding.reembed_chunk(rt.store, rt.embedder, job_id, collection, indices, rt.settings.max_image_pixels)
+    run(self, job_id, indices, lambda ctx: reembedding.reembed_chunk(ctx, indices))
 
 
-@app.task(name=CLUSTER_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, **REDIS_DOWN)
+@app.task(name=SEARCH_TASK, **TASK)
+def search(self: Task, job_id: str, collection: str) -> None:
+    run(self, job_id, [0], searching.run_search_job)
+
+
+@app.task(name=CLUSTER_TASK, **TASK)
 def cluster(self: Task, job_id: str, collection: str) -> None:
-    rt = runtime_of(self.app)
-    clustering_job.run_cluster_job(rt.store, rt.replicas, job_id, collection)
+    run(self, job_id, [0], clustering_job.run_cluster_job)

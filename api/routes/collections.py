@@ -35,18 +35,22 @@ async def reembed_collection(
 ) -> JobAccepted:
     """Recompute every vector with the model this deployment runs (from the stored renditions).
 
-    Searches and new images are refused (409) until the job swaps the new vectors in at once.
+    The collection keeps serving its current vectors until the job swaps the new ones in at once.
+    Images added meanwhile end up embedded with the new model too; only images whose re-embed
+    fails leave the collection (listed in the job's `dropped`).
     """
     info = await store.collection(collection)
     if info is None:
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
-    ids = await store.image_ids(collection)
-    if not ids:
+    if not info.image_count:
         raise Conflict("the collection is empty: its first image sets its model", code="nothing_to_reembed")
     spec = MODELS[settings.embedding_model]
     job_id = uuid.uuid4().hex
+    ids = await store.begin_reembed(collection, job_id, settings.embedding)
+    if isinstance(ids, str):
+        raise Conflict(f"re-embed job {ids} is still running for this collection", code="reembed_running")
     uploads = [Upload(JobInput(filename="", image_id=i, size=0), None) for i in ids]
-    params = {"collection": collection, "model": spec.name, "dim": spec.dim}
+    params = {"collection": collection, "model": spec.name, "dim": spec.dim, "embedding": settings.embedding}
     await store.create_job(job_id, JobType.reembed, collection, params, uploads)
     await queue.send_chunks(REEMBED_CHUNK_TASK, job_id, collection, len(ids), settings.index_chunk_size, INDEX_QUEUE)
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(ids))

@@ -83,10 +83,13 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker(redis_url: str, workdir: Path, name: str, ready_timeout: float = 180, **extra: str) -> Service:
+def start_worker(
+    redis_url: str, workdir: Path, name: str, ready_timeout: float = 180, app: str = "worker.app", **extra: str
+) -> Service:
+    """A real Celery worker; `app="tests.integration.fault_worker"` for one with injected faults."""
     env = service_env(redis_url, **{"EMBEDDING_WEIGHTS": "random", **extra})
     log = workdir / f"worker-{name}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", f"{name}@%h", "-l", "INFO"]
+    cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h", "-l", "INFO"]
     service = _spawn(cmd, env, log, name)
     # Ready once the pool process has built its model (logged by WorkerRuntime.start).
     wait_until(lambda: "ready: model=" in log.read_text(), ready_timeout, f"worker {name}", service.proc, log)
@@ -97,6 +100,7 @@ def start_api(redis_url: str, workdir: Path, access_log: bool = True, **extra: s
     port = free_port()
     env = service_env(redis_url, **extra)
     cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--no-proxy-headers"]  # as deployed: the API derives client addresses itself (TRUSTED_PROXIES)
     cmd += [] if access_log else ["--no-access-log"]
     service = _spawn(cmd, env, workdir / f"api-{port}.log", "api")
     base = f"http://127.0.0.1:{port}"

@@ -8,7 +8,7 @@ import redis
 from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE
 
 DATA_PREFIXES = ("ss:c:",)
-DATA_KEYS = {"ss:collections"}
+DATA_KEYS = {"ss:collections", "ss:seq"}
 METRIC_KEYS = {"ss:metrics:jobs"}  # Prometheus counters: they must outlive any job
 BROKER = {INDEX_QUEUE, SEARCH_QUEUE, "unacked", "unacked_index", "unacked_mutex"}
 

@@ -24,7 +24,10 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def new_job_fields(job_type: JobType, collection: str, total: int, params: Mapping[str, Any]) -> dict[str, str]:
+def new_job_fields(
+    job_type: JobType, collection: str, total: int, params: Mapping[str, Any], seq: int = 0
+) -> dict[str, str]:
+    """`seq` orders the job against deletes (a delete wins over an add queued before it)."""
     return {
         "type": job_type.value,
         "status": JobStatus.queued.value,
@@ -34,6 +37,7 @@ def new_job_fields(job_type: JobType, collection: str, total: int, params: Mappi
         "failed": "0",
         "created_at": utcnow(),
         "params": json.dumps(dict(params)),
+        "seq": str(seq),
     }
 
 
@@ -63,6 +67,11 @@ def job_params(raw: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
     return json.loads(fields.get("params") or "{}")
 
 
+def job_seq(raw: Mapping[bytes | str, bytes | str]) -> int:
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    return int(fields.get("seq") or 0)
+
+
 def final_status(total: int, failed: int) -> JobStatus:
     if failed == 0:
         return JobStatus.succeeded
@@ -70,10 +79,12 @@ def final_status(total: int, failed: int) -> JobStatus:
 
 
 def index_result(raw_items: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
-    """What an index job reports: ids created, ids that were already there, in upload order."""
+    """What an index job reports: ids created, ids that were already there, ids a later delete
+    overruled, in upload order."""
     outcomes = sorted((ItemOutcome.model_validate_json(v) for v in raw_items.values()), key=lambda o: o.index)
     return {
         "created": [o.image_id for o in outcomes if o.status == ItemStatus.created],
         "existing": [o.image_id for o in outcomes if o.status == ItemStatus.existing],
+        "deleted": [o.image_id for o in outcomes if o.status == ItemStatus.deleted],
         "items": [o.model_dump(mode="json") for o in outcomes],
     }

@@ -1,0 +1,156 @@
+"""Every job operation, from creation to the final status, as a sans-I/O generator.
+
+Each method yields `Batch`es of Redis commands and gets their replies back; `shared.jobs.runner`
+executes them on the worker's sync client or the API's async client. Waiting for a job lives in
+the API (`api.waiter`), which reads through `get` here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared import keys
+from shared.jobs.records import index_result, job_params, job_seq, new_job_fields, parse_job
+from shared.jobs.runner import Batch, Call, Op, ScriptCall
+from shared.schemas import ItemError, ItemOutcome, JobInput, JobStatus, JobType, utcnow
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = [s.value for s in JobStatus if s.final]
+Outcome = tuple[ItemOutcome, ItemError | None]
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What a worker needs of a job to run it."""
+
+    job_id: str
+    type: JobType
+    collection: str
+    params: dict[str, Any]
+    seq: int  # the global sequence number at creation: orders the job against deletes
+
+
+def _one(call: Call) -> Batch:
+    return Batch([call])
+
+
+class JobLifecycle:
+    def __init__(self, job_ttl_s: int, upload_ttl_s: int) -> None:
+        self.job_ttl_s = job_ttl_s
+        self.upload_ttl_s = upload_ttl_s
+
+    # -- create ---------------------------------------------------------------------------------
+    def create(
+        self,
+        job_id: str,
+        job_type: JobType,
+        collection: str,
+        params: dict[str, Any],
+        inputs: list[JobInput],
+        uploads: dict[int, bytes],
+    ) -> Op:
+        """Write the job, its inputs and their bytes before anything is queued. Returns its seq."""
+        (seq,) = yield _one(Call("incr", (keys.SEQUENCE,)))
+        fields = new_job_fields(job_type, collection, len(inputs) or 1, params, seq)
+        calls = [
+            Call("hset", (keys.job(job_id),), {"mapping": fields}),
+            Call("expire", (keys.job(job_id), self.job_ttl_s)),
+            Call("hincrby", (keys.JOB_COUNTS, f"{job_type.value}:created", 1)),
+        ]
+        if inputs:
+            mapping = {str(i): inp.model_dump_json() for i, inp in enumerate(inputs)}
+            calls += [
+                Call("hset", (keys.job_inputs(job_id),), {"mapping": mapping}),
+                Call("expire", (keys.job_inputs(job_id), self.job_ttl_s)),
+            ]
+        calls += [Call("set", (keys.upload(job_id, i), data), {"ex": self.upload_ttl_s}) for i, data in uploads.items()]
+        yield Batch(calls, transaction=True)
+        return seq
+
+    # -- read -----------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Op:
+        """The job as clients see it, or None."""
+        raw, errors = yield Batch(
+            [Call("hgetall", (keys.job(job_id),)), Call("lrange", (keys.job_errors(job_id), 0, 999))]
+        )
+        return parse_job(job_id, raw, errors) if raw else None
+
+    def load(self, job_id: str) -> Op:
+        """The job as a worker runs it (a `JobRecord`), or None once it has expired."""
+        (raw,) = yield _one(Call("hgetall", (keys.job(job_id),)))
+        if not raw:
+            return None
+        view = parse_job(job_id, raw, [])
+        return JobRecord(job_id, view.type, view.collection, job_params(raw), job_seq(raw))
+
+    def counts(self, job_id: str) -> Op:
+        """(total, failed)."""
+        ((total, failed),) = yield _one(Call("hmget", (keys.job(job_id), "total", "failed")))
+        return int(total or 0), int(failed or 0)
+
+    def inputs(self, job_id: str, indices: list[int]) -> Op:
+        """Per index: its `JobInput`, or an `ItemError` when the record is gone or unreadable (one
+        bad record fails its item, not the chunk)."""
+        (raw,) = yield _one(Call("hmget", (keys.job_inputs(job_id), [str(i) for i in indices])))
+        return [_parse_input(i, r) for i, r in zip(indices, raw, strict=True)]
+
+    def upload(self, job_id: str, index: int) -> Op:
+        (data,) = yield _one(Call("get", (keys.upload(job_id, index),)))
+        return data
+
+    def unrecorded(self, job_id: str, indices: list[int]) -> Op:
+        (raw,) = yield _one(Call("hmget", (keys.job_items(job_id), [str(i) for i in indices])))
+        return [i for i, r in zip(indices, raw, strict=True) if r is None]
+
+    def index_result(self, job_id: str) -> Op:
+        (raw,) = yield _one(Call("hgetall", (keys.job_items(job_id),)))
+        return index_result(raw)
+
+    # -- run ------------------------------------------------------------------------------------
+    def mark_running(self, job_id: str) -> Op:
+        (changed,) = yield _one(
+            ScriptCall("mark_running", [keys.job(job_id)], [JobStatus.queued.value, JobStatus.running.value, utcnow()])
+        )
+        return bool(changed)
+
+    def count_attempt(self, job_id: str, what: str) -> Op:
+        """How many times this chunk or item has been started (this time included)."""
+        key = keys.job_attempts(job_id)
+        count, _ = yield Batch([Call("hincrby", (key, what, 1)), Call("expire", (key, self.job_ttl_s))], True)
+        return int(count)
+
+    def record_items(self, job_id: str, outcomes: list[Outcome]) -> Op:
+        """Returns 1 when every item of the job is now accounted for, 0 if not, -1 if the job is gone."""
+        args: list[Any] = [self.job_ttl_s]
+        for outcome, error in outcomes:
+            args += [str(outcome.index), outcome.model_dump_json(), error.model_dump_json() if error else ""]
+        job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)]
+        (complete,) = yield _one(ScriptCall("record_items", job_keys, args))
+        return int(complete)
+
+    def drop_uploads(self, job_id: str, indices: list[int]) -> Op:
+        if indices:
+            yield _one(Call("delete", tuple(keys.upload(job_id, i) for i in indices)))
+
+    # -- finish ---------------------------------------------------------------------------------
+    def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op:
+        """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
+        args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), *FINAL_STATUSES]
+        (done,) = yield _one(ScriptCall("finish_job", [keys.job(job_id), keys.JOB_COUNTS], args))
+        return int(done) == 1
+
+
+def _parse_input(index: int, raw: bytes | None) -> JobInput | ItemError:
+    if raw is None:
+        return ItemError(index=index, error="missing_input", detail="the job's record of this item is gone")
+    try:
+        return JobInput.model_validate_json(raw)
+    except (ValidationError, ValueError, RecursionError) as exc:
+        log.warning("item %d has an unreadable input record: %s", index, exc)
+        return ItemError(index=index, error="invalid_input", detail=f"the item's record cannot be read: {exc}"[:500])

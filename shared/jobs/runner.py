@@ -1,0 +1,99 @@
+"""Runs the lifecycle's operations on a Redis client: `Jobs` (sync, workers), `AsyncJobs` (API).
+
+An operation is a generator that yields `Batch`es of commands and receives their replies, so
+the logic exists once and each runner only knows how to execute a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str  # a redis-py client method
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    name: str  # a key of the script table the runner registered
+    keys: list[str]
+    args: list[Any]
+
+
+@dataclass(frozen=True)
+class Batch:
+    calls: list[Call | ScriptCall]
+    transaction: bool = False
+
+
+Op = Generator[Batch, list[Any], Any]
+
+
+def drive(op: Op, execute: Callable[[Batch], list[Any]]) -> Any:
+    try:
+        batch = next(op)
+        while True:
+            batch = op.send(execute(batch))
+    except StopIteration as stop:
+        return stop.value
+
+
+class Jobs:
+    """`Jobs(client, lifecycle).record_items(...)` runs `lifecycle.record_items(...)` and returns
+    its value."""
+
+    def __init__(self, client: redis.Redis, lifecycle: Any, scripts: Mapping[str, str]) -> None:
+        self.redis = client
+        self.lifecycle = lifecycle
+        self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
+
+    def _execute(self, batch: Batch) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=batch.transaction)
+        for call in batch.calls:
+            if isinstance(call, ScriptCall):
+                self._scripts[call.name](keys=call.keys, args=call.args, client=pipe)
+            else:
+                getattr(pipe, call.method)(*call.args, **call.kwargs)
+        return pipe.execute()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        make_op = getattr(self.lifecycle, name)
+        return lambda *args, **kwargs: drive(make_op(*args, **kwargs), self._execute)
+
+
+class AsyncJobs:
+    """The same operations on an asyncio client: `await AsyncJobs(...).get(job_id)`."""
+
+    def __init__(self, client: AsyncRedis, lifecycle: Any, scripts: Mapping[str, str]) -> None:
+        self.redis = client
+        self.lifecycle = lifecycle
+        self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
+
+    async def _execute(self, batch: Batch) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=batch.transaction)
+        for call in batch.calls:
+            if isinstance(call, ScriptCall):
+                await self._scripts[call.name](keys=call.keys, args=call.args, client=pipe)
+            else:
+                getattr(pipe, call.method)(*call.args, **call.kwargs)
+        return await pipe.execute()
+
+    async def _drive(self, op: Op) -> Any:
+        try:
+            batch = next(op)
+            while True:
+                batch = op.send(await self._execute(batch))
+        except StopIteration as stop:
+            return stop.value
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        make_op = getattr(self.lifecycle, name)
+        return lambda *args, **kwargs: self._drive(make_op(*args, **kwargs))

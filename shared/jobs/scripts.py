@@ -1,0 +1,55 @@
+"""Lua that moves a job between states atomically. Statuses come in as arguments, so their names
+live only in `shared.schemas.JobStatus`."""
+
+from __future__ import annotations
+
+# KEYS: job, items, errors. ARGV: ttl, then triplets (index, outcome JSON, error JSON or "").
+# HSETNX makes a redelivered task's second report of an item a no-op, so progress counts each item
+# exactly once. Returns -1 if the job record is gone, else 1 when every item is accounted for.
+RECORD_ITEMS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'done', 1)
+    if ARGV[i + 2] ~= '' then
+      redis.call('HINCRBY', KEYS[1], 'failed', 1)
+      redis.call('RPUSH', KEYS[3], ARGV[i + 2])
+      redis.call('EXPIRE', KEYS[3], ttl)
+    end
+  end
+end
+redis.call('EXPIRE', KEYS[2], ttl)
+local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+if done >= total then return 1 end
+return 0
+"""
+
+# KEYS: job. ARGV: from status, to status, started_at.
+MARK_RUNNING = """
+if redis.call('HGET', KEYS[1], 'status') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'started_at', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: job, job counts. ARGV: status, result JSON, finished_at, done channel, then every final
+# status. The first finisher wins; a redelivered duplicate cannot overwrite a final status.
+FINISH_JOB = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+for i = 5, #ARGV do
+  if status == ARGV[i] then return 0 end
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'finished_at', ARGV[3])
+redis.call('HINCRBY', KEYS[2], redis.call('HGET', KEYS[1], 'type') .. ':' .. ARGV[1], 1)
+if not redis.call('HGET', KEYS[1], 'started_at') then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[3])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return 1
+"""
+
+SCRIPTS = {"record_items": RECORD_ITEMS, "mark_running": MARK_RUNNING, "finish_job": FINISH_JOB}

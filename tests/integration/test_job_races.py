@@ -1,0 +1,162 @@
+"""Interleavings forced on purpose, against a real Redis: a delete racing a queued or running add,
+adds racing a re-embed, a replica that falls behind a trimmed log, an unreadable item record.
+The worker's job functions run in this process so the interleaving is exact (see inprocess.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from shared import keys
+from shared.imaging import content_id, prepare_image
+from shared.settings import embedding_id
+from tests.images import photo_bytes
+from tests.integration.inprocess import Harness, PixelEmbedder
+
+
+@pytest.fixture
+def name() -> str:
+    return f"race-{uuid.uuid4().hex[:8]}"
+
+
+def photos(first: int, count: int) -> list[tuple[str, bytes]]:
+    return [(f"p{first + i}.jpg", photo_bytes(first + i, size=(64, 48))) for i in range(count)]
+
+
+def test_a_delete_wins_over_an_add_queued_before_it(redis_url: str, name: str) -> None:
+    h = Harness(redis_url, PixelEmbedder())
+    (a,) = photos(100, 1)
+    b, c = photos(200, 2)
+    assert h.index(name, [a]).status == "succeeded"
+    queued = h.submit(name, [a, b])  # holds a, which is deleted before the job runs
+    assert h.delete(name, content_id(a[1]))
+    job = h.run_index(queued, 2)
+    assert job.status == "succeeded"
+    assert job.result["deleted"] == [content_id(a[1])] and job.result["created"] == [content_id(b[1])]
+    assert h.ids(name) == {content_id(b[1])}
+    # A job created after the delete adds the image again.
+    again = h.index(name, [a, c])
+    assert again.result["created"] == [content_id(a[1]), content_id(c[1])]
+    assert h.ids(name) == {content_id(x[1]) for x in (a, b, c)}
+
+
+def test_a_delete_during_a_chunk_is_reported_as_deleted_not_existing(redis_url: str, name: str) -> None:
+    """The chunk finds `a` already stored, then `a` is deleted while the chunk embeds `d`."""
+    (a,) = photos(300, 1)
+    (d,) = photos(400, 1)
+    h = Harness(redis_url, PixelEmbedder())
+    h.index(name, [a])
+    racing = PixelEmbedder(before_embed=lambda: h.delete(name, content_id(a[1])))
+    job = h.index(name, [a, d], embedder=racing)
+    assert racing.calls == 1
+    assert job.result["existing"] == [] and job.result["deleted"] == [content_id(a[1])]
+    assert job.result["created"] == [content_id(d[1])]
+    # The job's report agrees with what the collection holds.
+    assert h.ids(name) == set(job.result["created"]) == h.vector_ids(name)
+
+
+def test_reembed_keeps_images_added_while_it_runs(redis_url: str, name: str) -> None:
+    """40 images, then a re-embed and 64 more images at once (the adds land after the re-embed
+    took its list): nothing is dropped, every image ends up with the final model's vector."""
+    embedder = PixelEmbedder()
+    h = Harness(redis_url, embedder)
+    first, later = photos(1000, 40), photos(2000, 64)
+    h.index(name, first)
+    job_id = h.begin_reembed(name, embedding_id(embedder.name, embedder.input_size))
+    assert h.index(name, later).result["created"] == [content_id(x[1]) for x in later]
+    job = h.run_reembed(job_id, embedder)
+    assert job.status == "succeeded", job.errors
+    assert job.result["dropped"] == [] and job.result["reembedded"] == 40
+    assert h.ids(name) == h.vector_ids(name) == {content_id(x[1]) for x in first + later}
+    assert h.client.hget(keys.collection(name), "reembed_job") is None
+
+
+def test_reembed_after_an_input_size_change_reembeds_stragglers(redis_url: str, name: str) -> None:
+    """Same model name, new INPUT_SIZE: images added meanwhile by a worker still on the old size
+    are re-embedded before the swap, so every final vector is the new size's."""
+    old, new = PixelEmbedder(input_size=32), PixelEmbedder(input_size=40)
+    h = Harness(redis_url, old)
+    h.index(name, photos(3000, 40))
+    job_id = h.begin_reembed(name, embedding_id(new.name, new.input_size))
+    h.index(name, photos(4000, 30), embedder=old)  # a worker not yet restarted
+    job = h.run_reembed(job_id, new)
+    assert job.status == "succeeded", job.errors
+    assert job.result["dropped"] == [] and job.result["added_during"] == 30
+    assert len(h.ids(name)) == 70 == len(h.vector_ids(name))
+    info = h.client.hgetall(keys.collection(name))
+    assert info[b"embedding"].decode() == "resnet50@40"
+    for image_id, raw in h.client.hgetall(keys.vectors(name)).items():
+        rendition = h.client.hget(keys.thumbnails(name), image_id)
+        expected = new.embed(prepare_image(rendition, new.input_size).pixels[None])[0]
+        assert float(np.frombuffer(raw, dtype="<f4") @ expected) > 0.9999
+
+
+def test_reembed_drops_only_images_whose_reembed_failed(redis_url: str, name: str) -> None:
+    embedder = PixelEmbedder()
+    h = Harness(redis_url, embedder)
+    files = photos(5000, 10)
+    h.index(name, files)
+    broken = content_id(files[3][1])
+    h.client.hset(keys.thumbnails(name), broken, b"not a jpeg any more")
+    job = h.run_reembed(h.begin_reembed(name, embedding_id(embedder.name, embedder.input_size)), embedder)
+    assert job.status == "partial" and job.result["dropped"] == [broken]
+    assert h.ids(name) == {content_id(x[1]) for x in files} - {broken}
+
+
+def test_a_replica_behind_a_trimmed_log_rebuilds(redis_url: str, name: str) -> None:
+    """The log is capped at 5 entries (Redis trims whole nodes of 100). A replica that slept
+    through a delete and 300 adds must not keep the deleted image nor miss the new ones."""
+    h = Harness(redis_url, PixelEmbedder(), log_maxlen=5)
+    first = photos(6000, 20)
+    h.index(name, first)
+    replica = h.replicas.sync(name)
+    assert len(replica.index) == 20 and h.replicas.rebuilds == 1
+    gone = content_id(first[0][1])
+    assert h.delete(name, gone)
+    h.index(name, photos(7000, 300))
+    log = h.client.xrange(keys.log(name))
+    assert len(log) < 300 and not any(fields[b"op"] == b"del" for _, fields in log)  # the delete was trimmed
+    # What the old check relied on: MAXLEN trimming never sets max-deleted-entry-id.
+    assert h.client.xinfo_stream(keys.log(name))["max-deleted-entry-id"] in (b"0-0", "0-0")
+    replica = h.replicas.sync(name)
+    assert h.replicas.rebuilds == 2
+    assert set(replica.index.ids) == h.vector_ids(name) and gone not in replica.index
+    assert len(replica.index) == 319
+    # Caught up again, the next change is applied from the log, without another rebuild.
+    h.delete(name, content_id(first[1][1]))
+    assert len(h.replicas.sync(name).index) == 318 and h.replicas.rebuilds == 2
+
+
+def test_an_unreadable_item_record_fails_that_item_only(redis_url: str, name: str) -> None:
+    """Metadata nested ~210 levels deep cannot be read back by the worker's JSON parser: that item
+    fails with a reason, the other item of the batch is indexed and the job ends."""
+    h = Harness(redis_url, PixelEmbedder())
+    files = photos(8000, 2)
+    job_id = h.submit(name, files)
+    nested: dict = {}
+    for _ in range(210):
+        nested = {"a": nested}
+    raw = json.loads(h.client.hget(keys.job_inputs(job_id), "0"))
+    raw["metadata"] = nested
+    h.client.hset(keys.job_inputs(job_id), "0", json.dumps(raw))
+    job = h.run_index(job_id, 2)
+    assert job.status == "partial"
+    assert [e.error for e in job.errors] == ["invalid_input"] and job.errors[0].index == 0
+    assert h.ids(name) == {content_id(files[1][1])}
+
+
+def test_job_statuses_reach_lua_as_arguments(redis_url: str) -> None:
+    """Finishing twice keeps the first status (the script gets the final statuses as arguments)."""
+    h = Harness(redis_url, PixelEmbedder())
+    job_id = h.submit("x-" + uuid.uuid4().hex[:6], photos(9000, 1))
+    from shared.schemas import JobStatus
+
+    assert h.jobs.mark_running(job_id) and not h.jobs.mark_running(job_id)
+    assert h.jobs.finish(job_id, JobStatus.partial, {})
+    assert not h.jobs.finish(job_id, JobStatus.succeeded, {})
+    assert h.jobs.get(job_id).status == "partial"
+    assert isinstance(h.client, redis.Redis)

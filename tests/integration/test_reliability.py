@@ -1,0 +1,65 @@
+"""Reliability faults from the outside review, reproduced through the real stack (API, two Celery
+workers, Redis): re-embed racing new images, the API's log cap, an all-failed batch, job ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import redis
+
+from shared import keys
+from shared.imaging import content_id
+from tests.images import photo_bytes
+from tests.integration.client_helpers import index, search_bytes, submit_images, wait_job
+from tests.integration.services import start_api
+
+
+def test_reembed_while_images_arrive_loses_nothing(client: httpx.Client, collection: str) -> None:
+    first = [(f"a{i}.jpg", photo_bytes(31000 + i, size=(64, 48))) for i in range(40)]
+    later = [(f"b{i}.jpg", photo_bytes(32000 + i, size=(64, 48))) for i in range(64)]
+    assert index(client, collection, first)["status"] == "succeeded"
+    added = submit_images(client, collection, later)
+    reembed = client.post(f"/v1/collections/{collection}/reembed")
+    assert reembed.status_code == 202, reembed.text
+    assert client.post(f"/v1/collections/{collection}/reembed").json()["error"] == "reembed_running"
+    added_job = wait_job(client, added["job_id"])
+    job = wait_job(client, reembed.json()["job_id"])
+    assert added_job["status"] == "succeeded" and len(added_job["result"]["created"]) == 64
+    assert job["status"] == "succeeded", job
+    assert job["result"]["dropped"] == []
+    assert client.get(f"/v1/collections/{collection}").json()["image_count"] == 104
+    for _, data in later[:3] + first[:2]:
+        top = search_bytes(client, collection, data, k=1)["result"]["matches"][0]
+        assert top["image_id"] == content_id(data) and top["similarity"] > 0.99
+
+
+def test_the_api_trims_the_log_with_the_configured_cap(
+    client: httpx.Client, collection: str, redis_url: str, workdir: Path
+) -> None:
+    files = [(f"t{i}.jpg", photo_bytes(33000 + i, size=(32, 24))) for i in range(150)]
+    assert index(client, collection, files)["status"] == "succeeded"
+    api, base = start_api(redis_url, workdir, LOG_MAXLEN="5")
+    try:
+        with httpx.Client(base_url=base, timeout=60) as capped:
+            for _, data in files:
+                assert capped.delete(f"/v1/collections/{collection}/images/{content_id(data)}").status_code == 204
+    finally:
+        api.stop()
+    # 300 entries were written; trimming works in whole nodes of 100, so a cap of 5 keeps < 300.
+    assert redis.Redis.from_url(redis_url).xlen(keys.log(collection)) < 300
+
+
+def test_a_batch_whose_files_all_fail_creates_no_collection(client: httpx.Client, collection: str) -> None:
+    files = [("a.txt", b"not an image"), ("b.jpg", b"\xff\xd8 truncated")]
+    job = wait_job(client, submit_images(client, collection, files)["job_id"])
+    assert job["status"] == "failed"
+    assert client.get(f"/v1/collections/{collection}").status_code == 404
+    assert collection not in [c["name"] for c in client.get("/v1/collections").json()]
+
+
+def test_job_ids_are_validated(client: httpx.Client) -> None:
+    for bad in ("x", "0" * 32 + ":inputs", "A" * 32, "0" * 33):
+        resp = client.get(f"/v1/jobs/{bad}")
+        assert resp.status_code == 404 and resp.json()["error"] == "job_not_found", (bad, resp.text)
+        assert client.get(f"/v1/jobs/{bad}", params={"wait": 1}).status_code == 404

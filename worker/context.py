@@ -1,0 +1,59 @@
+"""What a task body gets: one object with the job, the clients and the model, instead of seven
+arguments. Also the outcome helpers every job kind uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.jobs import Jobs
+from shared.jobs.lifecycle import JobRecord
+from shared.models.base import Embedder
+from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobInput
+from worker.replica import ReplicaSet
+from worker.store import Embedding, WorkerStore
+
+Outcome = tuple[ItemOutcome, ItemError | None]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    job: JobRecord
+    jobs: Jobs
+    store: WorkerStore
+    embedder: Embedder
+    replicas: ReplicaSet
+    max_pixels: int
+    served_by: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def collection(self) -> str:
+        return self.job.collection
+
+    @property
+    def embedding(self) -> Embedding:
+        return embedding_of(self.embedder)
+
+
+def embedding_of(embedder: Embedder) -> Embedding:
+    from shared.settings import embedding_id
+
+    return Embedding(embedder.name, embedding_id(embedder.name, embedder.input_size), embedder.dim)
+
+
+def failed(index: int, filename: str, image_id: str, code: str, detail: str) -> Outcome:
+    outcome = ItemOutcome(index=index, filename=filename, image_id=image_id, status=ItemStatus.failed)
+    return outcome, ItemError(index=index, filename=filename, image_id=image_id, error=code, detail=detail)
+
+
+def failed_item(index: int, inp: JobInput | ItemError | None, code: str, detail: str) -> Outcome:
+    if isinstance(inp, JobInput):
+        return failed(index, inp.filename, inp.image_id, code, detail)
+    return failed(index, "", "", code, detail)
+
+
+def ok(index: int, inp: JobInput, status: ItemStatus) -> Outcome:
+    return ItemOutcome(index=index, filename=inp.filename, image_id=inp.image_id, status=status), None
