@@ -63,3 +63,24 @@ def test_job_ids_are_validated(client: httpx.Client) -> None:
         resp = client.get(f"/v1/jobs/{bad}")
         assert resp.status_code == 404 and resp.json()["error"] == "job_not_found", (bad, resp.text)
         assert client.get(f"/v1/jobs/{bad}", params={"wait": 1}).status_code == 404
+
+
+def test_served_content_carries_no_exif_or_trailing_bytes(client: httpx.Client, collection: str) -> None:
+    import io
+
+    from PIL import Image
+
+    from tests.images import make_photo
+
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 30.0), 3: "E", 4: (2.0, 17.0, 40.0)}  # GPS position
+    out = io.BytesIO()
+    make_photo(34000, size=(200, 150)).save(out, format="JPEG", exif=exif.tobytes(), comment=b"secret")
+    data = out.getvalue() + b"TRAILING-SECRET" * 10
+    image_id = index(client, collection, [("gps.jpg", data)])["result"]["created"][0]
+    resp = client.get(f"/v1/collections/{collection}/images/{image_id}/content")
+    assert resp.status_code == 200
+    served = resp.content
+    assert b"Exif" not in served and b"secret" not in served and b"TRAILING" not in served
+    assert served.endswith(b"\xff\xd9")
+    assert not Image.open(io.BytesIO(served)).getexif()
