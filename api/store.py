@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from shared import keys, scripts
 from shared.jobs import AsyncJobs, JobLifecycle
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
-from shared.schemas import CollectionInfo, ImageRecord, JobInput, JobType, JobView
+from shared.schemas import CollectionInfo, ImageRecord, JobInput, JobStatus, JobType, JobView
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class ApiStore:
         self.log_maxlen = log_maxlen
         self.jobs = AsyncJobs(client, JobLifecycle(job_ttl_s, upload_ttl_s), JOB_SCRIPTS)
         self._delete_image = client.register_script(scripts.DELETE_IMAGE)
+        self._begin_reembed = client.register_script(scripts.BEGIN_REEMBED)
+        self._abort_reembed = client.register_script(scripts.ABORT_REEMBED)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -105,7 +107,8 @@ class ApiStore:
         return bool(await self.redis.hexists(keys.images(collection), image_id))
 
     async def delete_image(self, collection: str, image_id: str) -> bool:
-        """Delete now; index jobs created before this call will not bring the image back."""
+        """Delete now; index jobs created before this call will not bring the image back, also
+        when the image is not stored yet because its job is still queued (then False: 404)."""
         deleted = await self._delete_image(
             keys=keys.delete_image_keys(collection, image_id),
             args=[image_id, self.log_maxlen, self.job_ttl_s],
@@ -114,19 +117,21 @@ class ApiStore:
 
     async def begin_reembed(self, collection: str, job_id: str, embedding: str) -> list[str] | str:
         """Mark the collection as re-embedding for this job and return the ids to re-embed, or the
-        id of a re-embed still running. The mark and the id list are read in one transaction:
-        an image added before it is in the list, one added after it is seen by the job's swap."""
-        running = _s(await self.redis.hget(keys.collection(collection), "reembed_job"))
-        if running is not None:
-            job = await self.get_job(running)
-            if job is not None and not job.status.final:
-                return running
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.collection(collection), mapping={"reembed_job": job_id, "reembed_embedding": embedding})
-        pipe.delete(keys.staged_vectors(collection))  # left by a re-embed that never finished
-        pipe.hkeys(keys.images(collection))
-        _, _, ids = await pipe.execute()
-        return sorted(_s(i) for i in ids)
+        id of a re-embed still running. One script: two concurrent requests cannot both start, and
+        an image added before the mark is in the list while one added after it is seen by the
+        job's swap."""
+        final = [s.value for s in JobStatus if s.final]
+        out = await self._begin_reembed(
+            keys=[keys.collection(collection), keys.images(collection), keys.staged_vectors(collection)],
+            args=[job_id, embedding, keys.job(""), *final],
+        )
+        if int(out[0]) == -1:
+            return _s(out[1])
+        return sorted(_s(i) for i in out[1:])
+
+    async def abort_reembed(self, collection: str, job_id: str) -> None:
+        """Let go of a re-embed that will not run (nothing to do, or it could not be queued)."""
+        await self._abort_reembed(keys=[keys.collection(collection), keys.staged_vectors(collection)], args=[job_id])
 
     # -- clusters ---------------------------------------------------------------------------
     async def clustering(self, collection: str) -> dict[str, Any] | None:

@@ -40,10 +40,11 @@ def broker_transport_options(visibility_timeout_s: int) -> dict[str, Any]:
     """An unacknowledged message comes back after `visibility_timeout_s` unless its worker keeps
     refreshing it (`worker.heartbeat`): a live worker keeps long tasks, a dead one's come back
     within about this long. kombu's defaults would sweep for them only every 100 s (interval x
-    throttle) and let a crashed sweeper's lock block sweeps for 300 s."""
+    throttle) and let a crashed sweeper's lock block sweeps for 300 s (a sweep takes milliseconds).
+    Delivery times are compared across hosts: keep the workers' clocks in sync (NTP)."""
     return {
         "visibility_timeout": visibility_timeout_s,
         "unacked_restore_interval": max(1, visibility_timeout_s // 6),
         "unacked_restore_throttle": 1,
-        "unacked_mutex_expire": visibility_timeout_s,
+        "unacked_mutex_expire": 10,
     }

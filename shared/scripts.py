@@ -58,10 +58,11 @@ return out
 
 # KEYS: `keys.delete_image_keys`. ARGV: image_id, log maxlen, tombstone ttl.
 # The tombstone (a fresh sequence number) makes index jobs created before this delete skip the
-# image. The version bump marks clusterings computed before it as stale.
+# image, also when it is not stored yet because its job is still queued (then 0 is returned).
+# The version bump marks clusterings computed before it as stale.
 DELETE_IMAGE = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('SET', KEYS[10], redis.call('INCR', KEYS[9]), 'EX', ARGV[3])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
@@ -72,12 +73,13 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'op', 'del', 'id', ARGV
 return 1
 """
 
-# KEYS: images, staged. ARGV: ttl, then pairs (image_id, vector bytes).
+# KEYS: images, staged, collection. ARGV: ttl, job_id, then pairs (image_id, vector bytes).
 # Only images still in the collection get a staged vector: staged stays a subset of images, which
-# lets SWAP_VECTORS check completeness by counting.
+# lets SWAP_VECTORS check completeness by counting. Only the collection's current re-embed stages.
 STAGE_VECTORS = """
+if redis.call('HGET', KEYS[3], 'reembed_job') ~= ARGV[2] then return -1 end
 local staged = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
     staged = staged + 1
@@ -88,13 +90,16 @@ return staged
 """
 
 # KEYS: collection, images, vectors, staged, thumbs, labels, order, log.
-# ARGV: job_id, model, embedding, dim, log maxlen, then the ids whose re-embed failed.
-# Ends a re-embed: failed images without a staged vector leave; then, only if every remaining image
-# has a staged vector, the staged vectors become the collection's and a 'reset' entry tells every
-# replica to rebuild. Returns {1 swapped | 0 not yet (images lack a vector) | -1 not this job's
-# re-embed, dropped ids...}.
+# ARGV: job_id, model, embedding, dim, log maxlen, then ids to drop (their rendition is unreadable).
+# Ends a re-embed: those images leave unless they have a staged vector; then, only if every
+# remaining image has a staged vector, the staged vectors become the collection's and a 'reset'
+# entry tells every replica to rebuild. Returns {1 swapped | 2 this job swapped already (a
+# redelivered finisher) | 0 not yet (images lack a vector) | -1 not this job's re-embed, dropped...}.
 SWAP_VECTORS = """
-if redis.call('HGET', KEYS[1], 'reembed_job') ~= ARGV[1] then return {-1} end
+if redis.call('HGET', KEYS[1], 'reembed_job') ~= ARGV[1] then
+  if redis.call('HGET', KEYS[1], 'last_reembed_job') == ARGV[1] then return {2} end
+  return {-1}
+end
 local out = {0}
 for i = 6, #ARGV do
   local id = ARGV[i]
@@ -117,6 +122,7 @@ else
 end
 redis.call('HSET', KEYS[1], 'model', ARGV[2], 'embedding', ARGV[3], 'dim', ARGV[4])
 redis.call('HDEL', KEYS[1], 'reembed_job', 'reembed_embedding')
+redis.call('HSET', KEYS[1], 'last_reembed_job', ARGV[1])
 local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[5], '*', 'op', 'reset', 'id', '*', 'n', v)
 out[1] = 1
@@ -129,4 +135,24 @@ if redis.call('HGET', KEYS[1], 'reembed_job') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'reembed_job', 'reembed_embedding')
 redis.call('DEL', KEYS[2])
 return 1
+"""
+
+# KEYS: collection, images, staged. ARGV: job_id, embedding, job key prefix, then final statuses.
+# Starts a re-embed unless another one is still running: sets the collection's marker and returns
+# {1, ids...} (the images to re-embed, read at the same instant), or {-1, running job id}.
+BEGIN_REEMBED = """
+local running = redis.call('HGET', KEYS[1], 'reembed_job')
+if running then
+  local status = redis.call('HGET', ARGV[3] .. running, 'status')
+  local final = false
+  for i = 4, #ARGV do
+    if status == ARGV[i] then final = true end
+  end
+  if status and not final then return {-1, running} end
+end
+redis.call('HSET', KEYS[1], 'reembed_job', ARGV[1], 'reembed_embedding', ARGV[2])
+redis.call('DEL', KEYS[3])
+local out = redis.call('HKEYS', KEYS[2])
+table.insert(out, 1, 1)
+return out
 """

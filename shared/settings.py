@@ -21,7 +21,7 @@ class CommonSettings(BaseSettings):
     # rebuilds from the vectors (detected from the entries' sequence numbers).
     log_maxlen: int = Field(default=1_000_000, ge=1)
     # A task message held by a worker that stops sending heartbeats comes back to the queue after
-    # this long (live workers refresh their messages every third of it).
+    # this long (live workers refresh their messages every sixth of it).
     task_visibility_timeout_s: int = Field(default=30, ge=5)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -38,7 +38,8 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     task_time_limit=settings.task_time_limit_s,
-    task_soft_time_limit=settings.task_time_limit_s - 5,
+    # Room between the soft limit (remaining items fail with `timeout`) and the hard kill.
+    task_soft_time_limit=settings.task_time_limit_s - max(5, settings.task_time_limit_s // 10),
     worker_hijack_root_logger=False,
 )
 app.runtime = None  # type: ignore[attr-defined]

@@ -56,11 +56,15 @@ class Heartbeat(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        while not self._stopped.wait(self.interval_s):
+        wait = self.interval_s
+        while not self._stopped.wait(wait):
             try:
                 refresh(self.client, held_delivery_tags())
-            except redis.RedisError as exc:
-                log.warning("heartbeat could not reach Redis: %s", exc)
+                wait = self.interval_s
+            except Exception as exc:  # the thread must outlive any error, or held tasks get redelivered
+                log.warning("heartbeat failed (%s); retrying in 1 s", exc)
+                # Refresh as soon as Redis is back: other workers' sweeps resume at once too.
+                wait = 1.0
 
     def stop(self) -> None:
         self._stopped.set()

@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import InvalidImage, SimsearchError
 from shared.imaging import PreparedImage, prepare_image
@@ -24,6 +27,8 @@ from worker.store import NewImage
 log = logging.getLogger(__name__)
 
 MAX_ITEM_ATTEMPTS = 2
+# Not an item's fault: they end the task (retried, or its remaining items failed by the task).
+PASS_THROUGH = (RedisConnectionError, RedisTimeoutError, SoftTimeLimitExceeded)
 STATUS_OF_FLAG = {1: ItemStatus.created, 0: ItemStatus.existing, 2: ItemStatus.deleted}
 
 
@@ -41,6 +46,8 @@ def prepare_item(ctx: JobContext, index: int, inp: JobInput, data: bytes | None)
         return Pending(index, inp, prepare_image(data, ctx.embedder.input_size, max_pixels=ctx.max_pixels))
     except InvalidImage as exc:
         return failed(index, inp.filename, inp.image_id, exc.code, exc.detail)
+    except PASS_THROUGH:
+        raise
     except Exception as exc:  # a decoder bug must fail this item, not the batch
         log.exception("unexpected error decoding item %d (%s)", index, inp.filename)
         return failed(index, inp.filename, inp.image_id, "decode_error", f"{type(exc).__name__}: {exc}")
@@ -86,6 +93,8 @@ def guarded(pending: list[Pending], step: Callable[[], list[Outcome]]) -> list[O
         return step()
     except SimsearchError as exc:
         return [failed(p.index, p.input.filename, p.input.image_id, exc.code, exc.detail) for p in pending]
+    except PASS_THROUGH:
+        raise
     except Exception as exc:
         log.exception("a batch of %d items failed", len(pending))
         detail = f"{type(exc).__name__}: {exc}"

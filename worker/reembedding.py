@@ -2,9 +2,12 @@
 
 New vectors are staged beside the live ones; the last chunk swaps them in at once, so searches
 never see a mix of two models' vectors. Images added while the job runs are staged by the adding
-worker when it runs the target embedding; any other straggler is embedded here before the swap,
-which the swap script refuses while a live image lacks a staged vector. Only images whose own
-re-embed failed leave the collection.
+worker when it runs the target embedding; any other image without a staged vector (added by
+another embedding, or whose chunk failed for a passing reason) is embedded by the finisher before
+the swap, which the swap script refuses while a live image lacks a staged vector. Only images
+whose rendition cannot be decoded leave the collection. A finisher that does not run the target
+embedding never stages: it swaps only if nothing is missing, else it gives the re-embed up and
+the collection keeps its old vectors, whole.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from shared.imaging import prepare_image
 from shared.jobs import final_status
 from shared.schemas import ItemStatus, JobInput, JobStatus
 from worker.context import JobContext, Outcome, failed, failed_item, ok
-from worker.indexing import Pending, guarded
+from worker.indexing import PASS_THROUGH, Pending, guarded
 from worker.store import Embedding
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ def target_embedding(ctx: JobContext) -> Embedding:
 
 def _embed_and_stage(ctx: JobContext, pending: list[Pending]) -> list[Outcome]:
     vectors = ctx.embedder.embed(np.stack([p.image.pixels for p in pending]))
-    ctx.store.stage_vectors(ctx.collection, [p.input.image_id for p in pending], vectors)
+    ctx.store.stage_vectors(ctx.collection, ctx.job_id, [p.input.image_id for p in pending], vectors)
     return [ok(p.index, p.input, ItemStatus.created) for p in pending]
 
 
@@ -43,6 +46,11 @@ def _prepare(ctx: JobContext, index: int, inp: JobInput, rendition: bytes) -> Pe
         return Pending(index, inp, prepare_image(rendition, ctx.embedder.input_size, max_pixels=ctx.max_pixels))
     except InvalidImage as exc:
         return failed(index, inp.filename, inp.image_id, exc.code, exc.detail)
+    except PASS_THROUGH:
+        raise
+    except Exception as exc:  # a decoder bug fails this image, not its chunk
+        log.exception("unexpected error decoding the rendition of %s", inp.image_id)
+        return failed(index, inp.filename, inp.image_id, "decode_error", f"{type(exc).__name__}: {exc}")
 
 
 def reembed_chunk(ctx: JobContext, indices: list[int]) -> None:
@@ -56,11 +64,8 @@ def reembed_chunk(ctx: JobContext, indices: list[int]) -> None:
         outcomes = [failed_item(i, inp, "model_mismatch", detail) for i, inp in zip(indices, inputs, strict=True)]
     else:
         present = [(i, inp) for i, inp in zip(indices, inputs, strict=True) if isinstance(inp, JobInput)]
-        outcomes += [
-            failed_item(i, None, inp.error, inp.detail)
-            for i, inp in zip(indices, inputs, strict=True)
-            if not isinstance(inp, JobInput)
-        ]
+        unreadable = [(i, inp) for i, inp in zip(indices, inputs, strict=True) if not isinstance(inp, JobInput)]
+        outcomes += [failed_item(i, None, inp.error, inp.detail) for i, inp in unreadable]
         thumbs = ctx.store.thumbnails(ctx.collection, [inp.image_id for _, inp in present])
         for (index, inp), data in zip(present, thumbs, strict=True):
             if data is None:  # deleted since the job started
@@ -74,8 +79,9 @@ def reembed_chunk(ctx: JobContext, indices: list[int]) -> None:
         finish_reembed_job(ctx)
 
 
-def _stage_stragglers(ctx: JobContext, ids: list[str]) -> tuple[int, list[str]]:
-    """Embed images that have no staged vector yet. Returns (staged, ids that cannot be embedded)."""
+def _stage_missing(ctx: JobContext, ids: list[str]) -> tuple[int, list[str]]:
+    """Embed images that have no staged vector yet. Returns (staged, ids whose rendition is
+    unreadable: those, and only those, leave the collection)."""
     staged, broken = 0, []
     for start in range(0, len(ids), BATCH):
         chunk = ids[start : start + BATCH]
@@ -90,7 +96,8 @@ def _stage_stragglers(ctx: JobContext, ids: list[str]) -> tuple[int, list[str]]:
                 broken.append(image_id)
         if pending:
             vectors = ctx.embedder.embed(np.stack([p.image.pixels for p in pending]))
-            staged += ctx.store.stage_vectors(ctx.collection, [p.input.image_id for p in pending], vectors)
+            ids_ = [p.input.image_id for p in pending]
+            staged += max(0, ctx.store.stage_vectors(ctx.collection, ctx.job_id, ids_, vectors))
     return staged, broken
 
 
@@ -98,30 +105,46 @@ def finish_reembed_job(ctx: JobContext) -> None:
     total, failures = ctx.jobs.counts(ctx.job_id)
     target = target_embedding(ctx)
     result: dict = {"model": target.model, "dimension": target.dim, "reembedded": total - failures}
-    if failures >= total:
+    try:
+        outcome = _swap_when_complete(ctx, target, may_stage=target.id == ctx.embedding.id)
+    except BaseException:
+        # Whatever stopped us, the collection must not stay half re-embedded (staging new adds).
         ctx.store.abort_reembed(ctx.collection, ctx.job_id)
+        raise
+    if isinstance(outcome, str):
+        ctx.store.abort_reembed(ctx.collection, ctx.job_id)
+        result.update(error=outcome, detail=_WHY[outcome])
         ctx.jobs.finish(ctx.job_id, JobStatus.failed, result)
         return
-    items = ctx.jobs.index_result(ctx.job_id)["items"]
-    failed_ids = [i["image_id"] for i in items if i["status"] == ItemStatus.failed and i["image_id"]]
+    dropped, recovered = outcome
+    result.update(dropped=sorted(dropped), added_during=recovered)
+    ctx.jobs.finish(ctx.job_id, final_status(total, failures) if dropped else JobStatus.succeeded, result)
+
+
+_WHY = {
+    "superseded": "another re-embed of this collection started",
+    "not_converged": "images kept arriving faster than they could be re-embedded",
+    "wrong_embedding": "the job ended on a worker that runs another embedding; the collection keeps its "
+    "vectors: run the re-embed again once every worker runs the new model",
+}
+
+
+def _swap_when_complete(ctx: JobContext, target: Embedding, may_stage: bool) -> tuple[list[str], int] | str:
+    """Swap once every live image has a staged vector. Returns (dropped, images embedded here) or
+    the reason the re-embed was given up."""
     dropped: list[str] = []
-    added_during = 0
+    broken: list[str] = []
+    recovered = 0
     for _ in range(MAX_SWAP_ROUNDS):
-        swap = ctx.store.swap_vectors(ctx.collection, ctx.job_id, target, failed_ids)
+        swap = ctx.store.swap_vectors(ctx.collection, ctx.job_id, target, broken)
         dropped += swap.dropped
         if swap.swapped:
-            break
+            return dropped, recovered
         if not swap.ours:
-            result.update(error="superseded", detail="another re-embed of this collection started")
-            ctx.jobs.finish(ctx.job_id, JobStatus.failed, result)
-            return
-        staged, broken = _stage_stragglers(ctx, ctx.store.unstaged_ids(ctx.collection))
-        added_during += staged
-        failed_ids += broken
-    else:
-        ctx.store.abort_reembed(ctx.collection, ctx.job_id)
-        result.update(error="not_converged", detail="images kept arriving faster than they could be re-embedded")
-        ctx.jobs.finish(ctx.job_id, JobStatus.failed, result)
-        return
-    result.update(dropped=sorted(dropped), added_during=added_during)
-    ctx.jobs.finish(ctx.job_id, final_status(total, failures), result)
+            return "superseded"
+        if not may_stage:
+            return "wrong_embedding"
+        staged, newly_broken = _stage_missing(ctx, ctx.store.unstaged_ids(ctx.collection))
+        recovered += staged
+        broken = newly_broken
+    return "not_converged"

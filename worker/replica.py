@@ -22,6 +22,8 @@ from worker.store import StreamEntry, WorkerStore
 
 log = logging.getLogger(__name__)
 
+MAX_REBUILDS = 5
+
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -77,22 +79,31 @@ class ReplicaSet:
 
     def sync(self, collection: str) -> Replica | None:
         """The collection's replica, current as of now; None if it holds no vectors yet."""
-        model, dim = self.store.collection_model(collection)
-        if model is None or dim is None:
+        for _ in range(MAX_REBUILDS):
+            model, dim, version = self.store.collection_header(collection)
+            if model is None or dim is None:
+                self._replicas.pop(collection, None)
+                return None
+            replica = self._replicas.get(collection)
+            if (
+                replica is not None
+                and replica.model == model
+                and replica.index.dim == dim
+                # A version below ours: Redis lost writes (restored, failed over): trust nothing.
+                and version >= replica.version
+                and self._catch_up(collection, replica)
+            ):
+                return replica
             self._replicas.pop(collection, None)
-            return None
-        replica = self._replicas.get(collection)
-        if (
-            replica is None
-            or replica.model != model
-            or replica.index.dim != dim
-            or not self._catch_up(collection, replica)
-        ):
             replica = self._rebuild(collection, model, dim)
-        self._replicas[collection] = replica
-        return replica
+            if replica is not None:
+                self._replicas[collection] = replica
+                return replica
+        raise RuntimeError(f"the vectors of {collection!r} kept being replaced while this worker read them")
 
-    def _rebuild(self, collection: str, model: str, dim: int) -> Replica:
+    def _rebuild(self, collection: str, model: str, dim: int) -> Replica | None:
+        """A replica built from the vectors, or None if they were replaced (re-embedded) while
+        being read: the caller starts over with the collection's new model and dimension."""
         # Note the log position first: replaying everything after it over the snapshot converges,
         # whatever changed while the snapshot was being read.
         last_id, version = self.store.log_position(collection)
@@ -100,10 +111,14 @@ class ReplicaSet:
         cursor = 0
         while True:
             cursor, chunk = self.store.scan_vectors(collection, cursor, self.batch)
-            self._apply_vectors(replica, {_s(k): v for k, v in chunk.items()})
+            fresh = {_s(k): v for k, v in chunk.items() if len(v) == 4 * dim}
+            if len(fresh) != len(chunk):
+                return None  # vectors of another dimension: swapped under us
+            self._apply_vectors(replica, fresh)
             if cursor == 0:
                 break
-        self._catch_up(collection, replica)
+        if not self._catch_up(collection, replica):
+            return None
         self.rebuilds += 1
         log.info("rebuilt replica of %s: %d vectors", collection, len(replica.index))
         return replica

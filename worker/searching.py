@@ -51,6 +51,8 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
     if replica is None or len(replica.index) == 0:
         return SearchResult(matches=[], message="The collection is empty", collection_size=0, model=embedder.name)
     clustering = _clustering(ctx.store, replica, collection)
+    if clustering is not None and clustering[1].shape[1] != query.shape[0]:
+        clustering = None  # computed before a re-embed changed the dimension
     query_cluster = int(np.argmax(clustering[1] @ query)) if clustering else None
     mask = None
     if params.cluster is not None:

@@ -35,4 +35,4 @@ class WorkerSettings(ModelSettings):
 
     @property
     def heartbeat_interval_s(self) -> float:
-        return self.task_visibility_timeout_s / 3
+        return self.task_visibility_timeout_s / 6

@@ -100,8 +100,13 @@ class WorkerStore:
         return [int(flag) for flag in out[1:]]
 
     def collection_model(self, collection: str) -> tuple[str | None, int | None]:
-        model, dim = self.redis.hmget(keys.collection(collection), "model", "dim")
-        return _s(model), (int(dim) if dim else None)
+        model, dim, _ = self.collection_header(collection)
+        return model, dim
+
+    def collection_header(self, collection: str) -> tuple[str | None, int | None, int]:
+        """(model, dimension, version) of the collection."""
+        model, dim, version = self.redis.hmget(keys.collection(collection), "model", "dim", "version")
+        return _s(model), (int(dim) if dim else None), int(version or 0)
 
     def stored_vector(self, collection: str, image_id: str) -> np.ndarray | None:
         raw = self.redis.hget(keys.vectors(collection), image_id)
@@ -122,11 +127,13 @@ class WorkerStore:
         job, embedding = self.redis.hmget(keys.collection(collection), "reembed_job", "reembed_embedding")
         return _s(job), _s(embedding)
 
-    def stage_vectors(self, collection: str, image_ids: list[str], vectors: np.ndarray) -> int:
-        args: list[Any] = [self.data_ttl_s]
+    def stage_vectors(self, collection: str, job_id: str, image_ids: list[str], vectors: np.ndarray) -> int:
+        """Stage new vectors for the collection's re-embed `job_id`; -1 if that is not its re-embed."""
+        args: list[Any] = [self.data_ttl_s, job_id]
         for image_id, vector in zip(image_ids, vectors, strict=True):
             args += [image_id, _f32(vector)]
-        return int(self._stage(keys=[keys.images(collection), keys.staged_vectors(collection)], args=args))
+        stage_keys = [keys.images(collection), keys.staged_vectors(collection), keys.collection(collection)]
+        return int(self._stage(keys=stage_keys, args=args))
 
     def unstaged_ids(self, collection: str) -> list[str]:
         """Images without a staged vector (added during the re-embed by another embedding)."""
@@ -151,7 +158,7 @@ class WorkerStore:
             args=[job_id, embedding.model, embedding.id, embedding.dim, self.log_maxlen, *failed_ids],
         )
         code = int(out[0])
-        return SwapResult(swapped=code == 1, ours=code != -1, dropped=[_s(i) for i in out[1:]])
+        return SwapResult(swapped=code in (1, 2), ours=code != -1, dropped=[_s(i) for i in out[1:]])
 
     def abort_reembed(self, collection: str, job_id: str) -> bool:
         keys_ = [keys.collection(collection), keys.staged_vectors(collection)]

@@ -32,7 +32,9 @@ REDIS_DOWN = {
     "retry_backoff_max": 30,
     "max_retries": 20,
 }
-TASK = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, **REDIS_DOWN}
+# A task killed at the hard time limit goes back to the queue (its redelivery runs item by item
+# with attempt counts) instead of being acked with its job left running.
+TASK = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "acks_on_timeout": False, **REDIS_DOWN}
 
 
 def finish_single(ctx: JobContext) -> None:

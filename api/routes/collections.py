@@ -36,8 +36,9 @@ async def reembed_collection(
     """Recompute every vector with the model this deployment runs (from the stored renditions).
 
     The collection keeps serving its current vectors until the job swaps the new ones in at once.
-    Images added meanwhile end up embedded with the new model too; only images whose re-embed
-    fails leave the collection (listed in the job's `dropped`).
+    Images added meanwhile with the same model (e.g. after an INPUT_SIZE change) end up with the
+    final embedding too; while a switch to another model runs, new images are refused (409) as
+    before. Only images whose rendition cannot be decoded leave (the job's `dropped`).
     """
     info = await store.collection(collection)
     if info is None:
@@ -49,8 +50,18 @@ async def reembed_collection(
     ids = await store.begin_reembed(collection, job_id, settings.embedding)
     if isinstance(ids, str):
         raise Conflict(f"re-embed job {ids} is still running for this collection", code="reembed_running")
+    if not ids:
+        await store.abort_reembed(collection, job_id)
+        raise Conflict("the collection is empty: its first image sets its model", code="nothing_to_reembed")
     uploads = [Upload(JobInput(filename="", image_id=i, size=0), None) for i in ids]
     params = {"collection": collection, "model": spec.name, "dim": spec.dim, "embedding": settings.embedding}
-    await store.create_job(job_id, JobType.reembed, collection, params, uploads)
-    await queue.send_chunks(REEMBED_CHUNK_TASK, job_id, collection, len(ids), settings.index_chunk_size, INDEX_QUEUE)
+    try:
+        await store.create_job(job_id, JobType.reembed, collection, params, uploads)
+        await queue.send_chunks(
+            REEMBED_CHUNK_TASK, job_id, collection, len(ids), settings.index_chunk_size, INDEX_QUEUE
+        )
+    except BaseException:
+        # A job that cannot run must not hold the collection's re-embed mark for a week.
+        await store.abort_reembed(collection, job_id)
+        raise
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(ids))

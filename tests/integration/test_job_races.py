@@ -160,3 +160,99 @@ def test_job_statuses_reach_lua_as_arguments(redis_url: str) -> None:
     assert not h.jobs.finish(job_id, JobStatus.succeeded, {})
     assert h.jobs.get(job_id).status == "partial"
     assert isinstance(h.client, redis.Redis)
+
+
+def test_reembed_chunks_failed_elsewhere_are_recovered_not_dropped(redis_url: str, name: str) -> None:
+    """Half the chunks run on a worker with another embedding (a rolling deploy): their items fail,
+    but the finisher (on a matching worker) embeds them before the swap; nothing is deleted."""
+    target, other = PixelEmbedder(input_size=40), PixelEmbedder(input_size=48)
+    h = Harness(redis_url, PixelEmbedder(input_size=32))
+    files = photos(10000, 8)
+    h.index(name, files)
+    job_id = h.begin_reembed(name, embedding_id(target.name, target.input_size))
+    ctx_other, ctx_target = h.context(job_id, other), h.context(job_id, target)
+    from worker import reembedding
+
+    reembedding.reembed_chunk(ctx_other, [0, 1, 2, 3])
+    reembedding.reembed_chunk(ctx_target, [4, 5, 6, 7])
+    job = h.jobs.get(job_id)
+    assert job.progress.failed == 4 and {e.error for e in job.errors} == {"model_mismatch"}
+    assert job.status == "succeeded" and job.result["dropped"] == [] and job.result["added_during"] == 4
+    assert h.ids(name) == h.vector_ids(name) == {content_id(x[1]) for x in files}
+    assert h.client.hget(keys.collection(name), "embedding") == b"resnet50@40"
+
+
+def test_a_finisher_with_the_wrong_embedding_gives_up_without_damage(redis_url: str, name: str) -> None:
+    target, old = PixelEmbedder(input_size=40), PixelEmbedder(input_size=32)
+    h = Harness(redis_url, old)
+    files = photos(11000, 8)
+    h.index(name, files)
+    before = h.client.hgetall(keys.vectors(name))
+    job_id = h.begin_reembed(name, embedding_id(target.name, target.input_size))
+    from worker import reembedding
+
+    reembedding.reembed_chunk(h.context(job_id, target), [0, 1, 2, 3])
+    reembedding.reembed_chunk(h.context(job_id, old), [4, 5, 6, 7])  # ends the job, on the old worker
+    job = h.jobs.get(job_id)
+    assert job.status == "failed" and job.result["error"] == "wrong_embedding"
+    assert h.client.hgetall(keys.vectors(name)) == before  # old vectors, whole, consistent
+    assert h.client.hget(keys.collection(name), "reembed_job") is None
+    assert not h.client.exists(keys.staged_vectors(name))
+
+
+def test_a_finisher_redelivered_after_its_swap_reports_success(redis_url: str, name: str) -> None:
+    """The worker died between the swap and recording the job's end: the redelivered last chunk
+    must report the swap it made, not 'superseded', and leave no staged vectors behind."""
+    embedder = PixelEmbedder()
+    h = Harness(redis_url, embedder)
+    h.index(name, photos(12000, 5))
+    job_id = h.begin_reembed(name, embedding_id(embedder.name, embedder.input_size))
+    from worker import reembedding
+
+    ctx = h.context(job_id)
+    reembedding.reembed_chunk(ctx, [0, 1, 2, 3, 4])
+    h.client.hset(keys.job(job_id), mapping={"status": "running"})  # as if `finish` never ran
+    h.client.hdel(keys.job(job_id), "result")
+    reembedding.reembed_chunk(ctx, [0, 1, 2, 3, 4])  # the redelivery
+    job = h.jobs.get(job_id)
+    assert job.status == "succeeded" and job.result["dropped"] == []
+    assert not h.client.exists(keys.staged_vectors(name))
+
+
+def test_a_finisher_that_raises_releases_the_collection(redis_url: str, name: str) -> None:
+    embedder = PixelEmbedder()
+    h = Harness(redis_url, embedder)
+    h.index(name, photos(13000, 4))
+    job_id = h.begin_reembed(name, embedding_id(embedder.name, embedder.input_size))
+    h.index(name, photos(13100, 1), embedder=PixelEmbedder(input_size=48))  # a straggler to embed
+
+    def boom() -> None:
+        raise RuntimeError("model crashed")
+
+    from worker import reembedding
+
+    reembedding.reembed_chunk(h.context(job_id), [0, 1, 2])
+    with pytest.raises(RuntimeError, match="model crashed"):  # the last chunk, then its finisher, fail
+        reembedding.reembed_chunk(h.context(job_id, PixelEmbedder(before_embed=boom)), [3])
+    assert h.client.hget(keys.collection(name), "reembed_job") is None
+    assert not h.client.exists(keys.staged_vectors(name))
+    assert len(h.ids(name)) == 5 == len(h.vector_ids(name))
+
+
+def test_a_delete_before_the_add_ran_cancels_the_queued_add(redis_url: str, name: str) -> None:
+    h = Harness(redis_url, PixelEmbedder())
+    (a,) = photos(14000, 1)
+    queued = h.submit(name, [a])
+    assert not h.delete(name, content_id(a[1]))  # not stored yet: 404, but it wins all the same
+    job = h.run_index(queued, 1)
+    assert job.result["deleted"] == [content_id(a[1])] and h.ids(name) == set()
+
+
+def test_two_reembeds_cannot_start_together(redis_url: str, name: str) -> None:
+    embedder = PixelEmbedder()
+    h = Harness(redis_url, embedder)
+    h.index(name, photos(15000, 3))
+    first = h.begin_reembed(name, embedding_id(embedder.name, embedder.input_size))
+    with pytest.raises(AssertionError):  # begin_reembed returned the running job's id, not ids
+        h.begin_reembed(name, embedding_id(embedder.name, embedder.input_size))
+    assert h.client.hget(keys.collection(name), "reembed_job").decode() == first

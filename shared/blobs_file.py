@@ -1,0 +1,119 @@
+"""The embedded blob store: one file per key under a root directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from shared.blobs import BlobStore, BlobStoreError, Data, _keys, validate_key, validate_prefix
+
+# A temporary file this old is a leftover of a writer that died between creating and renaming it.
+# Younger ones may belong to a put in progress, whatever age a sweep asks for.
+TEMP_FILE_GRACE_S = 3600.0
+_PUT_ATTEMPTS = 5
+
+
+class FileBlobStore(BlobStore):
+    def __init__(self, root: Path, fsync: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self.fsync = fsync
+        self.url = self.root.as_uri()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def put(self, key: str, data: Data) -> None:
+        path = self._path(key)
+        # A concurrent delete or sweep may remove the (then empty) directory between our mkdir and
+        # creating the temporary file in it: create it again and retry.
+        for _ in range(_PUT_ATTEMPTS):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Dot-prefixed: no valid key starts with a dot, so this name can never be a blob.
+            tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileNotFoundError:
+                continue
+            try:
+                with open(fd, "wb") as fh:
+                    fh.write(data)
+                    if self.fsync:
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                # Atomic on POSIX: readers see the old value or the new one, never a partial file;
+                # concurrent puts of one key leave exactly one writer's complete value.
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            if self.fsync:
+                self._fsync_dir(path.parent)  # makes the rename itself durable
+            return
+        raise BlobStoreError(f"could not create {path.parent} for {key!r}")
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as fh:
+                return fh.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            # A directory ("uploads") or a path through a file is not a blob: absent, like on S3.
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, keys: str | Iterable[str]) -> None:
+        for key in _keys(keys):
+            path = self.root / key
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                continue
+            self._prune(path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        # Remove now-empty parents up to the root, so per-job upload folders do not pile up.
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (or already gone): stop
+                return
+            directory = directory.parent
+
+    def sweep(self, prefix: str, older_than_s: float) -> int:
+        base = self.root / validate_prefix(prefix)
+        now = time.time()
+        cutoff, temp_cutoff = now - older_than_s, now - max(older_than_s, TEMP_FILE_GRACE_S)
+        removed = 0
+        # Bottom-up, so a folder emptied by this sweep is removed right after its files.
+        for dirpath, _dirnames, filenames in os.walk(base, topdown=False):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                temp = name.startswith(".")
+                try:
+                    if os.lstat(path).st_mtime >= (temp_cutoff if temp else cutoff):
+                        continue
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue  # deleted or replaced meanwhile
+                removed += 0 if temp else 1
+            if dirpath != str(base):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+        if base.is_dir():
+            self._prune(base)
+        return removed
