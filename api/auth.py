@@ -1,9 +1,13 @@
 """API keys (stored only as SHA-256 hashes), collection scopes, and a per-key rate limit.
 
-`API_KEYS` is a JSON list of `{"name", "sha256", "collections"}`; `collections` holds name
-patterns (`*` wildcards; `["*"]` = every collection). Make a key and its entry with
-`python -m api.auth new-key --name alice --collections 'alice-*'`. Keys are random 256-bit tokens,
-so a plain SHA-256 is enough to store them (no password stretching needed).
+`API_KEYS` is a JSON list of `{"name", "sha256", "collections", "scopes"}`; `collections` holds
+name patterns (`*` wildcards; `["*"]` = every collection); `scopes` grants powers beyond one's own
+collections (`["metrics"]`: may scrape `/metrics`, which names every tenant's collections). Make a
+key and its entry with `python -m api.auth new-key --name alice --collections 'alice-*'`. Keys are
+random 256-bit tokens, so a plain SHA-256 is enough to store them (no password stretching needed).
+
+The key is checked by `api.gate.AccessGate` from the headers alone, before any body is read; the
+route dependency `principal_of` only picks up what the gate found and checks the collection scope.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, Field
@@ -29,6 +33,7 @@ class ApiKey(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     collections: list[str] = ["*"]
+    scopes: list[Literal["metrics"]] = []
 
     def may_use(self, collection: str) -> bool:
         return any(fnmatch.fnmatchcase(collection, pattern) for pattern in self.collections)
@@ -48,6 +53,11 @@ class RateLimited(SimsearchError):
     status_code = 429
     code = "rate_limited"
     headers = {"Retry-After": "1"}  # noqa: RUF012 - windows are one second long
+
+
+# Where the gate leaves its findings in the ASGI scope's per-request "state".
+GATE_PASSED = "simsearch.gate"
+PRINCIPAL = "simsearch.principal"
 
 
 def hash_key(token: str) -> str:
@@ -80,12 +90,15 @@ def require_scope(principal: ApiKey | None, collection: str) -> None:
         raise Forbidden(f"API key {principal.name!r} may not use collection {collection!r}")
 
 
+def rate_key(subject: str) -> str:
+    # Fixed one-second windows in Redis, so every API replica counts against the same limit.
+    return f"ss:rl:{subject}:{int(time.time())}"
+
+
 async def check_rate(redis: Redis, subject: str, per_second: int) -> None:
-    """Fixed one-second windows in Redis, so every API replica counts against the same limit."""
     if per_second <= 0:
         return
-    window = int(time.time())
-    key = f"ss:rl:{subject}:{window}"
+    key = rate_key(subject)
     pipe = redis.pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, 2)
@@ -95,10 +108,12 @@ async def check_rate(redis: Redis, subject: str, per_second: int) -> None:
 
 
 async def principal_of(request: Request) -> ApiKey | None:
-    settings = request.app.state.settings
-    principal = authenticate(settings.api_keys, request.headers)
-    subject = f"key:{principal.name}" if principal else f"ip:{request.client.host if request.client else '?'}"
-    await check_rate(request.app.state.store.redis, subject, settings.rate_limit_per_second)
+    state = request.scope.get("state") or {}
+    if GATE_PASSED in state:
+        principal = state[PRINCIPAL]
+    else:
+        # An app assembled without the gate must still never run open by accident.
+        principal = authenticate(request.app.state.settings.api_keys, request.headers)
     collection = request.path_params.get("collection")
     if collection is not None:
         require_scope(principal, collection)
@@ -108,15 +123,23 @@ async def principal_of(request: Request) -> ApiKey | None:
 Principal = Annotated[ApiKey | None, Depends(principal_of)]
 
 
+async def metrics_reader(request: Request) -> None:
+    """With keys configured, only a key with the `metrics` scope may read every tenant's figures."""
+    principal = await principal_of(request)
+    if principal is not None and "metrics" not in principal.scopes:
+        raise Forbidden(f"API key {principal.name!r} lacks the 'metrics' scope")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m api.auth")
     sub = parser.add_subparsers(dest="command", required=True)
     new = sub.add_parser("new-key", help="make a key; prints it once and the API_KEYS entry to add")
     new.add_argument("--name", required=True)
     new.add_argument("--collections", nargs="+", default=["*"])
+    new.add_argument("--scopes", nargs="*", default=[], choices=["metrics"])
     args = parser.parse_args()
     token = "ssk_" + secrets.token_urlsafe(32)
-    entry = ApiKey(name=args.name, sha256=hash_key(token), collections=args.collections)
+    entry = ApiKey(name=args.name, sha256=hash_key(token), collections=args.collections, scopes=args.scopes)
     print(f"key (give it to the client; it is not stored): {token}")
     print(f"API_KEYS entry: {json.dumps(entry.model_dump())}")
 

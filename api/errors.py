@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from shared.errors import SimsearchError
 
@@ -32,6 +34,20 @@ _HTTP_CODES = {
 
 def error_response(status: int, code: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": code, "detail": detail}, headers=headers)
+
+
+async def send_error(
+    send: Send, status: int, code: str, detail: Any, headers: dict[str, str] | None = None, close: bool = False
+) -> None:
+    """The same body from a pure ASGI middleware, which answers before the framework runs.
+    `close`: the request's body was left unread, so end the connection instead of draining it."""
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    if close:
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install_error_handlers(app: FastAPI) -> None:

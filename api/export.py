@@ -1,8 +1,10 @@
 """Streaming exports of a collection's embeddings: memory stays flat whatever the collection size.
 
 CSV: `image_id,filename,0,...,D-1`, like the notebook's feature file; floats printed with 9
-significant digits, which round-trip float32 exactly. NPY: a zip of `embeddings.npy` (float32,
-N x D) and `ids.csv` (row order), written as a stream.
+significant digits, which round-trip float32 exactly. File names are the uploader's text: one that
+begins like a formula is prefixed with `'` (OWASP's CSV-injection advice), so a spreadsheet shows
+it instead of evaluating it. The vector columns are numbers and stay as they are (-0.01 too).
+NPY: a zip of `embeddings.npy` (float32, N x D) and `ids.csv` (row order), written as a stream.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ from shared.schemas import ImageRecord
 
 CHUNK = 500
 CSV_ROWS = 32
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(value: str) -> str:
+    """A text cell a spreadsheet will not evaluate."""
+    return "'" + value if value.startswith(FORMULA_START) else value
 
 
 def _filenames(raw: list[bytes | None]) -> list[str]:
-    return [ImageRecord.model_validate_json(r).filename if r else "" for r in raw]
+    return [text_cell(ImageRecord.model_validate_json(r).filename) if r else "" for r in raw]
 
 
 async def csv_rows(redis: Redis, collection: str, dim: int) -> AsyncIterator[bytes]:

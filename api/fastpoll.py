@@ -1,12 +1,13 @@
 """The hot path of a busy service is clients polling job status. Plain polls (no `wait`) of
-`GET /v1/jobs/{id}` are answered here, in front of the framework: same authentication, scope
-check and rate limit, but a job is read from Redis and rendered at most once per `ttl_s` per API
-process, so a thousand polls a second of the same job cost a few Redis reads instead of a
-thousand. Status may lag by at most `ttl_s`; long polls (`?wait=`) take the normal route."""
+`GET /v1/jobs/{id}` are answered here, in front of the framework (behind `api.gate`, which has
+authenticated and rate-limited the request already): same scope check, but a job is read from Redis
+and rendered at most once per `ttl_s` per API process, so a thousand polls a second of the same job
+cost a few Redis reads instead of a thousand. Status may lag by at most `ttl_s`; long polls
+(`?wait=`) take the normal route."""
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from urllib.parse import parse_qs
 
@@ -14,11 +15,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.auth import Forbidden, authenticate, check_rate
+from api.auth import GATE_PASSED, PRINCIPAL, Forbidden
+from api.errors import send_error
 from api.metrics import RequestMetrics
 from shared.errors import SimsearchError
 
 PREFIX = "/v1/jobs/"
+# Job ids are uuid4().hex: anything else cannot exist, so it costs no Redis read.
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class JobPollCache:
@@ -50,35 +54,33 @@ class JobPollCache:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         job_id = self._plain_poll(scope)
-        if job_id is None:
+        state = scope.get("state") or {}
+        if job_id is None or GATE_PASSED not in state:
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state
         started = time.perf_counter()
+        principal = state[PRINCIPAL]
         try:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            principal = authenticate(state.settings.api_keys, headers)
-            subject = f"key:{principal.name}" if principal else f"ip:{(scope.get('client') or ('?',))[0]}"
-            await check_rate(state.store.redis, subject, state.settings.rate_limit_per_second)
-            entry = await self._job(state.store, job_id)
+            if not JOB_ID.fullmatch(job_id):
+                raise SimsearchError(f"no job {job_id!r} (unknown or expired)", code="job_not_found", status_code=404)
+            entry = await self._job(scope["app"].state.store, job_id)
             if entry is None:
                 # Unknown job: let the normal route produce its 404 (and anything else it does).
                 await self.app(scope, receive, send)
                 return
-            status = 200
             collection, body = entry
             if principal is not None and not principal.may_use(collection):
                 raise Forbidden(f"API key {principal.name!r} may not use collection {collection!r}")
         except SimsearchError as exc:
-            status, headers = exc.status_code, exc.headers
-            body = json.dumps({"error": exc.code, "detail": exc.detail}).encode()
+            await send_error(send, exc.status_code, exc.code, exc.detail, exc.headers)
+            status = exc.status_code
         except (RedisConnectionError, RedisTimeoutError):
-            status, headers = 503, {"Retry-After": "2"}
-            body = json.dumps({"error": "redis_unavailable", "detail": "the job store is unreachable; retry shortly"})
-            body = body.encode()
+            status = 503
+            detail = "the job store is unreachable; retry shortly"
+            await send_error(send, status, "redis_unavailable", detail, {"Retry-After": "2"})
         else:
-            headers = None
-        await self._send(send, status, body, headers)
+            status = 200
+            await self._send(send, status, body)
         # This path runs in front of the metrics middleware (which would cost more than the poll).
         self.metrics.record("GET", "/v1/jobs/{job_id}", status, time.perf_counter() - started)
 
@@ -97,8 +99,7 @@ class JobPollCache:
         return job.collection, body
 
     @staticmethod
-    async def _send(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    async def _send(send: Send, status: int, body: bytes) -> None:
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})

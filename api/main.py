@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from api.errors import install_error_handlers
 from api.fastpoll import JobPollCache
+from api.gate import AccessGate
 from api.limits import BodySizeLimit
 from api.metrics import HttpMetrics, RequestMetrics
 from api.queue import TaskQueue
@@ -62,10 +63,17 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="simsearch", version="0.1.0", lifespan=lifespan)
     app.state.metrics_registry = CollectorRegistry()
     request_metrics = RequestMetrics(app.state.metrics_registry)
-    # Last added runs first: plain job polls are answered before anything else runs.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    # Last added runs first: the gate authenticates and rate-limits from the headers before any
+    # body is read; then plain job polls are answered before anything else runs.
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        json_bytes=settings.max_json_body_bytes,
+        lookup_bytes=settings.max_lookup_body_bytes,
+    )
     app.add_middleware(HttpMetrics, metrics=request_metrics)
     app.add_middleware(JobPollCache, metrics=request_metrics)
+    app.add_middleware(AccessGate, settings=settings, metrics=request_metrics)
     install_error_handlers(app)
     for module in (health, metrics, jobs, collections, images, search, clusters, export):
         app.include_router(module.router)

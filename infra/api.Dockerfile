@@ -11,4 +11,6 @@ RUN useradd --system --uid 10001 simsearch
 USER simsearch
 EXPOSE 8000
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+# --no-proxy-headers: uvicorn would believe X-Forwarded-For from FORWARDED_ALLOW_IPS and rewrite the
+# client address that rate limits count against; the API derives it itself (TRUSTED_PROXIES).
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

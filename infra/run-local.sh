@@ -25,7 +25,8 @@ fi
 
 celery -A worker.app worker -l INFO &
 pids+=($!)
-uvicorn api.main:app --host 0.0.0.0 --port "$API_PORT" &
+# The API derives client addresses itself (TRUSTED_PROXIES); uvicorn must not rewrite them.
+uvicorn api.main:app --host 0.0.0.0 --port "$API_PORT" --no-proxy-headers &
 pids+=($!)
 echo "simsearch: API on http://localhost:${API_PORT} (model ${EMBEDDING_MODEL}); Ctrl-C stops everything"
 wait -n "${pids[@]}"

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import principal_of
 from api.deps import CollectionName, QueueDep, StoreDep
+from api.routes.images import MAX_OFFSET
 from shared.errors import NotFound
 from shared.queueing import CLUSTER_TASK, INDEX_QUEUE
 from shared.schemas import ImageRecord, JobAccepted, JobType
@@ -70,7 +71,7 @@ async def cluster_images(
     collection: CollectionName,
     cluster: int,
     store: StoreDep,
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     limit: int = Query(50, ge=1, le=500),
 ) -> ClusterPage:
     """One cluster's images, nearest its centroid first."""

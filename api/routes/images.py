@@ -47,12 +47,19 @@ async def index_images(
     files = files_of(form, "files")
     if not files:
         raise InvalidRequest("the form has no 'files' parts", code="no_files")
-    uploads = await to_uploads(files, parse_metadata(form), settings)
+    uploads = await to_uploads(files, parse_metadata(form, settings), settings)
     job_id = uuid.uuid4().hex
     await store.create_job(job_id, JobType.index, collection, {"collection": collection}, uploads)
     await queue.send_chunks(INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
     log.info("index job queued", extra={"job_id": job_id, "collection": collection, "items": len(uploads)})
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
+
+
+# Redis takes 64-bit indices: a larger offset would be a Redis error (500), not an empty page.
+MAX_OFFSET = 10**9
+# Renditions are per tenant (behind a key): shared caches must not keep them, and browsers must
+# not guess a type other than image/jpeg.
+CONTENT_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
 
 
 class ImagePage(BaseModel):
@@ -71,7 +78,7 @@ class LookupRequest(BaseModel):
 async def list_images(
     collection: CollectionName,
     store: StoreDep,
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     limit: int = Query(50, ge=1, le=500),
 ) -> ImagePage:
     """Page through a collection, in the order images were added."""
@@ -102,7 +109,7 @@ async def get_image_content(collection: CollectionName, image_id: ImageId, store
     data = await store.thumbnail(collection, image_id)
     if data is None:
         raise NotFound(f"no image {image_id} in collection {collection!r}", code="image_not_found")
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400, immutable"})
+    return Response(data, media_type="image/jpeg", headers=CONTENT_HEADERS)
 
 
 @router.delete("/{image_id}", status_code=204, response_class=Response)

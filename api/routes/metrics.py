@@ -1,15 +1,17 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from api.auth import metrics_reader
 from api.deps import StoreDep
 from api.metrics import render
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", response_class=Response)
+# With API keys configured: a key with the `metrics` scope (the figures name every tenant's collections).
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_reader)])
 async def metrics(request: Request, store: StoreDep) -> Response:
     """Prometheus exposition: HTTP, jobs, queues, collections, and every worker's embedding figures."""
     return Response(await render(request.app.state.metrics_registry, store.redis), media_type=CONTENT_TYPE_LATEST)

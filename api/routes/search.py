@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.auth import principal_of
 from api.compat import require_current_model
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
+from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, SimsearchError, UnsupportedMedia
@@ -70,14 +71,14 @@ async def search(
     if info is None:
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
     require_current_model(info, settings)
-    content_type = request.headers.get("content-type", "")
+    content_type = media_type(request.headers.get("content-type"))
     if cluster is not None:
         clustering = await store.clustering(collection)
         if clustering is None or cluster >= clustering["k"]:
             raise NotFound(f"collection {collection!r} has no cluster {cluster}", code="cluster_not_found")
     params = SearchParams(k=k, min_similarity=min_similarity, cluster=cluster)
     uploads: list[Upload] = []
-    if content_type.startswith("application/json"):
+    if content_type == "application/json":
         try:
             body = SearchById.model_validate_json(await request.body())
         except ValidationError as exc:
@@ -86,7 +87,7 @@ async def search(
         if not await store.image_exists(collection, body.image_id):
             raise NotFound(f"no image {body.image_id} in collection {collection!r}", code="image_not_found")
         params.image_id = body.image_id
-    elif content_type.startswith("multipart/form-data"):
+    elif content_type == "multipart/form-data":
         upload = await _query_upload(request, settings)
         params.filename = upload.input.filename
         uploads.append(upload)
