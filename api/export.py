@@ -16,10 +16,8 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 from numpy.lib import format as npy_format
-from redis.asyncio import Redis
 
-from shared import keys
-from shared.schemas import ImageRecord
+from api.store import ApiStore
 
 CHUNK = 500
 CSV_ROWS = 32
@@ -31,11 +29,7 @@ def text_cell(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_START) else value
 
 
-def _filenames(raw: list[bytes | None]) -> list[str]:
-    return [text_cell(ImageRecord.model_validate_json(r).filename) if r else "" for r in raw]
-
-
-async def csv_rows(redis: Redis, collection: str, dim: int) -> AsyncIterator[bytes]:
+async def csv_rows(store: ApiStore, collection: str, dim: int) -> AsyncIterator[bytes]:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["image_id", "filename", *range(dim)])
@@ -43,11 +37,11 @@ async def csv_rows(redis: Redis, collection: str, dim: int) -> AsyncIterator[byt
     seen: set[str] = set()  # HSCAN may return an entry twice while Redis resizes the hash
     cursor = 0
     while True:
-        cursor, chunk = await redis.hscan(keys.vectors(collection), cursor, count=CHUNK)
+        cursor, chunk = await store.scan_vectors(collection, cursor, CHUNK)
         ids = [k.decode() for k in chunk if k.decode() not in seen]
         seen.update(ids)
         if ids:
-            names = _filenames(await redis.hmget(keys.images(collection), ids))
+            names = [text_cell(n) for n in await store.filenames(collection, ids)]
             matrix = np.frombuffer(b"".join(chunk[i.encode()] for i in ids), dtype="<f4").reshape(len(ids), dim)
             # Text is ~3x the size of the floats (and StringIO holds 4 bytes a character): small pieces.
             for start in range(0, len(ids), CSV_ROWS):
@@ -79,9 +73,9 @@ class _Sink(io.RawIOBase):
         return data
 
 
-async def npy_zip(redis: Redis, collection: str, dim: int) -> AsyncIterator[bytes]:
+async def npy_zip(store: ApiStore, collection: str, dim: int) -> AsyncIterator[bytes]:
     # The id list fixes N for the .npy header; a vector deleted while exporting becomes a NaN row.
-    ids = sorted(k.decode() for k in await redis.hkeys(keys.vectors(collection)))
+    ids = await store.vector_ids(collection)
     sink = _Sink()
     archive = zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED)
     missing = np.full(dim, np.nan, dtype="<f4").tobytes()
@@ -90,7 +84,7 @@ async def npy_zip(redis: Redis, collection: str, dim: int) -> AsyncIterator[byte
         npy_format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (len(ids), dim)})
         member.write(header.getvalue())
         for start in range(0, len(ids), CHUNK):
-            raw = await redis.hmget(keys.vectors(collection), ids[start : start + CHUNK])
+            raw = await store.vectors(collection, ids[start : start + CHUNK])
             member.write(b"".join(r if r is not None else missing for r in raw))
             yield sink.drain()
     with archive.open("ids.csv", "w", force_zip64=True) as member:
@@ -99,7 +93,7 @@ async def npy_zip(redis: Redis, collection: str, dim: int) -> AsyncIterator[byte
             chunk = ids[start : start + CHUNK]
             out = io.StringIO()
             writer = csv.writer(out, lineterminator="\n")
-            names = _filenames(await redis.hmget(keys.images(collection), chunk))
+            names = [text_cell(n) for n in await store.filenames(collection, chunk)]
             writer.writerows(
                 (start + i, image_id, name) for i, (image_id, name) in enumerate(zip(chunk, names, strict=True))
             )

@@ -133,6 +133,22 @@ class ApiStore:
         """Let go of a re-embed that will not run (nothing to do, or it could not be queued)."""
         await self._abort_reembed(keys=[keys.collection(collection), keys.staged_vectors(collection)], args=[job_id])
 
+    # -- export ---------------------------------------------------------------------------------
+    async def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
+        return await self.redis.hscan(keys.vectors(collection), cursor, count=count)
+
+    async def vector_ids(self, collection: str) -> list[str]:
+        return sorted(_s(k) for k in await self.redis.hkeys(keys.vectors(collection)))
+
+    async def vectors(self, collection: str, ids: list[str]) -> list[bytes | None]:
+        return await self.redis.hmget(keys.vectors(collection), ids) if ids else []
+
+    async def filenames(self, collection: str, ids: list[str]) -> list[str]:
+        if not ids:
+            return []
+        raw = await self.redis.hmget(keys.images(collection), ids)
+        return [ImageRecord.model_validate_json(r).filename if r else "" for r in raw]
+
     # -- clusters ---------------------------------------------------------------------------
     async def clustering(self, collection: str) -> dict[str, Any] | None:
         pipe = self.redis.pipeline(transaction=False)

@@ -24,7 +24,7 @@ async def export_embeddings(
     if info.dimension is None:
         raise Conflict("the collection holds no vectors yet", code="empty_collection")
     if format == "csv":
-        body, media, name = csv_rows(store.redis, collection, info.dimension), "text/csv", f"{collection}.csv"
+        body, media, name = csv_rows(store, collection, info.dimension), "text/csv", f"{collection}.csv"
     else:
-        body, media, name = npy_zip(store.redis, collection, info.dimension), "application/zip", f"{collection}.zip"
+        body, media, name = npy_zip(store, collection, info.dimension), "application/zip", f"{collection}.zip"
     return StreamingResponse(body, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -21,7 +21,6 @@ from api.limits import body_cap, media_type
 from api.metadata import InvalidMetadata, MetadataLimits, MetadataTooLarge, attach, depth_of, parse_metadata
 from api.netaddr import client_address, parse_networks
 from api.settings import ApiSettings
-from shared import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = MetadataLimits(per_image=16 * 1024, per_request=1024 * 1024, max_depth=16)
@@ -154,29 +153,31 @@ def test_formula_like_text_is_quoted(name: str) -> None:
     assert text_cell("plain.jpg") == "plain.jpg" and text_cell("") == ""
 
 
-class _FakeRedis:
+class _FakeStore:
+    """The two ApiStore reads the CSV export makes."""
+
     def __init__(self, vectors: dict[str, bytes], records: dict[str, bytes]) -> None:
         self.vectors, self.records = vectors, records
 
-    async def hscan(self, key: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
-        assert key == keys.vectors("c")
+    async def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
+        assert collection == "c"
         return 0, {k.encode(): v for k, v in self.vectors.items()}
 
-    async def hmget(self, key: str, ids: list[str]) -> list[bytes | None]:
-        return [self.records.get(i) for i in ids]
+    async def filenames(self, collection: str, ids: list[str]) -> list[str]:
+        return [json.loads(self.records[i])["filename"] for i in ids]
 
 
-async def _collect(redis: _FakeRedis) -> str:
-    return b"".join([chunk async for chunk in csv_rows(redis, "c", 2)]).decode()  # type: ignore[arg-type]
+async def _collect(store: _FakeStore) -> str:
+    return b"".join([chunk async for chunk in csv_rows(store, "c", 2)]).decode()  # type: ignore[arg-type]
 
 
 def test_csv_escapes_file_names_but_not_numbers() -> None:
     record = {"image_id": "a" * 32, "filename": "=cmd|' /C calc'!A0", "format": "jpeg", "width": 1, "height": 1}
     record |= {"size": 1, "created_at": "2024-01-01T00:00:00Z"}
-    redis = _FakeRedis(
+    store = _FakeStore(
         {"a" * 32: np.array([-0.01, 0.5], dtype="<f4").tobytes()}, {"a" * 32: json.dumps(record).encode()}
     )
-    rows = list(csv.reader(io.StringIO(asyncio.run(_collect(redis)))))
+    rows = list(csv.reader(io.StringIO(asyncio.run(_collect(store)))))
     assert rows[1][1] == "'=cmd|' /C calc'!A0"
     assert float(rows[1][2]) == pytest.approx(-0.01) and rows[1][2].startswith("-0.0")
 
