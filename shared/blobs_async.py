@@ -5,13 +5,15 @@ A thin wrapper rather than aioboto3: one implementation and one set of tests ser
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Self
+from typing import Self, TypeVar
 
 import anyio.to_thread
 
 from shared.blobs import BlobStore, Data
+
+T = TypeVar("T")
 
 
 class AsyncBlobStore:
@@ -24,11 +26,14 @@ class AsyncBlobStore:
     def url(self) -> str:
         return self.store.url
 
-    async def _run(self, func, *args):
+    async def _run(self, func: Callable[..., T], *args: object) -> T:
         return await anyio.to_thread.run_sync(partial(func, *args), limiter=self._limiter)
 
     async def put(self, key: str, data: Data) -> None:
         await self._run(self.store.put, key, data)
+
+    async def put_many(self, items: Mapping[str, Data] | Iterable[tuple[str, Data]]) -> None:
+        await self._run(self.store.put_many, list(items.items() if isinstance(items, Mapping) else items))
 
     async def get(self, key: str) -> bytes | None:
         return await self._run(self.store.get, key)

@@ -18,7 +18,8 @@ _PUT_ATTEMPTS = 5
 
 
 class FileBlobStore(BlobStore):
-    def __init__(self, root: Path, fsync: bool = True) -> None:
+    def __init__(self, root: Path, fsync: bool = True, max_concurrency: int = 16) -> None:
+        super().__init__(max_concurrency)
         self.root = Path(root).absolute()
         self.fsync = fsync
         self.url = self.root.as_uri()
@@ -29,12 +30,15 @@ class FileBlobStore(BlobStore):
 
     def put(self, key: str, data: Data) -> None:
         path = self._path(key)
+        new_folder = False
         # A concurrent delete or sweep may remove the (then empty) directory between our mkdir and
         # creating the temporary file in it: create it again and retry.
         for _ in range(_PUT_ATTEMPTS):
+            new_folder = new_folder or not path.parent.is_dir()
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Dot-prefixed: no valid key starts with a dot, so this name can never be a blob.
-            tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+            # Dot-prefixed: no valid key starts with a dot, so this name can never be a blob. The
+            # name is cut so that a 255-character key segment still leaves room for the suffix.
+            tmp = path.parent / f".{path.name[:200]}.{secrets.token_hex(8)}.tmp"
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             except FileNotFoundError:
@@ -53,17 +57,22 @@ class FileBlobStore(BlobStore):
                     os.unlink(tmp)
                 raise
             if self.fsync:
-                self._fsync_dir(path.parent)  # makes the rename itself durable
+                self._fsync_dirs(path.parent, to_root=new_folder)
             return
         raise BlobStoreError(f"could not create {path.parent} for {key!r}")
 
-    @staticmethod
-    def _fsync_dir(directory: Path) -> None:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _fsync_dirs(self, directory: Path, to_root: bool) -> None:
+        # The rename is durable once its directory is flushed; a folder this put created is durable
+        # once its parent is, and so on up to the root (once per new folder, e.g. per upload job).
+        while True:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not to_root or directory == self.root:
+                return
+            directory = directory.parent
 
     def get(self, key: str) -> bytes | None:
         try:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 from botocore.config import Config
@@ -42,10 +40,10 @@ class S3BlobStore(BlobStore):
     ) -> None:
         if (access_key_id is None) != (secret_access_key is None):
             raise ValueError("set both S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY, or neither")
+        super().__init__(max_concurrency)
         self.bucket = bucket
         self._root = f"{validate_key(prefix)}/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" + (f" at {endpoint_url}" if endpoint_url else "")
-        self.max_concurrency = max_concurrency
         config = Config(
             retries={"max_attempts": max_attempts, "mode": "standard"},
             max_pool_connections=max_concurrency,
@@ -63,8 +61,6 @@ class S3BlobStore(BlobStore):
             aws_secret_access_key=secret_access_key,
             config=config,
         )
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
 
     def _key(self, key: str) -> str:
         return self._root + validate_key(key)
@@ -78,12 +74,13 @@ class S3BlobStore(BlobStore):
         for attempt in itertools.count(1):
             try:
                 response = self._client.get_object(Bucket=self.bucket, Key=name)
-                with response["Body"] as body:
-                    return body.read()
             except ClientError as error:
                 if _missing(error):
                     return None
                 raise
+            try:
+                with response["Body"] as body:
+                    return body.read()
             except (HTTPClientError, IncompleteReadError):
                 if attempt >= _BODY_ATTEMPTS:
                     raise
@@ -93,15 +90,8 @@ class S3BlobStore(BlobStore):
             validate_key(key)
         if len(keys) <= 1:
             return [self.get(key) for key in keys]
-        # Bounded by max_concurrency (the pool's size), so a page of 500 renditions cannot open
-        # 500 connections; the client's pool has as many connections as the executor has threads.
+        # The client's connection pool has as many connections as the executor has threads.
         return list(self._pool().map(self.get, keys))
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="blobs-s3")
-            return self._executor
 
     def exists(self, key: str) -> bool:
         try:
@@ -139,8 +129,5 @@ class S3BlobStore(BlobStore):
         return len(old)
 
     def close(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
+        super().close()
         self._client.close()
