@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 from api.errors import install_error_handlers
 from api.fastpoll import JobPollCache
 from api.gate import AccessGate
+from api.janitor import sweep_uploads_forever
 from api.limits import BodySizeLimit
 from api.metrics import HttpMetrics, RequestMetrics
 from api.queue import TaskQueue
@@ -22,6 +24,7 @@ from api.routes import clusters, collections, export, health, images, jobs, metr
 from api.settings import ApiSettings
 from api.store import ApiStore
 from api.waiter import JobWaiter
+from shared.blobs_async import AsyncBlobStore
 from shared.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -47,15 +50,21 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         listener = Redis.from_url(
             settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30
         )
+        blobs = AsyncBlobStore(settings.open_blob_store())
         app.state.settings = settings
-        app.state.store = ApiStore(client, settings.job_ttl_seconds, settings.upload_ttl_seconds, settings.log_maxlen)
+        app.state.store = ApiStore(client, blobs, settings.job_ttl_seconds, settings.log_maxlen)
         app.state.queue = TaskQueue(settings.redis_url, settings.task_visibility_timeout_s)
         app.state.waiter = JobWaiter(listener)
         app.state.waiter.start()
+        sweeper = asyncio.create_task(
+            sweep_uploads_forever(blobs, settings.upload_ttl_seconds, min(600.0, settings.upload_ttl_seconds / 4))
+        )
         try:
             yield
         finally:
+            sweeper.cancel()
             await app.state.waiter.stop()
+            await blobs.aclose()
             app.state.queue.close()
             await client.aclose()
             await listener.aclose()

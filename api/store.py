@@ -9,9 +9,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import keys, scripts
+from shared.blobs_async import AsyncBlobStore
 from shared.jobs import AsyncJobs, JobLifecycle
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
-from shared.schemas import CollectionInfo, ImageRecord, JobInput, JobStatus, JobType, JobView
+from shared.schemas import CollectionInfo, ImageRecord, JobInput, JobStatus, JobType, JobView, rendition_key
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,12 @@ def _s(value: bytes | str | None) -> str | None:
 
 
 class ApiStore:
-    def __init__(self, client: Redis, job_ttl_s: int, upload_ttl_s: int, log_maxlen: int) -> None:
+    def __init__(self, client: Redis, blobs: AsyncBlobStore, job_ttl_s: int, log_maxlen: int) -> None:
         self.redis = client
+        self.blobs = blobs
         self.job_ttl_s = job_ttl_s
         self.log_maxlen = log_maxlen
-        self.jobs = AsyncJobs(client, JobLifecycle(job_ttl_s, upload_ttl_s), JOB_SCRIPTS)
+        self.jobs = AsyncJobs(client, JobLifecycle(job_ttl_s), JOB_SCRIPTS)
         self._delete_image = client.register_script(scripts.DELETE_IMAGE)
         self._begin_reembed = client.register_script(scripts.BEGIN_REEMBED)
         self._abort_reembed = client.register_script(scripts.ABORT_REEMBED)
@@ -41,10 +43,14 @@ class ApiStore:
     async def create_job(
         self, job_id: str, job_type: JobType, collection: str, params: dict[str, Any], uploads: list[Upload]
     ) -> None:
-        """Write the job, its inputs and their bytes, before anything is queued. The collection
-        itself comes into being with its first image (a batch whose files all fail leaves none)."""
-        data = {i: u.data for i, u in enumerate(uploads) if u.data is not None}
-        await self.jobs.create(job_id, job_type, collection, params, [u.input for u in uploads], data)
+        """Store the uploaded bytes (blob store), then the job and its inputs (Redis), before anything
+        is queued: a task never names bytes that are not there. The collection itself comes into
+        being with its first image (a batch whose files all fail leaves none). Bytes of a job that
+        never gets created expire with the upload sweep."""
+        data = {keys.upload_blob(job_id, i): u.data for i, u in enumerate(uploads) if u.data is not None}
+        if data:
+            await self.blobs.put_many(data)
+        await self.jobs.create(job_id, job_type, collection, params, [u.input for u in uploads])
 
     async def get_job(self, job_id: str) -> JobView | None:
         return await self.jobs.get(job_id)
@@ -78,8 +84,14 @@ class ApiStore:
         raw = await self.redis.hget(keys.images(collection), image_id)
         return ImageRecord.model_validate_json(raw) if raw else None
 
-    async def thumbnail(self, collection: str, image_id: str) -> bytes | None:
-        return await self.redis.hget(keys.thumbnails(collection), image_id)
+    async def rendition(self, collection: str, image_id: str) -> bytes | None:
+        record = await self.image(collection, image_id)
+        if record is None:
+            return None
+        key = rendition_key(collection, record)
+        if key is None:  # indexed before renditions moved to the blob store
+            return await self.redis.hget(keys.thumbnails(collection), image_id)
+        return await self.blobs.get(key)
 
     async def image_page(self, collection: str, offset: int, limit: int) -> tuple[int, list[ImageRecord]]:
         """Images in the order they were added."""
@@ -113,7 +125,12 @@ class ApiStore:
             keys=keys.delete_image_keys(collection, image_id),
             args=[image_id, self.log_maxlen, self.job_ttl_s],
         )
-        return int(deleted) == 1
+        if deleted == 0:
+            return False
+        key = rendition_key(collection, ImageRecord.model_validate_json(deleted))
+        if key is not None:
+            await self.blobs.delete([key])
+        return True
 
     async def begin_reembed(self, collection: str, job_id: str, embedding: str) -> list[str] | str:
         """Mark the collection as re-embedding for this job and return the ids to re-embed, or the

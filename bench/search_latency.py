@@ -24,16 +24,18 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from common import Service, labelled_images  # noqa: E402
 
 
-def fill(redis_url: str, collection: str, count: int, dim: int, model: str) -> None:
+def fill(redis_url: str, blob_url: str, collection: str, count: int, dim: int, model: str) -> None:
     import redis
     from PIL import Image
 
+    from shared.blobs import open_blob_store
     from shared.models.base import l2_normalise
     from shared.schemas import ImageRecord, utcnow
     from shared.settings import embedding_id
     from worker.store import Embedding, NewImage, WorkerStore
 
-    store = WorkerStore(redis.Redis.from_url(redis_url), log_maxlen=1_000_000, data_ttl_s=3600)
+    blobs = open_blob_store(blob_url, fsync=False)
+    store = WorkerStore(redis.Redis.from_url(redis_url), blobs, log_maxlen=1_000_000, data_ttl_s=3600)
     embedding = Embedding(model, embedding_id(model, 224), dim)
     thumb = io.BytesIO()
     Image.new("RGB", (8, 8), (128, 128, 128)).save(thumb, "JPEG")
@@ -51,6 +53,7 @@ def fill(redis_url: str, collection: str, count: int, dim: int, model: str) -> N
                     height=8,
                     size=0,
                     created_at=utcnow(),
+                    job_id="synthetic",
                 ),
                 vec,
                 thumb.getvalue(),
@@ -81,7 +84,7 @@ def main() -> int:
         photos = [p.read_bytes() for p, _ in labelled_images(args.data)]
         real, queries = photos[: args.real], photos[args.real : args.real + args.queries]
         assert service.index("latency", [(f"real{i}.jpg", b) for i, b in enumerate(real)])["status"] == "succeeded"
-        fill(url, "latency", args.size - args.real, 2048, "resnet50")
+        fill(url, f"file://{workdir / 'blobs'}", "latency", args.size - args.real, 2048, "resnet50")
         for q in queries[:3]:  # the first search builds the worker's replica
             service.search("latency", q, args.k)
         latencies, sizes = [], set()

@@ -96,10 +96,6 @@ def job_errors(job_id: str) -> str:
     return f"ss:job:{job_id}:errors"  # list of ItemError JSON, in arrival order
 
 
-def upload(job_id: str, index: int) -> str:
-    return f"ss:upload:{job_id}:{index}"  # raw bytes of one uploaded file
-
-
 JOB_DONE_CHANNEL_PREFIX = "ss:jobdone:"
 
 
@@ -113,3 +109,14 @@ WORKER_METRICS_PREFIX = "ss:metrics:worker:"
 
 def worker_metrics(worker: str) -> str:
     return f"{WORKER_METRICS_PREFIX}{worker}"  # hash of one worker process's counters (with a TTL)
+
+
+# Blob store keys (bytes live there, not in Redis: the claim-check pattern).
+def upload_blob(job_id: str, index: int) -> str:
+    return f"uploads/{job_id}/{index}"  # one uploaded file, until its chunk is processed
+
+
+def rendition_blob(collection: str, image_id: str, generation: str) -> str:
+    # One key per add of an image (generation = the adding job), so a delete removes exactly the
+    # rendition of the record it deleted, never that of a later re-add.
+    return f"renditions/{collection}/{image_id}/{generation}.jpg"

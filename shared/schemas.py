@@ -100,6 +100,9 @@ class ImageRecord(BaseModel):
     size: int
     metadata: dict[str, Any] | None = None
     created_at: str
+    # The index job that added it; also names its rendition in the blob store (None: indexed
+    # before renditions moved out of Redis).
+    job_id: str | None = None
 
 
 class Match(BaseModel):
@@ -137,3 +140,9 @@ class JobAccepted(BaseModel):
     job_id: str
     status_url: str
     total: int | None = None
+
+
+def rendition_key(collection: str, record: ImageRecord) -> str | None:
+    from shared.keys import rendition_blob
+
+    return rendition_blob(collection, record.image_id, record.job_id) if record.job_id else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 # KEYS: collections, collection, images, vectors, thumbs, log, order, staged, then one tombstone
 # key per image. ARGV: model, embedding, dim, log maxlen, job seq, collection name, now, staged
 # ttl, then quadruplets (image_id, record JSON, vector bytes or "" for a confirm-only item,
-# thumbnail bytes).
+# thumbnail bytes or "": renditions live in the blob store; the hash holds only pre-blob ones).
 # Returns {code, flags...}: code -2 on a model mismatch (nothing written), else 1 and per image
 # 1 = created, 0 = already there, 2 = deleted after this job was queued (the delete wins).
 # An empty collection takes the model of whoever adds to it first, and exists from its first image.
@@ -34,7 +34,7 @@ for i = 9, #ARGV, 4 do
   else
     redis.call('HSET', KEYS[3], id, ARGV[i + 1])
     redis.call('HSET', KEYS[4], id, ARGV[i + 2])
-    redis.call('HSET', KEYS[5], id, ARGV[i + 3])
+    if ARGV[i + 3] ~= '' then redis.call('HSET', KEYS[5], id, ARGV[i + 3]) end
     if stage then
       redis.call('HSET', KEYS[8], id, ARGV[i + 2])
       redis.call('EXPIRE', KEYS[8], ARGV[8])
@@ -59,10 +59,13 @@ return out
 # KEYS: `keys.delete_image_keys`. ARGV: image_id, log maxlen, tombstone ttl.
 # The tombstone (a fresh sequence number) makes index jobs created before this delete skip the
 # image, also when it is not stored yet because its job is still queued (then 0 is returned).
-# The version bump marks clusterings computed before it as stale.
+# Returns the deleted record (its rendition's blob is the caller's to delete). The version bump
+# marks clusterings computed before it as stale.
 DELETE_IMAGE = """
 redis.call('SET', KEYS[10], redis.call('INCR', KEYS[9]), 'EX', ARGV[3])
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
@@ -70,7 +73,7 @@ redis.call('HDEL', KEYS[8], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 local v = redis.call('HINCRBY', KEYS[5], 'version', 1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'op', 'del', 'id', ARGV[1], 'n', v)
-return 1
+return record
 """
 
 # KEYS: images, staged, collection. ARGV: ttl, job_id, then pairs (image_id, vector bytes).

@@ -6,10 +6,12 @@ from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from shared.blobs import BlobSettings
 
 
-class CommonSettings(BaseSettings):
+class CommonSettings(BlobSettings):
     # env_ignore_empty: compose passes unset optional variables as empty strings.
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 

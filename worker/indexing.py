@@ -17,6 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared import keys
 from shared.errors import InvalidImage, SimsearchError
 from shared.imaging import PreparedImage, prepare_image
 from shared.jobs import final_status
@@ -53,7 +54,7 @@ def prepare_item(ctx: JobContext, index: int, inp: JobInput, data: bytes | None)
         return failed(index, inp.filename, inp.image_id, "decode_error", f"{type(exc).__name__}: {exc}")
 
 
-def _record(p: Pending, now: str) -> ImageRecord:
+def _record(p: Pending, now: str, job_id: str) -> ImageRecord:
     img = p.image
     return ImageRecord(
         image_id=p.input.image_id,
@@ -64,6 +65,7 @@ def _record(p: Pending, now: str) -> ImageRecord:
         size=p.input.size,
         metadata=p.input.metadata,
         created_at=now,
+        job_id=job_id,
     )
 
 
@@ -78,7 +80,7 @@ def _embed_and_store(ctx: JobContext, pending: list[Pending]) -> list[Outcome]:
         vectors = [next(embedded) if p.image is not None else None for p in pending]
     now = utcnow()
     images = [
-        NewImage(record=_record(p, now), vector=vec, thumbnail=p.image.rendition if p.image else b"")
+        NewImage(record=_record(p, now, ctx.job_id), vector=vec, rendition=p.image.rendition if p.image else b"")
         for p, vec in zip(pending, vectors, strict=True)
     ]
     flags = ctx.store.add_images(ctx.collection, ctx.embedding, ctx.job.seq, images)
@@ -119,13 +121,18 @@ def _process(ctx: JobContext, indices: list[int]) -> int:
         elif inp.image_id in existing:
             pending.append(Pending(index, inp, None))
         else:
-            step = prepare_item(ctx, index, inp, ctx.jobs.upload(ctx.job_id, index))
+            step = prepare_item(ctx, index, inp, ctx.store.blobs.get(keys.upload_blob(ctx.job_id, index)))
             (pending if isinstance(step, Pending) else outcomes).append(step)
     if pending:
         outcomes += guarded(pending, lambda: _embed_and_store(ctx, pending))
     complete = ctx.jobs.record_items(ctx.job_id, outcomes)
-    ctx.jobs.drop_uploads(ctx.job_id, indices)
+    drop_uploads(ctx, indices)
     return complete
+
+
+def drop_uploads(ctx: JobContext, indices: list[int]) -> None:
+    """Processed (or failed for good): the uploaded bytes are no longer needed."""
+    ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, i) for i in indices])
 
 
 def index_chunk(ctx: JobContext, indices: list[int]) -> None:
@@ -157,7 +164,7 @@ def _one_at_a_time(ctx: JobContext, indices: list[int]) -> int:
             inp = ctx.jobs.inputs(ctx.job_id, [index])[0]
             detail = f"processing this image stopped the worker {tries - 1} times"
             complete = ctx.jobs.record_items(ctx.job_id, [failed_item(index, inp, "worker_crashed", detail)])
-            ctx.jobs.drop_uploads(ctx.job_id, [index])
+            drop_uploads(ctx, [index])
         else:
             complete = _process(ctx, [index])
     # Nothing left to do here (all recorded before): say whether the job is complete all the same.

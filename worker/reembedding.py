@@ -66,7 +66,7 @@ def reembed_chunk(ctx: JobContext, indices: list[int]) -> None:
         present = [(i, inp) for i, inp in zip(indices, inputs, strict=True) if isinstance(inp, JobInput)]
         unreadable = [(i, inp) for i, inp in zip(indices, inputs, strict=True) if not isinstance(inp, JobInput)]
         outcomes += [failed_item(i, None, inp.error, inp.detail) for i, inp in unreadable]
-        thumbs = ctx.store.thumbnails(ctx.collection, [inp.image_id for _, inp in present])
+        thumbs = ctx.store.renditions(ctx.collection, [inp.image_id for _, inp in present])
         for (index, inp), data in zip(present, thumbs, strict=True):
             if data is None:  # deleted since the job started
                 outcomes.append(ok(index, inp, ItemStatus.skipped))
@@ -86,7 +86,7 @@ def _stage_missing(ctx: JobContext, ids: list[str]) -> tuple[int, list[str]]:
     for start in range(0, len(ids), BATCH):
         chunk = ids[start : start + BATCH]
         pending: list[Pending] = []
-        for image_id, data in zip(chunk, ctx.store.thumbnails(ctx.collection, chunk), strict=True):
+        for image_id, data in zip(chunk, ctx.store.renditions(ctx.collection, chunk), strict=True):
             if data is None:
                 continue  # deleted meanwhile
             step = _prepare(ctx, 0, JobInput(filename="", image_id=image_id, size=0), data)
@@ -134,10 +134,13 @@ def _swap_when_complete(ctx: JobContext, target: Embedding, may_stage: bool) -> 
     the reason the re-embed was given up."""
     dropped: list[str] = []
     broken: list[str] = []
+    broken_blobs: list[str] = []
     recovered = 0
     for _ in range(MAX_SWAP_ROUNDS):
         swap = ctx.store.swap_vectors(ctx.collection, ctx.job_id, target, broken)
         dropped += swap.dropped
+        if swap.dropped:  # their records are gone: so go their renditions
+            ctx.store.blobs.delete([k for k in broken_blobs if k.split("/")[2] in swap.dropped])
         if swap.swapped:
             return dropped, recovered
         if not swap.ours:
@@ -147,4 +150,5 @@ def _swap_when_complete(ctx: JobContext, target: Embedding, may_stage: bool) -> 
         staged, newly_broken = _stage_missing(ctx, ctx.store.unstaged_ids(ctx.collection))
         recovered += staged
         broken = newly_broken
+        broken_blobs = ctx.store.rendition_keys(ctx.collection, broken)
     return "not_converged"

@@ -58,10 +58,12 @@ class WorkerRuntime:
         )
         client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
         worker = f"{socket.gethostname()}-{os.getpid()}"
-        store = WorkerStore(client, settings.log_maxlen, settings.job_ttl_seconds, worker=worker)
+        # Opened here, after fork: boto3 clients and thread pools do not survive one.
+        blobs = settings.open_blob_store()
+        store = WorkerStore(client, blobs, settings.log_maxlen, settings.job_ttl_seconds, worker=worker)
         runtime = cls(
             settings=settings,
-            jobs=Jobs(client, JobLifecycle(settings.job_ttl_seconds, settings.upload_ttl_seconds), JOB_SCRIPTS),
+            jobs=Jobs(client, JobLifecycle(settings.job_ttl_seconds), JOB_SCRIPTS),
             store=store,
             embedder=embedder,
             replicas=ReplicaSet(store, settings.replica_batch),

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from shared import keys
 from shared.errors import Conflict, NotFound, SimsearchError
 from shared.imaging import decode_image, to_model_input
 from shared.schemas import (
@@ -32,7 +33,7 @@ def _query_vector(ctx: JobContext, params: SearchParams) -> np.ndarray:
         if vec is None:
             raise NotFound(f"image {params.image_id} is not in collection {ctx.collection!r}", code="image_not_found")
         return vec
-    data = ctx.jobs.upload(ctx.job_id, 0)
+    data = ctx.store.blobs.get(keys.upload_blob(ctx.job_id, 0))
     if data is None:
         raise SimsearchError("the uploaded query image is gone (expired)", code="upload_expired", status_code=410)
     decoded = decode_image(data, max_pixels=ctx.max_pixels)
@@ -108,4 +109,4 @@ def run_search_job(ctx: JobContext) -> None:
         ctx.jobs.record_items(ctx.job_id, [(outcome, None)])
         ctx.jobs.finish(ctx.job_id, JobStatus.succeeded, result.model_dump(mode="json", exclude_none=True))
     finally:
-        ctx.jobs.drop_uploads(ctx.job_id, [0])
+        ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])

@@ -10,17 +10,18 @@ import numpy as np
 import redis
 
 from shared import keys, scripts
+from shared.blobs import BlobStore
 from shared.errors import Conflict
-from shared.schemas import ImageRecord, utcnow
+from shared.schemas import ImageRecord, rendition_key, utcnow
 
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
 
 
 @dataclass(frozen=True)
 class NewImage:
-    record: ImageRecord
+    record: ImageRecord  # with the adding job's id: it names the rendition's blob
     vector: np.ndarray | None  # None: the image was found in the collection; only confirm it
-    thumbnail: bytes = b""
+    rendition: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,11 @@ def _f32(vector: np.ndarray) -> bytes:
 
 
 class WorkerStore:
-    def __init__(self, client: redis.Redis, log_maxlen: int, data_ttl_s: int, worker: str = "worker") -> None:
+    def __init__(
+        self, client: redis.Redis, blobs: BlobStore, log_maxlen: int, data_ttl_s: int, worker: str = "worker"
+    ) -> None:
         self.redis = client
+        self.blobs = blobs
         self.worker = worker
         self.log_maxlen = log_maxlen
         # Staged vectors and tombstones live as long as a job could (then they are moot).
@@ -73,11 +77,14 @@ class WorkerStore:
         was queued (the delete wins). Raises Conflict when the collection holds another model."""
         if not images:
             return []
+        # Claim check: the rendition is in the blob store before any record names it.
+        written = {rendition_key(collection, img.record): img.rendition for img in images if img.vector is not None}
+        self.blobs.put_many(written)
         args: list[Any] = [embedding.model, embedding.id, embedding.dim, self.log_maxlen, job_seq]
         args += [collection, utcnow(), self.data_ttl_s]
         for img in images:
             vector = b"" if img.vector is None else _f32(img.vector)
-            args += [img.record.image_id, img.record.model_dump_json(), vector, img.thumbnail]
+            args += [img.record.image_id, img.record.model_dump_json(), vector, b""]
         out = self._add_images(
             keys=[
                 keys.COLLECTIONS,
@@ -92,12 +99,16 @@ class WorkerStore:
             ],
             args=args,
         )
+        flags = [int(flag) for flag in out[1:]]
+        named = {rendition_key(collection, img.record) for img, flag in zip(images, flags, strict=False) if flag == 1}
+        self.blobs.delete([k for k in written if k not in named])  # not stored: nothing will name them
         if int(out[0]) == -2:
+            self.blobs.delete(list(written))
             raise Conflict(
                 f"collection {collection!r} was built with model {_s(out[1])!r}; this worker runs {embedding.model!r}",
                 code="model_mismatch",
             )
-        return [int(flag) for flag in out[1:]]
+        return flags
 
     def collection_model(self, collection: str) -> tuple[str | None, int | None]:
         model, dim, _ = self.collection_header(collection)
@@ -119,8 +130,21 @@ class WorkerStore:
         return [ImageRecord.model_validate_json(r).filename if r else "" for r in raw]
 
     # -- re-embedding -----------------------------------------------------------------------
-    def thumbnails(self, collection: str, image_ids: list[str]) -> list[bytes | None]:
-        return self.redis.hmget(keys.thumbnails(collection), image_ids) if image_ids else []
+    def records(self, collection: str, image_ids: list[str]) -> list[ImageRecord | None]:
+        raw = self.redis.hmget(keys.images(collection), image_ids) if image_ids else []
+        return [ImageRecord.model_validate_json(r) if r else None for r in raw]
+
+    def renditions(self, collection: str, image_ids: list[str]) -> list[bytes | None]:
+        """The stored renditions (None for images no longer in the collection)."""
+        records = self.records(collection, image_ids)
+        blob_keys = [rendition_key(collection, r) if r else None for r in records]
+        found = iter(self.blobs.get_many([k for k in blob_keys if k]))
+        legacy = [i for i, r, k in zip(image_ids, records, blob_keys, strict=True) if r and not k]
+        old = dict(zip(legacy, self.redis.hmget(keys.thumbnails(collection), legacy), strict=True)) if legacy else {}
+        return [next(found) if k else old.get(i) for i, k in zip(image_ids, blob_keys, strict=True)]
+
+    def rendition_keys(self, collection: str, image_ids: list[str]) -> list[str]:
+        return [k for r in self.records(collection, image_ids) if r and (k := rendition_key(collection, r))]
 
     def reembed_target(self, collection: str) -> tuple[str | None, str | None]:
         """(job id, embedding id) of the re-embed the collection is going through, if any."""

@@ -59,7 +59,7 @@ def fail_remaining(ctx: JobContext, indices: list[int], code: str, detail: str) 
     inputs = ctx.jobs.inputs(ctx.job_id, todo) if todo else []
     outcomes = [failed_item(i, inp, code, detail) for i, inp in zip(todo, inputs, strict=True)]
     complete = ctx.jobs.record_items(ctx.job_id, outcomes)
-    ctx.jobs.drop_uploads(ctx.job_id, indices)
+    indexing.drop_uploads(ctx, indices)
     if complete != 1:
         return
     try:

@@ -106,7 +106,7 @@ async def get_image(collection: CollectionName, image_id: ImageId, store: StoreD
 @router.get("/{image_id}/content", response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
 async def get_image_content(collection: CollectionName, image_id: ImageId, store: StoreDep) -> Response:
     """A JPEG rendition of the image, 512 px on its long side (or its own size if smaller)."""
-    data = await store.thumbnail(collection, image_id)
+    data = await store.rendition(collection, image_id)
     if data is None:
         raise NotFound(f"no image {image_id} in collection {collection!r}", code="image_not_found")
     return Response(data, media_type="image/jpeg", headers=CONTENT_HEADERS)

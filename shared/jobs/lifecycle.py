@@ -41,9 +41,8 @@ def _one(call: Call) -> Batch:
 
 
 class JobLifecycle:
-    def __init__(self, job_ttl_s: int, upload_ttl_s: int) -> None:
+    def __init__(self, job_ttl_s: int) -> None:
         self.job_ttl_s = job_ttl_s
-        self.upload_ttl_s = upload_ttl_s
 
     # -- create ---------------------------------------------------------------------------------
     def create(
@@ -53,9 +52,9 @@ class JobLifecycle:
         collection: str,
         params: dict[str, Any],
         inputs: list[JobInput],
-        uploads: dict[int, bytes],
     ) -> Op:
-        """Write the job, its inputs and their bytes before anything is queued. Returns its seq."""
+        """Write the job and its inputs (their bytes are in the blob store already) before anything
+        is queued. Returns its seq."""
         (seq,) = yield _one(Call("incr", (keys.SEQUENCE,)))
         fields = new_job_fields(job_type, collection, len(inputs) or 1, params, seq)
         calls = [
@@ -69,7 +68,6 @@ class JobLifecycle:
                 Call("hset", (keys.job_inputs(job_id),), {"mapping": mapping}),
                 Call("expire", (keys.job_inputs(job_id), self.job_ttl_s)),
             ]
-        calls += [Call("set", (keys.upload(job_id, i), data), {"ex": self.upload_ttl_s}) for i, data in uploads.items()]
         yield Batch(calls, transaction=True)
         return seq
 
@@ -100,10 +98,6 @@ class JobLifecycle:
         (raw,) = yield _one(Call("hmget", (keys.job_inputs(job_id), [str(i) for i in indices])))
         return [_parse_input(i, r) for i, r in zip(indices, raw, strict=True)]
 
-    def upload(self, job_id: str, index: int) -> Op:
-        (data,) = yield _one(Call("get", (keys.upload(job_id, index),)))
-        return data
-
     def unrecorded(self, job_id: str, indices: list[int]) -> Op:
         (raw,) = yield _one(Call("hmget", (keys.job_items(job_id), [str(i) for i in indices])))
         return [i for i, r in zip(indices, raw, strict=True) if r is None]
@@ -133,10 +127,6 @@ class JobLifecycle:
         job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)]
         (complete,) = yield _one(ScriptCall("record_items", job_keys, args))
         return int(complete)
-
-    def drop_uploads(self, job_id: str, indices: list[int]) -> Op:
-        if indices:
-            yield _one(Call("delete", tuple(keys.upload(job_id, i) for i in indices)))
 
     # -- finish ---------------------------------------------------------------------------------
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op:

@@ -5,6 +5,7 @@ of a chunk). What matters in these tests is the bookkeeping, not embedding quali
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from redis.asyncio import Redis as AsyncRedis
 
 from api.store import ApiStore, Upload
 from shared import keys, scripts
+from shared.blobs import BlobStore, open_blob_store
+from shared.blobs_async import AsyncBlobStore
 from shared.imaging import content_id
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
@@ -56,8 +59,9 @@ class Harness:
         self.redis_url = redis_url
         self.client = redis.Redis.from_url(redis_url)
         self.embedder = embedder
-        self.jobs = Jobs(self.client, JobLifecycle(TTL, TTL), JOB_SCRIPTS)
-        self.store = WorkerStore(self.client, log_maxlen, TTL)
+        self.jobs = Jobs(self.client, JobLifecycle(TTL), JOB_SCRIPTS)
+        self.blobs: BlobStore = open_blob_store(f"file://{tempfile.mkdtemp(prefix='blobs-')}", fsync=False)
+        self.store = WorkerStore(self.client, self.blobs, log_maxlen, TTL)
         self.replicas = ReplicaSet(self.store, batch=50)
         self._delete = self.client.register_script(scripts.DELETE_IMAGE)
         self.log_maxlen = log_maxlen
@@ -71,9 +75,8 @@ class Harness:
         """An index job as the API creates it (queued, not run)."""
         job_id = uuid.uuid4().hex
         inputs = [JobInput(filename=n, image_id=content_id(d), size=len(d)) for n, d in files]
-        self.jobs.create(
-            job_id, JobType.index, collection, {"collection": collection}, inputs, dict(enumerate(d for _, d in files))
-        )
+        self.blobs.put_many({keys.upload_blob(job_id, i): d for i, (_, d) in enumerate(files)})
+        self.jobs.create(job_id, JobType.index, collection, {"collection": collection}, inputs)
         return job_id
 
     def run_index(self, job_id: str, total: int, chunk: int = 32, embedder: PixelEmbedder | None = None) -> JobView:
@@ -87,7 +90,14 @@ class Harness:
 
     def delete(self, collection: str, image_id: str) -> bool:
         args = [image_id, self.log_maxlen, TTL]
-        return self._delete(keys=keys.delete_image_keys(collection, image_id), args=args) == 1
+        return self._delete(keys=keys.delete_image_keys(collection, image_id), args=args) != 0
+
+    def rendition(self, collection: str, image_id: str) -> bytes | None:
+        return self.store.renditions(collection, [image_id])[0]
+
+    def set_rendition(self, collection: str, image_id: str, data: bytes) -> None:
+        (key,) = self.store.rendition_keys(collection, [image_id])
+        self.blobs.put(key, data)
 
     def begin_reembed(self, collection: str, embedding: str, model: str = "resnet50", dim: int = 2048) -> str:
         """What POST …/reembed does (through the API's own store code), without queueing."""
@@ -95,7 +105,7 @@ class Harness:
         async def begin() -> str:
             client = AsyncRedis.from_url(self.redis_url)
             try:
-                store = ApiStore(client, TTL, TTL, self.log_maxlen)
+                store = ApiStore(client, AsyncBlobStore(self.blobs), TTL, self.log_maxlen)
                 job_id = uuid.uuid4().hex
                 ids = await store.begin_reembed(collection, job_id, embedding)
                 assert isinstance(ids, list)

@@ -87,7 +87,7 @@ def start_worker(
     redis_url: str, workdir: Path, name: str, ready_timeout: float = 180, app: str = "worker.app", **extra: str
 ) -> Service:
     """A real Celery worker; `app="tests.integration.fault_worker"` for one with injected faults."""
-    env = service_env(redis_url, **{"EMBEDDING_WEIGHTS": "random", **extra})
+    env = service_env(redis_url, **{"EMBEDDING_WEIGHTS": "random", **_blobs(workdir), **extra})
     log = workdir / f"worker-{name}.log"
     cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h", "-l", "INFO"]
     service = _spawn(cmd, env, log, name)
@@ -96,9 +96,14 @@ def start_worker(
     return service
 
 
+def _blobs(workdir: Path) -> dict[str, str]:
+    # API and workers of one stack share one blob store; fsync buys nothing in a test directory.
+    return {"BLOB_STORE_URL": f"file://{workdir / 'blobs'}", "BLOB_FSYNC": "false"}
+
+
 def start_api(redis_url: str, workdir: Path, access_log: bool = True, **extra: str) -> tuple[Service, str]:
     port = free_port()
-    env = service_env(redis_url, **extra)
+    env = service_env(redis_url, **{**_blobs(workdir), **extra})
     cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--no-proxy-headers"]  # as deployed: the API derives client addresses itself (TRUSTED_PROXIES)
     cmd += [] if access_log else ["--no-access-log"]

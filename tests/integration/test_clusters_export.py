@@ -116,12 +116,13 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 def test_large_export_streams_with_flat_memory(
-    client: httpx.Client, collection: str, redis_url: str, api_service: tuple[Service, str]
+    client: httpx.Client, collection: str, redis_url: str, api_service: tuple[Service, str], workdir: Path
 ) -> None:
     from bench.search_latency import fill
 
-    fill(redis_url, f"{collection}-small", 300, 2048, "resnet50")
-    fill(redis_url, collection, 12_000, 2048, "resnet50")  # 94 MiB of vectors
+    blobs = f"file://{workdir / 'blobs'}"
+    fill(redis_url, blobs, f"{collection}-small", 300, 2048, "resnet50")
+    fill(redis_url, blobs, collection, 12_000, 2048, "resnet50")  # 94 MiB of vectors
     redis.Redis.from_url(redis_url).sadd(keys.COLLECTIONS, collection, f"{collection}-small")
     for fmt in ("npy", "csv"):  # first-use allocations of the process are not what is measured
         client.get(f"/v1/collections/{collection}-small/export", params={"format": fmt}).raise_for_status()

@@ -90,7 +90,7 @@ def test_reembed_after_an_input_size_change_reembeds_stragglers(redis_url: str, 
     info = h.client.hgetall(keys.collection(name))
     assert info[b"embedding"].decode() == "resnet50@40"
     for image_id, raw in h.client.hgetall(keys.vectors(name)).items():
-        rendition = h.client.hget(keys.thumbnails(name), image_id)
+        rendition = h.rendition(name, image_id.decode())
         expected = new.embed(prepare_image(rendition, new.input_size).pixels[None])[0]
         assert float(np.frombuffer(raw, dtype="<f4") @ expected) > 0.9999
 
@@ -101,7 +101,7 @@ def test_reembed_drops_only_images_whose_reembed_failed(redis_url: str, name: st
     files = photos(5000, 10)
     h.index(name, files)
     broken = content_id(files[3][1])
-    h.client.hset(keys.thumbnails(name), broken, b"not a jpeg any more")
+    h.set_rendition(name, broken, b"not a jpeg any more")
     job = h.run_reembed(h.begin_reembed(name, embedding_id(embedder.name, embedder.input_size)), embedder)
     assert job.status == "partial" and job.result["dropped"] == [broken]
     assert h.ids(name) == {content_id(x[1]) for x in files} - {broken}

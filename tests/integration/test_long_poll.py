@@ -38,7 +38,7 @@ class FinishAfterFirstRead:
 
 async def _poll(redis_url: str, subscribe: bool) -> tuple[float, str, int]:
     client, listener = Redis.from_url(redis_url), Redis.from_url(redis_url)
-    store = ApiStore(client, 600, 600, 1000)
+    store = ApiStore(client, None, 600, 1000)  # type: ignore[arg-type]  # no uploads here
     waiter = JobWaiter(listener, recheck_s=RECHECK_S)
     if subscribe:
         waiter.start()
@@ -73,7 +73,7 @@ def test_before_the_subscription_is_active_waiters_recheck_quickly(redis_url: st
 def test_an_already_finished_job_returns_without_waiting(redis_url: str) -> None:
     async def run() -> float:
         client, listener = Redis.from_url(redis_url), Redis.from_url(redis_url)
-        store = ApiStore(client, 600, 600, 1000)
+        store = ApiStore(client, None, 600, 1000)  # type: ignore[arg-type]  # no uploads here
         waiter = JobWaiter(listener, recheck_s=RECHECK_S)
         waiter.start()
         try:
