@@ -18,6 +18,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from api.store import ApiStore
+from shared import vectors
 
 CHUNK = 500
 CSV_ROWS = 32
@@ -42,7 +43,7 @@ async def csv_rows(store: ApiStore, collection: str, dim: int) -> AsyncIterator[
         seen.update(ids)
         if ids:
             names = [text_cell(n) for n in await store.filenames(collection, ids)]
-            matrix = np.frombuffer(b"".join(chunk[i.encode()] for i in ids), dtype="<f4").reshape(len(ids), dim)
+            matrix = vectors.decode_many([chunk[i.encode()] for i in ids], dim)
             # Text is ~3x the size of the floats (and StringIO holds 4 bytes a character): small pieces.
             for start in range(0, len(ids), CSV_ROWS):
                 out = io.StringIO()
@@ -85,7 +86,7 @@ async def npy_zip(store: ApiStore, collection: str, dim: int) -> AsyncIterator[b
         member.write(header.getvalue())
         for start in range(0, len(ids), CHUNK):
             raw = await store.vectors(collection, ids[start : start + CHUNK])
-            member.write(b"".join(r if r is not None else missing for r in raw))
+            member.write(b"".join(vectors.decode(r, dim).astype("<f4").tobytes() if r else missing for r in raw))
             yield sink.drain()
     with archive.open("ids.csv", "w", force_zip64=True) as member:
         member.write(b"row,image_id,filename\n")

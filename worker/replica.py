@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from shared import vectors
 from shared.index import VectorIndex
 from worker.store import StreamEntry, WorkerStore
 
@@ -111,7 +110,7 @@ class ReplicaSet:
         cursor = 0
         while True:
             cursor, chunk = self.store.scan_vectors(collection, cursor, self.batch)
-            fresh = {_s(k): v for k, v in chunk.items() if len(v) == 4 * dim}
+            fresh = {_s(k): v for k, v in chunk.items() if vectors.fits(v, dim)}
             if len(fresh) != len(chunk):
                 return None  # vectors of another dimension: swapped under us
             self._apply_vectors(replica, fresh)
@@ -140,7 +139,7 @@ class ReplicaSet:
             removed = [i for i, op in final.items() if op == "del"]
             replica.index.remove(removed)
             if added:
-                raw = self.store.vectors(collection, added)
+                raw = self.store.raw_vectors(collection, added)
                 present = {i: v for i, v in zip(added, raw, strict=True) if v is not None}
                 # A vector missing here was deleted after this entry; its 'del' entry follows.
                 replica.index.remove(i for i in added if i not in present)
@@ -152,5 +151,4 @@ class ReplicaSet:
         if not raw:
             return
         ids = list(raw)
-        matrix = np.frombuffer(b"".join(raw[i] for i in ids), dtype="<f4").reshape(len(ids), -1)
-        replica.index.upsert(ids, matrix)
+        replica.index.upsert(ids, vectors.decode_many([raw[i] for i in ids], replica.index.dim))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from shared import keys, scripts
+from shared import keys, scripts, vectors
 from shared.blobs import BlobStore
 from shared.errors import Conflict
 from shared.schemas import ImageRecord, rendition_key, utcnow
@@ -83,7 +83,7 @@ class WorkerStore:
         args: list[Any] = [embedding.model, embedding.id, embedding.dim, self.log_maxlen, job_seq]
         args += [collection, utcnow(), self.data_ttl_s]
         for img in images:
-            vector = b"" if img.vector is None else _f32(img.vector)
+            vector = b"" if img.vector is None else vectors.encode(img.vector)
             args += [img.record.image_id, img.record.model_dump_json(), vector, b""]
         out = self._add_images(
             keys=[
@@ -120,8 +120,11 @@ class WorkerStore:
         return _s(model), (int(dim) if dim else None), int(version or 0)
 
     def stored_vector(self, collection: str, image_id: str) -> np.ndarray | None:
-        raw = self.redis.hget(keys.vectors(collection), image_id)
-        return np.frombuffer(raw, dtype="<f4").copy() if raw else None
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(keys.vectors(collection), image_id)
+        pipe.hget(keys.collection(collection), "dim")
+        raw, dim = pipe.execute()
+        return vectors.decode(raw, int(dim)) if raw and dim else None
 
     def filenames(self, collection: str, ids: list[str]) -> list[str]:
         if not ids:
@@ -151,11 +154,11 @@ class WorkerStore:
         job, embedding = self.redis.hmget(keys.collection(collection), "reembed_job", "reembed_embedding")
         return _s(job), _s(embedding)
 
-    def stage_vectors(self, collection: str, job_id: str, image_ids: list[str], vectors: np.ndarray) -> int:
+    def stage_vectors(self, collection: str, job_id: str, image_ids: list[str], new_vectors: np.ndarray) -> int:
         """Stage new vectors for the collection's re-embed `job_id`; -1 if that is not its re-embed."""
         args: list[Any] = [self.data_ttl_s, job_id]
-        for image_id, vector in zip(image_ids, vectors, strict=True):
-            args += [image_id, _f32(vector)]
+        for image_id, vector in zip(image_ids, new_vectors, strict=True):
+            args += [image_id, vectors.encode(vector)]
         stage_keys = [keys.images(collection), keys.staged_vectors(collection), keys.collection(collection)]
         return int(self._stage(keys=stage_keys, args=args))
 
@@ -203,7 +206,7 @@ class WorkerStore:
     def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
         return self.redis.hscan(keys.vectors(collection), cursor, count=count)
 
-    def vectors(self, collection: str, ids: list[str]) -> list[bytes | None]:
+    def raw_vectors(self, collection: str, ids: list[str]) -> list[bytes | None]:
         return self.redis.hmget(keys.vectors(collection), ids) if ids else []
 
     # -- clusters ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import redis
 
-from shared import keys
+from shared import keys, vectors
 from shared.imaging import content_id
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, search_bytes, wait_job
@@ -20,7 +20,8 @@ from tests.integration.services import Service
 
 def _stored_vectors(redis_client: redis.Redis, collection: str) -> dict[str, np.ndarray]:
     raw = redis_client.hgetall(keys.vectors(collection))
-    return {k.decode(): np.frombuffer(v, dtype="<f4") for k, v in raw.items()}
+    dim = int(redis_client.hget(keys.collection(collection), "dim"))
+    return {k.decode(): vectors.decode(v, dim) for k, v in raw.items()}
 
 
 def _cluster(client: httpx.Client, collection: str, body: dict | None = None) -> dict:
