@@ -7,7 +7,7 @@ COPY api ./api
 COPY shared ./shared
 COPY worker ./worker
 RUN pip install --no-cache-dir -c constraints.txt ".[api]"
-RUN useradd --system --uid 10001 simsearch
+RUN useradd --system --uid 10001 simsearch && mkdir -p /data/blobs && chown simsearch /data/blobs
 USER simsearch
 EXPOSE 8000
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"

@@ -8,7 +8,7 @@ COPY api ./api
 COPY shared ./shared
 COPY worker ./worker
 RUN pip install --no-cache-dir -c constraints.txt ".[worker]"
-RUN useradd --system --uid 10001 simsearch && mkdir -p /cache && chown simsearch /cache
+RUN useradd --system --uid 10001 simsearch && mkdir -p /cache /data/blobs && chown simsearch /cache /data/blobs
 USER simsearch
 VOLUME ["/cache"]
 CMD ["celery", "-A", "worker.app", "worker", "-l", "INFO"]
