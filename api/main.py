@@ -52,7 +52,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         blobs = AsyncBlobStore(settings.open_blob_store())
         app.state.settings = settings
-        app.state.store = ApiStore(client, blobs, settings.job_ttl_seconds, settings.log_maxlen)
+        app.state.store = ApiStore(
+            client, blobs, settings.job_ttl_seconds, settings.log_maxlen, tombstone_ttl_s=settings.upload_ttl_seconds
+        )
         app.state.queue = TaskQueue(settings.redis_url, settings.task_visibility_timeout_s)
         app.state.waiter = JobWaiter(listener)
         app.state.waiter.start()

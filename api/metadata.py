@@ -64,8 +64,12 @@ def depth_of(value: Any, limit: int) -> int:
 
 
 def stored_size(value: Any) -> int:
-    """Bytes as stored (compact JSON, UTF-8)."""
-    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    """Bytes as stored (compact JSON, UTF-8). A lone surrogate (valid JSON escape, not UTF-8) cannot
+    be stored: 422."""
+    try:
+        return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    except UnicodeEncodeError:
+        raise InvalidMetadata("'metadata' holds text that is not valid Unicode (a lone surrogate)") from None
 
 
 def parse_metadata(raw: str | None, limits: MetadataLimits) -> dict[str, dict[str, Any]]:

@@ -43,13 +43,22 @@ def _trusted(address: Address, trusted: Sequence[Network]) -> bool:
     return any(address.version == net.version and address in net for net in trusted)
 
 
+def budget_subject(address: Address) -> str:
+    """What rate limits count against: the address, or for IPv6 its /64 (one client usually holds
+    a whole /64, so per-address budgets would be unlimited; the zone id goes with it)."""
+    if isinstance(address, IPv6Address):
+        return str(IPv6Network((int(address) >> 64 << 64, 64)))
+    return str(address)
+
+
 def client_address(peer: str | None, forwarded: Sequence[str], trusted: Sequence[Network]) -> str:
-    """`forwarded` holds every X-Forwarded-For header line, in the order received."""
+    """The client's rate-limit subject (see `budget_subject`). `forwarded` holds every
+    X-Forwarded-For header line, in the order received."""
     if not peer:
         return "unknown"
     peer_ip = parse_ip(peer)
     if peer_ip is None or not trusted or not _trusted(peer_ip, trusted):
-        return str(peer_ip or peer)
+        return budget_subject(peer_ip) if peer_ip is not None else peer
     hops = [hop for line in forwarded for hop in line.split(",") if hop.strip()]
     address: Address = peer_ip
     for hop in reversed(hops):
@@ -61,4 +70,4 @@ def client_address(peer: str | None, forwarded: Sequence[str], trusted: Sequence
         address = hop_ip
         if not _trusted(hop_ip, trusted):
             break
-    return str(address)
+    return budget_subject(address)

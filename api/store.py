@@ -26,10 +26,13 @@ def _s(value: bytes | str | None) -> str | None:
 
 
 class ApiStore:
-    def __init__(self, client: Redis, blobs: AsyncBlobStore, job_ttl_s: int, log_maxlen: int) -> None:
+    def __init__(
+        self, client: Redis, blobs: AsyncBlobStore, job_ttl_s: int, log_maxlen: int, tombstone_ttl_s: int = 86400
+    ) -> None:
         self.redis = client
         self.blobs = blobs
         self.job_ttl_s = job_ttl_s
+        self.tombstone_ttl_s = tombstone_ttl_s
         self.log_maxlen = log_maxlen
         self.jobs = AsyncJobs(client, JobLifecycle(job_ttl_s), JOB_SCRIPTS)
         self._delete_image = client.register_script(scripts.DELETE_IMAGE)
@@ -123,7 +126,7 @@ class ApiStore:
         when the image is not stored yet because its job is still queued (then False: 404)."""
         deleted = await self._delete_image(
             keys=keys.delete_image_keys(collection, image_id),
-            args=[image_id, self.log_maxlen, self.job_ttl_s],
+            args=[image_id, self.log_maxlen, self.tombstone_ttl_s],
         )
         if deleted == 0:
             return False

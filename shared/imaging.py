@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from shared.errors import InvalidImage
 
@@ -73,9 +73,24 @@ def safe_filename(name: str | None) -> str:
     return cleaned[:255] or "upload"
 
 
+# A progressive JPEG is decoded scan by scan over the whole image: a few hundred KB repeating a scan
+# thousands of times ("scan bomb") would hold a worker for minutes. Real files have ~10 scans. In
+# entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so counting FF DA counts
+# start-of-scan markers.
+MAX_JPEG_SCANS = 100
+# Compressed PNG text chunks may inflate to this much in all (Pillow's default, 64 MiB, let a 63 KB
+# file cost ~0.4 s and 60 MB). One chunk (an ICC profile too) keeps Pillow's 1 MiB cap.
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
+# A colour profile is kept on renditions; a bigger one is dropped (a 2 KB PNG can carry a profile
+# that inflates to 1 MiB, which would then be stored and served for every such image).
+MAX_ICC_BYTES = 64 * 1024
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise InvalidImage("empty file")
+    if data[:2] == b"\xff\xd8" and (scans := data.count(b"\xff\xda")) > MAX_JPEG_SCANS:
+        raise InvalidImage(f"JPEG has {scans} scans, over the limit of {MAX_JPEG_SCANS}")
     try:
         with warnings.catch_warnings():
             # Pillow's decompression-bomb guard stays on; its warning tier is treated as an error too.
@@ -287,7 +302,8 @@ def _rgb_profile(info: dict) -> bytes | None:
     """The source's ICC profile if it describes RGB data, so re-encoded colours look the same (a CMYK or
     grey profile would be wrong on the RGB rendition)."""
     icc = info.get("icc_profile")
-    return icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None
+    ok = isinstance(icc, bytes) and icc[16:20] == b"RGB " and len(icc) <= MAX_ICC_BYTES
+    return icc if ok else None
 
 
 def _encode_jpeg(img: Image.Image, quality: int, icc_profile: bytes | None) -> bytes:

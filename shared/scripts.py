@@ -58,10 +58,13 @@ return out
 
 # KEYS: `keys.delete_image_keys`. ARGV: image_id, log maxlen, tombstone ttl.
 # The tombstone (a fresh sequence number) makes index jobs created before this delete skip the
-# image, also when it is not stored yet because its job is still queued (then 0 is returned).
+# image, also when it is not stored yet because its job is still queued (then 0 is returned). It
+# lives as long as a queued add could still run (its upload bytes' lifetime); a collection that
+# does not exist gets none (no key per probe of random ids).
 # Returns the deleted record (its rendition's blob is the caller's to delete). The version bump
 # marks clusterings computed before it as stale.
 DELETE_IMAGE = """
+if redis.call('EXISTS', KEYS[5]) == 0 then return 0 end
 redis.call('SET', KEYS[10], redis.call('INCR', KEYS[9]), 'EX', ARGV[3])
 local record = redis.call('HGET', KEYS[1], ARGV[1])
 if not record then return 0 end

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -48,7 +49,9 @@ async def _query_upload(request: Request, settings) -> Upload:
     data = await files[0].read()
     if len(data) > settings.max_image_bytes:
         raise PayloadTooLarge(f"query image is over {settings.max_image_bytes} bytes")
-    sniff_format(data, settings.max_image_pixels)  # 400 now for a non-image, not a failed job later
+    # 400 now for a non-image, not a failed job later; in a thread: a crafted header (e.g. PNG text
+    # chunks to inflate) must not stall the event loop.
+    await anyio.to_thread.run_sync(sniff_format, data, settings.max_image_pixels)
     name = safe_filename(files[0].filename)
     return Upload(JobInput(filename=name, image_id=content_id(data), size=len(data)), data)
 

@@ -240,11 +240,12 @@ def test_a_finisher_that_raises_releases_the_collection(redis_url: str, name: st
 
 def test_a_delete_before_the_add_ran_cancels_the_queued_add(redis_url: str, name: str) -> None:
     h = Harness(redis_url, PixelEmbedder())
-    (a,) = photos(14000, 1)
+    (a, first) = photos(14000, 2)
+    h.index(name, [first])  # the collection exists (a delete in an unknown collection leaves nothing)
     queued = h.submit(name, [a])
     assert not h.delete(name, content_id(a[1]))  # not stored yet: 404, but it wins all the same
     job = h.run_index(queued, 1)
-    assert job.result["deleted"] == [content_id(a[1])] and h.ids(name) == set()
+    assert job.result["deleted"] == [content_id(a[1])] and h.ids(name) == {content_id(first[1])}
 
 
 def test_two_reembeds_cannot_start_together(redis_url: str, name: str) -> None:
@@ -255,3 +256,10 @@ def test_two_reembeds_cannot_start_together(redis_url: str, name: str) -> None:
     with pytest.raises(AssertionError):  # begin_reembed returned the running job's id, not ids
         h.begin_reembed(name, embedding_id(embedder.name, embedder.input_size))
     assert h.client.hget(keys.collection(name), "reembed_job").decode() == first
+
+
+def test_deletes_in_unknown_collections_leave_no_keys(redis_url: str, name: str) -> None:
+    h = Harness(redis_url, PixelEmbedder())
+    for i in range(50):
+        assert not h.delete(name, f"{i:032x}")
+    assert list(h.client.scan_iter(f"ss:c:{name}*")) == []

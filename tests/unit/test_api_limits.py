@@ -44,7 +44,8 @@ def test_the_right_most_untrusted_hop_is_the_client() -> None:
     # Garbage where a trusted proxy should have written an address: the last address we can vouch for.
     assert client_address("127.0.0.1", ["203.0.113.5, unknown"], trusted) == "127.0.0.1"
     assert client_address("127.0.0.1", ["203.0.113.5:4711"], trusted) == "203.0.113.5"
-    assert client_address("127.0.0.1", ["[2001:db8::1]:443"], trusted) == "2001:db8::1"
+    assert client_address("127.0.0.1", ["[2001:db8::1]:443"], trusted) == "2001:db8::/64"  # IPv6: one /64
+    assert client_address("127.0.0.1", ["2001:db8::2", "fe80::1%eth0"], trusted) == "fe80::/64"
     assert client_address("::ffff:127.0.0.1", ["203.0.113.9"], trusted) == "203.0.113.9"
 
 
@@ -188,3 +189,10 @@ def test_keys_take_an_optional_metrics_scope() -> None:
     assert key.scopes == ["metrics"] and ApiKey(name="x", sha256="a" * 64).scopes == []
     with pytest.raises(ValidationError):
         ApiKey(name="x", sha256="a" * 64, scopes=["admin"])
+
+
+def test_a_lone_surrogate_in_metadata_is_422_not_500() -> None:
+    for raw in ('{"a.jpg": {"x": "\\ud800"}}', '{"a.jpg": {"\\udfff": 1}}'):
+        with pytest.raises(InvalidMetadata, match="Unicode"):
+            metadata = parse_metadata(raw, LIMITS)
+            attach(metadata, ["a.jpg"], LIMITS)

@@ -45,3 +45,16 @@ def test_search_mask_restricts_matches() -> None:
     mask = np.array([truth[int(i)] == 1 for i in index.ids])
     hits = index.search(x[0], 20, mask=mask)  # query from cluster 0, only cluster 1 allowed
     assert len(hits) == 10 and all(truth[int(i)] == 1 for i, _ in hits)
+
+
+def test_the_k_sweep_is_bounded() -> None:
+    from worker.clustering import MAX_CANDIDATES, candidate_ks
+
+    ks = candidate_ks(2, 100)
+    assert len(ks) <= MAX_CANDIDATES and ks[0] == 2 and ks[-1] == 100
+    assert candidate_ks(2, 10) == list(range(2, 11))
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((300, 16)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    result = cluster(matrix, None, 2, 100, budget_s=0.0)  # the budget stops the sweep after one K
+    assert list(result.silhouette) == [2]

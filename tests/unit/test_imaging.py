@@ -443,3 +443,28 @@ def test_cmyk_profile_is_not_put_on_the_rgb_rendition() -> None:
     data = encode(make_photo(47).convert("CMYK"), "JPEG", icc_profile=fake_cmyk_profile)
     for served in (prepare_image(data, 224).rendition, rendition(data, decode_image(data))):
         assert "icc_profile" not in Image.open(io.BytesIO(served)).info
+
+
+def test_a_progressive_jpeg_with_too_many_scans_is_refused_before_decoding() -> None:
+    from shared.imaging import MAX_JPEG_SCANS
+
+    out = io.BytesIO()
+    Image.new("L", (128, 128), 90).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    sos, eoi = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    bomb = data[:eoi] + data[sos:eoi] * (MAX_JPEG_SCANS + 5) + b"\xff\xd9"
+    with pytest.raises(InvalidImage, match="scans"):
+        prepare_image(bomb, 64)
+    assert prepare_image(data, 64).format == "JPEG"  # an ordinary progressive file is fine
+
+
+def test_an_inflating_colour_profile_is_not_stored() -> None:
+    """A 2 KB PNG whose compressed ICC profile inflates to 1 MiB must not give a 1 MiB rendition."""
+    profile = bytearray(1024 * 1024)
+    profile[16:20] = b"RGB "
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(out, "PNG", icc_profile=bytes(profile))
+    assert len(out.getvalue()) < 10_000
+    prepared = prepare_image(out.getvalue(), 32)
+    assert len(prepared.rendition) < 10_000
+    assert "icc_profile" not in Image.open(io.BytesIO(prepared.rendition)).info
