@@ -16,12 +16,10 @@ import logging
 
 import numpy as np
 
-from shared.errors import InvalidImage
-from shared.imaging import prepare_image
 from shared.jobs import final_status
 from shared.schemas import ItemStatus, JobInput, JobStatus
-from worker.context import JobContext, Outcome, failed, failed_item, ok
-from worker.indexing import PASS_THROUGH, Pending, guarded
+from worker.context import JobContext, Outcome, failed_item, ok
+from worker.indexing import Pending, guarded, prepare_item
 from worker.store import Embedding
 
 log = logging.getLogger(__name__)
@@ -39,18 +37,6 @@ def _embed_and_stage(ctx: JobContext, pending: list[Pending]) -> list[Outcome]:
     vectors = ctx.embedder.embed(np.stack([p.image.pixels for p in pending]))
     ctx.store.stage_vectors(ctx.collection, ctx.job_id, [p.input.image_id for p in pending], vectors)
     return [ok(p.index, p.input, ItemStatus.created) for p in pending]
-
-
-def _prepare(ctx: JobContext, index: int, inp: JobInput, rendition: bytes) -> Pending | Outcome:
-    try:
-        return Pending(index, inp, prepare_image(rendition, ctx.embedder.input_size, max_pixels=ctx.max_pixels))
-    except InvalidImage as exc:
-        return failed(index, inp.filename, inp.image_id, exc.code, exc.detail)
-    except PASS_THROUGH:
-        raise
-    except Exception as exc:  # a decoder bug fails this image, not its chunk
-        log.exception("unexpected error decoding the rendition of %s", inp.image_id)
-        return failed(index, inp.filename, inp.image_id, "decode_error", f"{type(exc).__name__}: {exc}")
 
 
 def reembed_chunk(ctx: JobContext, indices: list[int]) -> None:
@@ -71,7 +57,7 @@ def reembed_chunk(ctx: JobContext, indices: list[int]) -> None:
             if data is None:  # deleted since the job started
                 outcomes.append(ok(index, inp, ItemStatus.skipped))
                 continue
-            step = _prepare(ctx, index, inp, data)
+            step = prepare_item(ctx, index, inp, data)
             (pending if isinstance(step, Pending) else outcomes).append(step)
         if pending:
             outcomes += guarded(pending, lambda: _embed_and_stage(ctx, pending))
@@ -89,7 +75,7 @@ def _stage_missing(ctx: JobContext, ids: list[str]) -> tuple[int, list[str]]:
         for image_id, data in zip(chunk, ctx.store.renditions(ctx.collection, chunk), strict=True):
             if data is None:
                 continue  # deleted meanwhile
-            step = _prepare(ctx, 0, JobInput(filename="", image_id=image_id, size=0), data)
+            step = prepare_item(ctx, 0, JobInput(filename="", image_id=image_id, size=0), data)
             if isinstance(step, Pending):
                 pending.append(step)
             else:
