@@ -78,7 +78,11 @@ class WorkerStore:
         if not images:
             return []
         # Claim check: the rendition is in the blob store before any record names it.
-        written = {rendition_key(collection, img.record): img.rendition for img in images if img.vector is not None}
+        written = {
+            key: img.rendition
+            for img in images
+            if img.vector is not None and (key := rendition_key(collection, img.record)) is not None
+        }
         self.blobs.put_many(written)
         args: list[Any] = [embedding.model, embedding.id, embedding.dim, self.log_maxlen, job_seq]
         args += [collection, utcnow(), self.data_ttl_s]

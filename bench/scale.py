@@ -1,0 +1,212 @@
+"""A collection at scale, through the real storage path, measured through the HTTP API.
+
+    python bench/scale.py --vectors 1000000 --dim 1280 --json
+
+Loads N synthetic unit vectors (`bench/spread.py`: a two-level Gaussian mixture fitted to real
+EfficientNet-Lite0 embeddings of the animals photos) into a real Redis with the worker's own store
+function (the Lua script an index chunk runs: records, float16 vectors, log); starts one real
+worker and the API; then measures:
+
+- search by stored id + `?wait=`, `--queries` sequential queries: p50 / p95 (after one warm-up
+  search, which builds the worker's replica);
+- recall@10 of those answers against exact float32 cosine on the generator's vectors (recomputed
+  chunk by chunk here, so this process never holds N vectors);
+- the worker process's RSS (the pool process that holds the replica);
+- cold start: SIGKILL the worker, start a new one, time until a search is answered;
+- Redis bytes per image (used_memory growth while loading).
+
+The last line printed is one JSON object. Plan memory: the exact replica takes 4 x dim bytes per
+vector in the worker (1 M x 1280: 5.1 GB, twice that while it grows), Redis about 3 KiB per vector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+MODEL_OF_DIM = {1280: "efficientnet-lite0", 2048: "resnet50"}
+BATCH = 1000
+
+
+def image_id(row: int) -> str:
+    return f"{row:032x}"
+
+
+def load(redis_url: str, blob_url: str, collection: str, n: int, dim: int, seed: int) -> float:
+    """Write N vectors with the worker's store function. Returns the seconds it took."""
+    from spread import synthetic_chunks
+
+    from shared.blobs import open_blob_store
+    from shared.schemas import ImageRecord, utcnow
+    from shared.settings import embedding_id
+    from worker.store import Embedding, NewImage, WorkerStore
+
+    model = MODEL_OF_DIM[dim]
+    spec_size = {"efficientnet-lite0": 256, "resnet50": 224}[model]
+    store = WorkerStore(redis.Redis.from_url(redis_url), open_blob_store(blob_url, fsync=False), 2 * n, 3600)
+    embedding = Embedding(model, embedding_id(model, spec_size), dim)
+    started, row, now = time.perf_counter(), 0, utcnow()
+    for chunk, _ in synthetic_chunks(n, dim, seed):
+        for start in range(0, len(chunk), BATCH):
+            part = chunk[start : start + BATCH]
+            images = [
+                # No job id: no rendition blob (the synthetic images have no pixels).
+                NewImage(
+                    ImageRecord(
+                        image_id=image_id(row + i),
+                        filename=f"s{row + i}.jpg",
+                        format="JPEG",
+                        width=1,
+                        height=1,
+                        size=0,
+                        created_at=now,
+                    ),
+                    vec,
+                )
+                for i, vec in enumerate(part)
+            ]
+            store.add_images(collection, embedding, 0, images)
+            row += len(part)
+    return time.perf_counter() - started
+
+
+def exact_top10(queries: np.ndarray, query_rows: np.ndarray, n: int, dim: int, seed: int) -> list[list[str]]:
+    """Exact float32 cosine top-10 of each query over the generator's vectors, itself excluded."""
+    from spread import synthetic_chunks
+
+    best_scores = np.full((len(queries), 10), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((len(queries), 10), dtype=np.int64)
+    row = 0
+    for chunk, _ in synthetic_chunks(n, dim, seed):
+        scores = queries @ chunk.T
+        rows = np.arange(row, row + len(chunk))
+        scores[rows[None, :] == query_rows[:, None]] = -np.inf
+        merged_scores = np.concatenate([best_scores, scores], axis=1)
+        merged_rows = np.concatenate([best_rows, np.broadcast_to(rows, scores.shape)], axis=1)
+        top = np.argsort(-merged_scores, axis=1, kind="stable")[:, :10]
+        best_scores = np.take_along_axis(merged_scores, top, axis=1)
+        best_rows = np.take_along_axis(merged_rows, top, axis=1)
+        row += len(chunk)
+    return [[image_id(r) for r in rows] for rows in best_rows]
+
+
+def query_vectors(rows: np.ndarray, n: int, dim: int, seed: int) -> np.ndarray:
+    from spread import CHUNK, synthetic_chunks
+
+    wanted = {int(r) for r in rows}
+    found: dict[int, np.ndarray] = {}
+    for c, (chunk, _) in enumerate(synthetic_chunks(n, dim, seed)):
+        for r in wanted:
+            if c * CHUNK <= r < c * CHUNK + len(chunk):
+                found[r] = chunk[r - c * CHUNK]
+    return np.stack([found[int(r)] for r in rows])
+
+
+def pool_rss_mb(worker_pid: int) -> float:
+    """RSS of the worker's pool process(es): where the replica lives."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == worker_pid:
+                status = (stat.parent / "status").read_text()
+                total += int(next(x.split()[1] for x in status.splitlines() if x.startswith("VmRSS:")))
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total / 1024
+
+
+def search(http: httpx.Client, collection: str, image: str, timeout: float = 600) -> dict:
+    job = http.post(f"/v1/collections/{collection}/search", json={"image_id": image}).raise_for_status().json()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = http.get(f"/v1/jobs/{job['job_id']}", params={"wait": 30}).json()
+        if done["status"] in ("succeeded", "partial", "failed"):
+            return done
+    raise TimeoutError(image)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=20_000)
+    parser.add_argument("--dim", type=int, choices=sorted(MODEL_OF_DIM), default=1280)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON (always last)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.vectors, args.dim, args.queries, args.seed)))
+    return 0
+
+
+def run(n: int, dim: int, queries: int, seed: int = 0) -> dict:
+    from tests.integration.services import start_api, start_redis, start_worker
+
+    workdir = Path(tempfile.mkdtemp(prefix="scale-"))
+    redis_service, url = start_redis(workdir)
+    env = {"EMBEDDING_MODEL": MODEL_OF_DIM[dim], "LOG_MAXLEN": str(2 * n)}
+    client = redis.Redis.from_url(url)
+    workers = []
+    try:
+        before = client.info("memory")["used_memory"]
+        load_s = load(url, f"file://{workdir / 'blobs'}", "scale", n, dim, seed)
+        per_image = (client.info("memory")["used_memory"] - before) / n
+        print(f"loaded {n} x {dim} in {load_s:.1f}s; Redis {per_image:.0f} B per image", flush=True)
+        api, base = start_api(url, workdir, access_log=False, **env)
+        workers.append(api)
+        rng = np.random.default_rng(seed + 1)
+        rows = rng.choice(n, queries, replace=False)
+        with httpx.Client(base_url=base, timeout=600) as http:
+            worker = start_worker(url, workdir, "scale", ready_timeout=600, **env)
+            workers.append(worker)
+            started = time.perf_counter()
+            search(http, "scale", image_id(int(rows[0])))
+            first_s = time.perf_counter() - started
+            latencies, answers = [], []
+            for r in rows:
+                t = time.perf_counter()
+                job = search(http, "scale", image_id(int(r)))
+                latencies.append((time.perf_counter() - t) * 1000)
+                answers.append([m["image_id"] for m in job["result"]["matches"]])
+            rss = pool_rss_mb(worker.proc.pid)
+            # Cold start: a new worker from nothing but Redis (model load + replica build).
+            os.killpg(worker.proc.pid, signal.SIGKILL)
+            worker.proc.wait(10)
+            started = time.perf_counter()
+            workers.append(start_worker(url, workdir, "cold", ready_timeout=600, **env))
+            search(http, "scale", image_id(int(rows[1])))
+            cold_s = time.perf_counter() - started
+        expected = exact_top10(query_vectors(rows, n, dim, seed), rows, n, dim, seed)
+        recall = float(np.mean([len(set(a[:10]) & set(e)) / 10 for a, e in zip(answers, expected, strict=True)]))
+    finally:
+        for service in workers:
+            service.stop()
+        redis_service.stop()
+    ms = np.array(latencies)
+    return {
+        "vectors": n,
+        "dim": dim,
+        "search_p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "search_p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "recall_at_10": round(recall, 4),
+        "worker_rss_mb": round(rss),
+        "cold_start_s": round(cold_s, 1),
+        "first_search_s": round(first_s, 1),
+        "redis_bytes_per_image": round(per_image),
+        "load_s": round(load_s, 1),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
