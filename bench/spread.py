@@ -53,12 +53,12 @@ CHUNK = 65_536  # rows per generated chunk: each chunk has its own seed, so outp
 class Shape:
     """The generator's parameters (see the module docstring); defaults fitted to EfficientNet-Lite0."""
 
-    spread: float = 0.89  # s: within-cluster noise scale
-    mean: float = 0.817  # m: offset along the global mean direction
-    between: float = 0.703  # b: scale of cluster centres around it
-    alpha: float = 0.908  # α: spectrum decay
-    i0: float = 2.388  # i0: flattens the top of the spectrum
-    sub: float = 0.586  # u: sub-cluster centres' scale, relative to the cluster's spread
+    spread: float = 0.9  # s: within-cluster noise scale
+    mean: float = 0.906  # m: offset along the global mean direction
+    between: float = 0.768  # b: scale of cluster centres around it
+    alpha: float = 0.916  # α: spectrum decay
+    i0: float = 1.858  # i0: flattens the top of the spectrum
+    sub: float = 0.521  # u: sub-cluster centres' scale, relative to the cluster's spread
     # h: log-normal spread of s_k across clusters. Three classes cannot fit it (a free fit ran to
     # 0.98 on one seed's draw); 0.35 matches the real p5/p95 of cos-to-centroid averaged over seeds.
     hetero: float = 0.35
