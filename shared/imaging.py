@@ -118,6 +118,8 @@ def _to_rgb(img: Image.Image, factor: tuple[int, int] = (1, 1)) -> Image.Image:
     Converted a band of rows at a time: for a huge image the temporaries of conversion and compositing
     are one band each, not copies of the whole image beside the decoded one.
     """
+    if img.mode == "RGB":  # nothing to convert (most photos): one reduce, or one copy
+        return img.copy() if factor == (1, 1) else img.reduce(factor)
     fx, fy = factor
     width, height = img.size
     scale = _grey_scale(img)

@@ -60,6 +60,14 @@ def cluster_members(name: str, cluster: int) -> str:
     return f"ss:c:{name}:cluster:{cluster}"  # list of image ids, nearest the centroid first
 
 
+def snapshot(name: str) -> str:
+    return f"ss:c:{name}:snapshot"  # hash: the newest replica snapshot (blob key, log position, ...)
+
+
+def snapshot_lock(name: str) -> str:
+    return f"ss:c:{name}:snapshot:lock"  # one worker writes a collection's snapshot at a time
+
+
 def delete_image_keys(name: str, image_id: str) -> list[str]:
     """The KEYS of `scripts.DELETE_IMAGE`, in order."""
     return [
@@ -120,3 +128,7 @@ def rendition_blob(collection: str, image_id: str, generation: str) -> str:
     # One key per add of an image (generation = the adding job), so a delete removes exactly the
     # rendition of the record it deleted, never that of a later re-add.
     return f"renditions/{collection}/{image_id}/{generation}.jpg"
+
+
+def snapshot_blob(collection: str, version: int, token: str) -> str:
+    return f"snapshots/{collection}/{version}-{token}.npz"  # a replica snapshot (shared.ann format)

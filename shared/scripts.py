@@ -162,3 +162,22 @@ local out = redis.call('HKEYS', KEYS[2])
 table.insert(out, 1, 1)
 return out
 """
+
+# Publish a replica snapshot if it is newer than the one published (two workers may race).
+# A published version above the collection's own is from before Redis lost writes: replaced.
+# KEYS: snapshot pointer, collection hash.
+# ARGV: blob key, version, last log id, model, dim, count.
+# Returns the blob key no longer named (to delete) or '' ; false if ours was not newer.
+PUBLISH_SNAPSHOT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+local version = tonumber(ARGV[2])
+local collection_version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+if current >= version and current <= collection_version then
+  return false
+end
+local prev = redis.call('HGET', KEYS[1], 'prev') or ''
+local key = redis.call('HGET', KEYS[1], 'key') or ''
+redis.call('HSET', KEYS[1], 'key', ARGV[1], 'prev', key, 'version', ARGV[2], 'last_id', ARGV[3],
+  'model', ARGV[4], 'dim', ARGV[5], 'count', ARGV[6])
+return prev
+"""

@@ -8,6 +8,7 @@ silhouette score, computed on a bounded sample too. Cost is bounded whatever the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,11 @@ MAX_CANDIDATES = 15
 SWEEP_BUDGET_S = 60.0
 
 
+# rows(positions) -> float32 (len(positions), dim): the vectors at those positions, unit norm
+Rows = Callable[[np.ndarray], np.ndarray]
+LABEL_CHUNK = 50_000  # vectors read at a time to label them all
+
+
 @dataclass(frozen=True)
 class Clustering:
     k: int
@@ -32,13 +38,12 @@ class Clustering:
     medoids: list[int]  # row of the vector nearest each centroid
     samples: list[list[int]]  # rows nearest each centroid, best first
     sizes: list[int]
+    similarity: np.ndarray  # per row, cosine similarity to its own centroid
 
 
-def _fit(matrix: np.ndarray, k: int, seed: int):
+def _fit(sample: np.ndarray, k: int, seed: int):
     from sklearn.cluster import MiniBatchKMeans
 
-    rng = np.random.default_rng(seed)
-    sample = matrix[rng.choice(len(matrix), FIT_SAMPLE, replace=False)] if len(matrix) > FIT_SAMPLE else matrix
     model = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=2048, n_init=3, max_iter=50)
     return model.fit(sample)
 
@@ -60,40 +65,53 @@ def candidate_ks(k_min: int, k_max: int) -> list[int]:
 
 
 def cluster(
-    matrix: np.ndarray,
+    vectors: np.ndarray | Rows,
     k: int | None,
     k_min: int = 2,
     k_max: int = 10,
     seed: int = 0,
     budget_s: float = SWEEP_BUDGET_S,
+    n: int | None = None,
 ) -> Clustering:
-    """Cluster rows of unit-norm vectors; with k=None choose K in [k_min, k_max] by silhouette
-    (the K values tried, and their scores, are in `silhouette`)."""
-    n = len(matrix)
-    if n < 2:
+    """Cluster unit-norm vectors -- a matrix, or `n` rows read by position through a callable (a
+    large approximate replica keeps no matrix) -- with k=None choosing K in [k_min, k_max] by
+    silhouette (the K values tried, and their scores, are in `silhouette`). K is chosen on a
+    random sample; only the final labelling reads every vector, a chunk at a time."""
+    rows: Rows = (lambda positions: vectors[positions]) if isinstance(vectors, np.ndarray) else vectors
+    n = len(vectors) if isinstance(vectors, np.ndarray) else n
+    if n is None or n < 2:
         raise ValueError("clustering needs at least 2 images")
     candidates = [k] if k is not None else candidate_ks(k_min, min(k_max, n - 1))
     if not candidates or min(candidates) < 2 or max(candidates) >= n:
         raise ValueError(f"K must be between 2 and {n - 1} for {n} images")
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(n, FIT_SAMPLE, replace=False)) if n > FIT_SAMPLE else np.arange(n)
+    sample = np.asarray(rows(picked), dtype=np.float32)
     scores: dict[int, float] = {}
     best = None
     started = time.monotonic()
     for candidate in candidates:
         if best is not None and time.monotonic() - started > budget_s:
             break
-        model = _fit(matrix, candidate, seed)
-        labels = model.predict(matrix)
-        scores[candidate] = round(_silhouette(matrix, labels, seed), 6)
+        model = _fit(sample, candidate, seed)
+        scores[candidate] = round(_silhouette(sample, model.predict(sample), seed), 6)
         if best is None or scores[candidate] > scores[best[0]]:
-            best = (candidate, model, labels)
-    chosen, model, labels = best
-    centroids = l2_normalise(model.cluster_centers_)
-    similarity = matrix @ centroids.T
+            best = (candidate, model)
+    chosen, model = best
+    centroids = l2_normalise(model.cluster_centers_).astype(np.float32)
+    labels = np.empty(n, dtype=np.int32)
+    similarity = np.empty(n, dtype=np.float32)
+    for start in range(0, n, LABEL_CHUNK):
+        positions = np.arange(start, min(n, start + LABEL_CHUNK))
+        sims = np.asarray(rows(positions), dtype=np.float32) @ centroids.T
+        # Nearest centroid by Euclidean distance = highest cosine for unit vectors.
+        labels[positions] = np.argmax(sims, axis=1)
+        similarity[positions] = sims[np.arange(len(positions)), labels[positions]]
     medoids, samples, sizes = [], [], []
     for c in range(chosen):
-        rows = np.flatnonzero(labels == c)
-        order = rows[np.argsort(-similarity[rows, c], kind="stable")]
+        members = np.flatnonzero(labels == c)
+        order = members[np.argsort(-similarity[members], kind="stable")]
         medoids.append(int(order[0]) if len(order) else -1)
         samples.append(order[:SAMPLES_PER_CLUSTER].tolist())
-        sizes.append(len(rows))
-    return Clustering(chosen, scores, labels.astype(np.int32), centroids, medoids, samples, sizes)
+        sizes.append(len(members))
+    return Clustering(chosen, scores, labels, centroids, medoids, samples, sizes, similarity)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from shared.errors import SimsearchError
 from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobStatus, utcnow
 from worker.clustering import cluster
@@ -25,7 +27,9 @@ def run_cluster_job(ctx: JobContext) -> None:
             raise SimsearchError("clustering needs at least 3 images", code="too_few_images", status_code=409)
         ids = replica.index.ids
         try:
-            result = cluster(replica.index.matrix, params.get("k"), params.get("k_min", 2), params.get("k_max", 10))
+            result = cluster(
+                replica.index.rows, params.get("k"), params.get("k_min", 2), params.get("k_max", 10), n=len(ids)
+            )
         except ValueError as exc:
             raise SimsearchError(str(exc), code="invalid_k", status_code=400) from exc
         summary = {
@@ -44,9 +48,8 @@ def run_cluster_job(ctx: JobContext) -> None:
             ],
         }
         labels = {image_id: int(label) for image_id, label in zip(ids, result.labels, strict=True)}
-        similarity = (replica.index.matrix @ result.centroids.T).max(axis=1)
         members = [[] for _ in range(result.k)]
-        for row in sorted(range(len(ids)), key=lambda r: -similarity[r]):
+        for row in np.argsort(-result.similarity, kind="stable").tolist():
             members[int(result.labels[row])].append(ids[row])
         store.save_clustering(collection, job_id, summary, labels, members, result.centroids, version)
     except SimsearchError as exc:

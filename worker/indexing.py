@@ -71,19 +71,27 @@ def _record(p: Pending, now: str, job_id: str) -> ImageRecord:
 
 def _embed_and_store(ctx: JobContext, pending: list[Pending]) -> list[Outcome]:
     new = [p for p in pending if p.image is not None]
+    now = utcnow()
+    records = [_record(p, now, ctx.job_id) for p in pending]
+    renditions = [p.image.rendition if p.image else b"" for p in pending]
+    # The renditions go to the blob store while the forward pass runs (claim check: still before
+    # any record names them, since storing waits for them).
+    writing = ctx.store.write_renditions(
+        ctx.collection, [NewImage(r, None, b) for r, b in zip(records, renditions, strict=True)]
+    )
     vectors: list[np.ndarray | None] = [None] * len(pending)
     seconds = 0.0
-    if new:
-        started = time.perf_counter()
-        embedded = iter(ctx.embedder.embed(np.stack([p.image.pixels for p in new])))
-        seconds = time.perf_counter() - started
-        vectors = [next(embedded) if p.image is not None else None for p in pending]
-    now = utcnow()
-    images = [
-        NewImage(record=_record(p, now, ctx.job_id), vector=vec, rendition=p.image.rendition if p.image else b"")
-        for p, vec in zip(pending, vectors, strict=True)
-    ]
-    flags = ctx.store.add_images(ctx.collection, ctx.embedding, ctx.job.seq, images)
+    try:
+        if new:
+            started = time.perf_counter()
+            embedded = iter(ctx.embedder.embed(np.stack([p.image.pixels for p in new])))
+            seconds = time.perf_counter() - started
+            vectors = [next(embedded) if p.image is not None else None for p in pending]
+    except BaseException:
+        ctx.store.discard_renditions(writing)
+        raise
+    images = [NewImage(r, vec, b) for r, vec, b in zip(records, vectors, renditions, strict=True)]
+    flags = ctx.store.add_images(ctx.collection, ctx.embedding, ctx.job.seq, images, writing)
     if new:
         ctx.store.record_embedding(len(new), seconds, flags.count(1))
     return [ok(p.index, p.input, STATUS_OF_FLAG[flag]) for p, flag in zip(pending, flags, strict=True)]

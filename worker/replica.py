@@ -6,22 +6,39 @@ A replica remembers the last entry it applied; before answering a search it appl
 came after, so a search submitted after an index job finished sees that job's images on every
 worker. If the next entry it reads is not numbered one past its own, entries were trimmed away
 before it read them (the replica fell behind the log's cap), and it rebuilds from the vectors.
+
+A replica's index is a `shared.ann.AnnIndex`: exact float32 rows for small collections, an IVF
+index of 4-bit codes with exact re-ranking from the float16 vectors in Redis for large ones. A
+replica that must be built starts from the newest snapshot (`worker.snapshots`) when there is one
+and replays the log after it; otherwise it is built from the vectors in one pass.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from shared import vectors
-from shared.index import VectorIndex
+from shared.ann import AnnIndex, AnnParams, FetchVectors
+from worker.snapshots import Snapshots
 from worker.store import StreamEntry, WorkerStore
 
 log = logging.getLogger(__name__)
 
 MAX_REBUILDS = 5
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed after a build (training sample, decoded chunks, the snapshot's bytes) back
+    to the OS: glibc keeps freed small blocks in its arenas, which shows as RSS for the worker's life."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _s(value: bytes | str) -> str:
@@ -62,7 +79,7 @@ def contiguous(version: int, entries: list[StreamEntry]) -> bool:
 @dataclass
 class Replica:
     model: str
-    index: VectorIndex
+    index: AnnIndex
     last_id: str = "0-0"
     version: int = 0  # the collection version the replica reflects (n of the last entry applied)
     # (clustering id, centroids, labels): loaded when a clustering exists, reloaded when it changes
@@ -70,11 +87,20 @@ class Replica:
 
 
 class ReplicaSet:
-    def __init__(self, store: WorkerStore, batch: int = 2000) -> None:
+    def __init__(
+        self,
+        store: WorkerStore,
+        batch: int = 2000,
+        params: AnnParams | None = None,
+        snapshots: Snapshots | None = None,
+    ) -> None:
         self.store = store
         self.batch = batch
+        self.params = params or AnnParams()
+        self.snapshots = snapshots
         self._replicas: dict[str, Replica] = {}
         self.rebuilds = 0  # how many times a replica was built from the vectors (tests, metrics)
+        self.restores = 0  # how many times one was loaded from a snapshot
 
     def sync(self, collection: str) -> Replica | None:
         """The collection's replica, current as of now; None if it holds no vectors yet."""
@@ -94,11 +120,55 @@ class ReplicaSet:
             ):
                 return replica
             self._replicas.pop(collection, None)
-            replica = self._rebuild(collection, model, dim)
+            replica = self._restore(collection, model, dim, version) or self._rebuild(collection, model, dim)
             if replica is not None:
                 self._replicas[collection] = replica
                 return replica
         raise RuntimeError(f"the vectors of {collection!r} kept being replaced while this worker read them")
+
+    def maintain(self, collection: str) -> None:
+        """Housekeeping after a search was answered: write a snapshot if one is due."""
+        replica = self._replicas.get(collection)
+        if self.snapshots is None or replica is None:
+            return
+        if self.snapshots.due(collection, replica.version, replica.index):
+            self.snapshots.save(collection, replica.model, replica.version, replica.last_id, replica.index)
+
+    def fetcher(self, collection: str, dim: int) -> FetchVectors:
+        """Source-of-truth vectors by id for re-ranking: one HMGET; a vector deleted (or replaced
+        by one of another dimension) since the replica last synced comes back as NaN: no match."""
+
+        def fetch(ids: list[str]) -> np.ndarray:
+            raw = self.store.raw_vectors(collection, ids)
+            out = np.full((len(ids), dim), np.nan, dtype=np.float32)
+            present = [k for k, r in enumerate(raw) if r is not None and vectors.fits(r, dim)]
+            if present:
+                out[present] = vectors.decode_many([raw[k] for k in present], dim)  # type: ignore[misc]
+            return out
+
+        return fetch
+
+    def _restore(self, collection: str, model: str, dim: int, version: int) -> Replica | None:
+        """The replica from the newest snapshot plus the log after it, or None to rebuild."""
+        if self.snapshots is None:
+            return None
+        info = self.snapshots.latest(collection)
+        if info is None or info.model != model or info.dim != dim or info.version > version:
+            return None
+        loaded = self.snapshots.load(collection, self.fetcher(collection, dim), self.params)
+        if loaded is None:
+            return None
+        info, index = loaded
+        if info.model != model or info.dim != dim or info.version > version:
+            return None  # the pointer moved between the two reads
+        replica = Replica(model=model, index=index, last_id=info.last_id, version=info.version)
+        if not self._catch_up(collection, replica):
+            log.info("snapshot of %s at version %d is too old for the log; rebuilding", collection, info.version)
+            return None
+        self.restores += 1
+        release_freed_memory()
+        log.info("restored replica of %s from a snapshot: %d vectors", collection, len(index))
+        return replica
 
     def _rebuild(self, collection: str, model: str, dim: int) -> Replica | None:
         """A replica built from the vectors, or None if they were replaced (re-embedded) while
@@ -106,20 +176,33 @@ class ReplicaSet:
         # Note the log position first: replaying everything after it over the snapshot converges,
         # whatever changed while the snapshot was being read.
         last_id, version = self.store.log_position(collection)
-        replica = Replica(model=model, index=VectorIndex(dim), last_id=last_id, version=version)
-        cursor = 0
-        while True:
-            cursor, chunk = self.store.scan_vectors(collection, cursor, self.batch)
-            fresh = {_s(k): v for k, v in chunk.items() if vectors.fits(v, dim)}
-            if len(fresh) != len(chunk):
-                return None  # vectors of another dimension: swapped under us
-            self._apply_vectors(replica, fresh)
-            if cursor == 0:
-                break
+        swapped = False
+
+        def chunks():
+            nonlocal swapped
+            cursor = 0
+            while True:
+                cursor, chunk = self.store.scan_vectors(collection, cursor, self.batch)
+                fresh = {_s(k): v for k, v in chunk.items() if vectors.fits(v, dim)}
+                if len(fresh) != len(chunk):
+                    swapped = True  # vectors of another dimension: swapped under us
+                    return
+                if fresh:
+                    ids = list(fresh)
+                    yield ids, vectors.decode_many([fresh[i] for i in ids], dim)
+                if cursor == 0:
+                    return
+
+        total = self.store.vector_count(collection)
+        index = AnnIndex.bulk(dim, total, chunks(), self.fetcher(collection, dim), self.params)
+        if swapped:
+            return None
+        replica = Replica(model=model, index=index, last_id=last_id, version=version)
         if not self._catch_up(collection, replica):
             return None
         self.rebuilds += 1
-        log.info("rebuilt replica of %s: %d vectors", collection, len(replica.index))
+        release_freed_memory()
+        log.info("rebuilt replica of %s: %d vectors (%s)", collection, len(index), "exact" if index.exact else "ann")
         return replica
 
     def _catch_up(self, collection: str, replica: Replica) -> bool:

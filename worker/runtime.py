@@ -18,6 +18,7 @@ from worker.context import JobContext
 from worker.inference import build_embedder
 from worker.replica import ReplicaSet
 from worker.settings import WorkerSettings
+from worker.snapshots import Snapshots
 from worker.store import WorkerStore
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,12 @@ class WorkerRuntime:
             jobs=Jobs(client, JobLifecycle(settings.job_ttl_seconds), JOB_SCRIPTS),
             store=store,
             embedder=embedder,
-            replicas=ReplicaSet(store, settings.replica_batch),
+            replicas=ReplicaSet(
+                store,
+                settings.replica_batch,
+                settings.ann_params,
+                Snapshots(client, blobs, settings.snapshot_every) if settings.snapshot_every else None,
+            ),
         )
         log.info(
             "worker process %d ready: model=%s weights=%s input=%d backend=%s/%s threads=%d (%.1fs)",

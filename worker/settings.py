@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from shared.ann import AnnParams
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.settings import ModelSettings
 
@@ -25,6 +26,17 @@ class WorkerSettings(ModelSettings):
     task_time_limit_s: int = Field(default=600, ge=10)
     process_start_timeout_s: float = Field(default=300, ge=4)
     replica_batch: int = Field(default=2000, ge=10)
+    # Replicas (shared/ann.py, measured in bench/ann_choice.py): exact below ANN_THRESHOLD vectors,
+    # above it an IVF index of 4-bit codes whose ANN_CANDIDATES best are re-ranked exactly.
+    ann_threshold: int = Field(default=10_000, ge=1)
+    ann_candidates: int = Field(default=100, ge=10, le=10_000)
+    ann_nprobe: int = Field(default=0, ge=0)  # IVF lists scanned per query; 0: nlist / 64, at least 16
+    # Write a replica snapshot to the blob store every SNAPSHOT_EVERY log entries (0: never).
+    snapshot_every: int = Field(default=20_000, ge=0)
+
+    @property
+    def ann_params(self) -> AnnParams:
+        return AnnParams(threshold=self.ann_threshold, candidates=self.ann_candidates, nprobe=self.ann_nprobe or None)
 
     @property
     def threads(self) -> int:

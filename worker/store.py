@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,8 @@ from shared import keys, scripts, vectors
 from shared.blobs import BlobStore
 from shared.errors import Conflict
 from shared.schemas import ImageRecord, rendition_key, utcnow
+
+log = logging.getLogger(__name__)
 
 StreamEntry = tuple[bytes, dict[bytes, bytes]]
 
@@ -58,6 +62,8 @@ class WorkerStore:
         self.log_maxlen = log_maxlen
         # Staged vectors and tombstones live as long as a job could (then they are moot).
         self.data_ttl_s = data_ttl_s
+        # One thread: a chunk's renditions are written while its forward pass runs (put_many fans out).
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="renditions")
         self._add_images = client.register_script(scripts.ADD_IMAGES)
         self._stage = client.register_script(scripts.STAGE_VECTORS)
         self._swap = client.register_script(scripts.SWAP_VECTORS)
@@ -72,18 +78,50 @@ class WorkerStore:
             pipe.hexists(keys.images(collection), image_id)
         return {i for i, there in zip(image_ids, pipe.execute(), strict=True) if there}
 
-    def add_images(self, collection: str, embedding: Embedding, job_seq: int, images: list[NewImage]) -> list[int]:
-        """Store images atomically. Per image: 1 created, 0 already there, 2 deleted after the job
-        was queued (the delete wins). Raises Conflict when the collection holds another model."""
-        if not images:
-            return []
-        # Claim check: the rendition is in the blob store before any record names it.
+    def write_renditions(self, collection: str, images: list[NewImage]) -> Future[dict[str, bytes]]:
+        """Start writing the images' renditions to the blob store, in the background (a chunk's
+        forward pass hides the writes and their fsyncs); `add_images` waits for them."""
         written = {
             key: img.rendition
             for img in images
-            if img.vector is not None and (key := rendition_key(collection, img.record)) is not None
+            if img.rendition and (key := rendition_key(collection, img.record)) is not None
         }
-        self.blobs.put_many(written)
+
+        def put() -> dict[str, bytes]:
+            try:
+                self.blobs.put_many(written)
+            except BaseException:
+                self.blobs.delete(list(written))  # some may have landed; no record will name them
+                raise
+            return written
+
+        return self._writer.submit(put)
+
+    def discard_renditions(self, writing: Future[dict[str, bytes]]) -> None:
+        """The chunk will not be stored: delete what `write_renditions` wrote (nothing names it)."""
+        try:
+            written = writing.result()
+        except Exception:  # the write failed and cleaned up after itself
+            log.warning("writing renditions failed", exc_info=True)
+            return
+        self.blobs.delete(list(written))
+
+    def add_images(
+        self,
+        collection: str,
+        embedding: Embedding,
+        job_seq: int,
+        images: list[NewImage],
+        writing: Future[dict[str, bytes]] | None = None,
+    ) -> list[int]:
+        """Store images atomically. Per image: 1 created, 0 already there, 2 deleted after the job
+        was queued (the delete wins). Raises Conflict when the collection holds another model.
+        `writing`: the renditions' write started earlier by `write_renditions` (else written here)."""
+        if not images:
+            return []
+        # Claim check: the rendition is in the blob store before any record names it.
+        writing = writing or self.write_renditions(collection, [i for i in images if i.vector is not None])
+        written = writing.result()
         args: list[Any] = [embedding.model, embedding.id, embedding.dim, self.log_maxlen, job_seq]
         args += [collection, utcnow(), self.data_ttl_s]
         for img in images:
@@ -209,6 +247,9 @@ class WorkerStore:
 
     def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
         return self.redis.hscan(keys.vectors(collection), cursor, count=count)
+
+    def vector_count(self, collection: str) -> int:
+        return int(self.redis.hlen(keys.vectors(collection)))
 
     def raw_vectors(self, collection: str, ids: list[str]) -> list[bytes | None]:
         return self.redis.hmget(keys.vectors(collection), ids) if ids else []

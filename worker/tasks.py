@@ -112,6 +112,15 @@ def reembed_chunk(self: Task, job_id: str, collection: str, indices: list[int]) 
 @app.task(name=SEARCH_TASK, **TASK)
 def search(self: Task, job_id: str, collection: str) -> None:
     run(self, job_id, [0], searching.run_search_job)
+    maintain(runtime_of(self.app), collection)
+
+
+def maintain(rt: WorkerRuntime, collection: str) -> None:
+    """Replica housekeeping once the answer is out (snapshots): its failure fails no job."""
+    try:
+        rt.replicas.maintain(collection)
+    except Exception:
+        log.exception("replica housekeeping for %s failed", collection)
 
 
 @app.task(name=CLUSTER_TASK, **TASK)

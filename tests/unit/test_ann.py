@@ -282,3 +282,50 @@ def test_background_training_journals_changes_made_meanwhile(data) -> None:
     index.remove(ids[500:27_000])  # below threshold / 2: back to exact, from the source vectors
     assert index.exact and len(index) == 3_000
     assert index.search(vecs[28_000], 1)[0][0] == ids[28_000]
+
+
+# -- bulk builds (a replica built from Redis) --------------------------------------------------------
+def _chunks(ids: list[str], vecs: np.ndarray, size: int = 700):
+    return ((ids[s : s + size], vecs[s : s + size]) for s in range(0, len(ids), size))
+
+
+def test_bulk_build_below_the_threshold_is_exact(data) -> None:
+    ids, vecs = data
+    index = AnnIndex.bulk(DIM, 800, _chunks(ids[:800], vecs[:800]), params=AnnParams(threshold=1_000))
+    assert index.exact and index.ids == ids[:800]
+
+
+def test_bulk_build_is_approximate_holds_no_float32_and_finds_what_exact_finds(data) -> None:
+    ids, vecs = data
+    fetch = _fetcher(ids, vecs)
+    index = AnnIndex.bulk(DIM, N, _chunks(ids, vecs), fetch, AnnParams(threshold=1_000))
+    assert not index.exact and not index.building and index.ids == ids
+    assert index._matrix is None and index._held is None  # codes only; re-ranked from the source
+    assert index._ann.trained_n == N and index._ann.nlist == nlist_for(N)
+    queries = list(range(0, N, 300))
+    found = [[i for i, _ in index.search(vecs[q], 10, exclude=ids[q])] for q in queries]
+    truth = [_truth(ids, vecs, vecs[q], 11)[1:] for q in queries]
+    assert _recall(found, truth) >= 0.97
+    # Bulk adds skip the per-vector list bookkeeping; a filtered search reads the lists back.
+    allowed = np.zeros(N, dtype=bool)
+    allowed[::7] = True
+    hits = index.search(vecs[0], 10, mask=allowed)
+    assert hits and all(int(i, 16) % 7 == 0 for i, _ in hits)
+    assert _recall([[i for i, _ in hits]], [_truth(ids, vecs, vecs[0], 10, allowed)]) >= 0.9
+
+
+def test_bulk_build_announced_large_but_small_stays_exact(data) -> None:
+    ids, vecs = data
+    index = AnnIndex.bulk(DIM, N, _chunks(ids[:500], vecs[:500]), params=AnnParams(threshold=1_000))
+    assert index.exact and len(index) == 500  # the hash shrank between HLEN and the scan
+
+
+def test_small_approximate_indexes_scan_every_list(data) -> None:
+    ids, vecs = data
+    small = _approximate(ids[:3_000], vecs[:3_000])
+    assert small._nprobe(small._ann) == small._ann.nlist  # 3,000 vectors: fewer than MIN_SCAN
+    big = _approximate(ids, vecs)
+    per_list = N / big._ann.nlist
+    assert big._nprobe(big._ann) * per_list >= 16_384 or big._nprobe(big._ann) == big._ann.nlist
+    pinned = _approximate(ids[:3_000], vecs[:3_000], nprobe=4)
+    assert pinned._nprobe(pinned._ann) == 4

@@ -1,0 +1,143 @@
+"""Replica snapshots in the blob store, so that a worker (re)starting with a large collection loads
+its approximate index instead of rebuilding it from every vector in Redis.
+
+A snapshot is `AnnIndex.save`'s file plus, in Redis (`keys.snapshot`), the log position it
+includes: the id of the last log entry applied and the collection version. A worker that loads
+one replays the log after that position exactly as a running replica catches up; if the log no
+longer reaches back that far (trimmed), or holds a re-embed, or Redis is older than the snapshot
+(restored), the snapshot is ignored and the replica is rebuilt from the vectors. Redis stays the
+source of truth: a snapshot only ever saves work.
+
+Writing: after answering a search, a worker whose replica is approximate and `every` log entries
+past the newest snapshot writes one (one writer per collection at a time, by a Redis lock; a
+compare-and-set publishes only a newer one). The previous snapshot is kept until the next one is
+published, so a worker reading the pointer just before an update still finds its blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import secrets
+import time
+import zipfile
+from dataclasses import dataclass
+
+import redis
+
+from shared import keys, scripts
+from shared.ann import AnnIndex, AnnParams, FetchVectors
+from shared.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    key: str
+    version: int  # the collection version the snapshot reflects
+    last_id: str  # the last log entry it includes
+    model: str
+    dim: int
+    count: int
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Snapshots:
+    def __init__(self, client: redis.Redis, blobs: BlobStore, every: int, lock_ttl_s: int = 300) -> None:
+        self.redis = client
+        self.blobs = blobs
+        self.every = every  # log entries applied since the newest snapshot before writing another
+        self.lock_ttl_s = lock_ttl_s
+        self._publish = client.register_script(scripts.PUBLISH_SNAPSHOT)
+
+    def latest(self, collection: str) -> SnapshotInfo | None:
+        raw = {_s(k): _s(v) for k, v in self.redis.hgetall(keys.snapshot(collection)).items()}
+        try:
+            return SnapshotInfo(
+                key=raw["key"],
+                version=int(raw["version"]),
+                last_id=raw["last_id"],
+                model=raw["model"],
+                dim=int(raw["dim"]),
+                count=int(raw["count"]),
+            )
+        except (KeyError, ValueError):
+            return None
+
+    def load(
+        self, collection: str, fetch_vectors: FetchVectors, params: AnnParams
+    ) -> tuple[SnapshotInfo, AnnIndex] | None:
+        """The newest snapshot and its index, or None if there is none or it cannot be read."""
+        for _ in range(2):  # the pointer may move on between reading it and reading its blob
+            info = self.latest(collection)
+            if info is None:
+                return None
+            data = self.blobs.get(info.key)
+            if data is None:
+                continue
+            try:
+                index = AnnIndex.load(data, fetch_vectors, params)
+            except (ValueError, KeyError, OSError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
+                # A damaged snapshot costs a rebuild, never a wrong answer.
+                log.warning("snapshot %s of %s is unreadable (%s); rebuilding instead", info.key, collection, exc)
+                return None
+            if index.dim != info.dim or len(index) != info.count:
+                log.warning("snapshot %s of %s does not match its record; rebuilding instead", info.key, collection)
+                return None
+            return info, index
+        return None
+
+    def due(self, collection: str, version: int, index: AnnIndex) -> bool:
+        """Whether a replica at `version` should write a snapshot now."""
+        if index.exact or index.building:  # exact ones rebuild fast; a training will replace this one
+            return False
+        newest = self.redis.hget(keys.snapshot(collection), "version")
+        return newest is None or version - int(newest) >= self.every or version < int(newest)
+
+    def save(self, collection: str, model: str, version: int, last_id: str, index: AnnIndex) -> SnapshotInfo | None:
+        """Write and publish a snapshot of `index` (at `version` / `last_id`); None if another
+        worker is writing one or has published a newer one."""
+        lock = self.redis.lock(keys.snapshot_lock(collection), timeout=self.lock_ttl_s, blocking=False)
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            started = time.perf_counter()
+            buffer = io.BytesIO()
+            index.save(buffer)
+            info = SnapshotInfo(
+                key=keys.snapshot_blob(collection, version, secrets.token_hex(4)),
+                version=version,
+                last_id=last_id,
+                model=model,
+                dim=index.dim,
+                count=len(index),
+            )
+            self.blobs.put(info.key, buffer.getbuffer())
+            size = buffer.tell()
+            del buffer
+            stale = self._publish(
+                keys=[keys.snapshot(collection), keys.collection(collection)],
+                args=[info.key, info.version, info.last_id, info.model, info.dim, info.count],
+            )
+            if stale is None:  # a newer one was published meanwhile
+                self.blobs.delete([info.key])
+                return None
+            if _s(stale):
+                self.blobs.delete([_s(stale)])
+            log.info(
+                "snapshot of %s at version %d: %d vectors, %.0f MB in %.1fs",
+                collection,
+                version,
+                info.count,
+                size / 2**20,
+                time.perf_counter() - started,
+            )
+            return info
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile: nothing to release
+                lock.release()
