@@ -123,6 +123,20 @@ class BlobStore(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
+    def put_file(self, key: str, path: Path) -> None:
+        """Store the contents of a local file (large blobs: replica snapshots), streamed where the
+        backend can, so that a blob of hundreds of MB is never held in memory whole."""
+        self.put(key, Path(path).read_bytes())
+
+    def get_file(self, key: str, path: Path) -> bool:
+        """Write the blob under `key` to a local file, streamed where the backend can; False when
+        there is no such blob (then `path` is not created)."""
+        data = self.get(key)
+        if data is None:
+            return False
+        Path(path).write_bytes(data)
+        return True
+
     @abstractmethod
     def sweep(self, prefix: str, older_than_s: float) -> int:
         """Delete the blobs under folder `prefix` last written more than `older_than_s` ago; how many.

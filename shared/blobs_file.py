@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from shared.blobs import BlobStore, BlobStoreError, Data, _keys, validate_key, validate_prefix
 
@@ -15,6 +17,7 @@ from shared.blobs import BlobStore, BlobStoreError, Data, _keys, validate_key, v
 # Younger ones may belong to a put in progress, whatever age a sweep asks for.
 TEMP_FILE_GRACE_S = 3600.0
 _PUT_ATTEMPTS = 5
+COPY_BUFFER = 4 << 20
 
 
 class FileBlobStore(BlobStore):
@@ -29,6 +32,23 @@ class FileBlobStore(BlobStore):
         return self.root / validate_key(key)
 
     def put(self, key: str, data: Data) -> None:
+        self._write(key, lambda fh: fh.write(data))
+
+    def put_file(self, key: str, path: Path) -> None:
+        with open(path, "rb") as source:
+            self._write(key, lambda fh: shutil.copyfileobj(source, fh, COPY_BUFFER))
+
+    def get_file(self, key: str, path: Path) -> bool:
+        try:
+            with open(self._path(key), "rb") as source, open(path, "wb") as fh:
+                shutil.copyfileobj(source, fh, COPY_BUFFER)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return False
+        return True
+
+    def _write(self, key: str, fill: Callable[[BinaryIO], object]) -> None:
         path = self._path(key)
         new_folder = False
         # A concurrent delete or sweep may remove the (then empty) directory between our mkdir and
@@ -45,7 +65,7 @@ class FileBlobStore(BlobStore):
                 continue
             try:
                 with open(fd, "wb") as fh:
-                    fh.write(data)
+                    fill(fh)
                     if self.fsync:
                         fh.flush()
                         os.fsync(fh.fileno())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import boto3
 from botocore.config import Config
@@ -92,6 +93,19 @@ class S3BlobStore(BlobStore):
             return [self.get(key) for key in keys]
         # The client's connection pool has as many connections as the executor has threads.
         return list(self._pool().map(self.get, keys))
+
+    def put_file(self, key: str, path: Path) -> None:
+        # boto3's managed transfer: multipart above 8 MB, parts read from the file as they go.
+        self._client.upload_file(str(path), self.bucket, self._key(key))
+
+    def get_file(self, key: str, path: Path) -> bool:
+        try:
+            self._client.download_file(self.bucket, self._key(key), str(path))
+        except ClientError as error:
+            if _missing(error):
+                return False
+            raise
+        return True
 
     def exists(self, key: str) -> bool:
         try:

@@ -17,12 +17,13 @@ published, so a worker reading the pointer just before an update still finds its
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import secrets
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -77,15 +78,16 @@ class Snapshots:
             info = self.latest(collection)
             if info is None:
                 return None
-            data = self.blobs.get(info.key)
-            if data is None:
-                continue
-            try:
-                index = AnnIndex.load(data, fetch_vectors, params)
-            except (ValueError, KeyError, OSError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
-                # A damaged snapshot costs a rebuild, never a wrong answer.
-                log.warning("snapshot %s of %s is unreadable (%s); rebuilding instead", info.key, collection, exc)
-                return None
+            with tempfile.TemporaryDirectory(prefix="snapshot-") as folder:
+                path = Path(folder) / "snapshot.npz"
+                if not self.blobs.get_file(info.key, path):
+                    continue
+                try:
+                    index = AnnIndex.load(path, fetch_vectors, params)
+                except (ValueError, KeyError, OSError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
+                    # A damaged snapshot costs a rebuild, never a wrong answer.
+                    log.warning("snapshot %s of %s is unreadable (%s); rebuilding instead", info.key, collection, exc)
+                    return None
             if index.dim != info.dim or len(index) != info.count:
                 log.warning("snapshot %s of %s does not match its record; rebuilding instead", info.key, collection)
                 return None
@@ -107,8 +109,6 @@ class Snapshots:
             return None
         try:
             started = time.perf_counter()
-            buffer = io.BytesIO()
-            index.save(buffer)
             info = SnapshotInfo(
                 key=keys.snapshot_blob(collection, version, secrets.token_hex(4)),
                 version=version,
@@ -117,9 +117,12 @@ class Snapshots:
                 dim=index.dim,
                 count=len(index),
             )
-            self.blobs.put(info.key, buffer.getbuffer())
-            size = buffer.tell()
-            del buffer
+            # Through a local file, streamed to the store: never the whole snapshot in memory.
+            with tempfile.TemporaryDirectory(prefix="snapshot-") as folder:
+                path = Path(folder) / "snapshot.npz"
+                index.save(path)
+                size = path.stat().st_size
+                self.blobs.put_file(info.key, path)
             stale = self._publish(
                 keys=[keys.snapshot(collection), keys.collection(collection)],
                 args=[info.key, info.version, info.last_id, info.model, info.dim, info.count],
