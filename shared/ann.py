@@ -46,7 +46,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -407,7 +407,8 @@ class AnnIndex:
             meta = json.loads(data["meta"].tobytes())
             if meta["version"] != SNAPSHOT_VERSION:
                 raise ValueError(f"snapshot version {meta['version']} is not {SNAPSHOT_VERSION}")
-            saved = AnnParams(**meta["params"])
+            known = {f.name for f in fields(AnnParams)}  # a newer version's extra tuning is ignored
+            saved = AnnParams(**{k: v for k, v in meta["params"].items() if k in known})
             index = cls(meta["dim"], fetch_vectors, params or saved, hold=meta["hold"], capacity=1)
             raw_ids = data["ids"].tobytes().decode()
             ids = raw_ids.split("\n") if raw_ids else []
@@ -450,7 +451,9 @@ class AnnIndex:
             for ids, vecs in stream:
                 index.upsert(ids, vecs)
             return index
-        want = index._sample_size(total)
+        # The training sample, and at least `threshold` vectors: fewer than that only if the
+        # collection shrank since `total` was counted (then it is exact after all).
+        want = max(index._sample_size(total), min(total, index.params.threshold))
         head_ids: list[str] = []
         head: list[np.ndarray] = []
         for ids, vecs in stream:
@@ -459,12 +462,14 @@ class AnnIndex:
             if len(head_ids) >= want:
                 break
         sample = np.concatenate(head) if head else np.zeros((0, dim), dtype=np.float32)
-        if len(sample) < index.params.threshold:  # far fewer than announced: exact after all
+        del head
+        if len(sample) < index.params.threshold:
             index.upsert(head_ids, sample)
             for ids, vecs in stream:
                 index.upsert(ids, vecs)
             return index
         faiss = _faiss()
+        before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
         try:
             t0 = time.perf_counter()
@@ -476,11 +481,11 @@ class AnnIndex:
                 if index.hold:
                     index._held = np.zeros((len(index._labels), dim), dtype=np.float16)
             index.upsert(head_ids, sample)
-            del head, sample
+            del sample
             for ids, vecs in _blocks(stream, dim, BULK_BLOCK):
                 index.upsert(ids, vecs)
         finally:
-            faiss.omp_set_num_threads(1)
+            faiss.omp_set_num_threads(before)
         log.info("built an IVF%d index over %d vectors in %.1fs", trained.nlist, len(index), time.perf_counter() - t0)
         return index
 

@@ -164,7 +164,8 @@ return out
 """
 
 # Publish a replica snapshot if it is newer than the one published (two workers may race).
-# A published version above the collection's own is from before Redis lost writes: replaced.
+# A published version above the collection's own is from before Redis lost writes: replaced; a
+# new one above it is refused for the same reason.
 # KEYS: snapshot pointer, collection hash.
 # ARGV: blob key, version, last log id, model, dim, count.
 # Returns the blob key no longer named (to delete) or '' ; false if ours was not newer.
@@ -172,6 +173,9 @@ PUBLISH_SNAPSHOT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
 local version = tonumber(ARGV[2])
 local collection_version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+if version > collection_version then
+  return false  -- written before Redis lost writes: it holds history the collection no longer has
+end
 if current >= version and current <= collection_version then
   return false
 end

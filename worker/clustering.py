@@ -87,6 +87,10 @@ def cluster(
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(n, FIT_SAMPLE, replace=False)) if n > FIT_SAMPLE else np.arange(n)
     sample = np.asarray(rows(picked), dtype=np.float32)
+    # Rows read from Redis come back NaN when the image was deleted since the replica synced.
+    sample = sample[np.isfinite(sample).all(axis=1)]
+    if len(sample) <= max(candidates):
+        raise ValueError(f"K must be below the {len(sample)} images still in the collection")
     scores: dict[int, float] = {}
     best = None
     started = time.monotonic()
@@ -98,15 +102,19 @@ def cluster(
         if best is None or scores[candidate] > scores[best[0]]:
             best = (candidate, model)
     chosen, model = best
-    centroids = l2_normalise(model.cluster_centers_).astype(np.float32)
-    labels = np.empty(n, dtype=np.int32)
-    similarity = np.empty(n, dtype=np.float32)
+    centers = model.cluster_centers_.astype(np.float32)
+    centroids = l2_normalise(centers).astype(np.float32)
+    half_norms = 0.5 * (centers * centers).sum(axis=1)
+    labels = np.full(n, -1, dtype=np.int32)  # -1: deleted meanwhile (its row read back NaN)
+    similarity = np.full(n, -np.inf, dtype=np.float32)
     for start in range(0, n, LABEL_CHUNK):
         positions = np.arange(start, min(n, start + LABEL_CHUNK))
-        sims = np.asarray(rows(positions), dtype=np.float32) @ centroids.T
-        # Nearest centroid by Euclidean distance = highest cosine for unit vectors.
-        labels[positions] = np.argmax(sims, axis=1)
-        similarity[positions] = sims[np.arange(len(positions)), labels[positions]]
+        x = np.asarray(rows(positions), dtype=np.float32)
+        live = np.isfinite(x).all(axis=1)
+        x, positions = x[live], positions[live]
+        # k-means' own assignment (nearest centre, as `predict`): argmax of x.c - |c|^2 / 2.
+        labels[positions] = np.argmax(x @ centers.T - half_norms, axis=1)
+        similarity[positions] = np.einsum("ij,ij->i", x, centroids[labels[positions]])
     medoids, samples, sizes = [], [], []
     for c in range(chosen):
         members = np.flatnonzero(labels == c)

@@ -36,7 +36,7 @@ def run_cluster_job(ctx: JobContext) -> None:
             "k": result.k,
             "silhouette": {str(k): v for k, v in result.silhouette.items()},
             "created_at": utcnow(),
-            "image_count": len(ids),
+            "image_count": int((result.labels >= 0).sum()),
             "clusters": [
                 {
                     "cluster": c,
@@ -47,10 +47,11 @@ def run_cluster_job(ctx: JobContext) -> None:
                 for c in range(result.k)
             ],
         }
-        labels = {image_id: int(label) for image_id, label in zip(ids, result.labels, strict=True)}
+        labels = {image_id: int(label) for image_id, label in zip(ids, result.labels, strict=True) if label >= 0}
         members = [[] for _ in range(result.k)]
         for row in np.argsort(-result.similarity, kind="stable").tolist():
-            members[int(result.labels[row])].append(ids[row])
+            if result.labels[row] >= 0:  # not deleted while the job ran
+                members[int(result.labels[row])].append(ids[row])
         store.save_clustering(collection, job_id, summary, labels, members, result.centroids, version)
     except SimsearchError as exc:
         error = ItemError(index=0, error=exc.code, detail=exc.detail)

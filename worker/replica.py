@@ -159,8 +159,11 @@ class ReplicaSet:
         if loaded is None:
             return None
         info, index = loaded
-        if info.model != model or info.dim != dim or info.version > version:
-            return None  # the pointer moved between the two reads
+        # The pointer may have moved on since it was first read (another worker published): judge
+        # it against the collection as it is now.
+        model_now, dim_now, version_now = self.store.collection_header(collection)
+        if info.model != model_now or info.dim != dim_now or info.version > version_now or model_now != model:
+            return None
         replica = Replica(model=model, index=index, last_id=info.last_id, version=info.version)
         if not self._catch_up(collection, replica):
             log.info("snapshot of %s at version %d is too old for the log; rebuilding", collection, info.version)

@@ -21,7 +21,6 @@ import logging
 import secrets
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,16 +77,17 @@ class Snapshots:
             info = self.latest(collection)
             if info is None:
                 return None
-            with tempfile.TemporaryDirectory(prefix="snapshot-") as folder:
-                path = Path(folder) / "snapshot.npz"
-                if not self.blobs.get_file(info.key, path):
-                    continue
-                try:
+            try:
+                with tempfile.TemporaryDirectory(prefix="snapshot-") as folder:
+                    path = Path(folder) / "snapshot.npz"
+                    if not self.blobs.get_file(info.key, path):
+                        continue
                     index = AnnIndex.load(path, fetch_vectors, params)
-                except (ValueError, KeyError, OSError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
-                    # A damaged snapshot costs a rebuild, never a wrong answer.
-                    log.warning("snapshot %s of %s is unreadable (%s); rebuilding instead", info.key, collection, exc)
-                    return None
+            except Exception as exc:
+                # A snapshot that cannot be fetched or read (damaged, from another version, a
+                # full disk) costs a rebuild from Redis, never a failed or wrong answer.
+                log.warning("snapshot %s of %s unusable (%r); rebuilding instead", info.key, collection, exc)
+                return None
             if index.dim != info.dim or len(index) != info.count:
                 log.warning("snapshot %s of %s does not match its record; rebuilding instead", info.key, collection)
                 return None
@@ -98,8 +98,12 @@ class Snapshots:
         """Whether a replica at `version` should write a snapshot now."""
         if index.exact or index.building:  # exact ones rebuild fast; a training will replace this one
             return False
-        newest = self.redis.hget(keys.snapshot(collection), "version")
-        return newest is None or version - int(newest) >= self.every or version < int(newest)
+        newest = self.latest(collection)
+        if newest is None or newest.dim != index.dim:  # none yet, or one of the vectors before a re-embed
+            return True
+        collection_version = int(self.redis.hget(keys.collection(collection), "version") or 0)
+        # A snapshot from beyond the collection's version is from before Redis lost writes.
+        return version - newest.version >= self.every or newest.version > collection_version
 
     def save(self, collection: str, model: str, version: int, last_id: str, index: AnnIndex) -> SnapshotInfo | None:
         """Write and publish a snapshot of `index` (at `version` / `last_id`); None if another
@@ -123,10 +127,14 @@ class Snapshots:
                 index.save(path)
                 size = path.stat().st_size
                 self.blobs.put_file(info.key, path)
-            stale = self._publish(
-                keys=[keys.snapshot(collection), keys.collection(collection)],
-                args=[info.key, info.version, info.last_id, info.model, info.dim, info.count],
-            )
+            try:
+                stale = self._publish(
+                    keys=[keys.snapshot(collection), keys.collection(collection)],
+                    args=[info.key, info.version, info.last_id, info.model, info.dim, info.count],
+                )
+            except BaseException:
+                self.blobs.delete([info.key])  # not published: nothing will ever name it
+                raise
             if stale is None:  # a newer one was published meanwhile
                 self.blobs.delete([info.key])
                 return None

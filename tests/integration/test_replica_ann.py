@@ -191,6 +191,18 @@ def test_a_snapshot_from_a_newer_redis_is_ignored(h: Harness, name: str, data: n
     assert Snapshots(h.client, h.blobs, 1).latest(name).version == N - 10
 
 
+def test_a_snapshot_of_history_redis_lost_is_not_published(h: Harness, name: str, data: np.ndarray) -> None:
+    add(h, name, data, range(N))
+    rs = replicas(h)
+    rs.sync(name)  # at version N
+    h.client.hset(keys.collection(name), "version", N - 100)  # Redis restored from an older dump
+    replica = rs._replicas[name]
+    snaps = Snapshots(h.client, h.blobs, 1)
+    assert snaps.save(name, replica.model, replica.version, replica.last_id, replica.index) is None
+    assert snaps.latest(name) is None
+    assert _blob_keys(h, name) == []  # the refused snapshot's blob is deleted
+
+
 def test_only_a_newer_snapshot_is_published(h: Harness, name: str, data: np.ndarray) -> None:
     add(h, name, data, range(N))
     behind, ahead = replicas(h), replicas(h)

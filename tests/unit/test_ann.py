@@ -329,3 +329,14 @@ def test_small_approximate_indexes_scan_every_list(data) -> None:
     assert big._nprobe(big._ann) * per_list >= 16_384 or big._nprobe(big._ann) == big._ann.nlist
     pinned = _approximate(ids[:3_000], vecs[:3_000], nprobe=4)
     assert pinned._nprobe(pinned._ann) == 4
+
+
+def test_bulk_build_between_the_threshold_and_its_training_sample_is_approximate(data) -> None:
+    # 12,000 vectors: the training sample (32 x 256 lists = 8,192) is below the 10,000 threshold;
+    # the build must still read past the threshold before deciding, whatever the chunk size.
+    ids, vecs = data
+    for size in (700, 2_048, 5_000):
+        index = AnnIndex.bulk(
+            DIM, 12_000, _chunks(ids[:12_000], vecs[:12_000], size), _fetcher(ids, vecs), AnnParams(background=False)
+        )
+        assert not index.exact and not index.building and len(index) == 12_000

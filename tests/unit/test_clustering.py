@@ -58,3 +58,18 @@ def test_the_k_sweep_is_bounded() -> None:
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     result = cluster(matrix, None, 2, 100, budget_s=0.0)  # the budget stops the sweep after one K
     assert list(result.silhouette) == [2]
+
+
+def test_rows_deleted_meanwhile_are_left_out_not_fatal() -> None:
+    # An approximate replica reads rows from Redis: a vector deleted since the sync comes back NaN.
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((3, 32))
+    x = np.concatenate([c + 0.05 * rng.standard_normal((60, 32)) for c in centres]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    gone = np.zeros(len(x), dtype=bool)
+    gone[::17] = True
+    source = np.where(gone[:, None], np.nan, x).astype(np.float32)
+    result = cluster(lambda positions: source[positions], 3, n=len(x))
+    assert (result.labels[gone] == -1).all() and (result.labels[~gone] >= 0).all()
+    assert sum(result.sizes) == int((~gone).sum())
+    assert all(not gone[m] for m in result.medoids)
