@@ -12,7 +12,16 @@ from shared import keys, scripts
 from shared.blobs_async import AsyncBlobStore
 from shared.jobs import AsyncJobs, JobLifecycle
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
-from shared.schemas import CollectionInfo, ImageRecord, JobInput, JobStatus, JobType, JobView, rendition_key
+from shared.schemas import (
+    CollectionInfo,
+    ImageRecord,
+    JobInput,
+    JobStatus,
+    JobType,
+    JobView,
+    rendition_key,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,7 @@ class ApiStore:
         self._delete_image = client.register_script(scripts.DELETE_IMAGE)
         self._begin_reembed = client.register_script(scripts.BEGIN_REEMBED)
         self._abort_reembed = client.register_script(scripts.ABORT_REEMBED)
+        self._create_collection = client.register_script(scripts.CREATE_COLLECTION)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -75,13 +85,25 @@ class ApiStore:
         if not member:
             return None
         fields = {_s(k): _s(v) for k, v in raw.items()}
+        shards = int(fields.get("shards") or 1)
+        counts = [int(fields.get(f"count:{i}") or 0) for i in range(shards)] if shards > 1 else [int(count)]
         return CollectionInfo(
             name=name,
             image_count=int(count),
             model=fields.get("model"),
             dimension=int(fields["dim"]) if fields.get("dim") else None,
             created_at=fields.get("created_at"),
+            shards=shards,
+            shard_counts=counts,
         )
+
+    async def create_collection(self, name: str, shards: int) -> tuple[bool, int]:
+        """Create an empty collection with `shards` shards: (created, the shards it has)."""
+        existed = await self.collection_exists(name)
+        have = await self._create_collection(
+            keys=[keys.COLLECTIONS, keys.collection(name)], args=[name, shards, utcnow()]
+        )
+        return (not existed and int(have) == shards), int(have)
 
     async def image(self, collection: str, image_id: str) -> ImageRecord | None:
         raw = await self.redis.hget(keys.images(collection), image_id)

@@ -60,12 +60,13 @@ def cluster_members(name: str, cluster: int) -> str:
     return f"ss:c:{name}:cluster:{cluster}"  # list of image ids, nearest the centroid first
 
 
-def snapshot(name: str) -> str:
-    return f"ss:c:{name}:snapshot"  # hash: the newest replica snapshot (blob key, log position, ...)
+def snapshot(name: str, part: str = "") -> str:
+    # hash: the newest replica snapshot (blob key, log position, ...); `part` names a shard ("s3")
+    return f"ss:c:{name}:snapshot" + (f":{part}" if part else "")
 
 
-def snapshot_lock(name: str) -> str:
-    return f"ss:c:{name}:snapshot:lock"  # one worker writes a collection's snapshot at a time
+def snapshot_lock(name: str, part: str = "") -> str:
+    return snapshot(name, part) + ":lock"  # one worker writes a collection's snapshot at a time
 
 
 def delete_image_keys(name: str, image_id: str) -> list[str]:
@@ -130,5 +131,14 @@ def rendition_blob(collection: str, image_id: str, generation: str) -> str:
     return f"renditions/{collection}/{image_id}/{generation}.jpg"
 
 
-def snapshot_blob(collection: str, version: int, token: str) -> str:
-    return f"snapshots/{collection}/{version}-{token}.npz"  # a replica snapshot (shared.ann format)
+def snapshot_blob(collection: str, version: int, token: str, part: str = "") -> str:
+    folder = f"snapshots/{collection}/{part}" if part else f"snapshots/{collection}"
+    return f"{folder}/{version}-{token}.npz"  # a replica snapshot (shared.ann format)
+
+
+def job_query(job_id: str) -> str:
+    return f"ss:job:{job_id}:query"  # a fanned-out search's query vector (float32), for every shard
+
+
+def job_shards(job_id: str) -> str:
+    return f"ss:job:{job_id}:shards"  # shard -> its answer (JSON), as the shards of a search answer

@@ -13,6 +13,8 @@ INDEX_CHUNK_TASK = "simsearch.index_chunk"
 SEARCH_TASK = "simsearch.search"
 REEMBED_CHUNK_TASK = "simsearch.reembed_chunk"
 CLUSTER_TASK = "simsearch.cluster"
+SEARCH_SHARD_TASK = "simsearch.search_shard"  # sent to shared.shards.shard_queue(shard)
+SEARCH_DEADLINE_TASK = "simsearch.search_deadline"
 
 
 def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, Any]:
@@ -30,6 +32,7 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, A
             REEMBED_CHUNK_TASK: {"queue": INDEX_QUEUE},
             CLUSTER_TASK: {"queue": INDEX_QUEUE},
             SEARCH_TASK: {"queue": SEARCH_QUEUE},
+            SEARCH_DEADLINE_TASK: {"queue": SEARCH_QUEUE},
         },
         "broker_transport_options": broker_transport_options(visibility_timeout_s),
         "broker_connection_retry_on_startup": True,

@@ -126,6 +126,8 @@ class SearchResult(BaseModel):
     model: str
     served_by: str | None = None  # the Celery worker that answered
     query_cluster: int | None = None  # the cluster whose centroid is nearest the query
+    shards: int | None = None  # a sharded collection: how many shards were asked
+    missing_shards: list[int] | None = None  # ... and which did not answer in time (status partial)
 
 
 class CollectionInfo(BaseModel):
@@ -134,6 +136,8 @@ class CollectionInfo(BaseModel):
     model: str | None = None
     dimension: int | None = None
     created_at: str | None = None
+    shards: int = 1
+    shard_counts: list[int] = Field(default_factory=list)  # images per shard, shard 0 first
 
 
 class JobAccepted(BaseModel):

@@ -7,6 +7,18 @@ replica that reads an entry whose `n` is not its own version + 1 knows it missed
 
 from __future__ import annotations
 
+# An image's shard (shared.shards.shard_of) and its collection's per-shard count ('count:<i>' in the
+# collection hash; kept only for sharded collections, whose count is otherwise HLEN of images).
+_SHARDS = """
+local function count_shard(collection, id, delta)
+  local shards = tonumber(redis.call('HGET', collection, 'shards') or '1')
+  if shards > 1 then
+    local shard = (tonumber(string.sub(id, 1, 8), 16) or 0) % shards
+    redis.call('HINCRBY', collection, 'count:' .. shard, delta)
+  end
+end
+"""
+
 # KEYS: collections, collection, images, vectors, thumbs, log, order, staged, then one tombstone
 # key per image. ARGV: model, embedding, dim, log maxlen, job seq, collection name, now, staged
 # ttl, then quadruplets (image_id, record JSON, vector bytes or "" for a confirm-only item,
@@ -15,7 +27,9 @@ from __future__ import annotations
 # 1 = created, 0 = already there, 2 = deleted after this job was queued (the delete wins).
 # An empty collection takes the model of whoever adds to it first, and exists from its first image.
 # While a re-embed runs with this worker's embedding, new vectors are staged for it too.
-ADD_IMAGES = """
+ADD_IMAGES = (
+    _SHARDS
+    + """
 local model = redis.call('HGET', KEYS[2], 'model')
 if model and model ~= ARGV[1] and redis.call('HLEN', KEYS[3]) > 0 then return {-2, model} end
 local seq = tonumber(ARGV[5])
@@ -42,6 +56,7 @@ for i = 9, #ARGV, 4 do
     local v = redis.call('HINCRBY', KEYS[2], 'version', 1)
     redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'op', 'add', 'id', id, 'n', v)
     redis.call('ZADD', KEYS[7], v, id)
+    count_shard(KEYS[2], id, 1)
     table.insert(out, 1)
     created = true
   end
@@ -55,6 +70,7 @@ if created then
 end
 return out
 """
+)
 
 # KEYS: `keys.delete_image_keys`. ARGV: image_id, log maxlen, tombstone ttl.
 # The tombstone (a fresh sequence number) makes index jobs created before this delete skip the
@@ -63,7 +79,9 @@ return out
 # does not exist gets none (no key per probe of random ids).
 # Returns the deleted record (its rendition's blob is the caller's to delete). The version bump
 # marks clusterings computed before it as stale.
-DELETE_IMAGE = """
+DELETE_IMAGE = (
+    _SHARDS
+    + """
 if redis.call('EXISTS', KEYS[5]) == 0 then return 0 end
 redis.call('SET', KEYS[10], redis.call('INCR', KEYS[9]), 'EX', ARGV[3])
 local record = redis.call('HGET', KEYS[1], ARGV[1])
@@ -74,10 +92,12 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
 redis.call('HDEL', KEYS[8], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
+count_shard(KEYS[5], ARGV[1], -1)
 local v = redis.call('HINCRBY', KEYS[5], 'version', 1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'op', 'del', 'id', ARGV[1], 'n', v)
 return record
 """
+)
 
 # KEYS: images, staged, collection. ARGV: ttl, job_id, then pairs (image_id, vector bytes).
 # Only images still in the collection get a staged vector: staged stays a subset of images, which
@@ -101,7 +121,9 @@ return staged
 # remaining image has a staged vector, the staged vectors become the collection's and a 'reset'
 # entry tells every replica to rebuild. Returns {1 swapped | 2 this job swapped already (a
 # redelivered finisher) | 0 not yet (images lack a vector) | -1 not this job's re-embed, dropped...}.
-SWAP_VECTORS = """
+SWAP_VECTORS = (
+    _SHARDS
+    + """
 if redis.call('HGET', KEYS[1], 'reembed_job') ~= ARGV[1] then
   if redis.call('HGET', KEYS[1], 'last_reembed_job') == ARGV[1] then return {2} end
   return {-1}
@@ -114,6 +136,7 @@ for i = 6, #ARGV do
     redis.call('HDEL', KEYS[5], id)
     redis.call('HDEL', KEYS[6], id)
     redis.call('ZREM', KEYS[7], id)
+    count_shard(KEYS[1], id, -1)
     local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
     redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[5], '*', 'op', 'del', 'id', id, 'n', v)
     table.insert(out, id)
@@ -134,6 +157,7 @@ redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[5], '*', 'op', 'reset', 'id', '*
 out[1] = 1
 return out
 """
+)
 
 # KEYS: collection, staged. ARGV: job_id. A re-embed that ends without swapping lets go.
 ABORT_REEMBED = """
@@ -184,4 +208,29 @@ local key = redis.call('HGET', KEYS[1], 'key') or ''
 redis.call('HSET', KEYS[1], 'key', ARGV[1], 'prev', key, 'version', ARGV[2], 'last_id', ARGV[3],
   'model', ARGV[4], 'dim', ARGV[5], 'count', ARGV[6])
 return prev
+"""
+
+# Create a collection with a number of shards (before any image). KEYS: collections, collection.
+# ARGV: name, shards, now. Returns the collection's shards: ours if it is new, else those it has.
+CREATE_COLLECTION = """
+if redis.call('HSETNX', KEYS[2], 'shards', ARGV[2]) == 1 then
+  redis.call('HSETNX', KEYS[2], 'name', ARGV[1])
+  redis.call('HSETNX', KEYS[2], 'created_at', ARGV[3])
+  redis.call('HSETNX', KEYS[2], 'version', 0)
+  redis.call('SADD', KEYS[1], ARGV[1])
+end
+return tonumber(redis.call('HGET', KEYS[2], 'shards'))
+"""
+
+# A shard's answer to a fanned-out search. KEYS: the job's shard answers (hash), the job record.
+# ARGV: shard, answer JSON, ttl, final statuses... Returns how many shards have answered, or -1
+# if the job already ended (a late shard after the deadline: nothing is written).
+RECORD_SHARD = """
+local status = redis.call('HGET', KEYS[2], 'status')
+for i = 4, #ARGV do
+  if status == ARGV[i] then return -1 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('HLEN', KEYS[1])
 """

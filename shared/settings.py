@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.blobs import BlobSettings
+from shared.shards import MAX_SHARDS
 
 
 class CommonSettings(BlobSettings):
@@ -25,6 +26,10 @@ class CommonSettings(BlobSettings):
     # A task message held by a worker that stops sending heartbeats comes back to the queue after
     # this long (live workers refresh their messages every sixth of it).
     task_visibility_timeout_s: int = Field(default=30, ge=5)
+    # Shards of a collection created without a `shards` value (PUT /v1/collections/{c}); both
+    # services read it. A search of a sharded collection waits this long for every shard.
+    default_shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
+    shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

@@ -18,6 +18,7 @@ from shared.errors import ModelWeightsUnavailable
 from shared.logs import configure_logging, current_job
 from shared.models.registry import get_model_spec
 from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE, celery_config
+from shared.shards import shard_queue
 from worker.heartbeat import Heartbeat
 from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings
@@ -29,7 +30,8 @@ settings = WorkerSettings()
 app = Celery("simsearch", include=["worker.tasks"])
 app.conf.update(
     celery_config(settings.redis_url, visibility_timeout_s=settings.task_visibility_timeout_s),
-    task_queues=[Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE)],
+    # Searches and embedding are shared; a shard's searches go to the workers serving it.
+    task_queues=[Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE), *(Queue(shard_queue(i)) for i in settings.served_shard_list)],
     worker_prefetch_multiplier=1,
     # Pool processes build the model in worker_process_init (seconds: TensorFlow, OpenVINO compile);
     # Celery's default of 4 s would kill and respawn them forever.

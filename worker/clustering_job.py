@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,14 +23,11 @@ def run_cluster_job(ctx: JobContext) -> None:
         # The version is read first: anything that changes the collection after it marks this
         # clustering stale.
         version = store.collection_version(collection)
-        replica = ctx.replicas.sync(collection)
-        if replica is None or len(replica.index) < 3:
+        ids, rows = _source(ctx)
+        if len(ids) < 3:
             raise SimsearchError("clustering needs at least 3 images", code="too_few_images", status_code=409)
-        ids = replica.index.ids
         try:
-            result = cluster(
-                replica.index.rows, params.get("k"), params.get("k_min", 2), params.get("k_max", 10), n=len(ids)
-            )
+            result = cluster(rows, params.get("k"), params.get("k_min", 2), params.get("k_max", 10), n=len(ids))
         except ValueError as exc:
             raise SimsearchError(str(exc), code="invalid_k", status_code=400) from exc
         summary = {
@@ -60,3 +58,17 @@ def run_cluster_job(ctx: JobContext) -> None:
         return
     jobs.record_items(job_id, [(outcome, None)])
     jobs.finish(job_id, JobStatus.succeeded, {**summary, "stale": False})
+
+
+def _source(ctx: JobContext) -> tuple[list[str], Callable[[np.ndarray], np.ndarray]]:
+    """Every image id and a reader of their vectors by position. An unsharded collection is read
+    from this worker's replica; a sharded one from Redis (this worker may hold none of its shards,
+    and must not build replicas of shards it does not serve)."""
+    store, collection = ctx.store, ctx.collection
+    if store.collection_shards(collection) <= 1:
+        replica = ctx.replicas.sync(collection)
+        return (replica.index.ids, replica.index.rows) if replica is not None else ([], np.zeros)
+    _, dim, _ = store.collection_header(collection)
+    ids = store.vector_ids(collection)
+    fetch = ctx.replicas.fetcher(collection, dim or 0)
+    return ids, lambda positions: fetch([ids[p] for p in positions])

@@ -19,13 +19,14 @@ import contextlib
 import ctypes
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from shared import vectors
 from shared.ann import AnnIndex, AnnParams, FetchVectors
+from shared.shards import shard_of
 from worker.snapshots import Snapshots
 from worker.store import StreamEntry, WorkerStore
 
@@ -43,6 +44,10 @@ def release_freed_memory() -> None:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _of(replica: Replica) -> str:
+    return f" shard {replica.shard}/{replica.shards}" if replica.shards > 1 else ""
 
 
 def stream_id_key(entry_id: str) -> tuple[int, int]:
@@ -84,6 +89,16 @@ class Replica:
     version: int = 0  # the collection version the replica reflects (n of the last entry applied)
     # (clustering id, centroids, labels): loaded when a clustering exists, reloaded when it changes
     clustering: tuple[str, Any, dict[str, int]] | None = None
+    shard: int = 0  # which shard of the collection this replica holds (of `shards`)
+    shards: int = 1
+
+    @property
+    def part(self) -> str:
+        """Names the shard in snapshot keys; "" for an unsharded collection."""
+        return f"s{self.shard}" if self.shards > 1 else ""
+
+    def holds(self, image_id: str) -> bool:
+        return self.shards <= 1 or shard_of(image_id, self.shards) == self.shard
 
 
 class ReplicaSet:
@@ -98,41 +113,51 @@ class ReplicaSet:
         self.batch = batch
         self.params = params or AnnParams()
         self.snapshots = snapshots
-        self._replicas: dict[str, Replica] = {}
+        self._replicas: dict[tuple[str, int], Replica] = {}  # (collection, shard) -> replica
         self.rebuilds = 0  # how many times a replica was built from the vectors (tests, metrics)
         self.restores = 0  # how many times one was loaded from a snapshot
 
-    def sync(self, collection: str) -> Replica | None:
-        """The collection's replica, current as of now; None if it holds no vectors yet."""
+    def sync(self, collection: str, shard: int = 0, shards: int = 1) -> Replica | None:
+        """The replica of the collection's `shard` (of `shards`), current as of now; None if the
+        collection holds no vectors yet."""
+        key = (collection, shard)
         for _ in range(MAX_REBUILDS):
             model, dim, version = self.store.collection_header(collection)
             if model is None or dim is None:
-                self._replicas.pop(collection, None)
+                self._replicas.pop(key, None)
                 return None
-            replica = self._replicas.get(collection)
+            replica = self._replicas.get(key)
             if (
                 replica is not None
                 and replica.model == model
                 and replica.index.dim == dim
+                and replica.shards == shards
                 # A version below ours: Redis lost writes (restored, failed over): trust nothing.
                 and version >= replica.version
                 and self._catch_up(collection, replica)
             ):
                 return replica
-            self._replicas.pop(collection, None)
-            replica = self._restore(collection, model, dim, version) or self._rebuild(collection, model, dim)
+            self._replicas.pop(key, None)
+            blank = Replica(model=model, index=None, shard=shard, shards=shards)  # type: ignore[arg-type]
+            replica = self._restore(collection, blank, dim, version) or self._rebuild(collection, blank, dim)
             if replica is not None:
-                self._replicas[collection] = replica
+                self._replicas[key] = replica
                 return replica
         raise RuntimeError(f"the vectors of {collection!r} kept being replaced while this worker read them")
 
-    def maintain(self, collection: str) -> None:
+    def held(self) -> dict[tuple[str, int], int]:
+        """(collection, shard) -> vectors held: what this worker keeps in memory (tests, metrics)."""
+        return {key: len(replica.index) for key, replica in self._replicas.items()}
+
+    def maintain(self, collection: str, shard: int = 0) -> None:
         """Housekeeping after a search was answered: write a snapshot if one is due."""
-        replica = self._replicas.get(collection)
+        replica = self._replicas.get((collection, shard))
         if self.snapshots is None or replica is None:
             return
-        if self.snapshots.due(collection, replica.version, replica.index):
-            self.snapshots.save(collection, replica.model, replica.version, replica.last_id, replica.index)
+        if self.snapshots.due(collection, replica.version, replica.index, replica.part):
+            self.snapshots.save(
+                collection, replica.model, replica.version, replica.last_id, replica.index, replica.part
+            )
 
     def fetcher(self, collection: str, dim: int) -> FetchVectors:
         """Source-of-truth vectors by id for re-ranking: one HMGET; a vector deleted (or replaced
@@ -148,14 +173,15 @@ class ReplicaSet:
 
         return fetch
 
-    def _restore(self, collection: str, model: str, dim: int, version: int) -> Replica | None:
+    def _restore(self, collection: str, blank: Replica, dim: int, version: int) -> Replica | None:
         """The replica from the newest snapshot plus the log after it, or None to rebuild."""
         if self.snapshots is None:
             return None
-        info = self.snapshots.latest(collection)
+        model, part = blank.model, blank.part
+        info = self.snapshots.latest(collection, part)
         if info is None or info.model != model or info.dim != dim or info.version > version:
             return None
-        loaded = self.snapshots.load(collection, self.fetcher(collection, dim), self.params)
+        loaded = self.snapshots.load(collection, self.fetcher(collection, dim), self.params, part)
         if loaded is None:
             return None
         info, index = loaded
@@ -164,16 +190,16 @@ class ReplicaSet:
         model_now, dim_now, version_now = self.store.collection_header(collection)
         if info.model != model_now or info.dim != dim_now or info.version > version_now or model_now != model:
             return None
-        replica = Replica(model=model, index=index, last_id=info.last_id, version=info.version)
+        replica = replace(blank, index=index, last_id=info.last_id, version=info.version)
         if not self._catch_up(collection, replica):
             log.info("snapshot of %s at version %d is too old for the log; rebuilding", collection, info.version)
             return None
         self.restores += 1
         release_freed_memory()
-        log.info("restored replica of %s from a snapshot: %d vectors", collection, len(index))
+        log.info("restored replica of %s%s from a snapshot: %d vectors", collection, _of(replica), len(index))
         return replica
 
-    def _rebuild(self, collection: str, model: str, dim: int) -> Replica | None:
+    def _rebuild(self, collection: str, blank: Replica, dim: int) -> Replica | None:
         """A replica built from the vectors, or None if they were replaced (re-embedded) while
         being read: the caller starts over with the collection's new model and dimension."""
         # Note the log position first: replaying everything after it over the snapshot converges,
@@ -190,22 +216,28 @@ class ReplicaSet:
                 if len(fresh) != len(chunk):
                     swapped = True  # vectors of another dimension: swapped under us
                     return
-                if fresh:
-                    ids = list(fresh)
+                ids = [i for i in fresh if blank.holds(i)]  # a sharded replica keeps its shard's only
+                if ids:
                     yield ids, vectors.decode_many([fresh[i] for i in ids], dim)
                 if cursor == 0:
                     return
 
-        total = self.store.vector_count(collection)
+        total = self.store.vector_count(collection) // max(1, blank.shards)
         index = AnnIndex.bulk(dim, total, chunks(), self.fetcher(collection, dim), self.params)
         if swapped:
             return None
-        replica = Replica(model=model, index=index, last_id=last_id, version=version)
+        replica = replace(blank, index=index, last_id=last_id, version=version)
         if not self._catch_up(collection, replica):
             return None
         self.rebuilds += 1
         release_freed_memory()
-        log.info("rebuilt replica of %s: %d vectors (%s)", collection, len(index), "exact" if index.exact else "ann")
+        log.info(
+            "rebuilt replica of %s%s: %d vectors (%s)",
+            collection,
+            _of(replica),
+            len(index),
+            "exact" if index.exact else "ann",
+        )
         return replica
 
     def _catch_up(self, collection: str, replica: Replica) -> bool:
@@ -221,6 +253,8 @@ class ReplicaSet:
             final, last_id = fold_log(entries)
             if "reset" in final.values():  # vectors were swapped wholesale (re-embed): start over
                 return False
+            if replica.shards > 1:
+                final = {i: op for i, op in final.items() if replica.holds(i)}
             added = [i for i, op in final.items() if op == "add"]
             removed = [i for i, op in final.items() if op == "del"]
             replica.index.remove(removed)

@@ -18,6 +18,7 @@ from shared.schemas import (
     SearchParams,
     SearchResult,
 )
+from shared.shards import serves
 from worker.context import JobContext
 from worker.replica import Replica
 from worker.store import WorkerStore
@@ -42,7 +43,7 @@ def _query_vector(ctx: JobContext, params: SearchParams) -> np.ndarray:
 
 def search(ctx: JobContext, params: SearchParams) -> SearchResult:
     collection, embedder = ctx.collection, ctx.embedder
-    replica: Replica | None = ctx.replicas.sync(collection)
+    replica: Replica | None = ctx.replicas.sync(collection)  # an unsharded collection: shard 0 of 1
     if replica is not None and replica.model != embedder.name:
         raise Conflict(
             f"collection {collection!r} was built with model {replica.model!r}; this worker runs {embedder.name!r}",
@@ -89,12 +90,15 @@ def _clustering(store: WorkerStore, replica: Replica, collection: str):
     return replica.clustering
 
 
-def run_search_job(ctx: JobContext) -> None:
+def run_search_job(ctx: JobContext, served: frozenset[int] | None = None) -> int:
+    """Answer the search here, or prepare it for the shards: returns the number of shards to fan
+    out to (0 when answered here: an unsharded collection on a worker serving shard 0)."""
     ctx.jobs.mark_running(ctx.job_id)
     params = SearchParams.model_validate(ctx.job.params)
-    outcome = ItemOutcome(
-        index=0, filename=params.filename or "", image_id=params.image_id or "", status=ItemStatus.created
-    )
+    shards = ctx.store.collection_shards(ctx.collection)
+    if shards > 1 or not serves(served, 0):
+        return _prepare_fan_out(ctx, params, shards)
+    outcome = _outcome(params)
     try:
         result = search(ctx, params)
         result.served_by = ctx.served_by
@@ -110,3 +114,114 @@ def run_search_job(ctx: JobContext) -> None:
         ctx.jobs.finish(ctx.job_id, JobStatus.succeeded, result.model_dump(mode="json", exclude_none=True))
     finally:
         ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])
+    return 0
+
+
+def _outcome(params: SearchParams) -> ItemOutcome:
+    return ItemOutcome(
+        index=0, filename=params.filename or "", image_id=params.image_id or "", status=ItemStatus.created
+    )
+
+
+def _fail(ctx: JobContext, params: SearchParams, exc: SimsearchError) -> None:
+    error = ItemError(index=0, filename=params.filename, image_id=params.image_id, error=exc.code, detail=exc.detail)
+    failed = _outcome(params).model_copy(update={"status": ItemStatus.failed})
+    ctx.jobs.record_items(ctx.job_id, [(failed, error)])
+    ctx.jobs.finish(ctx.job_id, JobStatus.failed, {"error": exc.code, "detail": exc.detail})
+
+
+# -- sharded collections: the query is embedded once, here; each shard answers from its replica --
+def _prepare_fan_out(ctx: JobContext, params: SearchParams, shards: int) -> int:
+    try:
+        model, _, _ = ctx.store.collection_header(ctx.collection)
+        if model is not None and model != ctx.embedder.name:
+            raise Conflict(
+                f"collection {ctx.collection!r} was built with model {model!r}; this worker runs {ctx.embedder.name!r}",
+                code="model_mismatch",
+            )
+        query = _query_vector(ctx, params)
+    except SimsearchError as exc:
+        _fail(ctx, params, exc)
+        return 0
+    finally:
+        ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])
+    ctx.store.put_query(ctx.job_id, query, ctx.jobs.lifecycle.job_ttl_s)
+    return shards
+
+
+def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
+    """One shard's part of a search: its top k from this worker's replica of that shard. The last
+    shard to answer merges the answers and ends the job."""
+    params = SearchParams.model_validate(ctx.job.params)
+    query = ctx.store.query(ctx.job_id)
+    if query is None:  # the job expired, or ended without a query
+        return
+    replica = ctx.replicas.sync(ctx.collection, shard, shards)
+    answer: dict = {"hits": [], "size": 0, "served_by": ctx.served_by}
+    if replica is not None and len(replica.index):
+        clustering = _clustering(ctx.store, replica, ctx.collection)
+        if clustering is not None and clustering[1].shape[1] != query.shape[0]:
+            clustering = None
+        mask = None
+        if params.cluster is not None:
+            if clustering is None:
+                _fail(
+                    ctx, params, NotFound(f"collection {ctx.collection!r} has not been clustered", code="no_clusters")
+                )
+                return
+            labels = clustering[2]
+            mask = np.fromiter((labels.get(i) == params.cluster for i in replica.index.ids), bool, len(replica.index))
+        hits = replica.index.search(query, params.k, params.min_similarity, exclude=params.image_id, mask=mask)
+        answer["hits"] = [[i, sim] for i, sim in hits]
+        answer["size"] = len(replica.index)
+        if clustering is not None:
+            answer["query_cluster"] = int(np.argmax(clustering[1] @ query))
+        if not hits:
+            best = replica.index.search(query, 1, None, exclude=params.image_id, mask=mask)
+            answer["best"] = best[0][1] if best else None
+    answered = ctx.store.record_shard(ctx.job_id, shard, answer, ctx.jobs.lifecycle.job_ttl_s)
+    if answered == shards:
+        finish_fanned_out(ctx, params, shards)
+
+
+def finish_at_deadline(ctx: JobContext, shards: int) -> None:
+    """SHARD_TIMEOUT_S after a fan-out: if some shard has not answered, end the search with what
+    the others found (`partial`, naming the missing shards). A no-op if it ended already."""
+    view = ctx.jobs.get(ctx.job_id)
+    if view is None or view.status.final:
+        return
+    finish_fanned_out(ctx, SearchParams.model_validate(ctx.job.params), shards)
+
+
+def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> None:
+    answers = ctx.store.shard_answers(ctx.job_id)
+    # Every shard's k best, merged: the same order as one replica of everything (similarity, then id).
+    hits = sorted(((h[0], float(h[1])) for a in answers.values() for h in a["hits"]), key=lambda h: (-h[1], h[0]))
+    hits = hits[: params.k]
+    names = ctx.store.filenames(ctx.collection, [i for i, _ in hits])
+    matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
+    missing = sorted(set(range(shards)) - set(answers))
+    size = sum(a["size"] for a in answers.values())
+    message = None
+    if not matches:
+        bests = [a["best"] for a in answers.values() if a.get("best") is not None]
+        message = NO_MATCH if size else "The collection is empty"
+        if bests and params.min_similarity is not None:
+            message += f" (none reached min_similarity={params.min_similarity}; the closest had {max(bests):.3f})"
+    if missing:
+        note = f"shards {missing} did not answer within the shard timeout; matches are from the others"
+        message = f"{message}; {note}" if message else note
+    clusters = [a["query_cluster"] for a in answers.values() if a.get("query_cluster") is not None]
+    result = SearchResult(
+        matches=matches,
+        message=message,
+        collection_size=size,
+        model=ctx.embedder.name,
+        served_by=",".join(sorted({a["served_by"] for a in answers.values() if a.get("served_by")})) or None,
+        query_cluster=clusters[0] if clusters else None,
+        shards=shards,
+        missing_shards=missing,
+    )
+    ctx.jobs.record_items(ctx.job_id, [(_outcome(params), None)])
+    status = JobStatus.partial if missing else JobStatus.succeeded
+    ctx.jobs.finish(ctx.job_id, status, result.model_dump(mode="json", exclude_none=True))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.ann import AnnParams
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.settings import ModelSettings
+from shared.shards import MAX_SHARDS, parse_shards
 
 
 class WorkerSettings(ModelSettings):
@@ -33,6 +34,24 @@ class WorkerSettings(ModelSettings):
     ann_nprobe: int = Field(default=0, ge=0)  # IVF lists scanned per query; 0: nlist / 64, at least 16
     # Write a replica snapshot to the blob store every SNAPSHOT_EVERY log entries (0: never).
     snapshot_every: int = Field(default=20_000, ge=0)
+
+    # Which shards' searches this worker answers (and holds replicas for): `all`, or e.g. `0-3`, `4,5`.
+    worker_shards: str = "all"
+
+    @field_validator("worker_shards")
+    @classmethod
+    def _valid_shards(cls, value: str) -> str:
+        parse_shards(value)
+        return value
+
+    @property
+    def served_shards(self) -> frozenset[int] | None:
+        return parse_shards(self.worker_shards)
+
+    @property
+    def served_shard_list(self) -> list[int]:
+        served = self.served_shards
+        return sorted(served) if served is not None else list(range(MAX_SHARDS))
 
     @property
     def ann_params(self) -> AnnParams:

@@ -55,8 +55,8 @@ class Snapshots:
         self.lock_ttl_s = lock_ttl_s
         self._publish = client.register_script(scripts.PUBLISH_SNAPSHOT)
 
-    def latest(self, collection: str) -> SnapshotInfo | None:
-        raw = {_s(k): _s(v) for k, v in self.redis.hgetall(keys.snapshot(collection)).items()}
+    def latest(self, collection: str, part: str = "") -> SnapshotInfo | None:
+        raw = {_s(k): _s(v) for k, v in self.redis.hgetall(keys.snapshot(collection, part)).items()}
         try:
             return SnapshotInfo(
                 key=raw["key"],
@@ -70,11 +70,12 @@ class Snapshots:
             return None
 
     def load(
-        self, collection: str, fetch_vectors: FetchVectors, params: AnnParams
+        self, collection: str, fetch_vectors: FetchVectors, params: AnnParams, part: str = ""
     ) -> tuple[SnapshotInfo, AnnIndex] | None:
-        """The newest snapshot and its index, or None if there is none or it cannot be read."""
+        """The newest snapshot and its index, or None if there is none or it cannot be read.
+        `part`: a shard's snapshot ("s3"); "" for an unsharded collection."""
         for _ in range(2):  # the pointer may move on between reading it and reading its blob
-            info = self.latest(collection)
+            info = self.latest(collection, part)
             if info is None:
                 return None
             try:
@@ -94,27 +95,29 @@ class Snapshots:
             return info, index
         return None
 
-    def due(self, collection: str, version: int, index: AnnIndex) -> bool:
+    def due(self, collection: str, version: int, index: AnnIndex, part: str = "") -> bool:
         """Whether a replica at `version` should write a snapshot now."""
         if index.exact or index.building:  # exact ones rebuild fast; a training will replace this one
             return False
-        newest = self.latest(collection)
+        newest = self.latest(collection, part)
         if newest is None or newest.dim != index.dim:  # none yet, or one of the vectors before a re-embed
             return True
         collection_version = int(self.redis.hget(keys.collection(collection), "version") or 0)
         # A snapshot from beyond the collection's version is from before Redis lost writes.
         return version - newest.version >= self.every or newest.version > collection_version
 
-    def save(self, collection: str, model: str, version: int, last_id: str, index: AnnIndex) -> SnapshotInfo | None:
+    def save(
+        self, collection: str, model: str, version: int, last_id: str, index: AnnIndex, part: str = ""
+    ) -> SnapshotInfo | None:
         """Write and publish a snapshot of `index` (at `version` / `last_id`); None if another
         worker is writing one or has published a newer one."""
-        lock = self.redis.lock(keys.snapshot_lock(collection), timeout=self.lock_ttl_s, blocking=False)
+        lock = self.redis.lock(keys.snapshot_lock(collection, part), timeout=self.lock_ttl_s, blocking=False)
         if not lock.acquire(blocking=False):
             return None
         try:
             started = time.perf_counter()
             info = SnapshotInfo(
-                key=keys.snapshot_blob(collection, version, secrets.token_hex(4)),
+                key=keys.snapshot_blob(collection, version, secrets.token_hex(4), part),
                 version=version,
                 last_id=last_id,
                 model=model,
@@ -129,7 +132,7 @@ class Snapshots:
                 self.blobs.put_file(info.key, path)
             try:
                 stale = self._publish(
-                    keys=[keys.snapshot(collection), keys.collection(collection)],
+                    keys=[keys.snapshot(collection, part), keys.collection(collection)],
                     args=[info.key, info.version, info.last_id, info.model, info.dim, info.count],
                 )
             except BaseException:

@@ -14,6 +14,7 @@ import redis
 from shared import keys, scripts, vectors
 from shared.blobs import BlobStore
 from shared.errors import Conflict
+from shared.jobs.lifecycle import FINAL_STATUSES
 from shared.schemas import ImageRecord, rendition_key, utcnow
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class WorkerStore:
         # One thread: a chunk's renditions are written while its forward pass runs (put_many fans out).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="renditions")
         self._add_images = client.register_script(scripts.ADD_IMAGES)
+        self._record_shard = client.register_script(scripts.RECORD_SHARD)
         self._stage = client.register_script(scripts.STAGE_VECTORS)
         self._swap = client.register_script(scripts.SWAP_VECTORS)
         self._abort = client.register_script(scripts.ABORT_REEMBED)
@@ -247,6 +249,33 @@ class WorkerStore:
 
     def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
         return self.redis.hscan(keys.vectors(collection), cursor, count=count)
+
+    def collection_shards(self, collection: str) -> int:
+        return int(self.redis.hget(keys.collection(collection), "shards") or 1)
+
+    # -- fanned-out searches ----------------------------------------------------------------
+    def put_query(self, job_id: str, query: np.ndarray, ttl_s: int) -> None:
+        self.redis.set(keys.job_query(job_id), _f32(query), ex=ttl_s)
+
+    def query(self, job_id: str) -> np.ndarray | None:
+        raw = self.redis.get(keys.job_query(job_id))
+        return np.frombuffer(raw, dtype="<f4").copy() if raw else None
+
+    def record_shard(self, job_id: str, shard: int, answer: dict[str, Any], ttl_s: int) -> int:
+        """Store one shard's answer; how many shards have answered (-1: the job already ended)."""
+        return int(
+            self._record_shard(
+                keys=[keys.job_shards(job_id), keys.job(job_id)],
+                args=[shard, json.dumps(answer), ttl_s, *FINAL_STATUSES],
+            )
+        )
+
+    def shard_answers(self, job_id: str) -> dict[int, dict[str, Any]]:
+        raw = self.redis.hgetall(keys.job_shards(job_id))
+        return {int(k): json.loads(v) for k, v in raw.items()}
+
+    def vector_ids(self, collection: str) -> list[str]:
+        return [_s(k) for k in self.redis.hkeys(keys.vectors(collection))]  # type: ignore[misc]
 
     def vector_count(self, collection: str) -> int:
         return int(self.redis.hlen(keys.vectors(collection)))

@@ -15,8 +15,17 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.queueing import CLUSTER_TASK, INDEX_CHUNK_TASK, REEMBED_CHUNK_TASK, SEARCH_TASK
+from shared.queueing import (
+    CLUSTER_TASK,
+    INDEX_CHUNK_TASK,
+    REEMBED_CHUNK_TASK,
+    SEARCH_DEADLINE_TASK,
+    SEARCH_QUEUE,
+    SEARCH_SHARD_TASK,
+    SEARCH_TASK,
+)
 from shared.schemas import JobStatus, JobType
+from shared.shards import shard_queue
 from worker import clustering_job, indexing, reembedding, searching
 from worker.app import app, runtime_of
 from worker.context import JobContext, failed_item
@@ -111,14 +120,37 @@ def reembed_chunk(self: Task, job_id: str, collection: str, indices: list[int]) 
 
 @app.task(name=SEARCH_TASK, **TASK)
 def search(self: Task, job_id: str, collection: str) -> None:
-    run(self, job_id, [0], searching.run_search_job)
-    maintain(runtime_of(self.app), collection)
+    rt = runtime_of(self.app)
+    fan_out: list[int] = []
+    run(self, job_id, [0], lambda ctx: fan_out.append(searching.run_search_job(ctx, rt.settings.served_shards)))
+    shards = fan_out[0] if fan_out else 0
+    if not shards:
+        maintain(rt, collection)
+        return
+    # A sharded collection: each shard's workers answer from their replica; the last to answer
+    # merges. The deadline ends the search as `partial` if a shard has no live worker.
+    for shard in range(shards):
+        self.app.send_task(SEARCH_SHARD_TASK, [job_id, collection, shard, shards], queue=shard_queue(shard))
+    self.app.send_task(
+        SEARCH_DEADLINE_TASK, [job_id, collection, shards], queue=SEARCH_QUEUE, countdown=rt.settings.shard_timeout_s
+    )
 
 
-def maintain(rt: WorkerRuntime, collection: str) -> None:
+@app.task(name=SEARCH_SHARD_TASK, **TASK)
+def search_shard(self: Task, job_id: str, collection: str, shard: int, shards: int) -> None:
+    run(self, job_id, [0], lambda ctx: searching.run_shard_search(ctx, shard, shards))
+    maintain(runtime_of(self.app), collection, shard)
+
+
+@app.task(name=SEARCH_DEADLINE_TASK, **TASK)
+def search_deadline(self: Task, job_id: str, collection: str, shards: int) -> None:
+    run(self, job_id, [0], lambda ctx: searching.finish_at_deadline(ctx, shards))
+
+
+def maintain(rt: WorkerRuntime, collection: str, shard: int = 0) -> None:
     """Replica housekeeping once the answer is out (snapshots): its failure fails no job."""
     try:
-        rt.replicas.maintain(collection)
+        rt.replicas.maintain(collection, shard)
     except Exception:
         log.exception("replica housekeeping for %s failed", collection)
 

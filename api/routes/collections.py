@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.auth import Principal, principal_of
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.store import Upload
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, SimsearchError
 from shared.models.registry import MODELS
 from shared.queueing import INDEX_QUEUE, REEMBED_CHUNK_TASK
 from shared.schemas import CollectionInfo, JobAccepted, JobInput, JobType
+from shared.shards import MAX_SHARDS
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], dependencies=[Depends(principal_of)])
 
@@ -19,6 +21,35 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"], dependencies=
 async def list_collections(store: StoreDep, principal: Principal) -> list[CollectionInfo]:
     """The collections this API key may use (all of them when the service runs open)."""
     return [c for c in await store.collections() if principal is None or principal.may_use(c.name)]
+
+
+class CollectionSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shards: int | None = Field(default=None, ge=1, le=MAX_SHARDS, description="default: DEFAULT_SHARDS")
+
+
+@router.put("/{collection}", response_model=CollectionInfo, responses={201: {"model": CollectionInfo}})
+async def create_collection(
+    collection: CollectionName, request: Request, response: Response, store: StoreDep, settings: SettingsDep
+) -> CollectionInfo:
+    """Create an empty collection with a fixed number of shards (201; 200 if it exists with them).
+
+    An image's shard is a stable hash of its id; each shard is searched by the workers serving it
+    (`WORKER_SHARDS`). The number cannot change later (409 `shards_fixed`)."""
+    body = await request.body()
+    try:
+        spec = CollectionSpec.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
+    shards = spec.shards or settings.default_shards
+    created, have = await store.create_collection(collection, shards)
+    if have != shards:
+        raise Conflict(f"collection {collection!r} has {have} shards; that cannot change", code="shards_fixed")
+    response.status_code = 201 if created else 200
+    info = await store.collection(collection)
+    assert info is not None
+    return info
 
 
 @router.get("/{collection}", response_model=CollectionInfo)

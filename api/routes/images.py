@@ -49,6 +49,8 @@ async def index_images(
         raise InvalidRequest("the form has no 'files' parts", code="no_files")
     uploads = await to_uploads(files, parse_metadata(form, settings), settings)
     job_id = uuid.uuid4().hex
+    if settings.default_shards > 1:  # a new collection gets the deployment's shards (else: 1, implicit)
+        await store.create_collection(collection, settings.default_shards)
     await store.create_job(job_id, JobType.index, collection, {"collection": collection}, uploads)
     await queue.send_chunks(INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
     log.info("index job queued", extra={"job_id": job_id, "collection": collection, "items": len(uploads)})

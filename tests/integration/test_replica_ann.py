@@ -5,15 +5,17 @@ two workers publishing at once) cost at most a rebuild."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import numpy as np
 import pytest
 
 from bench.spread import synthetic
-from shared import keys
+from shared import keys, scripts
 from shared.ann import AnnParams
 from shared.schemas import ImageRecord, utcnow
+from shared.shards import shard_of
 from tests.integration.inprocess import Harness, PixelEmbedder
 from worker.replica import ReplicaSet
 from worker.snapshots import Snapshots
@@ -40,7 +42,7 @@ def name() -> str:
 
 
 def image_id(row: int) -> str:
-    return f"{row:032x}"
+    return hashlib.sha256(str(row).encode()).hexdigest()[:32]  # like content ids: spread over shards
 
 
 def add(h: Harness, collection: str, data: np.ndarray, rows: range | list[int], seq: int = 0) -> None:
@@ -136,7 +138,7 @@ def test_a_delete_between_a_sync_and_the_snapshot_is_replayed(h: Harness, name: 
     writer.sync(name)
     assert h.delete(name, image_id(7))  # lands after the writer's sync, before its snapshot
     writer.maintain(name)  # the snapshot still holds image 7, and says so by its log position
-    assert image_id(7) in writer._replicas[name].index
+    assert image_id(7) in writer._replicas[(name, 0)].index
     reader = replicas(h)
     replica = reader.sync(name)
     assert reader.restores == 1 and image_id(7) not in replica.index
@@ -196,7 +198,7 @@ def test_a_snapshot_of_history_redis_lost_is_not_published(h: Harness, name: str
     rs = replicas(h)
     rs.sync(name)  # at version N
     h.client.hset(keys.collection(name), "version", N - 100)  # Redis restored from an older dump
-    replica = rs._replicas[name]
+    replica = rs._replicas[(name, 0)]
     snaps = Snapshots(h.client, h.blobs, 1)
     assert snaps.save(name, replica.model, replica.version, replica.last_id, replica.index) is None
     assert snaps.latest(name) is None
@@ -210,8 +212,12 @@ def test_only_a_newer_snapshot_is_published(h: Harness, name: str, data: np.ndar
     add(h, name, data, range(N, N + 50))
     ahead.sync(name)  # at version N + 50
     snaps = Snapshots(h.client, h.blobs, 1)
-    newer = snaps.save(name, "efficientnet-lite0", N + 50, ahead._replicas[name].last_id, ahead._replicas[name].index)
-    older = snaps.save(name, "efficientnet-lite0", N, behind._replicas[name].last_id, behind._replicas[name].index)
+    newer = snaps.save(
+        name, "efficientnet-lite0", N + 50, ahead._replicas[(name, 0)].last_id, ahead._replicas[(name, 0)].index
+    )
+    older = snaps.save(
+        name, "efficientnet-lite0", N, behind._replicas[(name, 0)].last_id, behind._replicas[(name, 0)].index
+    )
     assert newer is not None and older is None
     assert snaps.latest(name).key == newer.key
     assert not any(k.startswith(f"snapshots/{name}/{N}-") for k in _blob_keys(h, name))
@@ -233,3 +239,28 @@ def test_a_snapshot_is_not_written_while_another_worker_writes_one(h: Harness, n
 def _blob_keys(h: Harness, collection: str) -> list[str]:
     root = h.blobs.root  # type: ignore[attr-defined]
     return [str(p.relative_to(root)) for p in (root / "snapshots" / collection).glob("*")]
+
+
+def test_shard_replicas_hold_their_shard_and_counts_follow_adds_and_deletes(
+    h: Harness, name: str, data: np.ndarray
+) -> None:
+    create = h.client.register_script(scripts.CREATE_COLLECTION)
+    assert create(keys=[keys.COLLECTIONS, keys.collection(name)], args=[name, 3, utcnow()]) == 3
+    assert create(keys=[keys.COLLECTIONS, keys.collection(name)], args=[name, 5, utcnow()]) == 3  # fixed
+    add(h, name, data, range(1_500))
+    for r in range(0, 1_500, 10):
+        assert h.delete(name, image_id(r))
+    rs = replicas(h, AnnParams(threshold=10**9), snapshots=False)
+    parts = [rs.sync(name, shard, 3) for shard in range(3)]
+    live = h.vector_ids(name)
+    want = [{i for i in live if shard_of(i, 3) == s} for s in range(3)]
+    assert [set(p.index.ids) for p in parts] == want
+    counts = h.client.hmget(keys.collection(name), ["count:0", "count:1", "count:2"])
+    assert [int(c) for c in counts] == [len(w) for w in want]
+    # Catching up from the log keeps each replica to its shard.
+    add(h, name, data, range(1_500, 1_800))
+    assert h.delete(name, image_id(1_501))
+    live = h.vector_ids(name)
+    for shard in range(3):
+        assert set(rs.sync(name, shard, 3).index.ids) == {i for i in live if shard_of(i, 3) == shard}
+    assert rs.held() == {(name, s): len({i for i in live if shard_of(i, 3) == s}) for s in range(3)}

@@ -30,11 +30,17 @@ import pytest
 import yaml
 
 from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE
+from shared.settings import CommonSettings
+from shared.shards import MAX_SHARDS, parse_shards, shard_queue
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "infra" / "k8s"
 EXAMPLES_DIR = K8S_DIR / "examples"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+# The optional shard-group example (infra/k8s/README.md, "Shard groups"): it replaces the
+# all-shards worker Deployment and its ScaledObject, so it is not in the applied directory.
+SHARD_GROUP_FILES = (EXAMPLES_DIR / "worker-shard-groups.yaml", EXAMPLES_DIR / "worker-shard-groups.keda.yaml")
+DEFAULT_WORKER = "simsearch-worker"
 SEAWEEDFS_DIR = ROOT / "infra" / "seaweedfs"
 NAMESPACE = "simsearch"
 REDIS_SECRET = ("simsearch-redis", "password")
@@ -301,6 +307,57 @@ def _container(workload: dict[str, Any], name: str) -> dict[str, Any]:
     return found[0]
 
 
+def _worker_deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every Deployment running the worker image: the all-shards one and the shard groups'."""
+    return [
+        d
+        for d in docs
+        if d["kind"] == "Deployment"
+        and any(
+            c["image"].split(":")[0].endswith("simsearch-worker") for c in d["spec"]["template"]["spec"]["containers"]
+        )
+    ]
+
+
+def _worker_shards(deployment: dict[str, Any]) -> frozenset[int] | None:
+    """The shards a worker Deployment serves (None: all), from WORKER_SHARDS set literally in its env:
+    per Deployment, so never from the shared ConfigMap."""
+    container = _container(deployment, "worker")
+    values = [v for v in container.get("env", []) if v["name"] == "WORKER_SHARDS"]
+    name = deployment["metadata"]["name"]
+    assert len(values) == 1 and "value" in values[0], f"{name}: WORKER_SHARDS must be set once, literally"
+    spec = values[0]["value"]
+    assert isinstance(spec, str) and spec.strip() == spec, f"{name}: WORKER_SHARDS {spec!r}"
+    try:
+        return parse_shards(spec)
+    except ValueError as e:  # int("x") and out-of-range shards alike
+        raise AssertionError(f"{name}: WORKER_SHARDS {spec!r} is not a shard spec: {e}") from e
+
+
+def _shard_groups(docs: list[dict[str, Any]]) -> dict[str, frozenset[int]]:
+    """Worker Deployment name -> its shards, for the Deployments serving a subset (the shard groups)."""
+    groups = {d["metadata"]["name"]: _worker_shards(d) for d in _worker_deployments(docs)}
+    return {name: shards for name, shards in groups.items() if shards is not None}
+
+
+def _covered(groups: dict[str, frozenset[int]]) -> int:
+    """N, when the groups serve shards 0..N-1 together, each exactly once."""
+    for (a, first), (b, second) in itertools.combinations(sorted(groups.items()), 2):
+        assert not first & second, f"{a} and {b} both serve shards {sorted(first & second)}"
+    served = set().union(*groups.values())
+    n = len(served)
+    assert served == set(range(n)), f"the groups serve {sorted(served)}, not 0..{n - 1}: shards are missing"
+    assert 1 <= n <= MAX_SHARDS
+    return n
+
+
+def _without_worker_shards(pod: dict[str, Any]) -> dict[str, Any]:
+    pod = copy.deepcopy(pod)
+    for container in pod["containers"]:
+        container["env"] = [v for v in container.get("env", []) if v["name"] != "WORKER_SHARDS"]
+    return pod
+
+
 @dataclass(frozen=True)
 class SecretRef:
     name: str
@@ -423,6 +480,8 @@ _BROKEN = [
     ("ScaledObject", "simsearch-worker", "spec.minReplicas", 1),
     ("ScaledObject", "simsearch-worker", "spec.triggers.0.authenticationRef.kind", "Secret"),
     ("TriggerAuthentication", "simsearch-redis-auth", "spec.secretTargetRef.0.key", _DELETE),
+    ("Deployment", "simsearch-worker-a", "spec.template.spec.containers.0.env.4.value", 1),
+    ("ScaledObject", "simsearch-worker-a", "spec.triggers.0.metadata.listName", _DELETE),
 ]
 
 
@@ -460,6 +519,11 @@ def test_the_expected_objects_all_in_the_namespace(docs: list[dict[str, Any]]) -
         ("StatefulSet", "seaweedfs"),
         ("Job", "seaweedfs-bucket"),
         ("NetworkPolicy", "seaweedfs"),
+        # The shard-group example (examples/).
+        ("Deployment", "simsearch-worker-a"),
+        ("Deployment", "simsearch-worker-b"),
+        ("ScaledObject", "simsearch-worker-a"),
+        ("ScaledObject", "simsearch-worker-b"),
     }
     present = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(present) == len(set(present)), f"duplicate objects: {present}"
@@ -663,34 +727,34 @@ def test_worker_deployment(docs: list[dict[str, Any]]) -> None:
 
 def test_api_and_worker_share_their_configuration(docs: list[dict[str, Any]]) -> None:
     api = _env(_container(_one(docs, "Deployment", "simsearch-api"), "api"), docs)
-    worker = _env(_container(_one(docs, "Deployment", "simsearch-worker"), "worker"), docs)
-    for name in ("REDIS_URL", "REDIS_PASSWORD", "ENVIRONMENT", "EMBEDDING_MODEL"):
-        assert api[name] == worker[name], name
+    for deployment in _worker_deployments(docs):
+        worker = _env(_container(deployment, "worker"), docs)
+        shared = ("REDIS_URL", "REDIS_PASSWORD", "ENVIRONMENT", "EMBEDDING_MODEL", "DEFAULT_SHARDS", "SHARD_TIMEOUT_S")
+        for name in shared:
+            assert api[name] == worker[name], f"{deployment['metadata']['name']}: {name}"
     assert api["ENVIRONMENT"] == "production"
     assert isinstance(api["API_KEYS"], SecretRef), "production refuses to start without API keys"
 
 
-def test_scaled_object_scales_the_worker_on_both_queues(docs: list[dict[str, Any]]) -> None:
-    scaled = _one(docs, "ScaledObject", "simsearch-worker")
+def _redis_triggers(docs: list[dict[str, Any]], scaled: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A ScaledObject's `redis` triggers by list name, each checked: the Redis of REDIS_URL, its password
+    from the Secret."""
     spec = scaled["spec"]
-    target = spec["scaleTargetRef"]
-    assert target.get("kind", "Deployment") == "Deployment"
-    assert target.get("apiVersion", "apps/v1") == "apps/v1"
-    worker = _one(docs, "Deployment", target["name"])
-    assert worker["metadata"]["name"] == "simsearch-worker"
-    assert target.get("envSourceContainerName", "worker") == "worker"
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-    assert "cooldownPeriod" in spec
+    where = scaled["metadata"]["name"]
+    worker = _one(docs, "Deployment", spec["scaleTargetRef"]["name"])
     redis_service = _one(docs, "Service", "redis")
     address = f"{redis_service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:6379"
-    by_list = {t["metadata"]["listName"]: t for t in spec["triggers"] if t["type"] == "redis"}
-    assert set(by_list) == {INDEX_QUEUE, SEARCH_QUEUE}
-    for trigger in by_list.values():
+    triggers = [t for t in spec["triggers"] if t["type"] == "redis"]
+    by_list = {t["metadata"]["listName"]: t for t in triggers}
+    assert len(by_list) == len(triggers), f"{where}: a list watched twice"
+    names = [t["name"] for t in spec["triggers"] if "name" in t]
+    assert len(names) == len(set(names)), f"{where}: trigger names must be unique"
+    for trigger in triggers:
         metadata = trigger["metadata"]
         # KEDA runs in its own namespace: the fully qualified service name.
-        assert metadata["address"] == address
-        assert metadata.get("databaseIndex", "0") == "0"  # REDIS_URL's /0
-        assert int(metadata["listLength"]) >= 1
+        assert metadata["address"] == address, where
+        assert metadata.get("databaseIndex", "0") == "0", where  # REDIS_URL's /0
+        assert int(metadata["listLength"]) >= 1, where
         if "passwordFromEnv" in metadata:
             assert _env(_container(worker, "worker"), docs)[metadata["passwordFromEnv"]] == SecretRef(*REDIS_SECRET)
         else:
@@ -700,39 +764,157 @@ def test_scaled_object_scales_the_worker_on_both_queues(docs: list[dict[str, Any
                 trigger["authenticationRef"]["name"],
             )
             refs = {r["parameter"]: SecretRef(r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
-            assert refs["password"] == SecretRef(*REDIS_SECRET)
+            assert refs["password"] == SecretRef(*REDIS_SECRET), where
+    return by_list
+
+
+def _scaled_objects_by_target(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Deployment name -> the one ScaledObject scaling it (KEDA refuses a second one)."""
+    by_target: dict[str, dict[str, Any]] = {}
+    for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
+        target = scaled["spec"]["scaleTargetRef"]
+        assert target.get("kind", "Deployment") == "Deployment"
+        assert target.get("apiVersion", "apps/v1") == "apps/v1"
+        assert target["name"] not in by_target, f"two ScaledObjects scale {target['name']}"
+        worker = _one(docs, "Deployment", target["name"])
+        assert worker in _worker_deployments(docs), f"{scaled['metadata']['name']} scales no worker"
+        assert target.get("envSourceContainerName", "worker") == "worker"
+        by_target[target["name"]] = scaled
+    return by_target
+
+
+def test_scaled_object_scales_the_worker_on_both_queues(docs: list[dict[str, Any]]) -> None:
+    scaled = _scaled_objects_by_target(docs)[DEFAULT_WORKER]
+    assert scaled["metadata"]["name"] == DEFAULT_WORKER
+    spec = scaled["spec"]
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    assert "cooldownPeriod" in spec
+    assert set(_redis_triggers(docs, scaled)) == {INDEX_QUEUE, SEARCH_QUEUE}
+
+
+def test_every_scaled_object_watches_the_redis_of_the_workers(docs: list[dict[str, Any]]) -> None:
+    for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
+        _redis_triggers(docs, scaled)
+
+
+def test_every_worker_deployment_names_its_shards(
+    docs: list[dict[str, Any]], applied_docs: list[dict[str, Any]]
+) -> None:
+    """WORKER_SHARDS is set per Deployment to a valid spec: `all` for the default worker. The directory
+    applies that one alone; the shard groups are the example that replaces it."""
+    config = _one(docs, "ConfigMap", "simsearch-config")["data"]
+    assert "WORKER_SHARDS" not in config, "per worker Deployment, not shared"
+    assert 1 <= int(config["DEFAULT_SHARDS"]) <= MAX_SHARDS
+    assert 0 < float(config["SHARD_TIMEOUT_S"]) <= 300
+    workers = _worker_deployments(docs)
+    for worker in workers:
+        _worker_shards(worker)
+    assert _worker_shards(_one(docs, "Deployment", DEFAULT_WORKER)) is None, "the default worker serves all"
+    assert [w["metadata"]["name"] for w in _worker_deployments(applied_docs)] == [DEFAULT_WORKER]
+    assert {w["metadata"]["name"] for w in workers} == {DEFAULT_WORKER, *_shard_groups(docs)}
+    # Every worker Deployment is autoscaled, by exactly one ScaledObject.
+    assert set(_scaled_objects_by_target(docs)) == {w["metadata"]["name"] for w in workers}
+
+
+def test_the_shard_groups_serve_every_shard_once(docs: list[dict[str, Any]]) -> None:
+    """The example's groups serve shards 0..N-1 together, none twice, and the collections created by
+    default fit in them: a shard no group serves would end every search `partial`."""
+    groups = _shard_groups(docs)
+    assert len(groups) >= 2, groups
+    for path in SHARD_GROUP_FILES:
+        names = {d["metadata"]["name"] for d in _load(path)}
+        assert names == set(groups), f"{path.name}: one object per group"
+    n = _covered(groups)
+    # 1 as shipped (the all-shards worker); up to N once the groups replace it.
+    assert int(_one(docs, "ConfigMap", "simsearch-config")["data"]["DEFAULT_SHARDS"]) <= n
+
+
+def test_a_shard_group_pod_is_the_default_worker_pod(docs: list[dict[str, Any]]) -> None:
+    """Each group runs 40-worker.yaml's pod (image, env, resources, security context, volumes, grace
+    period), WORKER_SHARDS apart, under its own labels: no Deployment's selector matches another's pods."""
+    default = _one(docs, "Deployment", DEFAULT_WORKER)
+    default_labels = default["spec"]["template"]["metadata"]["labels"]
+    for name in _shard_groups(docs):
+        group = _one(docs, "Deployment", name)
+        spec, template = group["spec"], group["spec"]["template"]
+        assert _without_worker_shards(template["spec"]) == _without_worker_shards(default["spec"]["template"]["spec"])
+        assert "replicas" not in spec, f"{name}: its ScaledObject owns the count"
+        assert spec["strategy"] == default["spec"]["strategy"]
+        labels = template["metadata"]["labels"]
+        assert labels == default_labels | {"app.kubernetes.io/name": name}
+        assert spec["selector"] == {"matchLabels": {"app.kubernetes.io/name": name}}
+    controllers = [d for d in docs if d["kind"] in {"Deployment", "StatefulSet", "DaemonSet"}]
+    pods = [d for d in docs if d["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}]
+    for controller in controllers:
+        selector = controller["spec"]["selector"]
+        assert selector.keys() == {"matchLabels"} and selector["matchLabels"]
+        for other in pods:
+            if other is not controller:
+                labels = other["spec"]["template"]["metadata"].get("labels", {})
+                assert not selector["matchLabels"].items() <= labels.items(), (
+                    f"{controller['metadata']['name']}'s selector matches the pods of {other['metadata']['name']}"
+                )
+
+
+def test_each_shard_group_scales_on_its_own_queues(docs: list[dict[str, Any]]) -> None:
+    """A group's ScaledObject targets its Deployment and watches exactly its shards' lists `search.s{i}`
+    (as a search waits in `search` for the single group) plus the shared `index` and `search`, whose
+    targets are the single group's times the number of groups. Never below one pod: a group at zero
+    leaves its shards unserved."""
+    groups = _shard_groups(docs)
+    by_target = _scaled_objects_by_target(docs)
+    default = by_target[DEFAULT_WORKER]
+    default_lists = _redis_triggers(docs, default)
+    for name, shards in groups.items():
+        scaled = by_target[name]
+        spec = scaled["spec"]
+        assert scaled["metadata"]["name"] == name
+        by_list = _redis_triggers(docs, scaled)
+        own = {shard_queue(i) for i in shards}
+        assert set(by_list) == own | {INDEX_QUEUE, SEARCH_QUEUE}, f"{name}: {sorted(by_list)}"
+        assert len(spec["triggers"]) == len(by_list), f"{name}: only redis list triggers"
+        for queue in own:
+            assert by_list[queue]["metadata"]["listLength"] == default_lists[SEARCH_QUEUE]["metadata"]["listLength"]
+        for queue in (INDEX_QUEUE, SEARCH_QUEUE):
+            expected = int(default_lists[queue]["metadata"]["listLength"]) * len(groups)
+            assert int(by_list[queue]["metadata"]["listLength"]) == expected, f"{name}: {queue}"
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], name
+        for key in ("pollingInterval", "cooldownPeriod", "advanced"):
+            assert spec.get(key) == default["spec"].get(key), f"{name}: {key}"
 
 
 def test_the_hpa_keda_derives_is_a_valid_autoscaling_v2_object(docs: list[dict[str, Any]]) -> None:
-    """KEDA turns the ScaledObject into an autoscaling/v2 HPA (external metrics, one per trigger, with
+    """KEDA turns each ScaledObject into an autoscaling/v2 HPA (external metrics, one per trigger, with
     listLength as an AverageValue target, and the `advanced` behaviour): check that HPA's schema too."""
-    spec = _one(docs, "ScaledObject", "simsearch-worker")["spec"]
-    hpa_spec: dict[str, Any] = {
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec["scaleTargetRef"]["name"]},
-        "minReplicas": spec["minReplicaCount"],
-        "maxReplicas": spec["maxReplicaCount"],
-        "metrics": [
-            {
-                "type": "External",
-                "external": {
-                    "metric": {"name": f"s{i}-redis-{t['metadata']['listName']}"},
-                    "target": {"type": "AverageValue", "averageValue": t["metadata"]["listLength"]},
-                },
-            }
-            for i, t in enumerate(spec["triggers"])
-        ],
-    }
-    behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
-    if behavior is not None:
-        hpa_spec["behavior"] = behavior
-    hpa = {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "keda-hpa-simsearch-worker", "namespace": NAMESPACE},
-        "spec": hpa_spec,
-    }
-    for version in K8S_VERSIONS:
-        assert not _schema_errors(hpa, version)
+    for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
+        spec = scaled["spec"]
+        hpa_spec: dict[str, Any] = {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec["scaleTargetRef"]["name"]},
+            "minReplicas": spec["minReplicaCount"],
+            "maxReplicas": spec["maxReplicaCount"],
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        # KEDA replaces `.` (and `/`, `:`) in metric names with `-`.
+                        "metric": {"name": re.sub(r"[./:]", "-", f"s{i}-redis-{t['metadata']['listName']}")},
+                        "target": {"type": "AverageValue", "averageValue": t["metadata"]["listLength"]},
+                    },
+                }
+                for i, t in enumerate(spec["triggers"])
+            ],
+        }
+        behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
+        if behavior is not None:
+            hpa_spec["behavior"] = behavior
+        hpa = {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": f"keda-hpa-{scaled['metadata']['name']}", "namespace": NAMESPACE},
+            "spec": hpa_spec,
+        }
+        for version in K8S_VERSIONS:
+            assert not _schema_errors(hpa, version), scaled["metadata"]["name"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -884,37 +1066,49 @@ def _labels(peer: dict[str, Any]) -> dict[str, str]:
 
 
 def test_only_the_s3_port_is_open_to_the_api_and_workers(docs: list[dict[str, Any]]) -> None:
-    """The master, volume and filer ports take no credentials: the NetworkPolicy lets the API and the
-    workers reach the S3 port only, the bucket Job master and filer only, and SeaweedFS itself all."""
+    """The master, volume and filer ports take no credentials: the NetworkPolicy lets the API and every
+    worker pod (shard groups included) reach the S3 port only, the bucket Job master and filer only,
+    SeaweedFS itself all, and no other pod anything."""
     statefulset, container, _ = _seaweedfs_pod(docs)
     policy = _one(docs, "NetworkPolicy", "seaweedfs")["spec"]
     pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert "Ingress" in policy["policyTypes"]
-    allowed: dict[str, set[str] | None] = {}  # pod name label -> port names (None: every port)
-    for rule in policy["ingress"]:
-        ports = {p["port"] for p in rule["ports"]} if "ports" in rule else None
-        for peer in rule["from"]:
-            name = _labels(peer)["app.kubernetes.io/name"]
-            assert name not in allowed, f"{name} in two rules"
-            allowed[name] = ports
-
-    def labels_of(kind: str, name: str) -> str:
-        return _one(docs, kind, name)["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
-
+    rules = [
+        ({p["port"] for p in rule["ports"]} if "ports" in rule else None, [_labels(peer) for peer in rule["from"]])
+        for rule in policy["ingress"]
+    ]
     container_ports = {p["name"] for p in container["ports"]}
-    assert allowed[labels_of("Deployment", "simsearch-api")] == {"s3"}
-    assert allowed[labels_of("Deployment", "simsearch-worker")] == {"s3"}
-    assert allowed[labels_of("Job", "seaweedfs-bucket")] == {"master", "master-grpc", "filer", "filer-grpc"}
-    assert allowed[pod_labels["app.kubernetes.io/name"]] is None
-    assert len(allowed) == 4
-    for ports in allowed.values():
-        assert ports is None or ports <= container_ports
+
+    def allowed(workload: dict[str, Any]) -> set[str] | None:
+        """The ports the workload's pods reach (None: every port), from the rules whose peers match them."""
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        ports: set[str] | None = set()
+        for rule_ports, peers in rules:
+            if any(peer.items() <= labels.items() for peer in peers):
+                ports = None if ports is None or rule_ports is None else ports | rule_ports
+        return ports
+
+    expected: dict[str, set[str] | None] = {
+        "simsearch-api": {"s3"},
+        "seaweedfs-bucket": {"master", "master-grpc", "filer", "filer-grpc"},
+        statefulset["metadata"]["name"]: None,
+    }
+    expected |= {w["metadata"]["name"]: {"s3"} for w in _worker_deployments(docs)}
+    assert len(_worker_deployments(docs)) >= 3, "the default worker and the shard groups"
+    for workload in _workloads(docs):
+        name = workload["metadata"]["name"]
+        assert allowed(workload) == expected.get(name, set()), name
+    for rule_ports, _ in rules:
+        assert rule_ports is None or rule_ports <= container_ports
 
 
-@pytest.mark.parametrize(("deployment", "name"), [("simsearch-api", "api"), ("simsearch-worker", "worker")])
-def test_api_and_worker_sign_with_the_blob_secret(docs: list[dict[str, Any]], deployment: str, name: str) -> None:
-    env = _env(_container(_one(docs, "Deployment", deployment), name), docs)
+@pytest.mark.parametrize(
+    "deployment", ["simsearch-api", "simsearch-worker", "simsearch-worker-a", "simsearch-worker-b"]
+)
+def test_api_and_worker_sign_with_the_blob_secret(docs: list[dict[str, Any]], deployment: str) -> None:
+    workload = _one(docs, "Deployment", deployment)
+    env = _env(workload["spec"]["template"]["spec"]["containers"][0], docs)
     for var, ref in S3_KEYS.items():
         assert env[var] == ref, var
 
@@ -1011,17 +1205,27 @@ def test_compose_redis_persists_with_aof_and_a_password(compose: dict[str, Any])
     assert any(str(v).split(":")[1] == "/data" for v in redis.get("volumes", [])), "no volume for /data"
 
 
+def _compose_workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services built from worker.Dockerfile: `worker` and the shard groups."""
+    return {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("build", {}).get("dockerfile") == "infra/worker.Dockerfile"
+    }
+
+
 def test_compose_worker_can_scale_and_api_waits_for_redis(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    worker, api = services["worker"], services["api"]
-    # `--scale worker=N` needs no fixed name and no host port.
-    assert "container_name" not in worker
-    assert "ports" not in worker
+    api = services["api"]
+    # `--scale worker=N` needs no fixed name and no host port (nor does `--scale worker-a=N`).
+    for worker in _compose_workers(compose).values():
+        assert "container_name" not in worker
+        assert "ports" not in worker
     depends = api.get("depends_on", {})
     assert "redis" in depends
     if isinstance(depends, dict):
         assert depends["redis"].get("condition") == "service_healthy"
-    for name in ("api", "worker"):
+    for name in ("api", *_compose_workers(compose)):
         url = services[name]["environment"]["REDIS_URL"]
         assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD[^}]*\}@redis:6379/\d+", url), f"{name}: {url}"
 
@@ -1086,3 +1290,44 @@ def test_compose_seaweedfs_is_the_default_blob_store(compose: dict[str, Any]) ->
         assert depends["seaweedfs-init"]["condition"] == "service_completed_successfully", name
         # BLOB_STORE_URL=file:///data/blobs stays an option: the shared volume is still mounted.
         assert "blobs:/data/blobs" in service["volumes"], name
+
+
+def test_compose_passes_the_shard_settings_to_api_and_workers(compose: dict[str, Any]) -> None:
+    """DEFAULT_SHARDS and SHARD_TIMEOUT_S come from the shared environment, defaulting to the services'
+    own defaults; WORKER_SHARDS is per worker service."""
+    fields = CommonSettings.model_fields
+    for name in ("api", *_compose_workers(compose)):
+        env = compose["services"][name]["environment"]
+        variable, operator, default = _interpolated(env["DEFAULT_SHARDS"])
+        assert (variable, operator, int(default)) == ("DEFAULT_SHARDS", ":-", fields["default_shards"].default), name
+        variable, operator, default = _interpolated(env["SHARD_TIMEOUT_S"])
+        assert (variable, operator, float(default)) == ("SHARD_TIMEOUT_S", ":-", fields["shard_timeout_s"].default)
+    assert "WORKER_SHARDS" not in compose["services"]["api"]["environment"]
+
+
+def test_compose_shard_groups(compose: dict[str, Any]) -> None:
+    """`worker` serves every shard and runs by default; the groups (profile `shards`) are that service
+    with WORKER_SHARDS set, serving 0..N-1 together, each shard once; the command at the top runs them
+    instead of `worker`, with DEFAULT_SHARDS=N."""
+    workers = _compose_workers(compose)
+    default = workers.pop("worker")
+    assert "profiles" not in default
+    assert parse_shards(default["environment"]["WORKER_SHARDS"]) is None
+
+    def without_shards(service: dict[str, Any]) -> dict[str, Any]:
+        environment = {k: v for k, v in service["environment"].items() if k != "WORKER_SHARDS"}
+        return {k: v for k, v in service.items() if k != "profiles"} | {"environment": environment}
+
+    groups: dict[str, frozenset[int]] = {}
+    for name, service in workers.items():
+        assert service.get("profiles") == ["shards"], f"{name}: optional, under the profile `shards`"
+        spec = service["environment"]["WORKER_SHARDS"]
+        assert isinstance(spec, str), f"{name}: quote WORKER_SHARDS"
+        shards = parse_shards(spec)
+        assert shards is not None, f"{name}: a shard group serves a subset"
+        groups[name] = shards
+        assert without_shards(service) == without_shards(default), f"{name} differs from `worker`"
+    assert len(groups) >= 2, groups
+    n = _covered(groups)
+    text = COMPOSE_FILE.read_text()
+    assert re.search(rf"DEFAULT_SHARDS={n}\b.*\n.*docker compose --profile shards up\b.*--scale worker=0", text)

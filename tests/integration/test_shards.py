@@ -1,0 +1,179 @@
+"""Sharded collections on real workers: two workers serving one shard each answer exactly as one
+unsharded collection does; each holds only its shard; a shard without a live worker makes
+searches end `partial` within SHARD_TIMEOUT_S (naming it), and a new worker for it restores
+complete answers; deletes and read-your-writes hold across shards."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from shared import keys, vectors
+from tests.images import photo_bytes
+from tests.integration.client_helpers import index, search_bytes, search_id
+from tests.integration.services import Service, start_api, start_redis, start_worker
+
+SHARD_TIMEOUT_S = 4
+IMAGES = 300
+QUERIES = 30
+# Both collections must hold the same vectors, whichever worker embedded a chunk: TensorFlow float32
+# is deterministic across processes (OpenVINO's auto precision is chosen per process, by timing).
+ENV = {
+    "SHARD_TIMEOUT_S": str(SHARD_TIMEOUT_S),
+    "EMBEDDING_MODEL": "efficientnet-lite0",
+    "INFERENCE_BACKEND": "tensorflow",
+    # Real (offline) weights: random ones map every photo to nearly the same vector (similarities
+    # all ~1.0), where the order is rounding noise.
+    "EMBEDDING_WEIGHTS": "imagenet",
+}
+
+
+class Stack:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.redis, self.url = start_redis(workdir)
+        self.workers: dict[str, Service] = {}
+        self.api, self.base = start_api(self.url, workdir, **ENV)
+
+    def worker(self, name: str, shards: str) -> Service:
+        self.workers[name] = start_worker(self.url, self.workdir, name, WORKER_SHARDS=shards, **ENV)
+        return self.workers[name]
+
+    def stop(self) -> None:
+        for service in [*self.workers.values(), self.api, self.redis]:
+            service.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    built = Stack(tmp_path_factory.mktemp("shards"))
+    try:
+        built.worker("shard0", "0")
+        built.worker("shard1", "1")
+        yield built
+    finally:
+        built.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.base, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[tuple[str, bytes]]:
+    return [(f"p{i}.jpg", photo_bytes(i)) for i in range(IMAGES)]
+
+
+@pytest.fixture(scope="module")
+def indexed(client: httpx.Client, photos: list[tuple[str, bytes]]) -> list[str]:
+    assert client.put("/v1/collections/sharded", json={"shards": 2}).status_code == 201
+    ids = []
+    for name in ("sharded", "flat"):
+        job = index(client, name, photos)
+        assert job["status"] == "succeeded", job["errors"][:3]
+        ids = job["result"]["created"]
+    return ids
+
+
+def matches(job: dict) -> list[tuple[str, float]]:
+    return [(m["image_id"], m["similarity"]) for m in job["result"]["matches"]]
+
+
+def test_shards_are_fixed_when_the_collection_is_created(client: httpx.Client, indexed: list[str]) -> None:
+    assert client.put("/v1/collections/sharded", json={"shards": 2}).status_code == 200
+    refused = client.put("/v1/collections/sharded", json={"shards": 3})
+    assert refused.status_code == 409 and refused.json()["error"] == "shards_fixed"
+    assert client.put("/v1/collections/other", json={"shards": 0}).status_code == 422
+    info = client.get("/v1/collections/sharded").json()
+    assert info["shards"] == 2 and info["image_count"] == IMAGES
+    assert sum(info["shard_counts"]) == IMAGES and min(info["shard_counts"]) > 0
+    assert client.get("/v1/collections/flat").json()["shards"] == 1
+
+
+def exact_top10(stack: Stack, collection: str, image: str) -> list[tuple[str, float]]:
+    """Exact float32 cosine over the collection's stored vectors, computed here."""
+    raw = redis.Redis.from_url(stack.url).hgetall(keys.vectors(collection))
+    ids = sorted(k.decode() for k in raw)
+    matrix = vectors.decode_many([raw[i.encode()] for i in ids], len(raw[ids[0].encode()]) // 2)
+    scores = matrix @ matrix[ids.index(image)]
+    order = sorted((r for r in range(len(ids)) if ids[r] != image), key=lambda r: (-scores[r], ids[r]))
+    return [(ids[r], float(scores[r])) for r in order[:10]]
+
+
+def same_ranking(got: list[tuple[str, float]], want: list[tuple[str, float]], tol: float = 2e-6) -> bool:
+    """Same similarities in the same order, and the same ids wherever neighbours are not tied
+    to within float32 rounding (two processes may round a dot product differently)."""
+    if len(got) != len(want) or any(abs(a - b) > tol for (_, a), (_, b) in zip(got, want, strict=True)):
+        return False
+    sims = [s for _, s in want]
+    return all(
+        g == w
+        for j, ((g, _), (w, _)) in enumerate(zip(got, want, strict=True))
+        if all(abs(sims[j] - sims[o]) > tol for o in (j - 1, j + 1) if 0 <= o < len(sims))
+    )
+
+
+def test_two_shards_answer_like_one(client: httpx.Client, indexed: list[str], stack: Stack) -> None:
+    for image in indexed[:QUERIES]:
+        sharded, flat = search_id(client, "sharded", image), search_id(client, "flat", image)
+        assert sharded["status"] == flat["status"] == "succeeded"
+        got, want = matches(sharded), matches(flat)
+        assert same_ranking(got, exact_top10(stack, "sharded", image))
+        assert same_ranking(got, want)  # the unsharded collection of the same photos
+        assert sharded["result"]["shards"] == 2 and sharded["result"]["missing_shards"] == []
+        assert sharded["result"]["collection_size"] == IMAGES
+
+
+def test_each_worker_holds_only_its_shard(client: httpx.Client, indexed: list[str], stack: Stack) -> None:
+    counts = client.get("/v1/collections/sharded").json()["shard_counts"]
+    for shard, name in enumerate(("shard0", "shard1")):
+        log = stack.workers[name].log.read_text()
+        held = [int(n) for n in re.findall(rf"replica of sharded shard {shard}/2: (\d+) vectors", log)]
+        assert held and held[0] == counts[shard]
+        assert f"replica of sharded shard {1 - shard}/2" not in log  # never the other shard
+        assert "replica of sharded:" not in log  # never the whole collection
+
+
+def test_deletes_and_new_images_are_seen_on_every_shard(
+    client: httpx.Client, indexed: list[str], photos: list[tuple[str, bytes]]
+) -> None:
+    first = search_id(client, "sharded", indexed[0])
+    gone = matches(first)[0][0]
+    assert client.delete(f"/v1/collections/sharded/images/{gone}").status_code == 204
+    after = search_id(client, "sharded", indexed[0])
+    assert gone not in [i for i, _ in matches(after)]
+    new = photo_bytes(10_000)
+    created = index(client, "sharded", [("new.jpg", new)])["result"]["created"]
+    found = search_bytes(client, "sharded", new)
+    assert matches(found)[0][0] == created[0] and matches(found)[0][1] > 0.999
+
+
+def test_a_shard_without_a_worker_ends_partial_then_recovers(
+    client: httpx.Client, indexed: list[str], stack: Stack
+) -> None:
+    os.killpg(stack.workers["shard1"].proc.pid, signal.SIGKILL)
+    stack.workers["shard1"].proc.wait(10)
+    started = time.monotonic()
+    job = search_id(client, "sharded", indexed[1])
+    took = time.monotonic() - started
+    assert job["status"] == "partial" and job["result"]["missing_shards"] == [1]
+    assert took < SHARD_TIMEOUT_S + 5
+    assert "shards [1] did not answer" in job["result"]["message"]
+    counts = client.get("/v1/collections/sharded").json()["shard_counts"]
+    assert job["result"]["collection_size"] == counts[0]
+    assert all(int(i[:8], 16) % 2 == 0 for i, _ in matches(job))  # shard 0's images only
+    stack.worker("shard1b", "1")
+    job = search_id(client, "sharded", indexed[1])
+    assert job["status"] == "succeeded" and job["result"]["missing_shards"] == []
+    flat = search_id(client, "flat", indexed[1])
+    assert [i for i, _ in matches(job)] == [i for i, _ in matches(flat) if i in {j for j, _ in matches(job)}]
