@@ -18,7 +18,7 @@ import redis
 
 from shared import keys, vectors
 from tests.images import photo_bytes
-from tests.integration.client_helpers import index, search_bytes, search_id
+from tests.integration.client_helpers import index, search_bytes, search_id, wait_job
 from tests.integration.services import Service, start_api, start_redis, start_worker
 
 SHARD_TIMEOUT_S = 4
@@ -156,6 +156,22 @@ def test_deletes_and_new_images_are_seen_on_every_shard(
     created = index(client, "sharded", [("new.jpg", new)])["result"]["created"]
     found = search_bytes(client, "sharded", new)
     assert matches(found)[0][0] == created[0] and matches(found)[0][1] > 0.999
+
+
+def test_clustering_and_export_cover_every_shard(client: httpx.Client, indexed: list[str]) -> None:
+    total = client.get("/v1/collections/sharded").json()["image_count"]
+    job = wait_job(client, client.post("/v1/collections/sharded/clusters", json={"k": 3}).json()["job_id"])
+    assert job["status"] == "succeeded" and job["result"]["image_count"] == total
+    assert sum(c["size"] for c in job["result"]["clusters"]) == total
+    rows = client.get("/v1/collections/sharded/export", params={"format": "csv"}).text.strip().splitlines()
+    assert len(rows) == total + 1  # a header, then every image of both shards
+    # The cluster filter applies on every shard: all matches are members of the cluster asked for.
+    members = set()
+    for page in range(0, total, 500):
+        got = client.get("/v1/collections/sharded/clusters/0/images", params={"offset": page, "limit": 500}).json()
+        members |= {i["image_id"] for i in got["images"]}
+    found = search_id(client, "sharded", indexed[2], cluster=0)
+    assert found["status"] == "succeeded" and {m["image_id"] for m in found["result"]["matches"]} <= members
 
 
 def test_a_shard_without_a_worker_ends_partial_then_recovers(
