@@ -212,14 +212,15 @@ return prev
 
 # Create a collection with a number of shards (before any image). KEYS: collections, collection.
 # ARGV: name, shards, now. Returns the collection's shards: ours if it is new, else those it has.
+# A collection that exists already (also one from before shards, which has no 'shards' field: 1)
+# keeps what it has.
 CREATE_COLLECTION = """
-if redis.call('HSETNX', KEYS[2], 'shards', ARGV[2]) == 1 then
-  redis.call('HSETNX', KEYS[2], 'name', ARGV[1])
-  redis.call('HSETNX', KEYS[2], 'created_at', ARGV[3])
-  redis.call('HSETNX', KEYS[2], 'version', 0)
-  redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return tonumber(redis.call('HGET', KEYS[2], 'shards') or '1')
 end
-return tonumber(redis.call('HGET', KEYS[2], 'shards'))
+redis.call('HSET', KEYS[2], 'shards', ARGV[2], 'name', ARGV[1], 'created_at', ARGV[3], 'version', 0)
+redis.call('SADD', KEYS[1], ARGV[1])
+return tonumber(ARGV[2])
 """
 
 # A shard's answer to a fanned-out search. KEYS: the job's shard answers (hash), the job record.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
@@ -30,6 +30,15 @@ class CommonSettings(BlobSettings):
     # services read it. A search of a sharded collection waits this long for every shard.
     default_shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
     shard_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _deadline_within_visibility(self) -> Self:
+        # The deadline task waits in a worker's timer, unacknowledged and not heartbeated: longer
+        # than the visibility timeout and Redis would hand it out again.
+        if self.shard_timeout_s >= self.task_visibility_timeout_s:
+            raise ValueError("SHARD_TIMEOUT_S must be below TASK_VISIBILITY_TIMEOUT_S")
+        return self
+
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

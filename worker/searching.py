@@ -132,6 +132,8 @@ def _fail(ctx: JobContext, params: SearchParams, exc: SimsearchError) -> None:
 
 # -- sharded collections: the query is embedded once, here; each shard answers from its replica --
 def _prepare_fan_out(ctx: JobContext, params: SearchParams, shards: int) -> int:
+    if ctx.store.query(ctx.job_id) is not None:  # redelivered after the query was stored: send again
+        return shards
     try:
         model, _, _ = ctx.store.collection_header(ctx.collection)
         if model is not None and model != ctx.embedder.name:
@@ -142,10 +144,11 @@ def _prepare_fan_out(ctx: JobContext, params: SearchParams, shards: int) -> int:
         query = _query_vector(ctx, params)
     except SimsearchError as exc:
         _fail(ctx, params, exc)
-        return 0
-    finally:
         ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])
+        return 0
     ctx.store.put_query(ctx.job_id, query, ctx.jobs.lifecycle.job_ttl_s)
+    # Only now: a worker dying before this line leaves the upload for the redelivered task.
+    ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])
     return shards
 
 
@@ -154,7 +157,7 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
     shard to answer merges the answers and ends the job."""
     params = SearchParams.model_validate(ctx.job.params)
     query = ctx.store.query(ctx.job_id)
-    if query is None:  # the job expired, or ended without a query
+    if query is None or ctx.store.job_ended(ctx.job_id):  # ended (deadline, failure) or expired: shed it
         return
     replica = ctx.replicas.sync(ctx.collection, shard, shards)
     answer: dict = {"hits": [], "size": 0, "served_by": ctx.served_by}
@@ -195,6 +198,11 @@ def finish_at_deadline(ctx: JobContext, shards: int) -> None:
 
 def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> None:
     answers = ctx.store.shard_answers(ctx.job_id)
+    if not answers:
+        detail = f"none of the {shards} shards answered within the shard timeout (no live worker serves them?)"
+        _fail(ctx, params, SimsearchError(detail, code="shards_unavailable", status_code=503))
+        ctx.store.drop_fan_out(ctx.job_id)
+        return
     # Every shard's k best, merged: the same order as one replica of everything (similarity, then id).
     hits = sorted(((h[0], float(h[1])) for a in answers.values() for h in a["hits"]), key=lambda h: (-h[1], h[0]))
     hits = hits[: params.k]
@@ -219,9 +227,11 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
         model=ctx.embedder.name,
         served_by=",".join(sorted({a["served_by"] for a in answers.values() if a.get("served_by")})) or None,
         query_cluster=clusters[0] if clusters else None,
-        shards=shards,
-        missing_shards=missing,
+        # An unsharded collection answered through its shard queue reads like one answered inline.
+        shards=shards if shards > 1 or missing else None,
+        missing_shards=missing if shards > 1 or missing else None,
     )
     ctx.jobs.record_items(ctx.job_id, [(_outcome(params), None)])
     status = JobStatus.partial if missing else JobStatus.succeeded
     ctx.jobs.finish(ctx.job_id, status, result.model_dump(mode="json", exclude_none=True))
+    ctx.store.drop_fan_out(ctx.job_id)  # late shards find the job ended and shed their task

@@ -93,6 +93,9 @@ def test_shards_are_fixed_when_the_collection_is_created(client: httpx.Client, i
     assert client.put("/v1/collections/sharded", json={"shards": 2}).status_code == 200
     refused = client.put("/v1/collections/sharded", json={"shards": 3})
     assert refused.status_code == 409 and refused.json()["error"] == "shards_fixed"
+    # A collection created by its first images (before shards, or with DEFAULT_SHARDS=1) stays whole.
+    refused = client.put("/v1/collections/flat", json={"shards": 2})
+    assert refused.status_code == 409 and client.get("/v1/collections/flat").json()["shards"] == 1
     assert client.put("/v1/collections/other", json={"shards": 0}).status_code == 422
     info = client.get("/v1/collections/sharded").json()
     assert info["shards"] == 2 and info["image_count"] == IMAGES
@@ -183,6 +186,7 @@ def test_a_shard_without_a_worker_ends_partial_then_recovers(
     job = search_id(client, "sharded", indexed[1])
     took = time.monotonic() - started
     assert job["status"] == "partial" and job["result"]["missing_shards"] == [1]
+    assert not redis.Redis.from_url(stack.url).exists(keys.job_query(job["job_id"]), keys.job_shards(job["job_id"]))
     assert took < SHARD_TIMEOUT_S + 5
     assert "shards [1] did not answer" in job["result"]["message"]
     counts = client.get("/v1/collections/sharded").json()["shard_counts"]

@@ -33,3 +33,9 @@ def test_worker_settings_refuse_a_bad_shard_list() -> None:
     assert len(WorkerSettings().served_shard_list) == MAX_SHARDS
     with pytest.raises(ValueError):
         WorkerSettings(worker_shards="5-2")
+
+
+def test_the_shard_deadline_must_be_shorter_than_the_visibility_timeout() -> None:
+    with pytest.raises(ValueError, match="SHARD_TIMEOUT_S"):
+        WorkerSettings(shard_timeout_s=30, task_visibility_timeout_s=30)
+    assert WorkerSettings(shard_timeout_s=29, task_visibility_timeout_s=30).shard_timeout_s == 29
