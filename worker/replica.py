@@ -19,7 +19,7 @@ import contextlib
 import ctypes
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -87,8 +87,9 @@ class Replica:
     index: AnnIndex
     last_id: str = "0-0"
     version: int = 0  # the collection version the replica reflects (n of the last entry applied)
-    # (clustering id, centroids, labels): loaded when a clustering exists, reloaded when it changes
-    clustering: tuple[str, Any, dict[str, int]] | None = None
+    # collection -> (clustering id, centroids, labels): one dict shared by every replica of the
+    # ReplicaSet (see `ReplicaSet.clusterings`), so shards of one collection load the labels once
+    clusterings: dict[str, tuple[str, Any, dict[str, int]]] = field(default_factory=dict)
     shard: int = 0  # which shard of the collection this replica holds (of `shards`)
     shards: int = 1
 
@@ -116,6 +117,7 @@ class ReplicaSet:
         self._replicas: dict[tuple[str, int], Replica] = {}  # (collection, shard) -> replica
         self.rebuilds = 0  # how many times a replica was built from the vectors (tests, metrics)
         self.restores = 0  # how many times one was loaded from a snapshot
+        self.clusterings: dict[str, tuple[str, Any, dict[str, int]]] = {}  # shared by the replicas
 
     def sync(self, collection: str, shard: int = 0, shards: int = 1) -> Replica | None:
         """The replica of the collection's `shard` (of `shards`), current as of now; None if the
@@ -138,7 +140,7 @@ class ReplicaSet:
             ):
                 return replica
             self._replicas.pop(key, None)
-            blank = Replica(model=model, index=None, shard=shard, shards=shards)  # type: ignore[arg-type]
+            blank = Replica(model=model, index=None, shard=shard, shards=shards, clusterings=self.clusterings)  # type: ignore[arg-type]
             replica = self._restore(collection, blank, dim, version) or self._rebuild(collection, blank, dim)
             if replica is not None:
                 self._replicas[key] = replica

@@ -82,12 +82,16 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
 
 
 def _clustering(store: WorkerStore, replica: Replica, collection: str):
+    """The collection's current clustering (id, centroids, labels), loaded once per collection and
+    clustering: the shard replicas of one collection on this worker share it."""
     current = store.clustering_id(collection)
+    cache = replica.clusterings
     if current is None:
-        replica.clustering = None
-    elif replica.clustering is None or replica.clustering[0] != current:
-        replica.clustering = store.clustering_state(collection)
-    return replica.clustering
+        cache.pop(collection, None)
+        return None
+    if collection not in cache or cache[collection][0] != current:
+        cache[collection] = store.clustering_state(collection)
+    return cache[collection]
 
 
 def run_search_job(ctx: JobContext, served: frozenset[int] | None = None) -> int:
