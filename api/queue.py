@@ -5,7 +5,8 @@ from __future__ import annotations
 import anyio
 from celery import Celery
 
-from shared.queueing import celery_config
+from shared.queueing import SEARCH_DEADLINE_TASK, SEARCH_QUEUE, SEARCH_SHARD_TASK, celery_config
+from shared.shards import shard_queue
 
 
 class TaskQueue:
@@ -35,6 +36,24 @@ class TaskQueue:
         one forward pass."""
         chunks = [[job_id, collection, list(range(i, min(i + size, total)))] for i in range(0, total, size)]
         await self.send_many(name, chunks, queue)
+
+    async def send_fan_out(self, job_id: str, collection: str, shards: int, timeout_s: float) -> None:
+        """A search's shard tasks (one per shard queue) and its deadline, on one connection."""
+
+        def publish() -> None:
+            with self.celery.producer_or_acquire() as producer:
+                for shard in range(shards):
+                    args = [job_id, collection, shard, shards]
+                    self.celery.send_task(SEARCH_SHARD_TASK, args=args, queue=shard_queue(shard), producer=producer)
+                self.celery.send_task(
+                    SEARCH_DEADLINE_TASK,
+                    args=[job_id, collection, shards],
+                    queue=SEARCH_QUEUE,
+                    countdown=timeout_s,
+                    producer=producer,
+                )
+
+        await anyio.to_thread.run_sync(publish)
 
     def close(self) -> None:
         self.celery.close()

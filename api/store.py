@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import keys, scripts
+from shared import keys, scripts, vectors
 from shared.blobs_async import AsyncBlobStore
 from shared.jobs import AsyncJobs, JobLifecycle
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
@@ -96,6 +96,19 @@ class ApiStore:
             shards=shards,
             shard_counts=counts,
         )
+
+    async def put_query(self, job_id: str, collection: str, image_id: str) -> bool:
+        """Store a stored image's vector as a fanned-out search's query (float32, as the worker
+        would): the shards then need no dispatching worker. False if the image is gone."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(keys.vectors(collection), image_id)
+        pipe.hget(keys.collection(collection), "dim")
+        raw, dim = await pipe.execute()
+        if not raw or not dim:
+            return False
+        query = vectors.decode(raw, int(dim)).astype("<f4").tobytes()
+        await self.redis.set(keys.job_query(job_id), query, ex=self.job_ttl_s)
+        return True
 
     async def create_collection(self, name: str, shards: int) -> tuple[bool, int]:
         """Create an empty collection with `shards` shards: (created, the shards it has)."""

@@ -26,6 +26,7 @@ replica from the vectors a training sample of 65k float32 vectors (335 MB) on to
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -46,7 +47,8 @@ BATCH = 1000
 
 
 def image_id(row: int) -> str:
-    return f"{row:032x}"
+    # Like a content id (a SHA-256 prefix): spread over shards, as real ids are.
+    return hashlib.sha256(row.to_bytes(8, "little")).hexdigest()[:32]
 
 
 def load(redis_url: str, blob_url: str, collection: str, n: int, dim: int, seed: int) -> float:

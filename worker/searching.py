@@ -163,6 +163,7 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
     query = ctx.store.query(ctx.job_id)
     if query is None or ctx.store.job_ended(ctx.job_id):  # ended (deadline, failure) or expired: shed it
         return
+    ctx.jobs.mark_running(ctx.job_id)  # the API may have sent the shards directly (search by a stored id)
     replica = ctx.replicas.sync(ctx.collection, shard, shards)
     answer: dict = {"hits": [], "size": 0, "served_by": ctx.served_by}
     if replica is not None and len(replica.index):
