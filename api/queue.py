@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 from celery import Celery
 
-from shared.queueing import SEARCH_DEADLINE_TASK, SEARCH_QUEUE, SEARCH_SHARD_TASK, celery_config
+from shared.queueing import DEADLINE_QUEUE, SEARCH_DEADLINE_TASK, SEARCH_SHARD_TASK, celery_config
 from shared.shards import shard_queue
 
 
@@ -48,7 +48,7 @@ class TaskQueue:
                 self.celery.send_task(
                     SEARCH_DEADLINE_TASK,
                     args=[job_id, collection, shards],
-                    queue=SEARCH_QUEUE,
+                    queue=DEADLINE_QUEUE,
                     countdown=timeout_s,
                     producer=producer,
                 )

@@ -5,7 +5,8 @@
 Loads the same N synthetic vectors (bench/spread.py, as bench/scale.py) into two collections of one
 real Redis: `one` (1 shard) and `split` (`--shards`, created with PUT /v1/collections/split).
 Then, for each: starts the workers (1 worker serving every shard, or one worker per shard with
-WORKER_SHARDS=i, all --concurrency 1), answers one warm-up search (the replicas are built), runs
+WORKER_SHARDS=i, all --concurrency 1; with --search-only the shard workers load no model),
+answers one warm-up search (the replicas are built), runs
 `--queries` sequential searches by stored id with `?wait=` through the API, and reads each
 worker's pool-process RSS; the workers are stopped before the next configuration. Prints both
 configurations and the ratios (the targets: per-worker RSS <= 30 % of one worker's, p50 <= 1.5x);
@@ -52,14 +53,14 @@ def measure(http: httpx.Client, collection: str, rows: np.ndarray) -> dict:
     }
 
 
-def run(n: int, dim: int, shards: int, queries: int, seed: int = 0) -> dict:
+def run(n: int, dim: int, shards: int, queries: int, seed: int = 0, search_only: bool = False) -> dict:
     from tests.integration.services import start_api, start_redis, start_worker
 
     workdir = Path(tempfile.mkdtemp(prefix="shards-"))
     redis_service, url = start_redis(workdir)
     env = {"EMBEDDING_MODEL": MODEL_OF_DIM[dim], "LOG_MAXLEN": str(2 * n), "SHARD_TIMEOUT_S": "20"}
     services = []
-    out: dict = {"vectors": n, "dim": dim, "shards": shards}
+    out: dict = {"vectors": n, "dim": dim, "shards": shards, "search_only": search_only}
     try:
         api, base = start_api(url, workdir, access_log=False, **env)
         services.append(api)
@@ -71,8 +72,11 @@ def run(n: int, dim: int, shards: int, queries: int, seed: int = 0) -> dict:
             rows = np.random.default_rng(seed + 1).choice(n, queries, replace=False)
             configurations = (("one", "one", ["all"]), ("split", "split", [str(i) for i in range(shards)]))
             for label, collection, groups in configurations:
+                # --search-only: the shard workers load no model (WORKER_EMBEDS=false); searches by
+                # stored id need none, and embedding would be another worker's job.
+                role = {"WORKER_EMBEDS": "false"} if search_only and label == "split" else {}
                 workers = [
-                    start_worker(url, workdir, f"{label}{i}", ready_timeout=600, WORKER_SHARDS=g, **env)
+                    start_worker(url, workdir, f"{label}{i}", ready_timeout=600, WORKER_SHARDS=g, **env, **role)
                     for i, g in enumerate(groups)
                 ]
                 try:
@@ -99,9 +103,10 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--search-only", action="store_true", help="shard workers without a model")
     parser.add_argument("--json", action="store_true", help="the figures as JSON (always the last line)")
     args = parser.parse_args()
-    print(json.dumps(run(args.vectors, args.dim, args.shards, args.queries, args.seed)))
+    print(json.dumps(run(args.vectors, args.dim, args.shards, args.queries, args.seed, args.search_only)))
     return 0
 
 

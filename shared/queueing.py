@@ -9,6 +9,7 @@ from typing import Any
 
 INDEX_QUEUE = "index"
 SEARCH_QUEUE = "search"
+DEADLINE_QUEUE = "search.deadline"  # every worker, search-only ones too, ends overdue sharded searches
 INDEX_CHUNK_TASK = "simsearch.index_chunk"
 SEARCH_TASK = "simsearch.search"
 REEMBED_CHUNK_TASK = "simsearch.reembed_chunk"
@@ -32,7 +33,7 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, A
             REEMBED_CHUNK_TASK: {"queue": INDEX_QUEUE},
             CLUSTER_TASK: {"queue": INDEX_QUEUE},
             SEARCH_TASK: {"queue": SEARCH_QUEUE},
-            SEARCH_DEADLINE_TASK: {"queue": SEARCH_QUEUE},
+            SEARCH_DEADLINE_TASK: {"queue": DEADLINE_QUEUE},
         },
         "broker_transport_options": broker_transport_options(visibility_timeout_s),
         "broker_connection_retry_on_startup": True,

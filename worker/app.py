@@ -17,7 +17,7 @@ from kombu import Queue
 from shared.errors import ModelWeightsUnavailable
 from shared.logs import configure_logging, current_job
 from shared.models.registry import get_model_spec
-from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE, celery_config
+from shared.queueing import DEADLINE_QUEUE, INDEX_QUEUE, SEARCH_QUEUE, celery_config
 from shared.shards import shard_queue
 from worker.heartbeat import Heartbeat
 from worker.runtime import WorkerRuntime
@@ -31,7 +31,11 @@ app = Celery("simsearch", include=["worker.tasks"])
 app.conf.update(
     celery_config(settings.redis_url, visibility_timeout_s=settings.task_visibility_timeout_s),
     # Searches and embedding are shared; a shard's searches go to the workers serving it.
-    task_queues=[Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE), *(Queue(shard_queue(i)) for i in settings.served_shard_list)],
+    task_queues=[
+        *((Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE)) if settings.worker_embeds else ()),
+        Queue(DEADLINE_QUEUE),
+        *(Queue(shard_queue(i)) for i in settings.served_shard_list),
+    ],
     worker_prefetch_multiplier=1,
     # Pool processes build the model in worker_process_init (seconds: TensorFlow, OpenVINO compile);
     # Celery's default of 4 s would kill and respawn them forever.
@@ -73,6 +77,8 @@ def _clear_job_context(**_: Any) -> None:
 
 @signals.worker_init.connect
 def _check_weights(**_: Any) -> None:
+    if not settings.worker_embeds:
+        return
     try:
         get_model_spec(settings.embedding_model).prepare(settings.embedding_weights, settings.cache_dir)
     except ModelWeightsUnavailable as exc:

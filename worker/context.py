@@ -20,7 +20,7 @@ class JobContext:
     job: JobRecord
     jobs: Jobs
     store: WorkerStore
-    embedder: Embedder
+    embedder: Embedder  # a search-only worker runs only shard searches and deadlines, which need none
     replicas: ReplicaSet
     max_pixels: int
     served_by: str | None = None

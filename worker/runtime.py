@@ -29,7 +29,7 @@ class WorkerRuntime:
     settings: WorkerSettings
     jobs: Jobs
     store: WorkerStore
-    embedder: NetworkEmbedder
+    embedder: NetworkEmbedder | None  # None: a search-only worker (WORKER_EMBEDS=false)
     replicas: ReplicaSet
 
     def context(self, job_id: str, served_by: str | None = None) -> JobContext | None:
@@ -51,12 +51,7 @@ class WorkerRuntime:
     def start(cls, settings: WorkerSettings) -> WorkerRuntime:
         started = time.perf_counter()
         threads = settings.threads
-        _configure_tensorflow(threads)
-        spec = get_model_spec(settings.embedding_model)
-        network = spec.build(settings.embedding_weights, settings.model_input_size, settings.cache_dir)
-        embedder = build_embedder(
-            network, settings.inference_backend, settings.inference_precision, settings.cache_dir, threads
-        )
+        embedder = _embedder(settings) if settings.worker_embeds else None
         client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
         worker = f"{socket.gethostname()}-{os.getpid()}"
         # Opened here, after fork: boto3 clients and thread pools do not survive one.
@@ -74,10 +69,15 @@ class WorkerRuntime:
                 Snapshots(client, blobs, settings.snapshot_every) if settings.snapshot_every else None,
             ),
         )
+        if embedder is None:
+            log.info(
+                "worker process %d ready: model=none (search only, shards %s)", os.getpid(), settings.worker_shards
+            )
+            return runtime
         log.info(
             "worker process %d ready: model=%s weights=%s input=%d backend=%s/%s threads=%d (%.1fs)",
             os.getpid(),
-            spec.name,
+            embedder.name,
             settings.embedding_weights,
             embedder.input_size,
             embedder.runner.backend,
@@ -86,6 +86,15 @@ class WorkerRuntime:
             time.perf_counter() - started,
         )
         return runtime
+
+
+def _embedder(settings: WorkerSettings) -> NetworkEmbedder:
+    _configure_tensorflow(settings.threads)
+    spec = get_model_spec(settings.embedding_model)
+    network = spec.build(settings.embedding_weights, settings.model_input_size, settings.cache_dir)
+    return build_embedder(
+        network, settings.inference_backend, settings.inference_precision, settings.cache_dir, settings.threads
+    )
 
 
 def _configure_tensorflow(threads: int) -> None:

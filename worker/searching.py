@@ -225,11 +225,12 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
         note = f"shards {missing} did not answer within the shard timeout; matches are from the others"
         message = f"{message}; {note}" if message else note
     clusters = [a["query_cluster"] for a in answers.values() if a.get("query_cluster") is not None]
+    model = ctx.store.collection_header(ctx.collection)[0] or ""  # a search-only worker has no model
     result = SearchResult(
         matches=matches,
         message=message,
         collection_size=size,
-        model=ctx.embedder.name,
+        model=model,
         served_by=",".join(sorted({a["served_by"] for a in answers.values() if a.get("served_by")})) or None,
         query_cluster=clusters[0] if clusters else None,
         # An unsharded collection answered through its shard queue reads like one answered inline.

@@ -35,6 +35,9 @@ class WorkerSettings(ModelSettings):
     # Write a replica snapshot to the blob store every SNAPSHOT_EVERY log entries (0: never).
     snapshot_every: int = Field(default=20_000, ge=0)
 
+    # false: a search-only worker: no model (no TensorFlow, ~0.7 GB less), consumes only its shard
+    # queues and the deadline queue; embedding (indexing, uploaded queries) is left to the others.
+    worker_embeds: bool = True
     # Which shards' searches this worker answers (and holds replicas for): `all`, or e.g. `0-3`, `4,5`.
     worker_shards: str = "all"
 

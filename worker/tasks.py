@@ -17,10 +17,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.queueing import (
     CLUSTER_TASK,
+    DEADLINE_QUEUE,
     INDEX_CHUNK_TASK,
     REEMBED_CHUNK_TASK,
     SEARCH_DEADLINE_TASK,
-    SEARCH_QUEUE,
     SEARCH_SHARD_TASK,
     SEARCH_TASK,
 )
@@ -132,7 +132,7 @@ def search(self: Task, job_id: str, collection: str) -> None:
     for shard in range(shards):
         self.app.send_task(SEARCH_SHARD_TASK, [job_id, collection, shard, shards], queue=shard_queue(shard))
     self.app.send_task(
-        SEARCH_DEADLINE_TASK, [job_id, collection, shards], queue=SEARCH_QUEUE, countdown=rt.settings.shard_timeout_s
+        SEARCH_DEADLINE_TASK, [job_id, collection, shards], queue=DEADLINE_QUEUE, countdown=rt.settings.shard_timeout_s
     )
 
 

@@ -43,8 +43,8 @@ class Stack:
         self.workers: dict[str, Service] = {}
         self.api, self.base = start_api(self.url, workdir, **ENV)
 
-    def worker(self, name: str, shards: str) -> Service:
-        self.workers[name] = start_worker(self.url, self.workdir, name, WORKER_SHARDS=shards, **ENV)
+    def worker(self, name: str, shards: str, **extra: str) -> Service:
+        self.workers[name] = start_worker(self.url, self.workdir, name, WORKER_SHARDS=shards, **{**ENV, **extra})
         return self.workers[name]
 
     def stop(self) -> None:
@@ -192,8 +192,13 @@ def test_a_shard_without_a_worker_ends_partial_then_recovers(
     counts = client.get("/v1/collections/sharded").json()["shard_counts"]
     assert job["result"]["collection_size"] == counts[0]
     assert all(int(i[:8], 16) % 2 == 0 for i, _ in matches(job))  # shard 0's images only
-    stack.worker("shard1b", "1")
+    # The replacement is a search-only worker: no model, just shard 1's replica.
+    replacement = stack.worker("shard1b", "1", WORKER_EMBEDS="false")
     job = search_id(client, "sharded", indexed[1])
     assert job["status"] == "succeeded" and job["result"]["missing_shards"] == []
+    log = replacement.log.read_text()
+    assert "model=none (search only" in log and "replica of sharded shard 1/2" in log
+    # An uploaded query still works: a worker with the model embeds it, the shards answer.
+    assert search_bytes(client, "sharded", photo_bytes(3))["status"] == "succeeded"
     flat = search_id(client, "flat", indexed[1])
     assert [i for i, _ in matches(job)] == [i for i, _ in matches(flat) if i in {j for j, _ in matches(job)}]
