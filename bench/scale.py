@@ -48,7 +48,7 @@ BATCH = 1000
 
 def image_id(row: int) -> str:
     # Like a content id (a SHA-256 prefix): spread over shards, as real ids are.
-    return hashlib.sha256(row.to_bytes(8, "little")).hexdigest()[:32]
+    return hashlib.sha256(int(row).to_bytes(8, "little")).hexdigest()[:32]
 
 
 def load(redis_url: str, blob_url: str, collection: str, n: int, dim: int, seed: int) -> float:

@@ -36,7 +36,9 @@ class CommonSettings(BlobSettings):
         # The deadline task waits in a worker's timer, unacknowledged and not heartbeated: longer
         # than the visibility timeout and Redis would hand it out again.
         if self.shard_timeout_s >= self.task_visibility_timeout_s:
-            raise ValueError("SHARD_TIMEOUT_S must be below TASK_VISIBILITY_TIMEOUT_S")
+            if "shard_timeout_s" in self.model_fields_set:
+                raise ValueError("SHARD_TIMEOUT_S must be below TASK_VISIBILITY_TIMEOUT_S")
+            self.shard_timeout_s = self.task_visibility_timeout_s / 2  # the default, under a short visibility
         return self
 
     log_level: str = "INFO"

@@ -27,10 +27,13 @@ def shard_queue(shard: int) -> str:
 
 
 def parse_shards(spec: str) -> frozenset[int] | None:
-    """`all` -> None (every shard); else a set from e.g. `0-3`, `4,6`, `0-1,5`."""
+    """`all` -> None (every shard); `none` -> no shard (an embedding-only worker); else a set from
+    e.g. `0-3`, `4,6`, `0-1,5`."""
     spec = spec.strip().lower()
     if spec in ("", "all", "*"):
         return None
+    if spec == "none":
+        return frozenset()
     out: set[int] = set()
     for part in spec.split(","):
         first, _, last = part.strip().partition("-")

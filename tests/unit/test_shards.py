@@ -20,6 +20,7 @@ def test_shard_of_is_stable_uniform_and_total() -> None:
 def test_parse_shards() -> None:
     assert parse_shards("all") is None and parse_shards("") is None
     assert parse_shards("0-3") == {0, 1, 2, 3}
+    assert parse_shards("none") == frozenset() and not serves(frozenset(), 0)
     assert parse_shards("4,6, 8-9") == {4, 6, 8, 9}
     for bad in ("3-1", "-1", f"0-{MAX_SHARDS}", "x"):
         with pytest.raises(ValueError):
@@ -39,3 +40,5 @@ def test_the_shard_deadline_must_be_shorter_than_the_visibility_timeout() -> Non
     with pytest.raises(ValueError, match="SHARD_TIMEOUT_S"):
         WorkerSettings(shard_timeout_s=30, task_visibility_timeout_s=30)
     assert WorkerSettings(shard_timeout_s=29, task_visibility_timeout_s=30).shard_timeout_s == 29
+    # Not set: the default follows a short visibility timeout instead of refusing to start.
+    assert WorkerSettings(task_visibility_timeout_s=6).shard_timeout_s == 3
