@@ -52,6 +52,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from shared.index import rank
+
 log = logging.getLogger(__name__)
 
 # fetch_vectors(ids) -> float32 (len(ids), dim), L2-normalised: the source-of-truth vectors. A row
@@ -115,17 +117,18 @@ BULK_BLOCK = 50_000  # vectors per add while bulk-building (fewer, larger adds; 
 
 
 def _blocks(
-    chunks: Iterable[tuple[list[str], np.ndarray]], dim: int, size: int
+    chunks: Iterable[tuple[list[str], np.ndarray]], dim: int, size: int, first: int | None = None
 ) -> Iterable[tuple[list[str], np.ndarray]]:
-    """Regroup (ids, vectors) chunks into blocks of about `size`."""
+    """Regroup (ids, vectors) chunks into blocks of about `size` (the first of about `first`)."""
     ids: list[str] = []
     parts: list[np.ndarray] = []
+    want = first or size
     for chunk_ids, vecs in chunks:
         ids += chunk_ids
         parts.append(np.asarray(vecs, dtype=np.float32).reshape(len(chunk_ids), dim))
-        if len(ids) >= size:
+        if len(ids) >= want:
             yield ids, np.concatenate(parts)
-            ids, parts = [], []
+            ids, parts, want = [], [], size
     if ids:
         yield ids, np.concatenate(parts)
 
@@ -454,18 +457,11 @@ class AnnIndex:
         # The training sample, and at least `threshold` vectors: fewer than that only if the
         # collection shrank since `total` was counted (then it is exact after all).
         want = max(index._sample_size(total), min(total, index.params.threshold))
-        head_ids: list[str] = []
-        head: list[np.ndarray] = []
-        for ids, vecs in stream:
-            head_ids += ids
-            head.append(np.asarray(vecs, dtype=np.float32).reshape(len(ids), dim))
-            if len(head_ids) >= want:
-                break
-        sample = np.concatenate(head) if head else np.zeros((0, dim), dtype=np.float32)
-        del head
+        blocks = iter(_blocks(stream, dim, BULK_BLOCK, first=want))
+        head_ids, sample = next(blocks, ([], np.zeros((0, dim), dtype=np.float32)))
         if len(sample) < index.params.threshold:
             index.upsert(head_ids, sample)
-            for ids, vecs in stream:
+            for ids, vecs in blocks:
                 index.upsert(ids, vecs)
             return index
         faiss = _faiss()
@@ -482,7 +478,7 @@ class AnnIndex:
                     index._held = np.zeros((len(index._labels), dim), dtype=np.float16)
             index.upsert(head_ids, sample)
             del sample
-            for ids, vecs in _blocks(stream, dim, BULK_BLOCK):
+            for ids, vecs in blocks:
                 index.upsert(ids, vecs)
         finally:
             faiss.omp_set_num_threads(before)
@@ -498,7 +494,7 @@ class AnnIndex:
     def _exact_search(
         self, q: np.ndarray, k: int, min_similarity: float | None, exclude: str | None, mask: np.ndarray | None
     ) -> list[tuple[str, float]]:
-        # VectorIndex.search, step for step, so that results are identical.
+        # As VectorIndex.search (the same ranking function), so that results are identical.
         n = len(self._ids)
         assert self._matrix is not None
         scores = self._matrix[:n] @ q
@@ -506,13 +502,7 @@ class AnnIndex:
             scores[self._row[exclude]] = -np.inf
         if mask is not None:
             scores[~np.asarray(mask, dtype=bool)] = -np.inf
-        take = min(k, n)
-        top = np.argpartition(-scores, take - 1)[:take] if take < n else np.arange(n)
-        order = sorted(top.tolist(), key=lambda r: (-float(scores[r]), self._ids[r]))
-        hits = [(self._ids[r], float(scores[r])) for r in order if np.isfinite(scores[r])]
-        if min_similarity is not None:
-            hits = [(i, s) for i, s in hits if s >= min_similarity]
-        return hits
+        return rank(scores, self._ids, k, min_similarity)
 
     # -- approximate mode ---------------------------------------------------------------------------
     def _mask_array(self, predicate: Callable[[str], bool]) -> np.ndarray:

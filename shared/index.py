@@ -6,7 +6,7 @@ matrix-vector product over contiguous memory plus an `argpartition`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -89,11 +89,17 @@ class VectorIndex:
             scores[self._row[exclude]] = -np.inf
         if mask is not None:
             scores[~mask] = -np.inf
-        take = min(k, n)
-        top = np.argpartition(-scores, take - 1)[:take] if take < n else np.arange(n)
-        # Sort by score, then by id so that equal scores come back in the same order on every worker.
-        order = sorted(top.tolist(), key=lambda r: (-float(scores[r]), self._ids[r]))
-        hits = [(self._ids[r], float(scores[r])) for r in order if np.isfinite(scores[r])]
-        if min_similarity is not None:
-            hits = [(i, s) for i, s in hits if s >= min_similarity]
-        return hits
+        return rank(scores, self._ids, k, min_similarity)
+
+
+def rank(scores: np.ndarray, ids: Sequence[str], k: int, min_similarity: float | None) -> list[tuple[str, float]]:
+    """The k best rows by score as (id, score), best first; -inf scores (excluded rows) never."""
+    n = len(scores)
+    take = min(k, n)
+    top = np.argpartition(-scores, take - 1)[:take] if take < n else np.arange(n)
+    # Sort by score, then by id so that equal scores come back in the same order on every worker.
+    order = sorted(top.tolist(), key=lambda r: (-float(scores[r]), ids[r]))
+    hits = [(ids[r], float(scores[r])) for r in order if np.isfinite(scores[r])]
+    if min_similarity is not None:
+        hits = [(i, s) for i, s in hits if s >= min_similarity]
+    return hits
