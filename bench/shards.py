@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -32,7 +33,18 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from scale import MODEL_OF_DIM, image_id, load, pool_rss_mb, search  # noqa: E402
 
 
-def measure(http: httpx.Client, collection: str, rows: np.ndarray) -> dict:
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by these processes and their children (pool processes)."""
+    total = 0.0
+    for pid in pids:
+        proc = psutil.Process(pid)
+        for p in [proc, *proc.children(recursive=True)]:
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def measure(http: httpx.Client, collection: str, rows: np.ndarray, pids: list[int]) -> dict:
     started = time.perf_counter()
     # The first searches build the replicas (minutes at 1 M); a sharded one ends `partial` at the
     # shard timeout meanwhile: ask again until every shard answers.
@@ -40,13 +52,18 @@ def measure(http: httpx.Client, collection: str, rows: np.ndarray) -> dict:
         assert time.perf_counter() - started < 1800, "the replicas were not built within 30 minutes"
     warm = time.perf_counter() - started
     latencies = []
+    cpu_before = cpu_s(pids)
     for r in rows:
         t = time.perf_counter()
         job = search(http, collection, image_id(int(r)))
         latencies.append((time.perf_counter() - t) * 1000)
         assert job["status"] == "succeeded", job
     ms = np.array(latencies)
+    cpu_ms = (cpu_s(pids) - cpu_before) / len(rows) * 1000
     return {
+        # API + workers + Redis: on a host with fewer cores than processes, latency can not fall
+        # below this divided by the cores.
+        "cpu_ms_per_search": round(cpu_ms, 1),
         "search_p50_ms": round(float(np.percentile(ms, 50)), 1),
         "search_p95_ms": round(float(np.percentile(ms, 95)), 1),
         "first_search_s": round(warm, 1),
@@ -80,7 +97,8 @@ def run(n: int, dim: int, shards: int, queries: int, seed: int = 0, search_only:
                     for i, g in enumerate(groups)
                 ]
                 try:
-                    figures = measure(http, collection, rows)
+                    pids = [api.proc.pid, redis_service.proc.pid, *(w.proc.pid for w in workers)]
+                    figures = measure(http, collection, rows, pids)
                     figures["worker_rss_mb"] = [round(pool_rss_mb(w.proc.pid)) for w in workers]
                 finally:
                     for w in workers:

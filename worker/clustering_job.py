@@ -11,6 +11,7 @@ from shared.errors import SimsearchError
 from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobStatus, utcnow
 from worker.clustering import cluster
 from worker.context import JobContext
+from worker.threads import all_cores
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ def run_cluster_job(ctx: JobContext) -> None:
         if len(ids) < 3:
             raise SimsearchError("clustering needs at least 3 images", code="too_few_images", status_code=409)
         try:
-            result = cluster(rows, params.get("k"), params.get("k_min", 2), params.get("k_max", 10), n=len(ids))
+            with all_cores():
+                result = cluster(rows, params.get("k"), params.get("k_min", 2), params.get("k_max", 10), n=len(ids))
         except ValueError as exc:
             raise SimsearchError(str(exc), code="invalid_k", status_code=400) from exc
         summary = {

@@ -20,6 +20,7 @@ from worker.replica import ReplicaSet
 from worker.settings import WorkerSettings
 from worker.snapshots import Snapshots
 from worker.store import WorkerStore
+from worker.threads import limit_search_threads
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class WorkerRuntime:
         started = time.perf_counter()
         threads = settings.threads
         embedder = _embedder(settings) if settings.worker_embeds else None
+        limit_search_threads(settings.search_threads)
         client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
         worker = f"{socket.gethostname()}-{os.getpid()}"
         # Opened here, after fork: boto3 clients and thread pools do not survive one.

@@ -160,10 +160,13 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
     """One shard's part of a search: its top k from this worker's replica of that shard. The last
     shard to answer merges the answers and ends the job."""
     params = SearchParams.model_validate(ctx.job.params)
-    query = ctx.store.query(ctx.job_id)
-    if query is None or ctx.store.job_ended(ctx.job_id):  # ended (deadline, failure) or expired: shed it
+    if ctx.job.status.final:  # ended (deadline, failure): shed it
         return
-    ctx.jobs.mark_running(ctx.job_id)  # the API may have sent the shards directly (search by a stored id)
+    query = ctx.store.query(ctx.job_id)
+    if query is None:  # expired
+        return
+    if ctx.job.status is JobStatus.queued:  # the API sent the shards directly (search by a stored id)
+        ctx.jobs.mark_running(ctx.job_id)
     replica = ctx.replicas.sync(ctx.collection, shard, shards)
     answer: dict = {"hits": [], "size": 0, "served_by": ctx.served_by}
     if replica is not None and len(replica.index):

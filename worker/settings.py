@@ -32,6 +32,10 @@ class WorkerSettings(ModelSettings):
     ann_threshold: int = Field(default=10_000, ge=1)
     ann_candidates: int = Field(default=100, ge=10, le=10_000)
     ann_nprobe: int = Field(default=0, ge=0)  # IVF lists scanned per query; 0: nlist / 64, at least 16
+    # Threads (BLAS, OpenMP) one search may use. One query is small work: a second thread buys
+    # little, while several workers on one host each spinning up a team per query oversubscribe
+    # the cores (bench/shards.py: 4 shard workers on 2 cores, p50 69 ms with teams, 22 ms without).
+    search_threads: int = Field(default=1, ge=1)
     # Write a replica snapshot to the blob store every SNAPSHOT_EVERY log entries (0: never).
     snapshot_every: int = Field(default=20_000, ge=0)
 

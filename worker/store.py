@@ -270,9 +270,6 @@ class WorkerStore:
             )
         )
 
-    def job_ended(self, job_id: str) -> bool:
-        return _s(self.redis.hget(keys.job(job_id), "status")) in FINAL_STATUSES
-
     def drop_fan_out(self, job_id: str) -> None:
         """A fanned-out search ended: its query and shard answers are no longer needed."""
         self.redis.delete(keys.job_query(job_id), keys.job_shards(job_id))

@@ -34,6 +34,7 @@ class JobRecord:
     collection: str
     params: dict[str, Any]
     seq: int  # the global sequence number at creation: orders the job against deletes
+    status: JobStatus  # as loaded, when the task started
 
 
 def _one(call: Call) -> Batch:
@@ -85,7 +86,7 @@ class JobLifecycle:
         if not raw:
             return None
         view = parse_job(job_id, raw, [])
-        return JobRecord(job_id, view.type, view.collection, job_params(raw), job_seq(raw))
+        return JobRecord(job_id, view.type, view.collection, job_params(raw), job_seq(raw), view.status)
 
     def counts(self, job_id: str) -> Op:
         """(total, failed)."""

@@ -37,6 +37,10 @@ class Batch:
 Op = Generator[Batch, list[Any], Any]
 
 
+def _single(batch: Batch) -> bool:
+    return len(batch.calls) == 1 and not batch.transaction
+
+
 def drive(op: Op, execute: Callable[[Batch], list[Any]]) -> Any:
     try:
         batch = next(op)
@@ -56,13 +60,17 @@ class Jobs:
         self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
 
     def _execute(self, batch: Batch) -> list[Any]:
+        if _single(batch):  # one round trip, not three (a pipeline checks SCRIPT EXISTS first)
+            return [self._call(batch.calls[0], self.redis)]
         pipe = self.redis.pipeline(transaction=batch.transaction)
         for call in batch.calls:
-            if isinstance(call, ScriptCall):
-                self._scripts[call.name](keys=call.keys, args=call.args, client=pipe)
-            else:
-                getattr(pipe, call.method)(*call.args, **call.kwargs)
+            self._call(call, pipe)
         return pipe.execute()
+
+    def _call(self, call: Call | ScriptCall, client: Any) -> Any:
+        if isinstance(call, ScriptCall):
+            return self._scripts[call.name](keys=call.keys, args=call.args, client=client)
+        return getattr(client, call.method)(*call.args, **call.kwargs)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         make_op = getattr(self.lifecycle, name)
@@ -78,6 +86,11 @@ class AsyncJobs:
         self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
 
     async def _execute(self, batch: Batch) -> list[Any]:
+        if _single(batch):
+            call = batch.calls[0]
+            if isinstance(call, ScriptCall):
+                return [await self._scripts[call.name](keys=call.keys, args=call.args, client=self.redis)]
+            return [await getattr(self.redis, call.method)(*call.args, **call.kwargs)]
         pipe = self.redis.pipeline(transaction=batch.transaction)
         for call in batch.calls:
             if isinstance(call, ScriptCall):
