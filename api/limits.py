@@ -13,6 +13,7 @@ from shared.errors import PayloadTooLarge
 # Routes whose body is a multipart upload (files): these get the general request cap.
 UPLOAD_ROUTES = (re.compile(r"^/v1/collections/[^/]+/images$"), re.compile(r"^/v1/collections/[^/]+/search$"))
 LOOKUP_ROUTE = re.compile(r"^/v1/collections/[^/]+/images/lookup$")
+IMPORT_ROUTE = re.compile(r"^/v1/collections/[^/]+/imports$")
 
 
 def route_path(scope: Scope) -> str:
@@ -29,7 +30,7 @@ def media_type(content_type: str | None) -> str:
 
 
 def body_cap(method: str, path: str, content_type: str | None, caps: Mapping[str, int]) -> int:
-    """How many body bytes this request may send. `caps`: "upload", "lookup", "json".
+    """How many body bytes this request may send. `caps`: "upload", "lookup", "import", "json".
 
     Only multipart bodies to the upload routes are streamed to disk; every other body the API
     reads is JSON, parsed whole into Python objects (~25x its size), so it gets a small cap.
@@ -39,6 +40,9 @@ def body_cap(method: str, path: str, content_type: str | None, caps: Mapping[str
         return caps["upload"]
     if method == "POST" and LOOKUP_ROUTE.match(path):
         return caps["lookup"]
+    if method == "POST" and IMPORT_ROUTE.match(path):
+        # A URL list as a file (text, CSV, multipart) is streamed to disk; as JSON it is parsed.
+        return caps["import"] if media_type(content_type) == "application/json" else caps["upload"]
     return caps["json"]
 
 
@@ -49,10 +53,18 @@ class BodyTooLarge(PayloadTooLarge):
 class BodySizeLimit:
     """Pure ASGI middleware: checks Content-Length up front and counts streamed (chunked) bytes."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, json_bytes: int | None = None, lookup_bytes: int | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        json_bytes: int | None = None,
+        lookup_bytes: int | None = None,
+        import_bytes: int | None = None,
+    ):
         self.app = app
         self.caps = {
             "upload": max_bytes,
+            "import": min(import_bytes or max_bytes, max_bytes),
             "json": min(json_bytes or max_bytes, max_bytes),
             "lookup": min(lookup_bytes or max_bytes, max_bytes),
         }

@@ -20,6 +20,8 @@ class ApiSettings(ModelSettings):
     # models (cluster, search by id) get a small cap; a lookup of 10,000 ids needs ~400 KB.
     max_json_body_bytes: int = Field(default=8 * 1024, ge=256)
     max_lookup_body_bytes: int = Field(default=512 * 1024, ge=1024)
+    max_import_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # {"urls": [...]} bodies
+    max_import_urls: int = Field(default=1000, ge=1, le=100_000)  # per JSON import; files take 1,000,000
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_files_per_request: int = Field(default=1000, ge=1)
     max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -64,6 +65,26 @@ class ApiStore:
         if data:
             await self.blobs.put_many(data)
         await self.jobs.create(job_id, job_type, collection, params, [u.input for u in uploads])
+
+    async def create_job_with_sources(
+        self,
+        job_id: str,
+        collection: str,
+        params: dict[str, Any],
+        uploads: list[Upload],
+        sources: list[tuple[dict[str, Any], Path | None]],
+    ) -> None:
+        """An index job that workers grow: `sources` are (spec, file to store or None), e.g. an
+        archive or a URL list (stored as a source blob), or a bucket prefix (nothing to store)."""
+        for number, (_, path) in enumerate(sources):
+            if path is not None:
+                await self.blobs.put_file(keys.source_blob(job_id, number), path)
+        data = {keys.upload_blob(job_id, i): u.data for i, u in enumerate(uploads) if u.data is not None}
+        if data:
+            await self.blobs.put_many(data)
+        params = {**params, "sources": [spec for spec, _ in sources]}
+        inputs = [u.input for u in uploads]
+        await self.jobs.create(job_id, JobType.index, collection, params, inputs, sources=len(sources))
 
     async def get_job(self, job_id: str) -> JobView | None:
         return await self.jobs.get(job_id)

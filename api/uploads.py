@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -14,7 +15,7 @@ from api.metadata import parse_metadata as parse_metadata_field
 from api.settings import ApiSettings
 from api.store import Upload
 from shared.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
-from shared.imaging import content_id, safe_filename
+from shared.imaging import archive_kind, content_id, safe_filename
 from shared.schemas import ItemError, JobInput
 
 # Non-file form fields are held in memory whole; the API reads only `metadata`.
@@ -48,6 +49,25 @@ async def read_form(request: Request, settings: ApiSettings) -> FormData:
 
 def files_of(form: FormData, field: str) -> list[UploadFile]:
     return [part for part in form.getlist(field) if isinstance(part, UploadFile)]
+
+
+async def split_archives(files: list[UploadFile], folder: Path) -> tuple[list[UploadFile], list[tuple[dict, Path]]]:
+    """Archives (zip, tar, tar.gz...: by their first bytes) go to files in `folder`, to be stored
+    as sources a worker expands; the rest are images. Archives are copied, never read whole."""
+    images, archives = [], []
+    for part in files:
+        head = await part.read(512)
+        await part.seek(0)
+        if archive_kind(head) is None:
+            images.append(part)
+            continue
+        path = folder / f"archive-{len(archives)}"
+        with path.open("wb") as out:
+            while block := await part.read(1 << 20):
+                out.write(block)
+        await part.close()
+        archives.append(({"kind": "archive", "filename": safe_filename(part.filename)}, path))
+    return images, archives
 
 
 def parse_metadata(form: FormData, settings: ApiSettings) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Self, TypeVar
 
 import anyio.to_thread
@@ -34,6 +35,9 @@ class AsyncBlobStore:
 
     async def put_many(self, items: Mapping[str, Data] | Iterable[tuple[str, Data]]) -> None:
         await self._run(self.store.put_many, list(items.items() if isinstance(items, Mapping) else items))
+
+    async def put_file(self, key: str, path: Path) -> None:
+        await self._run(self.store.put_file, key, path)
 
     async def get(self, key: str) -> bytes | None:
         return await self._run(self.store.get, key)

@@ -64,6 +64,15 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+def archive_kind(head: bytes) -> str | None:
+    """What the first 512 bytes say the file is: 'zip', 'tar' (plain or compressed) or None."""
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar":
+        return "tar"
+    return None
+
+
 def safe_filename(name: str | None) -> str:
     """A display name only: never used as a path. Strips directories and control characters."""
     if not name:

@@ -105,6 +105,12 @@ def job_errors(job_id: str) -> str:
     return f"ss:job:{job_id}:errors"  # list of ItemError JSON, in arrival order
 
 
+def job_batches(job_id: str) -> str:
+    return f"ss:job:{job_id}:batches"  # hash: "<source>:<n>" -> first item index; "done:<source>"
+
+
+WEBHOOKS_DUE = "ss:webhooks"  # zset: job id -> when its callback should next be tried
+
 JOB_DONE_CHANNEL_PREFIX = "ss:jobdone:"
 
 
@@ -123,6 +129,10 @@ def worker_metrics(worker: str) -> str:
 # Blob store keys (bytes live there, not in Redis: the claim-check pattern).
 def upload_blob(job_id: str, index: int) -> str:
     return f"uploads/{job_id}/{index}"  # one uploaded file, until its chunk is processed
+
+
+def source_blob(job_id: str, source: int) -> str:
+    return f"uploads/{job_id}/source-{source}"  # an archive or URL list, until it is expanded
 
 
 def rendition_blob(collection: str, image_id: str, generation: str) -> str:

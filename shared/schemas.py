@@ -54,11 +54,13 @@ class ItemError(BaseModel):
 
 
 class JobInput(BaseModel):
-    """One uploaded file of an index job, as the API recorded it (the bytes sit in an upload key)."""
+    """One item of an index job: an uploaded file (its bytes in an upload blob), or a URL the
+    worker fetches (http(s), or s3:// for a bucket import); then image_id is "" until fetched."""
 
     filename: str
     image_id: str
     size: int
+    url: str | None = None
     metadata: dict[str, Any] | None = None
     # Set when the API already rejected the item (e.g. over the per-file size limit): the worker
     # records the failure without touching the bytes.
@@ -78,6 +80,17 @@ class Progress(BaseModel):
     failed: int
 
 
+class CallbackState(BaseModel):
+    """A job's completion callback: `waiting` until the job ends, then `pending` (being tried),
+    `delivered` (a 2xx answer) or `failed` (gave up; `last_error` says why)."""
+
+    url: str
+    status: str = "waiting"
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: str | None = None
+
+
 class JobView(BaseModel):
     job_id: str
     type: JobType
@@ -89,6 +102,7 @@ class JobView(BaseModel):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
+    callback: CallbackState | None = None
 
 
 class ImageRecord(BaseModel):
@@ -115,6 +129,7 @@ class SearchParams(BaseModel):
     k: int = Field(default=10, ge=1, le=1000)
     min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
     image_id: str | None = None  # search by a stored image instead of an upload
+    url: str | None = None  # search by an image the worker fetches (shared/fetch.py rules)
     filename: str | None = None  # of the uploaded query, for the record
     cluster: int | None = Field(default=None, ge=0)  # restrict matches to this cluster
 

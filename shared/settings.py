@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal, Self
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.blobs import BlobSettings
@@ -40,6 +40,16 @@ class CommonSettings(BlobSettings):
                 raise ValueError("SHARD_TIMEOUT_S must be below TASK_VISIBILITY_TIMEOUT_S")
             self.shard_timeout_s = self.task_visibility_timeout_s / 2  # the default, under a short visibility
         return self
+
+    # Signs completion callbacks (HMAC-SHA256). Unset: the API refuses jobs with a callback_url.
+    webhook_secret: SecretStr | None = None
+    # Buckets that imports may read (`{"source": "s3://bucket/prefix"}`), comma-separated; empty:
+    # bucket imports are refused. The workers reach them with IMPORT_S3_* (worker settings).
+    import_s3_buckets: str = ""
+
+    @property
+    def import_buckets(self) -> frozenset[str]:
+        return frozenset(b.strip() for b in self.import_s3_buckets.split(",") if b.strip())
 
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

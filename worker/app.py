@@ -17,11 +17,12 @@ from kombu import Queue
 from shared.errors import ModelWeightsUnavailable
 from shared.logs import configure_logging, current_job
 from shared.models.registry import get_model_spec
-from shared.queueing import DEADLINE_QUEUE, INDEX_QUEUE, SEARCH_QUEUE, celery_config
+from shared.queueing import DEADLINE_QUEUE, INDEX_QUEUE, SEARCH_QUEUE, WEBHOOK_QUEUE, WEBHOOK_TASK, celery_config
 from shared.shards import shard_queue
 from worker.heartbeat import Heartbeat
 from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings
+from worker.webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ app.conf.update(
     celery_config(settings.redis_url, visibility_timeout_s=settings.task_visibility_timeout_s),
     # Searches and embedding are shared; a shard's searches go to the workers serving it.
     task_queues=[
-        *((Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE)) if settings.worker_embeds else ()),
+        *((Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE), Queue(WEBHOOK_QUEUE)) if settings.worker_embeds else ()),
         Queue(DEADLINE_QUEUE),
         *(Queue(shard_queue(i)) for i in settings.served_shard_list),
     ],
@@ -50,6 +51,7 @@ app.conf.update(
 )
 app.runtime = None  # type: ignore[attr-defined]
 app.heartbeat = None  # type: ignore[attr-defined]
+app.dispatcher = None  # type: ignore[attr-defined]
 
 
 def runtime_of(celery_app: Celery) -> WorkerRuntime:
@@ -97,9 +99,15 @@ def _start_heartbeat(**_: Any) -> None:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=30)
     app.heartbeat = Heartbeat(client, settings.heartbeat_interval_s)  # type: ignore[attr-defined]
     app.heartbeat.start()  # type: ignore[attr-defined]
+    if settings.worker_embeds:  # the workers that deliver callbacks also hand them out
+        send = lambda job_id: app.send_task(WEBHOOK_TASK, [job_id], queue=WEBHOOK_QUEUE)  # noqa: E731
+        app.dispatcher = Dispatcher(client, send)  # type: ignore[attr-defined]
+        app.dispatcher.start()  # type: ignore[attr-defined]
 
 
 @signals.worker_shutdown.connect
 def _stop_heartbeat(**_: Any) -> None:
     if app.heartbeat is not None:  # type: ignore[attr-defined]
         app.heartbeat.stop()  # type: ignore[attr-defined]
+    if app.dispatcher is not None:  # type: ignore[attr-defined]
+        app.dispatcher.stop()  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from shared.jobs.lifecycle import JobRecord
 from shared.models.base import Embedder
 from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobInput
 from worker.replica import ReplicaSet
+from worker.sources import Sources
 from worker.store import Embedding, WorkerStore
 
 Outcome = tuple[ItemOutcome, ItemError | None]
@@ -24,6 +25,7 @@ class JobContext:
     replicas: ReplicaSet
     max_pixels: int
     served_by: str | None = None
+    sources: Sources | None = None  # URLs and bucket objects (imports, search by URL)
 
     @property
     def job_id(self) -> str:

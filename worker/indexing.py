@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.errors import InvalidImage, SimsearchError
-from shared.imaging import PreparedImage, prepare_image
+from shared.imaging import PreparedImage, content_id, prepare_image
 from shared.jobs import final_status
 from shared.schemas import ImageRecord, ItemError, ItemStatus, JobInput, utcnow
 from worker.context import JobContext, Outcome, failed, failed_item, ok
@@ -111,10 +111,32 @@ def guarded(pending: list[Pending], step: Callable[[], list[Outcome]]) -> list[O
         return [failed(p.index, p.input.filename, p.input.image_id, "embedding_error", detail) for p in pending]
 
 
+def fetch_urls(ctx: JobContext, indices: list[int], inputs: list[JobInput | ItemError]) -> dict[int, bytes]:
+    """Fetch the chunk's URL items at once (concurrently). Each input fetched now carries its
+    image id and size; one that failed is rejected with the reason (in place, in `inputs`)."""
+    todo = [k for k, inp in enumerate(inputs) if isinstance(inp, JobInput) and inp.url and inp.rejected is None]
+    if not todo:
+        return {}
+    assert ctx.sources is not None
+    fetched = ctx.sources.get_many([inputs[k].url for k in todo])  # type: ignore[union-attr,misc]
+    data: dict[int, bytes] = {}
+    for k, got in zip(todo, fetched, strict=True):
+        inp = inputs[k]
+        assert isinstance(inp, JobInput)
+        if isinstance(got, bytes):
+            inputs[k] = inp.model_copy(update={"image_id": content_id(got), "size": len(got)})
+            data[indices[k]] = got
+        else:
+            error = ItemError(index=indices[k], filename=inp.filename, error=got.code, detail=got.detail)
+            inputs[k] = inp.model_copy(update={"rejected": error})
+    return data
+
+
 def _process(ctx: JobContext, indices: list[int]) -> int:
     """Prepare, embed (one forward pass) and store these items, then record them. Returns the
     job's completeness flag from `record_items`."""
     inputs = ctx.jobs.inputs(ctx.job_id, indices)
+    fetched = fetch_urls(ctx, indices, inputs)
     present = [inp.image_id for inp in inputs if isinstance(inp, JobInput)]
     # Only a hint to skip the work: whether an image is new, existing or deleted is decided
     # atomically when the chunk is stored.
@@ -129,7 +151,8 @@ def _process(ctx: JobContext, indices: list[int]) -> int:
         elif inp.image_id in existing:
             pending.append(Pending(index, inp, None))
         else:
-            step = prepare_item(ctx, index, inp, ctx.store.blobs.get(keys.upload_blob(ctx.job_id, index)))
+            data = fetched.get(index) if inp.url else ctx.store.blobs.get(keys.upload_blob(ctx.job_id, index))
+            step = prepare_item(ctx, index, inp, data)
             (pending if isinstance(step, Pending) else outcomes).append(step)
     if pending:
         outcomes += guarded(pending, lambda: _embed_and_store(ctx, pending))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.fetch import Fetcher
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.models.base import NetworkEmbedder
@@ -19,6 +20,7 @@ from worker.inference import build_embedder
 from worker.replica import ReplicaSet
 from worker.settings import WorkerSettings
 from worker.snapshots import Snapshots
+from worker.sources import Buckets, Sources
 from worker.store import WorkerStore
 from worker.threads import limit_search_threads
 
@@ -32,6 +34,7 @@ class WorkerRuntime:
     store: WorkerStore
     embedder: NetworkEmbedder | None  # None: a search-only worker (WORKER_EMBEDS=false)
     replicas: ReplicaSet
+    sources: Sources
 
     def context(self, job_id: str, served_by: str | None = None) -> JobContext | None:
         """Everything a task body needs for this job; None once the job has expired."""
@@ -46,6 +49,7 @@ class WorkerRuntime:
             replicas=self.replicas,
             max_pixels=self.settings.max_image_pixels,
             served_by=served_by,
+            sources=self.sources,
         )
 
     @classmethod
@@ -69,6 +73,11 @@ class WorkerRuntime:
                 settings.replica_batch,
                 settings.ann_params,
                 Snapshots(client, blobs, settings.snapshot_every) if settings.snapshot_every else None,
+            ),
+            sources=Sources(
+                Fetcher(settings.fetch_policy),
+                Buckets(settings.bucket_settings, settings.fetch_max_bytes),
+                settings.fetch_concurrency,
             ),
         )
         if embedder is None:

@@ -34,7 +34,11 @@ def _query_vector(ctx: JobContext, params: SearchParams) -> np.ndarray:
         if vec is None:
             raise NotFound(f"image {params.image_id} is not in collection {ctx.collection!r}", code="image_not_found")
         return vec
-    data = ctx.store.blobs.get(keys.upload_blob(ctx.job_id, 0))
+    if params.url is not None:
+        assert ctx.sources is not None
+        data: bytes | None = ctx.sources.get(params.url)  # FetchError: the job fails with its code
+    else:
+        data = ctx.store.blobs.get(keys.upload_blob(ctx.job_id, 0))
     if data is None:
         raise SimsearchError("the uploaded query image is gone (expired)", code="upload_expired", status_code=410)
     decoded = decode_image(data, max_pixels=ctx.max_pixels)

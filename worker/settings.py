@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from shared.ann import AnnParams
+from shared.fetch import FetchPolicy
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.settings import ModelSettings
 from shared.shards import MAX_SHARDS, parse_shards
+from worker.archives import ArchiveLimits
+from worker.sources import BucketSettings
 
 
 class WorkerSettings(ModelSettings):
@@ -45,6 +48,30 @@ class WorkerSettings(ModelSettings):
     # Which shards' searches this worker answers (and holds replicas for): `all`, or e.g. `0-3`, `4,5`.
     worker_shards: str = "all"
 
+    # Imports (URL lists, search by URL, callbacks): see shared/fetch.py. FETCH_ALLOW_PRIVATE lets
+    # workers reach loopback/private addresses: for tests and closed networks only.
+    fetch_allow_private: bool = False
+    fetch_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    fetch_connect_timeout_s: float = Field(default=5.0, gt=0)
+    fetch_read_timeout_s: float = Field(default=15.0, gt=0)
+    fetch_total_timeout_s: float = Field(default=60.0, gt=0)
+    fetch_per_host: int = Field(default=4, ge=1, le=64)
+    fetch_concurrency: int = Field(default=8, ge=1, le=64)
+    index_chunk_size: int = Field(default=32, ge=1, le=512)  # chunks of expanded sources
+    # Archives: guards against bombs (worker/archives.py).
+    archive_max_members: int = Field(default=100_000, ge=1)
+    archive_max_expanded_bytes: int = Field(default=8 << 30, ge=1 << 20)
+    archive_max_ratio: float = Field(default=200.0, gt=1)
+    metadata_max_bytes_per_image: int = Field(default=16 * 1024, ge=64)
+    # Bucket imports: which buckets, and how to reach them (None: the AWS chain).
+    import_s3_endpoint_url: str | None = None
+    import_s3_region: str | None = None
+    import_s3_access_key_id: str | None = None
+    import_s3_secret_access_key: SecretStr | None = None
+    # Completion callbacks (worker/webhooks.py; WEBHOOK_SECRET is a common setting).
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    webhook_backoff_s: float = Field(default=2.0, gt=0)
+
     @field_validator("worker_shards")
     @classmethod
     def _valid_shards(cls, value: str) -> str:
@@ -70,6 +97,37 @@ class WorkerSettings(ModelSettings):
             return self.inference_threads
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cpus // self.worker_concurrency)
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            max_bytes=self.fetch_max_bytes,
+            connect_timeout_s=self.fetch_connect_timeout_s,
+            read_timeout_s=self.fetch_read_timeout_s,
+            total_timeout_s=self.fetch_total_timeout_s,
+            allow_private=self.fetch_allow_private,
+            per_host=self.fetch_per_host,
+        )
+
+    @property
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(
+            max_members=self.archive_max_members,
+            max_total_bytes=self.archive_max_expanded_bytes,
+            max_member_bytes=self.fetch_max_bytes,
+            max_ratio=self.archive_max_ratio,
+        )
+
+    @property
+    def bucket_settings(self) -> BucketSettings:
+        secret = self.import_s3_secret_access_key
+        return BucketSettings(
+            endpoint_url=self.import_s3_endpoint_url,
+            region=self.import_s3_region,
+            access_key_id=self.import_s3_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+            buckets=self.import_buckets,
+        )
 
     @property
     def heartbeat_interval_s(self) -> float:

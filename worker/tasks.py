@@ -18,15 +18,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.queueing import (
     CLUSTER_TASK,
     DEADLINE_QUEUE,
+    EXPAND_TASK,
     INDEX_CHUNK_TASK,
+    INDEX_QUEUE,
     REEMBED_CHUNK_TASK,
     SEARCH_DEADLINE_TASK,
     SEARCH_SHARD_TASK,
     SEARCH_TASK,
+    WEBHOOK_TASK,
 )
 from shared.schemas import JobStatus, JobType
 from shared.shards import shard_queue
-from worker import clustering_job, indexing, reembedding, searching
+from worker import clustering_job, expanding, indexing, reembedding, searching, webhooks
 from worker.app import app, runtime_of
 from worker.context import JobContext, failed_item
 from worker.runtime import WorkerRuntime
@@ -153,6 +156,32 @@ def maintain(rt: WorkerRuntime, collection: str, shard: int = 0) -> None:
         rt.replicas.maintain(collection, shard)
     except Exception:
         log.exception("replica housekeeping for %s failed", collection)
+
+
+@app.task(name=EXPAND_TASK, **TASK)
+def expand(self: Task, job_id: str, collection: str, source: int) -> None:
+    rt = runtime_of(self.app)
+    size = rt.settings.index_chunk_size
+
+    def send_chunks(first: int, count: int) -> None:
+        with self.app.producer_or_acquire() as producer:
+            for start in range(first, first + count, size):
+                chunk = list(range(start, min(start + size, first + count)))
+                self.app.send_task(INDEX_CHUNK_TASK, [job_id, collection, chunk], queue=INDEX_QUEUE, producer=producer)
+
+    limits, meta_max = rt.settings.archive_limits, rt.settings.metadata_max_bytes_per_image
+    # A source that cannot be listed at all fails as one item of the job (run() records it).
+    run(self, job_id, [], lambda ctx: expanding.expand_source(ctx, source, send_chunks, limits, meta_max))
+
+
+@app.task(name=WEBHOOK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, **REDIS_DOWN)
+def webhook(self: Task, job_id: str) -> None:
+    rt = runtime_of(self.app)
+    secret = rt.settings.webhook_secret
+    policy = webhooks.WebhookPolicy(
+        secret.get_secret_value() if secret else "", rt.settings.webhook_max_attempts, rt.settings.webhook_backoff_s
+    )
+    webhooks.deliver(rt.store.redis, rt.jobs, rt.sources.fetcher, policy, job_id)
 
 
 @app.task(name=CLUSTER_TASK, **TASK)

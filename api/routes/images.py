@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -10,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import principal_of
 from api.compat import require_current_model
 from api.deps import CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
-from api.uploads import files_of, parse_metadata, read_form, to_uploads
+from api.uploads import files_of, parse_metadata, read_form, split_archives, to_uploads
+from api.urls import callback_params
 from shared.errors import InvalidRequest, NotFound
-from shared.queueing import INDEX_CHUNK_TASK, INDEX_QUEUE
+from shared.queueing import EXPAND_TASK, INDEX_CHUNK_TASK, INDEX_QUEUE
 from shared.schemas import IMAGE_ID, ImageRecord, JobAccepted, JobType
 
 log = logging.getLogger(__name__)
@@ -39,20 +42,35 @@ UPLOAD_DOC = {
 
 @router.post("", status_code=202, response_model=JobAccepted, openapi_extra=UPLOAD_DOC)
 async def index_images(
-    collection: CollectionName, request: Request, store: StoreDep, queue: QueueDep, settings: SettingsDep
+    collection: CollectionName,
+    request: Request,
+    store: StoreDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    callback_url: str | None = Query(None, description="POSTed the job (signed) when it ends"),
 ) -> JobAccepted:
-    """Queue a batch of images for indexing; poll the returned job for progress and result."""
+    """Queue a batch of images for indexing; poll the returned job for progress and result.
+    Archives (.zip, .tar, .tar.gz) among the files are expanded by a worker: each member is an
+    item named by its path in the archive, and the job's total grows as they are listed."""
     require_current_model(await store.collection(collection), settings)
+    params = {"collection": collection, **callback_params(callback_url, settings)}
     form = await read_form(request, settings)
     files = files_of(form, "files")
     if not files:
         raise InvalidRequest("the form has no 'files' parts", code="no_files")
-    uploads = await to_uploads(files, parse_metadata(form, settings), settings)
-    job_id = uuid.uuid4().hex
-    if settings.default_shards > 1:  # a new collection gets the deployment's shards (else: 1, implicit)
-        await store.create_collection(collection, settings.default_shards)
-    await store.create_job(job_id, JobType.index, collection, {"collection": collection}, uploads)
+    with tempfile.TemporaryDirectory(prefix="simsearch-upload-") as folder:
+        images, archives = await split_archives(files, Path(folder))
+        uploads = await to_uploads(images, parse_metadata(form, settings), settings)
+        job_id = uuid.uuid4().hex
+        if settings.default_shards > 1:  # a new collection gets the deployment's shards (else: 1, implicit)
+            await store.create_collection(collection, settings.default_shards)
+        if archives:
+            await store.create_job_with_sources(job_id, collection, params, uploads, archives)
+        else:
+            await store.create_job(job_id, JobType.index, collection, params, uploads)
     await queue.send_chunks(INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
+    if archives:
+        await queue.send_many(EXPAND_TASK, [[job_id, collection, n] for n in range(len(archives))], INDEX_QUEUE)
     log.info("index job queued", extra={"job_id": job_id, "collection": collection, "items": len(uploads)})
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
 

@@ -4,7 +4,7 @@ import uuid
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from api.auth import principal_of
 from api.compat import require_current_model
@@ -12,6 +12,7 @@ from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form
+from api.urls import MAX_URL_LENGTH, callback_params, valid_url
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, SimsearchError, UnsupportedMedia
 from shared.imaging import content_id, safe_filename, sniff_format
 from shared.queueing import SEARCH_QUEUE, SEARCH_TASK
@@ -21,8 +22,17 @@ router = APIRouter(prefix="/v1/collections/{collection}/search", tags=["search"]
 
 
 class SearchById(BaseModel):
+    """A stored image (`image_id`) or an image a worker fetches (`url`): exactly one."""
+
     model_config = ConfigDict(extra="forbid")
-    image_id: str = Field(pattern=IMAGE_ID.pattern)
+    image_id: str | None = Field(None, pattern=IMAGE_ID.pattern)
+    url: str | None = Field(None, max_length=MAX_URL_LENGTH)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchById:
+        if (self.image_id is None) == (self.url is None):
+            raise ValueError("give exactly one of image_id and url")
+        return self
 
 
 SEARCH_DOC = {
@@ -66,6 +76,7 @@ async def search(
     k: int = Query(10, ge=1, le=1000),
     min_similarity: float | None = Query(None, ge=-1.0, le=1.0),
     cluster: int | None = Query(None, ge=0, description="only matches from this cluster"),
+    callback_url: str | None = Query(None, description="POSTed the job (signed) when it ends"),
 ) -> JobAccepted:
     """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`)."""
     if k > settings.max_k:
@@ -87,17 +98,21 @@ async def search(
         except ValidationError as exc:
             detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
             raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
-        if not await store.image_exists(collection, body.image_id):
+        if body.url is not None:
+            params.url = params.filename = valid_url(body.url)
+        elif not await store.image_exists(collection, body.image_id):
             raise NotFound(f"no image {body.image_id} in collection {collection!r}", code="image_not_found")
-        params.image_id = body.image_id
+        else:
+            params.image_id = body.image_id
     elif content_type == "multipart/form-data":
         upload = await _query_upload(request, settings)
         params.filename = upload.input.filename
         uploads.append(upload)
     else:
-        raise UnsupportedMedia("send the query as multipart 'file' or as JSON {\"image_id\": ...}")
+        raise UnsupportedMedia('send the query as multipart \'file\' or as JSON {"image_id"} or {"url"}')
     job_id = uuid.uuid4().hex
-    await store.create_job(job_id, JobType.search, collection, params.model_dump(mode="json"), uploads)
+    job_params = {**params.model_dump(mode="json"), **callback_params(callback_url, settings)}
+    await store.create_job(job_id, JobType.search, collection, job_params, uploads)
     # A sharded collection searched by a stored image: its vector is the query, so the shards are
     # asked at once (one hop, as an unsharded search; bench/shards.py measured the two-hop way,
     # through a dispatching worker, at 2.3x the unsharded p50). An uploaded query needs a worker

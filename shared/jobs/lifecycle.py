@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,17 @@ class JobLifecycle:
         collection: str,
         params: dict[str, Any],
         inputs: list[JobInput],
+        sources: int = 0,
     ) -> Op:
         """Write the job and its inputs (their bytes are in the blob store already) before anything
-        is queued. Returns its seq."""
+        is queued. Returns its seq. `sources`: archives, URL files, buckets whose items workers
+        will add (`reserve_batch`); the job cannot complete before each is `source_done`."""
         (seq,) = yield _one(Call("incr", (keys.SEQUENCE,)))
-        fields = new_job_fields(job_type, collection, len(inputs) or 1, params, seq)
+        fields = new_job_fields(job_type, collection, len(inputs) or (0 if sources else 1), params, seq)
+        if sources:
+            fields["sources"] = str(sources)
+        if params.get("callback_url"):
+            fields["callback_url"] = params["callback_url"]
         calls = [
             Call("hset", (keys.job(job_id),), {"mapping": fields}),
             Call("expire", (keys.job(job_id), self.job_ttl_s)),
@@ -129,11 +136,33 @@ class JobLifecycle:
         (complete,) = yield _one(ScriptCall("record_items", job_keys, args))
         return int(complete)
 
+    # -- growing jobs (items listed by a worker) -------------------------------------------------
+    def reserve_batch(self, job_id: str, source: int, number: int, size: int) -> Op:
+        """(first index, fresh) for batch `number` of `source`: fresh is False when a redelivered
+        expansion reserved it before (same indices). None if the job is gone."""
+        job_keys = [keys.job(job_id), keys.job_batches(job_id)]
+        (start,) = yield _one(ScriptCall("reserve_batch", job_keys, [f"{source}:{number}", size, self.job_ttl_s]))
+        if start is None:
+            return None
+        start = int(start)
+        return (start, True) if start >= 0 else (-start - 1, False)
+
+    def add_inputs(self, job_id: str, first: int, inputs: list[JobInput]) -> Op:
+        mapping = {str(first + i): inp.model_dump_json() for i, inp in enumerate(inputs)}
+        key = keys.job_inputs(job_id)
+        yield Batch([Call("hset", (key,), {"mapping": mapping}), Call("expire", (key, self.job_ttl_s))])
+
+    def source_done(self, job_id: str, source: int) -> Op:
+        """Returns 1 when this completes the job (then the caller finishes it)."""
+        (complete,) = yield _one(ScriptCall("source_done", [keys.job(job_id), keys.job_batches(job_id)], [str(source)]))
+        return int(complete)
+
     # -- finish ---------------------------------------------------------------------------------
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
-        args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), *FINAL_STATUSES]
-        (done,) = yield _one(ScriptCall("finish_job", [keys.job(job_id), keys.JOB_COUNTS], args))
+        args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), job_id, time.time()]
+        job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE]
+        (done,) = yield _one(ScriptCall("finish_job", job_keys, [*args, *FINAL_STATUSES]))
         return int(done) == 1
 
 

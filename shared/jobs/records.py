@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.schemas import (
+    CallbackState,
     ItemError,
     ItemOutcome,
     ItemStatus,
@@ -59,6 +60,20 @@ def parse_job(job_id: str, raw: Mapping[bytes | str, bytes | str], raw_errors: l
         created_at=fields["created_at"],
         started_at=fields.get("started_at"),
         finished_at=fields.get("finished_at"),
+        callback=_callback(fields),
+    )
+
+
+def _callback(fields: Mapping[str | None, str | None]) -> CallbackState | None:
+    url = fields.get("callback_url")
+    if not url:
+        return None
+    return CallbackState(
+        url=url,
+        status=fields.get("callback_status") or "waiting",
+        attempts=int(fields.get("callback_attempts") or 0),
+        last_error=fields.get("callback_error"),
+        delivered_at=fields.get("callback_at"),
     )
 
 

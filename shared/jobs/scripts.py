@@ -22,7 +22,37 @@ end
 redis.call('EXPIRE', KEYS[2], ttl)
 local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
 local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
-if done >= total then return 1 end
+local sources = tonumber(redis.call('HGET', KEYS[1], 'sources') or '0')
+if done >= total and sources <= 0 then return 1 end
+return 0
+"""
+
+# A job whose items are still being listed (an archive, a URL file, a bucket) grows by batches.
+# KEYS: job, batches. ARGV: batch key (source:number), items, ttl. Returns the batch's first item
+# index, the same one when a redelivered expansion asks again (then negated minus one, so the
+# caller knows the batch was there already), or nil if the job is gone.
+RESERVE_BATCH = """
+local have = redis.call('HGET', KEYS[2], ARGV[1])
+if have then return -tonumber(have) - 1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local n = tonumber(ARGV[2])
+local start = redis.call('HINCRBY', KEYS[1], 'total', n) - n
+redis.call('HSET', KEYS[2], ARGV[1], start)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return start
+"""
+
+# KEYS: job, batches. ARGV: source. One source is fully listed (once, however often this runs).
+# Returns 1 when that completes the job (every source listed, every item recorded), else 0.
+SOURCE_DONE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HSETNX', KEYS[2], 'done:' .. ARGV[1], 1) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'sources', -1)
+end
+local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+local sources = tonumber(redis.call('HGET', KEYS[1], 'sources') or '0')
+if done >= total and sources <= 0 then return 1 end
 return 0
 """
 
@@ -35,12 +65,14 @@ end
 return 0
 """
 
-# KEYS: job, job counts. ARGV: status, result JSON, finished_at, done channel, then every final
-# status. The first finisher wins; a redelivered duplicate cannot overwrite a final status.
+# KEYS: job, job counts, webhooks due. ARGV: status, result JSON, finished_at, done channel, job id,
+# now (epoch seconds), then every final status. The first finisher wins; a redelivered duplicate
+# cannot overwrite a final status. A job with a callback becomes due for delivery in the same step,
+# so a finisher that dies right after cannot lose the notification.
 FINISH_JOB = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   if status == ARGV[i] then return 0 end
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'finished_at', ARGV[3])
@@ -48,8 +80,18 @@ redis.call('HINCRBY', KEYS[2], redis.call('HGET', KEYS[1], 'type') .. ':' .. ARG
 if not redis.call('HGET', KEYS[1], 'started_at') then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[3])
 end
+if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
+  redis.call('HSET', KEYS[1], 'callback_status', 'pending', 'callback_attempts', 0)
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[5])
+end
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
 
-SCRIPTS = {"record_items": RECORD_ITEMS, "mark_running": MARK_RUNNING, "finish_job": FINISH_JOB}
+SCRIPTS = {
+    "record_items": RECORD_ITEMS,
+    "mark_running": MARK_RUNNING,
+    "finish_job": FINISH_JOB,
+    "reserve_batch": RESERVE_BATCH,
+    "source_done": SOURCE_DONE,
+}

@@ -1,0 +1,149 @@
+"""Bulk imports: a list of URLs (JSON, or a text/CSV file of up to 1,000,000 lines) or a bucket
+prefix, indexed as one job. Workers fetch the images (shared/fetch.py: public addresses only);
+a file or bucket is listed by a worker into the job in batches, so neither is held whole."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from api.auth import principal_of
+from api.compat import require_current_model
+from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
+from api.limits import media_type
+from api.store import Upload
+from api.uploads import files_of, read_form
+from api.urls import MAX_URL_LENGTH, callback_params, valid_url
+from shared.errors import InvalidRequest, SimsearchError, UnsupportedMedia
+from shared.queueing import EXPAND_TASK, INDEX_CHUNK_TASK, INDEX_QUEUE
+from shared.schemas import JobAccepted, JobInput, JobType
+
+log = logging.getLogger(__name__)
+router = APIRouter(
+    prefix="/v1/collections/{collection}/imports", tags=["imports"], dependencies=[Depends(principal_of)]
+)
+
+TEXT_TYPES = ("text/plain", "text/csv", "text/uri-list")
+
+
+class UrlItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=MAX_URL_LENGTH)
+    metadata: dict[str, Any] | None = None
+
+
+class ImportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    urls: list[Annotated[str, Field(max_length=MAX_URL_LENGTH)] | UrlItem] | None = None
+    source: str | None = Field(None, max_length=MAX_URL_LENGTH, description="s3://bucket/prefix")
+    callback_url: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImportRequest:
+        if (self.urls is None) == (self.source is None):
+            raise ValueError("give exactly one of urls and source")
+        return self
+
+
+IMPORT_DOC = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": ImportRequest.model_json_schema()},
+            "text/plain": {"schema": {"type": "string", "description": "one URL per line, or url,metadata-json"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+        "required": True,
+    }
+}
+
+
+@router.post("", status_code=202, response_model=JobAccepted, openapi_extra=IMPORT_DOC)
+async def import_images(
+    collection: CollectionName, request: Request, store: StoreDep, queue: QueueDep, settings: SettingsDep
+) -> JobAccepted:
+    """Index images from URLs or a bucket; poll the job (its total grows while a file or bucket is
+    listed). Items that cannot be fetched fail with `fetch_failed`, `blocked_address`,
+    `too_large`, `timeout` or `invalid_image`."""
+    require_current_model(await store.collection(collection), settings)
+    kind = media_type(request.headers.get("content-type"))
+    job_id = uuid.uuid4().hex
+    callback = request.query_params.get("callback_url")
+    if settings.default_shards > 1:
+        await store.create_collection(collection, settings.default_shards)
+    if kind == "application/json":
+        body = _parse(await request.body())
+        params = {"collection": collection, **callback_params(body.callback_url or callback, settings)}
+        if body.source is not None:
+            spec = {"kind": "bucket", "url": _bucket(body.source, settings.import_buckets)}
+            await store.create_job_with_sources(job_id, collection, params, [], [(spec, None)])
+            await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE)
+            return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
+        uploads = _url_uploads(body.urls or [], settings.max_import_urls, settings.metadata_max_bytes_per_image)
+        await store.create_job(job_id, JobType.index, collection, params, uploads)
+        await queue.send_chunks(
+            INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE
+        )
+        return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
+    params = {"collection": collection, **callback_params(callback, settings)}
+    with tempfile.TemporaryDirectory(prefix="simsearch-import-") as folder:
+        path = Path(folder) / "urls"
+        if kind in TEXT_TYPES:
+            with path.open("wb") as out:
+                async for block in request.stream():
+                    out.write(block)
+        elif kind == "multipart/form-data":
+            files = files_of(await read_form(request, settings), "file")
+            if len(files) != 1:
+                raise InvalidRequest("send the URL list as one 'file' part", code="no_file")
+            with path.open("wb") as out:
+                while block := await files[0].read(1 << 20):
+                    out.write(block)
+        else:
+            raise UnsupportedMedia("send JSON {urls|source}, a text/plain or text/csv list, or a multipart 'file'")
+        spec = {"kind": "urls", "filename": "urls"}
+        await store.create_job_with_sources(job_id, collection, params, [], [(spec, path)])
+    await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE)
+    log.info("import job queued", extra={"job_id": job_id, "collection": collection})
+    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
+
+
+def _parse(raw: bytes) -> ImportRequest:
+    try:
+        return ImportRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
+
+
+def _url_uploads(urls: list[str | UrlItem], limit: int, metadata_max: int) -> list[Upload]:
+    if not urls:
+        raise InvalidRequest("the list of urls is empty", code="no_urls")
+    if len(urls) > limit:
+        raise InvalidRequest(f"at most {limit} URLs per JSON import; send a file for more", code="too_many_urls")
+    uploads = []
+    for item in urls:
+        url, metadata = (item, None) if isinstance(item, str) else (item.url, item.metadata)
+        if metadata is not None and len(json.dumps(metadata).encode()) > metadata_max:
+            raise InvalidRequest(f"metadata of {url[:100]} is over {metadata_max} bytes", code="metadata_too_large")
+        valid_url(url)
+        uploads.append(Upload(JobInput(filename=url, image_id="", size=0, url=url, metadata=metadata), None))
+    return uploads
+
+
+def _bucket(source: str, allowed: frozenset[str]) -> str:
+    if not source.startswith("s3://") or len(source) <= len("s3://"):
+        raise InvalidRequest("source must be s3://bucket/prefix", code="invalid_source")
+    bucket = source[len("s3://") :].split("/", 1)[0]
+    if bucket not in allowed:
+        detail = f"bucket {bucket!r} is not in IMPORT_S3_BUCKETS"
+        raise SimsearchError(detail, code="bucket_not_allowed", status_code=403)
+    return source

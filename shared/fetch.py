@@ -1,0 +1,172 @@
+"""Fetching a client-named URL without becoming a proxy into the private network (SSRF).
+
+The address check sits where the connection is made (an httpcore network backend): every
+connection -- the first, each redirect's, a keep-alive reconnect -- resolves its host once,
+refuses it unless every address is public, and connects to the address it checked (no second
+lookup a DNS rebinding could answer differently). A refused host is never connected to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+from shared.urlcheck import BlockedAddress, FetchError, check_url, is_public
+
+MAX_REDIRECTS = 5
+USER_AGENT = "simsearch-fetch/1"
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    max_bytes: int = 32 * 1024 * 1024
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    total_timeout_s: float = 60.0  # the whole fetch, redirects and body included
+    allow_private: bool = False  # tests serve images from loopback; never in production
+    per_host: int = 4  # concurrent fetches from one host, per worker process
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        blocked = [a for a in addresses if not is_public(a)]
+        if blocked and not self.allow_private:
+            # Every address must be public: a name with one public and one private address would
+            # otherwise reach the private one on a retry.
+            raise BlockedAddress(f"{host} resolves to a non-public address ({', '.join(blocked)})")
+        return super().connect_tcp(addresses[0], port, timeout=timeout, **kwargs)
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    def __init__(self, allow_private: bool) -> None:
+        super().__init__(trust_env=False)  # no proxy from the environment: it would skip the check
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=64,
+            max_keepalive_connections=16,
+            network_backend=GuardedBackend(allow_private),
+        )
+
+
+class HostLimits:
+    """At most `per_host` fetches from one host at a time in this process."""
+
+    def __init__(self, per_host: int) -> None:
+        self._lock = threading.Lock()
+        self._sems: dict[str, threading.BoundedSemaphore] = defaultdict(lambda: threading.BoundedSemaphore(per_host))
+
+    @contextmanager
+    def hold(self, host: str) -> Iterator[None]:
+        with self._lock:
+            sem = self._sems[host]
+        with sem:
+            yield
+
+
+class Fetcher:
+    """One per worker process: a pooled, guarded HTTP client."""
+
+    def __init__(self, policy: FetchPolicy) -> None:
+        self.policy = policy
+        self.hosts = HostLimits(policy.per_host)
+        timeout = httpx.Timeout(policy.read_timeout_s, connect=policy.connect_timeout_s)
+        self.client = httpx.Client(
+            transport=GuardedTransport(policy.allow_private),
+            timeout=timeout,
+            follow_redirects=False,  # each hop is checked here, then by the backend
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def get(self, url: str) -> bytes:
+        """The body of `url`, at most `max_bytes`; raises `FetchError` with the item's code."""
+        deadline = time.monotonic() + self.policy.total_timeout_s
+        for _ in range(MAX_REDIRECTS + 1):
+            check_url(url)
+            with self.hosts.hold(urlsplit(url).hostname or ""):
+                response = self._open(url, deadline)
+            if response is None:
+                raise FetchError("the request failed")  # unreachable: _open raises or returns
+            if isinstance(response, str):
+                url = response  # a redirect: checked again on the next turn
+                continue
+            return response
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _open(self, url: str, deadline: float) -> bytes | str | None:
+        try:
+            with self.client.stream("GET", url) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise FetchError(f"HTTP {response.status_code} without a Location")
+                    return str(response.url.join(location))
+                if response.status_code != 200:
+                    raise FetchError(f"HTTP {response.status_code} from {response.url.host}")
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > self.policy.max_bytes:
+                    raise FetchError(f"{declared} bytes, over the limit of {self.policy.max_bytes}", "too_large")
+                return self._read(response, deadline)
+        except BlockedAddress:
+            raise
+        except httpx.TimeoutException as exc:
+            raise FetchError(f"timed out: {type(exc).__name__}", code="timeout") from exc
+        except httpx.HTTPError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, BlockedAddress):
+                raise cause from None
+            raise FetchError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+
+    def _read(self, response: httpx.Response, deadline: float) -> bytes:
+        body = bytearray()
+        for chunk in response.iter_bytes(64 * 1024):
+            body += chunk
+            if len(body) > self.policy.max_bytes:
+                raise FetchError(f"over the limit of {self.policy.max_bytes} bytes", code="too_large")
+            if time.monotonic() > deadline:
+                raise FetchError(f"not done within {self.policy.total_timeout_s}s", code="timeout")
+        return bytes(body)
+
+    def post_json(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST without following redirects (webhooks): the status code, or raises FetchError."""
+        check_url(url)
+        try:
+            with self.hosts.hold(urlsplit(url).hostname or ""):
+                response = self.client.post(url, content=body, headers={"Content-Type": "application/json", **headers})
+        except BlockedAddress:
+            raise
+        except httpx.TimeoutException as exc:
+            raise FetchError(f"timed out: {type(exc).__name__}", code="timeout") from exc
+        except httpx.HTTPError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, BlockedAddress):
+                raise cause from None
+            raise FetchError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+        return response.status_code
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The webhook signature: HMAC-SHA256 over `timestamp.body`, hex."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()

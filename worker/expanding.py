@@ -1,0 +1,163 @@
+"""Turn a job's sources -- an uploaded archive, an uploaded URL list, a bucket prefix -- into items.
+
+A source is read as a stream and added to its job in batches: reserve the batch's indices (once:
+a redelivered expansion gets the same ones back), store its bytes, record its inputs, queue its
+chunks. Memory stays at one batch whatever the source's size. The job can only complete once
+every source is done (`source_done`), so chunks that finish early never end it too soon.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+
+from shared import keys
+from shared.imaging import content_id
+from shared.schemas import ItemError, JobInput
+from shared.urlcheck import FetchError, check_url
+from worker.archives import ArchiveLimits, members
+from worker.context import JobContext
+from worker.indexing import PASS_THROUGH, finish_index_job
+
+log = logging.getLogger(__name__)
+
+EXPAND_BATCH = 64  # items per reserved batch (two chunks of 32)
+MAX_URL_LINES = 1_000_000
+MAX_LINE = 16 * 1024
+Item = tuple[JobInput, bytes | None]  # the input, and the bytes to store for it (None: none)
+SendChunks = Callable[[int, int], None]  # (first index, count): queue their index chunks
+
+
+def _rejected(filename: str, code: str, detail: str) -> Item:
+    error = ItemError(filename=filename, error=code, detail=detail)
+    return JobInput(filename=filename, image_id="", size=0, rejected=error), None
+
+
+def archive_items(path: Path, limits: ArchiveLimits) -> Iterator[Item]:
+    seen = 0
+    for member in members(path, limits):
+        seen += 1
+        if member.data is None:
+            yield _rejected(member.name, member.error or "invalid_archive", member.detail)
+        else:
+            yield JobInput(filename=member.name, image_id=content_id(member.data), size=len(member.data)), member.data
+    if not seen:
+        yield _rejected("(archive)", "empty_archive", "the archive holds no files")
+
+
+def url_lines(lines: Iterable[str], metadata_max_bytes: int) -> Iterator[Item]:
+    """A URL per line, or `url,metadata-json` CSV rows; blank lines and `#` comments skipped."""
+    count = 0
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#") or (number == 1 and text.lower().startswith("url,metadata")):
+            continue
+        count += 1
+        if count > MAX_URL_LINES:
+            yield _rejected(f"line {number}", "too_many_urls", f"a list holds at most {MAX_URL_LINES} URLs")
+            return
+        yield url_item(text, number, metadata_max_bytes)
+
+
+def url_item(text: str, number: int, metadata_max_bytes: int) -> Item:
+    name = f"line {number}"
+    if len(text) > MAX_LINE:
+        return _rejected(name, "invalid_url", f"the line is over {MAX_LINE} characters")
+    row = next(csv.reader([text]), [])
+    url = row[0].strip() if row else ""
+    metadata = None
+    if len(row) > 1:
+        raw = ",".join(row[1:]).strip()
+        try:
+            metadata = json.loads(raw) if raw else None
+        except ValueError:
+            return _rejected(url or name, "invalid_metadata", "the metadata column is not JSON")
+        if metadata is not None and not isinstance(metadata, dict):
+            return _rejected(url or name, "invalid_metadata", "the metadata column must be a JSON object")
+        if len(raw.encode()) > metadata_max_bytes:
+            return _rejected(url or name, "invalid_metadata", f"metadata over {metadata_max_bytes} bytes")
+    try:
+        check_url(url)
+    except FetchError as exc:
+        return _rejected(url[:1024] or name, exc.code, exc.detail)
+    return JobInput(filename=url[:1024], image_id="", size=0, url=url, metadata=metadata), None
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def expand_source(ctx: JobContext, source: int, send_chunks: SendChunks, limits: ArchiveLimits, meta_max: int) -> None:
+    spec = ctx.job.params["sources"][source]
+    added = batches = 0
+    with tempfile.TemporaryDirectory(prefix="expand-") as tmp:
+        try:
+            for batch in _batches(_items(ctx, source, spec, Path(tmp), limits, meta_max), EXPAND_BATCH):
+                if not _add_batch(ctx, source, batches, batch, send_chunks):
+                    return  # the job expired meanwhile
+                batches, added = batches + 1, added + len(batch)
+        except PASS_THROUGH:
+            raise
+        except Exception as exc:  # a reader bug: the rest of this source fails as one item
+            log.exception("expanding source %d of job %s failed", source, ctx.job_id)
+            failure = _rejected(spec.get("filename") or spec.get("url") or "(source)", "expand_failed", repr(exc)[:300])
+            if not _add_batch(ctx, source, batches, [failure], send_chunks):
+                return
+    log.info("expanded a source", extra={"job_id": ctx.job_id, "kind": spec["kind"], "items": added})
+    if ctx.jobs.source_done(ctx.job_id, source) == 1:
+        finish_index_job(ctx)
+    ctx.store.blobs.delete([keys.source_blob(ctx.job_id, source)])
+
+
+def _items(ctx: JobContext, source: int, spec: dict, tmp: Path, limits: ArchiveLimits, meta_max: int) -> Iterator[Item]:
+    if spec["kind"] == "bucket":
+        assert ctx.sources is not None
+        try:
+            for url, size in ctx.sources.buckets.list_images(spec["url"]):
+                yield JobInput(filename=url.split("/", 3)[-1][:1024], image_id="", size=size, url=url), None
+        except FetchError as exc:
+            yield _rejected(spec["url"], exc.code, exc.detail)
+        return
+    path = tmp / "source"
+    if not ctx.store.blobs.get_file(keys.source_blob(ctx.job_id, source), path):
+        yield _rejected(spec.get("filename") or "(source)", "upload_expired", "the uploaded file is gone")
+        return
+    if spec["kind"] == "archive":
+        yield from archive_items(path, limits)
+    else:
+        with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+            yield from url_lines(_bounded_lines(fh), meta_max)
+
+
+def _bounded_lines(fh: io.TextIOBase) -> Iterator[str]:
+    """Lines, none held longer than MAX_LINE + 1 characters (a file without newlines is not read whole)."""
+    while line := fh.readline(MAX_LINE + 1):
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            while (rest := fh.readline(MAX_LINE + 1)) and not rest.endswith("\n"):
+                pass  # skip the remainder of an over-long line
+        yield line
+
+
+def _add_batch(ctx: JobContext, source: int, number: int, batch: list[Item], send_chunks: SendChunks) -> bool:
+    reserved = ctx.jobs.reserve_batch(ctx.job_id, source, number, len(batch))
+    if reserved is None:
+        return False
+    first, fresh = reserved
+    indices = list(range(first, first + len(batch)))
+    # A batch reserved by an earlier run of this expansion: only what is not recorded yet is owed.
+    todo = set(indices if fresh else ctx.jobs.unrecorded(ctx.job_id, indices))
+    if not todo:
+        return True
+    blobs = {keys.upload_blob(ctx.job_id, i): data for i, (_, data) in zip(indices, batch, strict=True) if data}
+    ctx.store.blobs.put_many({k: v for k, v in blobs.items() if int(k.rsplit("/", 1)[1]) in todo})
+    ctx.jobs.add_inputs(ctx.job_id, first, [inp for inp, _ in batch])
+    send_chunks(first, len(batch))
+    return True

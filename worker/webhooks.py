@@ -1,0 +1,123 @@
+"""Completion callbacks: when a job with a `callback_url` ends, POST its view there, signed.
+
+Finishing a job puts it in a Redis sorted set of due callbacks in the same Lua step (nothing is
+lost if the finisher dies). A thread in each worker's main process claims due entries -- a claim
+pushes the entry `LEASE_S` into the future, so a delivery whose worker dies is tried again -- and
+queues a delivery task. The task POSTs once and either settles the entry (delivered, or failed
+for good) or reschedules it with exponential backoff, up to `max_attempts` tries.
+
+Receivers verify `X-Simsearch-Signature: sha256=<hex>` = HMAC-SHA256(WEBHOOK_SECRET,
+"<X-Simsearch-Timestamp>.<raw body>") and should refuse stale timestamps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from shared import keys
+from shared.fetch import Fetcher, sign
+from shared.jobs import Jobs
+from shared.schemas import utcnow
+from shared.urlcheck import BlockedAddress, FetchError
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 120  # a claimed delivery not settled by then is claimed again
+CLAIM_BATCH = 100
+BACKOFF_MAX_S = 300
+
+# KEYS: due set. ARGV: now, lease until, batch. Due entries, each pushed to the lease time.
+CLAIM_DUE = """
+local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
+for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], job) end
+return due
+"""
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    secret: str
+    max_attempts: int = 6
+    backoff_s: float = 2.0  # before the 2nd try; doubles each time, at most BACKOFF_MAX_S
+
+
+def claim_due(client: redis.Redis, now: float | None = None) -> list[str]:
+    now = time.time() if now is None else now
+    due = client.eval(CLAIM_DUE, 1, keys.WEBHOOKS_DUE, now, now + LEASE_S, CLAIM_BATCH)
+    return [d.decode() if isinstance(d, bytes) else d for d in due]
+
+
+def deliver(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookPolicy, job_id: str) -> str:
+    """One delivery attempt; returns the callback's status afterwards."""
+    view = jobs.get(job_id)
+    if view is None or view.callback is None or view.callback.status != "pending":
+        client.zrem(keys.WEBHOOKS_DUE, job_id)  # expired, or settled by an earlier attempt
+        return view.callback.status if view and view.callback else "gone"
+    attempt = int(client.hincrby(keys.job(job_id), "callback_attempts", 1))
+    body = view.model_copy(update={"callback": None}).model_dump_json().encode()
+    stamp = str(int(time.time()))
+    headers = {
+        "X-Simsearch-Signature": f"sha256={sign(policy.secret, stamp, body)}",
+        "X-Simsearch-Timestamp": stamp,
+        "X-Simsearch-Job": job_id,
+        "X-Simsearch-Attempt": str(attempt),
+    }
+    retry = True
+    try:
+        status = fetcher.post_json(view.callback.url, body, headers)
+        if 200 <= status < 300:
+            return _settle(client, job_id, "delivered", None)
+        error = f"HTTP {status}"
+        retry = status >= 500 or status in (408, 429)
+    except BlockedAddress as exc:
+        error, retry = exc.detail, False
+    except FetchError as exc:
+        error = exc.detail
+    if not retry or attempt >= policy.max_attempts:
+        log.warning("callback for job %s failed for good after %d attempts: %s", job_id, attempt, error)
+        return _settle(client, job_id, "failed", error)
+    wait = min(policy.backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S)
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(keys.job(job_id), "callback_error", error)
+    pipe.zadd(keys.WEBHOOKS_DUE, {job_id: time.time() + wait})
+    pipe.execute()
+    return "pending"
+
+
+def _settle(client: redis.Redis, job_id: str, status: str, error: str | None) -> str:
+    pipe = client.pipeline(transaction=True)
+    fields = {"callback_status": status, "callback_at": utcnow()}
+    if error:
+        fields["callback_error"] = error
+    pipe.hset(keys.job(job_id), mapping=fields)
+    pipe.zrem(keys.WEBHOOKS_DUE, job_id)
+    pipe.execute()
+    return status
+
+
+class Dispatcher(threading.Thread):
+    """Claims due callbacks every `interval_s` and queues a delivery task for each."""
+
+    def __init__(self, client: redis.Redis, send: Callable[[str], None], interval_s: float = 0.5) -> None:
+        super().__init__(name="simsearch-webhooks", daemon=True)
+        self.client = client
+        self.send = send
+        self.interval_s = interval_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            try:
+                for job_id in claim_due(self.client):
+                    self.send(job_id)
+            except Exception as exc:  # keep dispatching through Redis hiccups
+                log.warning("webhook dispatch failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stopped.set()
