@@ -104,41 +104,30 @@ class Fetcher:
             check_url(url)
             with self.hosts.hold(urlsplit(url).hostname or ""):
                 response = self._open(url, deadline)
-            if response is None:
-                raise FetchError("the request failed")  # unreachable: _open raises or returns
             if isinstance(response, str):
                 url = response  # a redirect: checked again on the next turn
                 continue
             return response
         raise FetchError(f"more than {MAX_REDIRECTS} redirects")
 
-    def _open(self, url: str, deadline: float) -> bytes | str | None:
-        try:
-            with self.client.stream("GET", url) as response:
-                if response.is_redirect:
-                    location = response.headers.get("location")
-                    if not location:
-                        raise FetchError(f"HTTP {response.status_code} without a Location")
-                    return str(response.url.join(location))
-                if response.status_code != 200:
-                    raise FetchError(f"HTTP {response.status_code} from {response.url.host}")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self.policy.max_bytes:
-                    raise FetchError(f"{declared} bytes, over the limit of {self.policy.max_bytes}", "too_large")
-                return self._read(response, deadline)
-        except BlockedAddress:
-            raise
-        except httpx.TimeoutException as exc:
-            raise FetchError(f"timed out: {type(exc).__name__}", code="timeout") from exc
-        except httpx.HTTPError as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, BlockedAddress):
-                raise cause from None
-            raise FetchError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+    def _open(self, url: str, deadline: float) -> bytes | str:
+        """The body, or the next URL of a redirect."""
+        with _as_fetch_errors(), self.client.stream("GET", url) as response:
+            if response.is_redirect:
+                location = response.headers.get("location")
+                if not location:
+                    raise FetchError(f"HTTP {response.status_code} without a Location")
+                return str(response.url.join(location))
+            if response.status_code != 200:
+                raise FetchError(f"HTTP {response.status_code} from {response.url.host}")
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > self.policy.max_bytes:
+                raise FetchError(f"{declared} bytes, over the limit of {self.policy.max_bytes}", "too_large")
+            return self._read(response, deadline)
 
     def _read(self, response: httpx.Response, deadline: float) -> bytes:
         body = bytearray()
-        for chunk in response.iter_bytes(64 * 1024):
+        for chunk in response.iter_bytes():  # as it arrives: a trickle meets the deadline too
             body += chunk
             if len(body) > self.policy.max_bytes:
                 raise FetchError(f"over the limit of {self.policy.max_bytes} bytes", code="too_large")
@@ -147,24 +136,37 @@ class Fetcher:
         return bytes(body)
 
     def post_json(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        """POST without following redirects (webhooks): the status code, or raises FetchError."""
+        """POST without following redirects (webhooks): the status code, or raises FetchError.
+        The answer's body is never read (a receiver cannot make us hold or wait for one)."""
         check_url(url)
-        try:
-            with self.hosts.hold(urlsplit(url).hostname or ""):
-                response = self.client.post(url, content=body, headers={"Content-Type": "application/json", **headers})
-        except BlockedAddress:
-            raise
-        except httpx.TimeoutException as exc:
-            raise FetchError(f"timed out: {type(exc).__name__}", code="timeout") from exc
-        except httpx.HTTPError as exc:
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, BlockedAddress):
-                raise cause from None
-            raise FetchError(f"{type(exc).__name__}: {exc}"[:300]) from exc
-        return response.status_code
+        headers = {"Content-Type": "application/json", **headers}
+        with (
+            _as_fetch_errors(),
+            self.hosts.hold(urlsplit(url).hostname or ""),
+            self.client.stream("POST", url, content=body, headers=headers) as response,
+        ):
+            return response.status_code
 
     def close(self) -> None:
         self.client.close()
+
+
+@contextmanager
+def _as_fetch_errors() -> Iterator[None]:
+    """httpx's exceptions as the item errors a job reports."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise FetchError(f"timed out: {type(exc).__name__}", code="timeout") from exc
+    except httpx.HTTPError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, BlockedAddress):
+            raise cause from None
+        raise FetchError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+    except (FetchError, OSError):
+        raise
+    except (httpx.InvalidURL, ValueError, UnicodeError) as exc:  # e.g. a host name IDNA cannot encode
+        raise FetchError(f"{type(exc).__name__}: {exc}"[:300], code="invalid_url") from exc
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -21,10 +21,20 @@ class BlockedAddress(FetchError):
         super().__init__(detail, code="blocked_address")
 
 
+# IPv6 ranges that carry an IPv4 address a gateway may translate to (NAT64, 6to4, SIIT, the
+# deprecated IPv4-compatible form): Python calls some of them global, so they are refused outright.
+TRANSLATED = [
+    ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::ffff:0:0:0/96", "::/96")
+]
+
+
 def is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
+        elif any(ip in net for net in TRANSLATED):
+            return False
     # is_global excludes private, loopback, link-local (cloud metadata), reserved, shared (CGNAT)
     # and documentation ranges; multicast is "global" for some ranges, so it is refused by name.
     return ip.is_global and not ip.is_multicast

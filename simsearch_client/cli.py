@@ -95,14 +95,60 @@ def _upload_with_progress(client: SimsearchClient, args: argparse.Namespace, p: 
         return upload(client, args.collection, p.pending, args.chunk, args.concurrency, advance=bar.update)
 
 
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
+
+
+def follow_job(client: SimsearchClient, accepted: dict[str, Any], desc: str) -> dict[str, Any]:
+    """Follow a server-side job with a progress bar whose total grows as the server lists items
+    (archives, URL files, buckets); print its summary and failures."""
+    from tqdm import tqdm
+
+    with tqdm(total=accepted.get("total") or None, unit="img", desc=desc, file=sys.stderr, disable=None) as bar:
+
+        def advance(job: dict[str, Any]) -> None:
+            progress = job["progress"]
+            bar.total = max(progress["total"], 1)
+            bar.update(progress["done"] - bar.n)
+
+        job = client.wait(accepted["job_id"], timeout=7 * 24 * 3600, poll=2, on_progress=advance)
+    result = job.get("result") or {}
+    out(
+        f"{job['status']}: {len(result.get('created', []))} new, {len(result.get('existing', []))} already present, "
+        f"{plural(job['progress']['failed'], 'item')} failed (job {job['job_id']})"
+    )
+    for e in job.get("errors", [])[:50]:
+        err(f"  {e.get('filename') or e.get('index')}: {e['error']}: {e['detail']}")
+    return job
+
+
 def cmd_index(client: SimsearchClient, args: argparse.Namespace) -> int:
+    archives = [p for p in args.paths if Path(p).is_file() and p.lower().endswith(ARCHIVE_SUFFIXES)]
+    failed = False
+    for archive in archives:  # expanded by the server: members are items, named by their path
+        job = follow_job(client, client.index_archive(args.collection, archive), Path(archive).name)
+        failed = failed or job["progress"]["failed"] > 0
+    args.paths = [p for p in args.paths if p not in archives]
+    if not args.paths:
+        return EXIT_FAILED_FILES if failed else EXIT_OK
     discovery = discover(args.paths)
     p = plan(client, args.collection, discovery)
     _print_plan(p, args.chunk)
     report = _upload_with_progress(client, args, p) if p.pending else UploadReport()
     failures = [*discovery.rejected, *report.failures]
     _print_index_summary(report, failures)
-    return EXIT_FAILED_FILES if failures else EXIT_OK
+    return EXIT_FAILED_FILES if failures or failed else EXIT_OK
+
+
+def cmd_import(client: SimsearchClient, args: argparse.Namespace) -> int:
+    if args.urls:
+        accepted = client.import_urls(args.collection, args.urls, callback_url=args.callback_url)
+    elif args.source and args.source.startswith("s3://"):
+        accepted = client.import_bucket(args.collection, args.source, callback_url=args.callback_url)
+    else:
+        err("error: give --urls FILE or an s3://bucket/prefix")
+        return EXIT_ERROR
+    job = follow_job(client, accepted, "importing")
+    return EXIT_FAILED_FILES if job["progress"]["failed"] else EXIT_OK
 
 
 # -- search --------------------------------------------------------------------------------------
@@ -125,6 +171,8 @@ def cmd_search(client: SimsearchClient, args: argparse.Namespace) -> int:
     options = {"k": args.k, "min_similarity": args.min_similarity, "cluster": args.cluster}
     if args.image_id:
         result = client.search_by_id(args.collection, args.image_id, **options)
+    elif args.query_url:
+        result = client.search_by_url(args.collection, args.query_url, **options)
     else:
         result = client.search(args.collection, Path(args.image), **options)
     if args.json:
@@ -273,7 +321,9 @@ def _add_index(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
             "2 error."
         ),
     )
-    p.add_argument("paths", nargs="+", metavar="DIR|FILE", help="image files, or folders to search recursively")
+    p.add_argument(
+        "paths", nargs="+", metavar="DIR|FILE", help="image files, folders to search recursively, or archives"
+    )
     p.add_argument(
         "--collection", "-c", required=True, metavar="C", help="collection name (created by its first image)"
     )
@@ -284,11 +334,26 @@ def _add_index(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.set_defaults(handler=cmd_index)
 
 
+def _add_import(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "import",
+        parents=[common],
+        help="index images from a URL list or a bucket (fetched by the server)",
+        description="The server fetches the images (public addresses only) and reports per-URL failures.",
+    )
+    p.add_argument("source", nargs="?", metavar="s3://BUCKET/PREFIX", help="a bucket prefix the server may read")
+    p.add_argument("--urls", metavar="FILE", help="a text/CSV file: one URL per line, or url,metadata-json")
+    p.add_argument("--collection", "-c", required=True, metavar="C")
+    p.add_argument("--callback-url", metavar="URL", help="POSTed the finished job (signed)")
+    p.set_defaults(handler=cmd_import)
+
+
 def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("search", parents=[common], help="find the images most similar to an image")
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("image", nargs="?", metavar="IMAGE", help="query image file")
     query.add_argument("--id", dest="image_id", help="search with an image already in the collection")
+    query.add_argument("--image-url", dest="query_url", help="search with an image the server fetches")
     p.add_argument("--collection", "-c", required=True, metavar="C")
     p.add_argument("-k", type=positive_int, default=10, help="number of matches (default 10)")
     p.add_argument("--min-similarity", type=float, metavar="X", help="drop matches below this cosine similarity")
@@ -325,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_index, _add_search, _add_jobs, _add_collections, _add_export):
+    for add in (_add_index, _add_import, _add_search, _add_jobs, _add_collections, _add_export):
         add(sub, common)
     return parser
 

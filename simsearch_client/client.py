@@ -70,6 +70,10 @@ def format_detail(detail: Any) -> str:
     return str(detail)
 
 
+def _callback(url: str | None) -> dict[str, str]:
+    return {"callback_url": url} if url else {}
+
+
 def image_id_of(data: bytes) -> str:
     """The id the server gives these bytes: SHA-256, first 128 bits in hex."""
     return hashlib.sha256(data).hexdigest()[:32]
@@ -184,6 +188,49 @@ class SimsearchClient:
         data = {"metadata": json.dumps(metadata)} if metadata else None
         return self._json("POST", f"/v1/collections/{collection}/images", files=parts, data=data)
 
+    def index_archive(
+        self, collection: str, archive: str | os.PathLike[str], callback_url: str | None = None
+    ) -> dict[str, Any]:
+        """Queue a .zip / .tar / .tar.gz for indexing (streamed from disk); a worker expands it, so
+        the job's total grows as members are listed. Returns `{"job_id", "status_url", "total"}`."""
+        path = Path(archive)
+        with path.open("rb") as fh:
+            return self._json(
+                "POST",
+                f"/v1/collections/{collection}/images",
+                params=_callback(callback_url),
+                files=[("files", (path.name, fh, "application/octet-stream"))],
+            )
+
+    def import_urls(
+        self,
+        collection: str,
+        urls: Sequence[str | dict[str, Any]] | str | os.PathLike[str],
+        callback_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Index images from URLs: a list (≤ 1,000; strings or `{"url", "metadata"}`), or a text/CSV
+        file path (one URL per line or `url,metadata-json`; up to 1,000,000, streamed)."""
+        if isinstance(urls, (str, os.PathLike)):
+            with Path(urls).open("rb") as fh:
+                return self._json(
+                    "POST",
+                    f"/v1/collections/{collection}/imports",
+                    params=_callback(callback_url),
+                    content=fh,
+                    headers={"Content-Type": "text/csv"},
+                )
+        body: dict[str, Any] = {"urls": list(urls)}
+        if callback_url:
+            body["callback_url"] = callback_url
+        return self._json("POST", f"/v1/collections/{collection}/imports", json=body)
+
+    def import_bucket(self, collection: str, source: str, callback_url: str | None = None) -> dict[str, Any]:
+        """Index every image object under `s3://bucket/prefix` (the bucket must be allowed by the server)."""
+        body: dict[str, Any] = {"source": source}
+        if callback_url:
+            body["callback_url"] = callback_url
+        return self._json("POST", f"/v1/collections/{collection}/imports", json=body)
+
     def lookup(self, collection: str, image_ids: Iterable[str]) -> set[str]:
         """Which of these ids the collection already holds (asked in batches of 10,000)."""
         ids = list(dict.fromkeys(image_ids))  # de-duplicated, order kept
@@ -245,12 +292,31 @@ class SimsearchClient:
         timeout: float = 600.0,
     ) -> dict[str, Any]:
         """Search with an image already in the collection (it is left out of its own matches)."""
-        accepted = self._json(
-            "POST",
-            f"/v1/collections/{collection}/search",
-            params=self._search_params(k, min_similarity, cluster),
-            json={"image_id": image_id},
-        )
+        return self._search_json(collection, {"image_id": image_id}, k, min_similarity, cluster, timeout)
+
+    def search_by_url(
+        self,
+        collection: str,
+        url: str,
+        k: int = 10,
+        min_similarity: float | None = None,
+        cluster: int | None = None,
+        timeout: float = 600.0,
+    ) -> dict[str, Any]:
+        """Search with an image the server fetches from `url` (public addresses only)."""
+        return self._search_json(collection, {"url": url}, k, min_similarity, cluster, timeout)
+
+    def _search_json(
+        self,
+        collection: str,
+        body: dict[str, str],
+        k: int,
+        min_similarity: float | None,
+        cluster: int | None,
+        timeout: float,
+    ) -> dict[str, Any]:
+        params = self._search_params(k, min_similarity, cluster)
+        accepted = self._json("POST", f"/v1/collections/{collection}/search", params=params, json=body)
         return self._search_result(accepted, timeout)
 
     # -- collections -----------------------------------------------------------------------------

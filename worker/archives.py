@@ -158,10 +158,28 @@ def _zip_members(path: Path, budget: _Budget) -> Iterator[Member]:
                 return
 
 
+MAX_TAR_HEADER = 1 << 20  # a long name or pax header; tarfile would read any size whole
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """Refuses extended headers (GNU long names, pax records) too large to be honest, which
+    tarfile would otherwise read into memory whole before any limit of ours runs."""
+
+    def _proc_gnulong(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_TAR_HEADER:
+            raise tarfile.HeaderError(f"a {self.size}-byte long-name header")
+        return super()._proc_gnulong(tarfile_)
+
+    def _proc_pax(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_TAR_HEADER:
+            raise tarfile.HeaderError(f"a {self.size}-byte pax header")
+        return super()._proc_pax(tarfile_)
+
+
 def _tar_members(path: Path, budget: _Budget) -> Iterator[Member]:
     try:
         # Stream mode: members in order, no seeking, decompression as it goes.
-        archive = tarfile.open(path, mode="r|*")  # noqa: SIM115 (closed by the with below)
+        archive = tarfile.open(path, mode="r|*", tarinfo=_GuardedTarInfo)  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, OSError, EOFError) as exc:
         yield Member("(archive)", error="invalid_archive", detail=f"unreadable tar: {exc}")
         return

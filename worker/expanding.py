@@ -14,8 +14,12 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
 from pathlib import Path
+
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.imaging import content_id
@@ -23,11 +27,12 @@ from shared.schemas import ItemError, JobInput
 from shared.urlcheck import FetchError, check_url
 from worker.archives import ArchiveLimits, members
 from worker.context import JobContext
-from worker.indexing import PASS_THROUGH, finish_index_job
+from worker.indexing import finish_index_job
 
 log = logging.getLogger(__name__)
 
 EXPAND_BATCH = 64  # items per reserved batch (two chunks of 32)
+BATCH_BYTES = 64 << 20  # ... or fewer: a batch's bytes are held at once
 MAX_URL_LINES = 1_000_000
 MAX_LINE = 16 * 1024
 Item = tuple[JobInput, bytes | None]  # the input, and the bytes to store for it (None: none)
@@ -89,44 +94,67 @@ def url_item(text: str, number: int, metadata_max_bytes: int) -> Item:
     return JobInput(filename=url[:1024], image_id="", size=0, url=url, metadata=metadata), None
 
 
-def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    it = iter(items)
-    while batch := list(islice(it, size)):
+def _batches(items: Iterable[Item], size: int, max_bytes: int = BATCH_BYTES) -> Iterator[list[Item]]:
+    """Batches of at most `size` items and about `max_bytes` of bytes: the same boundaries on
+    every run over the same source (a redelivered expansion meets its reservations again)."""
+    batch: list[Item] = []
+    held = 0
+    for item in items:
+        batch.append(item)
+        held += len(item[1] or b"")
+        if len(batch) >= size or held >= max_bytes:
+            yield batch
+            batch, held = [], 0
+    if batch:
         yield batch
 
 
 def expand_source(ctx: JobContext, source: int, send_chunks: SendChunks, limits: ArchiveLimits, meta_max: int) -> None:
+    """List the source into its job, then mark it done. Whatever goes wrong short of Redis
+    itself, the source ends (the rest of it as one failed item): a job never waits forever."""
     spec = ctx.job.params["sources"][source]
-    added = batches = 0
+    if ctx.jobs.source_finished(ctx.job_id, source):  # a redelivered message of a finished expansion
+        _end_source(ctx, source)
+        return
+    added = number = 0
     with tempfile.TemporaryDirectory(prefix="expand-") as tmp:
         try:
             for batch in _batches(_items(ctx, source, spec, Path(tmp), limits, meta_max), EXPAND_BATCH):
-                if not _add_batch(ctx, source, batches, batch, send_chunks):
+                if not _add_batch(ctx, source, number, batch, send_chunks):
                     return  # the job expired meanwhile
-                batches, added = batches + 1, added + len(batch)
-        except PASS_THROUGH:
-            raise
-        except Exception as exc:  # a reader bug: the rest of this source fails as one item
-            log.exception("expanding source %d of job %s failed", source, ctx.job_id)
-            failure = _rejected(spec.get("filename") or spec.get("url") or "(source)", "expand_failed", repr(exc)[:300])
-            if not _add_batch(ctx, source, batches, [failure], send_chunks):
+                number, added = number + 1, added + len(batch)
+        except (RedisConnectionError, RedisTimeoutError, OperationalError):
+            raise  # Redis or the broker is away: retried, and the reservations made so far are found again
+        except Exception as exc:  # a reader bug, or the soft time limit
+            log.exception("expanding source %d of job %s stopped", source, ctx.job_id)
+            code = "expand_timeout" if isinstance(exc, SoftTimeLimitExceeded) else "expand_failed"
+            name = spec.get("filename") or spec.get("url") or "(source)"
+            # A fresh batch number: the one that failed may hold a reservation already.
+            if not _add_batch(ctx, source, number + 1, [_rejected(name, code, repr(exc)[:300])], send_chunks):
                 return
     log.info("expanded a source", extra={"job_id": ctx.job_id, "kind": spec["kind"], "items": added})
+    _end_source(ctx, source)
+
+
+def _end_source(ctx: JobContext, source: int) -> None:
     if ctx.jobs.source_done(ctx.job_id, source) == 1:
         finish_index_job(ctx)
     ctx.store.blobs.delete([keys.source_blob(ctx.job_id, source)])
 
 
 def _items(ctx: JobContext, source: int, spec: dict, tmp: Path, limits: ArchiveLimits, meta_max: int) -> Iterator[Item]:
+    path = tmp / "source"
     if spec["kind"] == "bucket":
-        assert ctx.sources is not None
         try:
-            for url, size in ctx.sources.buckets.list_images(spec["url"]):
-                yield JobInput(filename=url.split("/", 3)[-1][:1024], image_id="", size=size, url=url), None
+            _bucket_listing(ctx, source, spec["url"], path)
         except FetchError as exc:
             yield _rejected(spec["url"], exc.code, exc.detail)
+            return
+        with path.open("r", encoding="utf-8") as fh:
+            for line in fh:
+                url, size = line.rstrip("\n").rsplit("\t", 1)
+                yield JobInput(filename=url.split("/", 3)[-1][:1024], image_id="", size=int(size), url=url), None
         return
-    path = tmp / "source"
     if not ctx.store.blobs.get_file(keys.source_blob(ctx.job_id, source), path):
         yield _rejected(spec.get("filename") or "(source)", "upload_expired", "the uploaded file is gone")
         return
@@ -135,6 +163,19 @@ def _items(ctx: JobContext, source: int, spec: dict, tmp: Path, limits: ArchiveL
     else:
         with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
             yield from url_lines(_bounded_lines(fh), meta_max)
+
+
+def _bucket_listing(ctx: JobContext, source: int, url: str, path: Path) -> None:
+    """The prefix's image objects as `s3-url<TAB>size` lines in `path`. Listed once, then kept as
+    the source's blob: a redelivered expansion walks the same list even if the bucket changed."""
+    key = keys.source_blob(ctx.job_id, source)
+    if ctx.store.blobs.get_file(key, path):
+        return
+    assert ctx.sources is not None
+    with path.open("w", encoding="utf-8") as out:
+        for object_url, size in ctx.sources.buckets.list_images(url):
+            out.write(f"{object_url}\t{size}\n")
+    ctx.store.blobs.put_file(key, path)
 
 
 def _bounded_lines(fh: io.TextIOBase) -> Iterator[str]:
@@ -156,8 +197,16 @@ def _add_batch(ctx: JobContext, source: int, number: int, batch: list[Item], sen
     todo = set(indices if fresh else ctx.jobs.unrecorded(ctx.job_id, indices))
     if not todo:
         return True
-    blobs = {keys.upload_blob(ctx.job_id, i): data for i, (_, data) in zip(indices, batch, strict=True) if data}
-    ctx.store.blobs.put_many({k: v for k, v in blobs.items() if int(k.rsplit("/", 1)[1]) in todo})
-    ctx.jobs.add_inputs(ctx.job_id, first, [inp for inp, _ in batch])
+    inputs = [inp for inp, _ in batch]
+    try:
+        blobs = {keys.upload_blob(ctx.job_id, i): data for i, (_, data) in zip(indices, batch, strict=True) if data}
+        ctx.store.blobs.put_many({k: v for k, v in blobs.items() if int(k.rsplit("/", 1)[1]) in todo})
+    except (RedisConnectionError, RedisTimeoutError):
+        raise
+    except Exception as exc:  # the blob store refused: this batch's items fail, its indices are still owed
+        log.exception("storing batch %d of source %d of job %s failed", number, source, ctx.job_id)
+        error = f"storing the bytes failed: {exc!r}"[:300]
+        inputs = [_rejected(inp.filename, "store_failed", error)[0] for inp in inputs]
+    ctx.jobs.add_inputs(ctx.job_id, first, inputs)
     send_chunks(first, len(batch))
     return True

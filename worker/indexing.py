@@ -135,25 +135,31 @@ def fetch_urls(ctx: JobContext, indices: list[int], inputs: list[JobInput | Item
 def _process(ctx: JobContext, indices: list[int]) -> int:
     """Prepare, embed (one forward pass) and store these items, then record them. Returns the
     job's completeness flag from `record_items`."""
-    inputs = ctx.jobs.inputs(ctx.job_id, indices)
-    fetched = fetch_urls(ctx, indices, inputs)
-    present = [inp.image_id for inp in inputs if isinstance(inp, JobInput)]
-    # Only a hint to skip the work: whether an image is new, existing or deleted is decided
-    # atomically when the chunk is stored.
-    existing = ctx.store.existing_ids(ctx.collection, present)
+    all_inputs = ctx.jobs.inputs(ctx.job_id, indices)
     outcomes: list[Outcome] = []
     pending: list[Pending] = []
-    for index, inp in zip(indices, inputs, strict=True):
-        if isinstance(inp, ItemError):
-            outcomes.append(failed_item(index, None, inp.error, inp.detail))
-        elif inp.rejected is not None:
-            outcomes.append(failed_item(index, inp, inp.rejected.error, inp.rejected.detail))
-        elif inp.image_id in existing:
-            pending.append(Pending(index, inp, None))
-        else:
-            data = fetched.get(index) if inp.url else ctx.store.blobs.get(keys.upload_blob(ctx.job_id, index))
-            step = prepare_item(ctx, index, inp, data)
-            (pending if isinstance(step, Pending) else outcomes).append(step)
+    # URL items are fetched a window at a time and reduced to model input before the next window:
+    # a chunk never holds more than a window of raw downloads.
+    urls = any(isinstance(inp, JobInput) and inp.url for inp in all_inputs)
+    window = ctx.sources.concurrency if urls and ctx.sources is not None else len(indices)
+    for start in range(0, len(indices), window):
+        some, inputs = indices[start : start + window], all_inputs[start : start + window]
+        fetched = fetch_urls(ctx, some, inputs)
+        present = [inp.image_id for inp in inputs if isinstance(inp, JobInput)]
+        # Only a hint to skip the work: whether an image is new, existing or deleted is decided
+        # atomically when the chunk is stored.
+        existing = ctx.store.existing_ids(ctx.collection, present)
+        for index, inp in zip(some, inputs, strict=True):
+            if isinstance(inp, ItemError):
+                outcomes.append(failed_item(index, None, inp.error, inp.detail))
+            elif inp.rejected is not None:
+                outcomes.append(failed_item(index, inp, inp.rejected.error, inp.rejected.detail))
+            elif inp.image_id in existing:
+                pending.append(Pending(index, inp, None))
+            else:
+                data = fetched.pop(index, None) if inp.url else ctx.store.blobs.get(keys.upload_blob(ctx.job_id, index))
+                step = prepare_item(ctx, index, inp, data)
+                (pending if isinstance(step, Pending) else outcomes).append(step)
     if pending:
         outcomes += guarded(pending, lambda: _embed_and_store(ctx, pending))
     complete = ctx.jobs.record_items(ctx.job_id, outcomes)

@@ -113,5 +113,7 @@ class Sources:
                 return self.get(url)
             except FetchError as exc:
                 return exc
+            except Exception as exc:  # one odd URL fails its item, never its chunk
+                return FetchError(f"{type(exc).__name__}: {exc}"[:300])
 
         return list(self._pool.map(one, urls))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -158,7 +159,13 @@ def maintain(rt: WorkerRuntime, collection: str, shard: int = 0) -> None:
         log.exception("replica housekeeping for %s failed", collection)
 
 
-@app.task(name=EXPAND_TASK, **TASK)
+# Listing a 100,000-member archive or a million-line file takes longer than an index chunk.
+# A broker error while queueing a batch's chunks is retried too (the batch is found again).
+EXPAND = {**TASK, "autoretry_for": (RedisConnectionError, RedisTimeoutError, OperationalError)}
+EXPAND_LIMITS = {"soft_time_limit": 3 * 3600, "time_limit": 3 * 3600 + 120}
+
+
+@app.task(name=EXPAND_TASK, **EXPAND, **EXPAND_LIMITS)
 def expand(self: Task, job_id: str, collection: str, source: int) -> None:
     rt = runtime_of(self.app)
     size = rt.settings.index_chunk_size

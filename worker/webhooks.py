@@ -12,6 +12,7 @@ Receivers verify `X-Simsearch-Signature: sha256=<hex>` = HMAC-SHA256(WEBHOOK_SEC
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,11 +55,26 @@ def claim_due(client: redis.Redis, now: float | None = None) -> list[str]:
 
 
 def deliver(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookPolicy, job_id: str) -> str:
-    """One delivery attempt; returns the callback's status afterwards."""
+    """One delivery attempt; returns the callback's status afterwards. One attempt per job at a
+    time: a delivery whose lease ran out while it waited in the queue does not POST twice."""
+    lock = client.lock(f"{keys.job(job_id)}:callback-lock", timeout=LEASE_S, blocking=False)
+    if not lock.acquire():
+        return "busy"
+    try:
+        return _attempt(client, jobs, fetcher, policy, job_id)
+    finally:
+        # Expired (held past the lease) is fine: the POST is bounded well below it.
+        with contextlib.suppress(redis.exceptions.LockError):
+            lock.release()
+
+
+def _attempt(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookPolicy, job_id: str) -> str:
     view = jobs.get(job_id)
     if view is None or view.callback is None or view.callback.status != "pending":
         client.zrem(keys.WEBHOOKS_DUE, job_id)  # expired, or settled by an earlier attempt
         return view.callback.status if view and view.callback else "gone"
+    if not policy.secret:
+        return _settle(client, job_id, "failed", "this worker has no WEBHOOK_SECRET to sign with")
     attempt = int(client.hincrby(keys.job(job_id), "callback_attempts", 1))
     body = view.model_copy(update={"callback": None}).model_dump_json().encode()
     stamp = str(int(time.time()))
@@ -78,7 +94,12 @@ def deliver(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookPo
     except BlockedAddress as exc:
         error, retry = exc.detail, False
     except FetchError as exc:
-        error = exc.detail
+        error, retry = exc.detail, exc.code != "invalid_url"
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        raise
+    except Exception as exc:  # counted as a failed attempt: never an entry retried for days
+        log.exception("delivering the callback of job %s failed", job_id)
+        error = f"{type(exc).__name__}: {exc}"[:300]
     if not retry or attempt >= policy.max_attempts:
         log.warning("callback for job %s failed for good after %d attempts: %s", job_id, attempt, error)
         return _settle(client, job_id, "failed", error)

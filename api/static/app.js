@@ -375,11 +375,17 @@ els.collectionRefresh.addEventListener("click", () => {
 // ---------------------------------------------------------------------------------------------
 // Indexing
 
+const ARCHIVE = /\.(zip|tar|tgz|tar\.gz|tar\.bz2|tar\.xz)$/i;
+
 function splitBatches(files) {
   const batches = [];
   let current = [];
   let bytes = 0;
   for (const file of files) {
+    if (ARCHIVE.test(file.name)) {
+      batches.push([file]); // alone: the server expands it into a job of its own
+      continue;
+    }
     if (current.length && (current.length >= BATCH_FILES || bytes + file.size > BATCH_BYTES)) {
       batches.push(current);
       current = [];
@@ -511,6 +517,50 @@ els.indexFiles.addEventListener("change", () => {
   const files = Array.from(els.indexFiles.files);
   els.indexFiles.value = ""; // picking the same files again fires "change" again
   indexFiles(files);
+});
+
+// Pasted URLs: the server fetches them (public addresses only); 1,000 per import job.
+const URLS_PER_IMPORT = 1000;
+
+async function importUrls(urls) {
+  const collection = requireCollection();
+  if (!collection || !urls.length) return;
+  const batches = [];
+  for (let i = 0; i < urls.length; i += URLS_PER_IMPORT) batches.push(urls.slice(i, i + URLS_PER_IMPORT));
+  els.batches.replaceChildren();
+  const rows = batches.map((b, i) => batchRow(i + 1, b.length, batches.length));
+  els.batches.append(...rows.map((r) => r.row));
+  els.indexSummary.textContent = `Importing ${plural(urls.length, "URL")} into “${collection}”…`;
+  await Promise.all(
+    batches.map(async (batch, i) => {
+      const { update } = rows[i];
+      try {
+        const accepted = await api(`${collectionPath(collection)}/imports`, { method: "POST", json: { urls: batch } });
+        const job = await pollJob(accepted.job_id, {
+          wait: PROGRESS_WAIT,
+          onUpdate: (j) => update(j.status, j.progress.done, j.progress.total, j.progress.failed),
+        });
+        addFailures(job.errors || []);
+        els.indexSummary.textContent = `Import ${i + 1} of ${batches.length}: ${job.status}, ${job.progress.done} / ${job.progress.total} processed, ${job.progress.failed} failed.`;
+      } catch (err) {
+        update("error", batch.length, batch.length, batch.length);
+        showError(err, `Importing URLs (batch ${i + 1})`);
+      }
+    }),
+  );
+  if (collection === state.collection) {
+    loadCollections();
+    showCollectionInfo();
+    loadBrowse();
+  }
+}
+
+$("#url-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const box = $("#url-list");
+  const urls = box.value.split(/\s+/).map((u) => u.trim()).filter(Boolean);
+  box.value = "";
+  importUrls(urls);
 });
 
 // ---------------------------------------------------------------------------------------------

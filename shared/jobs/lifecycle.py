@@ -152,6 +152,10 @@ class JobLifecycle:
         key = keys.job_inputs(job_id)
         yield Batch([Call("hset", (key,), {"mapping": mapping}), Call("expire", (key, self.job_ttl_s))])
 
+    def source_finished(self, job_id: str, source: int) -> Op:
+        (flag,) = yield _one(Call("hexists", (keys.job_batches(job_id), f"done:{source}")))
+        return bool(flag)
+
     def source_done(self, job_id: str, source: int) -> Op:
         """Returns 1 when this completes the job (then the caller finishes it)."""
         (complete,) = yield _one(ScriptCall("source_done", [keys.job(job_id), keys.job_batches(job_id)], [str(source)]))

@@ -301,3 +301,38 @@ def test_gallery_phone_layout(browser, api_url: str, collection: str, tmp_path: 
     page.screenshot(path=str(ARTIFACTS / "gallery-phone.png"), full_page=True)
     assert not errors, errors
     context.close()
+
+
+def test_gallery_archive_drop_and_pasted_urls(browser, api_url: str, collection: str, tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"album/{i}.jpg", photo_bytes(700 + i))
+    archive = tmp_path / "album.zip"
+    archive.write_bytes(buf.getvalue())
+
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    errors = _watch_errors(page)
+    page.goto(f"{api_url}/")
+    name = page.get_by_label("Name")
+    name.fill(collection)
+    name.press("Enter")
+    # A dropped archive is one batch; the server expands it and the job's total grows to 3.
+    page.set_input_files("#index-files", str(archive))
+    batch = page.locator("#batches li.batch")
+    expect(batch).to_have_count(1)
+    expect(batch).to_have_attribute("data-status", "succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(batch).to_contain_text("3 / 3 processed")
+    expect(page.locator("#collection-info")).to_contain_text("3 images")
+    # Pasted URLs: this stack's workers refuse private addresses, and the page says which and why.
+    page.get_by_label("Or paste image URLs").fill("http://127.0.0.1:9/a.jpg\nhttp://169.254.169.254/latest")
+    page.get_by_role("button", name="Import URLs").click()
+    expect(page.locator("#batches li.batch")).to_have_attribute("data-status", "failed", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#failed li")).to_have_count(2)
+    expect(page.locator("#failed li").first).to_contain_text("blocked_address")
+    assert errors == []

@@ -8,6 +8,8 @@ import hmac
 import http.server
 import io
 import json
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -303,3 +305,23 @@ def test_private_addresses_are_refused_without_connecting(closed_api: str, site:
     assert job["status"] == "failed"
     assert {e["error"] for e in job["errors"]} == {"blocked_address"}
     assert site.hits == []  # no connection reached the loopback server
+
+
+def _cli(base: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "simsearch_client", *args, "--url", base]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+
+
+def test_cli_indexes_an_archive_and_imports_a_url_file(open_api: str, site: Site, tmp_path: Path) -> None:
+    archive = tmp_path / "pack.zip"
+    archive.write_bytes(_zip({f"{i}.jpg": photo_bytes(6000 + i) for i in range(5)} | {"bad.txt": b"x"}))
+    done = _cli(open_api, "index", str(archive), "-c", "cli")
+    assert done.returncode == 1, done.stderr  # one member failed
+    assert "5 new" in done.stdout and "bad.txt: invalid_image" in done.stderr
+    listing = tmp_path / "urls.txt"
+    listing.write_text("\n".join(f"{site.base}/img/{6100 + i}.jpg" for i in range(4)))
+    done = _cli(open_api, "import", "--urls", str(listing), "-c", "cli")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("succeeded: 4 new")
+    with _client(open_api) as client:
+        assert client.get("/v1/collections/cli").json()["image_count"] == 9

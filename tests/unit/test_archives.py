@@ -103,3 +103,15 @@ def test_url_lines() -> None:
         (None, None, "invalid_url"),
         (None, None, "invalid_metadata"),
     ]
+
+
+def test_a_huge_tar_long_name_header_is_refused_unread(tmp_path: Path) -> None:
+    # tarfile would read the whole 64 MiB GNU long-name block into memory before any member check.
+    path = tmp_path / "longname.tgz"
+    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("a" * (64 << 20))
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    got = list(members(path, ArchiveLimits()))
+    assert [m.error for m in got] == ["invalid_archive"]
+    assert "long-name header" in got[0].detail

@@ -108,3 +108,9 @@ def test_limits(server: tuple[str, list[str]]) -> None:
     with pytest.raises(FetchError) as caught:
         fetcher.get("http://user:pw@example.com/")
     assert caught.value.code == "invalid_url"
+
+
+def test_an_unencodable_host_is_an_invalid_url() -> None:
+    with pytest.raises(FetchError) as caught:
+        Fetcher(FetchPolicy()).get("http://xn--/")
+    assert caught.value.code == "invalid_url"
