@@ -16,6 +16,7 @@ REEMBED_CHUNK_TASK = "simsearch.reembed_chunk"
 CLUSTER_TASK = "simsearch.cluster"
 SEARCH_SHARD_TASK = "simsearch.search_shard"  # sent to shared.shards.shard_queue(shard)
 SEARCH_DEADLINE_TASK = "simsearch.search_deadline"
+DUPLICATES_TASK = "simsearch.duplicates"
 EXPAND_TASK = "simsearch.expand"  # list an archive / URL file / bucket into its job's items
 WEBHOOK_QUEUE = "webhooks"
 WEBHOOK_TASK = "simsearch.webhook"
@@ -38,6 +39,7 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, A
             SEARCH_TASK: {"queue": SEARCH_QUEUE},
             SEARCH_DEADLINE_TASK: {"queue": DEADLINE_QUEUE},
             EXPAND_TASK: {"queue": INDEX_QUEUE},
+            DUPLICATES_TASK: {"queue": INDEX_QUEUE},
             WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
         },
         "broker_transport_options": broker_transport_options(visibility_timeout_s),

@@ -23,6 +23,7 @@ class JobType(StrEnum):
     search = "search"
     reembed = "reembed"
     cluster = "cluster"
+    duplicates = "duplicates"
 
 
 class JobStatus(StrEnum):

@@ -182,6 +182,23 @@ def cmd_search(client: SimsearchClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_duplicates(client: SimsearchClient, args: argparse.Namespace) -> int:
+    err(f"finding near-duplicates in {args.collection} (min similarity {args.min_similarity})...")
+    result = client.duplicates(args.collection, args.min_similarity, args.k, args.max_groups)
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    out(
+        f"{plural(result['group_count'], 'group')} holding {result['images_in_groups']} of {result['images']} images"
+        f" ({result['seconds']} s)"
+    )
+    for number, group in enumerate(result["groups"], 1):
+        rows = [(m["image_id"], f"{m['similarity']:.4f}", m["filename"]) for m in group["members"]]
+        out(f"group {number} ({group['size']} images)")
+        out(table(["image_id", "similarity", "filename"], rows, right=(1,)))
+    return EXIT_OK
+
+
 # -- jobs ----------------------------------------------------------------------------------------
 
 
@@ -362,6 +379,16 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.set_defaults(handler=cmd_search)
 
 
+def _add_duplicates(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("duplicates", parents=[common], help="group near-duplicate images of a collection")
+    p.add_argument("collection", metavar="C")
+    p.add_argument("--min-similarity", type=float, default=0.95, metavar="X", help="edge threshold (default 0.95)")
+    p.add_argument("-k", type=positive_int, default=10, help="neighbours asked per image (default 10)")
+    p.add_argument("--max-groups", type=positive_int, default=1000, metavar="N", help="groups listed (default 1000)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON result")
+    p.set_defaults(handler=cmd_duplicates)
+
+
 def _add_jobs(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("jobs", parents=[common], help="show a job")
     p.add_argument("job_id", metavar="ID")
@@ -390,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_index, _add_import, _add_search, _add_jobs, _add_collections, _add_export):
+    for add in (_add_index, _add_import, _add_search, _add_duplicates, _add_jobs, _add_collections, _add_export):
         add(sub, common)
     return parser
 

@@ -319,6 +319,20 @@ class SimsearchClient:
         accepted = self._json("POST", f"/v1/collections/{collection}/search", params=params, json=body)
         return self._search_result(accepted, timeout)
 
+    def duplicates(
+        self,
+        collection: str,
+        min_similarity: float = 0.95,
+        k: int = 10,
+        max_groups: int = 1000,
+        timeout: float = 3600.0,
+    ) -> dict[str, Any]:
+        """Near-duplicate groups: `{"group_count", "images_in_groups", "groups": [{"representative",
+        "size", "members": [{"image_id", "filename", "similarity"}]}], ...}`, largest first."""
+        body = {"min_similarity": min_similarity, "k": k, "max_groups": max_groups}
+        accepted = self._json("POST", f"/v1/collections/{collection}/duplicates", json=body)
+        return self._search_result(accepted, timeout)
+
     # -- collections -----------------------------------------------------------------------------
 
     def collections(self) -> list[dict[str, Any]]:

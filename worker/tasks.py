@@ -19,6 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.queueing import (
     CLUSTER_TASK,
     DEADLINE_QUEUE,
+    DUPLICATES_TASK,
     EXPAND_TASK,
     INDEX_CHUNK_TASK,
     INDEX_QUEUE,
@@ -30,7 +31,7 @@ from shared.queueing import (
 )
 from shared.schemas import JobStatus, JobType
 from shared.shards import shard_queue
-from worker import clustering_job, expanding, indexing, reembedding, searching, webhooks
+from worker import clustering_job, duplicates_job, expanding, indexing, reembedding, searching, webhooks
 from worker.app import app, runtime_of
 from worker.context import JobContext, failed_item
 from worker.runtime import WorkerRuntime
@@ -63,6 +64,7 @@ FINISHERS: dict[JobType, Callable[[JobContext], None]] = {
     JobType.reembed: reembedding.finish_reembed_job,
     JobType.search: finish_single,
     JobType.cluster: finish_single,
+    JobType.duplicates: finish_single,
 }
 
 
@@ -189,6 +191,11 @@ def webhook(self: Task, job_id: str) -> None:
         secret.get_secret_value() if secret else "", rt.settings.webhook_max_attempts, rt.settings.webhook_backoff_s
     )
     webhooks.deliver(rt.store.redis, rt.jobs, rt.sources.fetcher, policy, job_id)
+
+
+@app.task(name=DUPLICATES_TASK, **TASK)
+def find_duplicates(self: Task, job_id: str, collection: str) -> None:
+    run(self, job_id, [0], duplicates_job.run_duplicates_job)
 
 
 @app.task(name=CLUSTER_TASK, **TASK)

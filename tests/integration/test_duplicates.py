@@ -1,0 +1,59 @@
+"""Near-duplicate groups through the service (issue 14): real Lite0 weights, 300 generated photos
+with 5 resized and re-encoded copies planted among them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.images import photo_bytes, reencode
+from tests.integration.client_helpers import index, wait_job
+from tests.integration.services import start_api, start_redis, start_worker
+
+ENV = {"EMBEDDING_MODEL": "efficientnet-lite0", "EMBEDDING_WEIGHTS": "imagenet"}
+PLANTED = [3, 50, 120, 200, 299]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("duplicates")
+    redis_service, url = start_redis(workdir)
+    worker = start_worker(url, workdir, "dup", **ENV)
+    api, api_base = start_api(url, workdir, **ENV)
+    yield api_base
+    for service in (api, worker, redis_service):
+        service.stop()
+
+
+def test_planted_copies_come_back_as_five_pairs(base: str) -> None:
+    originals = [(f"p{i}.jpg", photo_bytes(i)) for i in range(300)]
+    copies = [(f"copy-of-p{i}.jpg", reencode(originals[i][1], scale=0.9, quality=85)) for i in PLANTED]
+    with httpx.Client(base_url=base, timeout=60) as client:
+        job = index(client, "dups", originals + copies)
+        assert job["status"] == "succeeded", job["errors"][:3]
+        bad = client.post("/v1/collections/dups/duplicates", json={"min_similarity": 2})
+        assert bad.status_code == 422 and bad.json()["error"] == "validation_error"
+        resp = client.post("/v1/collections/dups/duplicates", json={"min_similarity": 0.95})
+        assert resp.status_code == 202, resp.text
+        job = wait_job(client, resp.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert result["images"] == 305
+    pairs = sorted(sorted(m["filename"] for m in g["members"]) for g in result["groups"])
+    assert pairs == sorted(sorted([f"p{i}.jpg", f"copy-of-p{i}.jpg"]) for i in PLANTED)
+    for group in result["groups"]:
+        assert group["size"] == 2 and group["members"][0]["similarity"] == 1.0
+        assert 0.95 <= group["members"][1]["similarity"] < 1.0
+
+
+def test_cli_lists_the_groups(base: str) -> None:
+    cmd = [sys.executable, "-m", "simsearch_client", "duplicates", "dups", "--min-similarity", "0.95", "--url", base]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("5 groups holding 10 of 305 images")
+    assert "copy-of-p3.jpg" in done.stdout
