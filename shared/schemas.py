@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -126,11 +126,29 @@ class Match(BaseModel):
     similarity: float
 
 
+class Example(BaseModel):
+    """One example of a multi-example query: a stored image or an image URL, weighted."""
+
+    model_config = ConfigDict(extra="forbid")
+    image_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    url: str | None = Field(None, max_length=2048)
+    weight: float = Field(1.0, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Example:
+        if (self.image_id is None) == (self.url is None):
+            raise ValueError("an example is an image_id or a url")
+        return self
+
+
 class SearchParams(BaseModel):
     k: int = Field(default=10, ge=1, le=1000)
     min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
     image_id: str | None = None  # search by a stored image instead of an upload
     url: str | None = None  # search by an image the worker fetches (shared/fetch.py rules)
+    # "More like these, less like those": normalise(sum w*positive - sum w*negative).
+    positive: list[Example] | None = None
+    negative: list[Example] | None = None
     filename: str | None = None  # of the uploaded query, for the record
     cluster: int | None = Field(default=None, ge=0)  # restrict matches to this cluster
 

@@ -173,6 +173,8 @@ def cmd_search(client: SimsearchClient, args: argparse.Namespace) -> int:
         result = client.search_by_id(args.collection, args.image_id, **options)
     elif args.query_url:
         result = client.search_by_url(args.collection, args.query_url, **options)
+    elif args.like:
+        result = client.search_examples(args.collection, args.like, args.unlike, **options)
     else:
         result = client.search(args.collection, Path(args.image), **options)
     if args.json:
@@ -371,6 +373,8 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     query.add_argument("image", nargs="?", metavar="IMAGE", help="query image file")
     query.add_argument("--id", dest="image_id", help="search with an image already in the collection")
     query.add_argument("--image-url", dest="query_url", help="search with an image the server fetches")
+    query.add_argument("--like", nargs="+", metavar="ID", help="more like these stored images (with --unlike)")
+    p.add_argument("--unlike", nargs="+", default=[], metavar="ID", help="less like these stored images")
     p.add_argument("--collection", "-c", required=True, metavar="C")
     p.add_argument("-k", type=positive_int, default=10, help="number of matches (default 10)")
     p.add_argument("--min-similarity", type=float, metavar="X", help="drop matches below this cosine similarity")

@@ -306,10 +306,31 @@ class SimsearchClient:
         """Search with an image the server fetches from `url` (public addresses only)."""
         return self._search_json(collection, {"url": url}, k, min_similarity, cluster, timeout)
 
+    def search_examples(
+        self,
+        collection: str,
+        positive: Sequence[str | dict[str, Any]],
+        negative: Sequence[str | dict[str, Any]] = (),
+        k: int = 10,
+        min_similarity: float | None = None,
+        cluster: int | None = None,
+        timeout: float = 600.0,
+    ) -> dict[str, Any]:
+        """More like `positive`, less like `negative`: stored image ids, or `{"image_id" | "url",
+        "weight"}` objects. No example is among the matches."""
+
+        def example(e: str | dict[str, Any]) -> dict[str, Any]:
+            return {"image_id": e} if isinstance(e, str) else dict(e)
+
+        body: dict[str, Any] = {"positive": [example(e) for e in positive]}
+        if negative:
+            body["negative"] = [example(e) for e in negative]
+        return self._search_json(collection, body, k, min_similarity, cluster, timeout)
+
     def _search_json(
         self,
         collection: str,
-        body: dict[str, str],
+        body: dict[str, Any],
         k: int,
         min_similarity: float | None,
         cluster: int | None,

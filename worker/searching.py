@@ -28,19 +28,58 @@ log = logging.getLogger(__name__)
 NO_MATCH = "No similar images found"
 
 
+def excluded(params: SearchParams) -> set[str]:
+    """Stored images a search is about, never among its matches ("more like this one")."""
+    examples = [*(params.positive or []), *(params.negative or [])]
+    return {i for i in [params.image_id, *(e.image_id for e in examples)] if i is not None}
+
+
+def search_excluding(index, query: np.ndarray, params: SearchParams, k: int, min_similarity, mask):
+    """The index's k best, the query's own examples left out (asked for that many more)."""
+    skip = excluded(params)
+    hits = index.search(query, k + len(skip), min_similarity, mask=mask)
+    return [h for h in hits if h[0] not in skip][:k]
+
+
+def _stored(ctx: JobContext, image_id: str) -> np.ndarray:
+    vec = ctx.store.stored_vector(ctx.collection, image_id)
+    if vec is None:
+        raise NotFound(f"image {image_id} is not in collection {ctx.collection!r}", code="image_not_found")
+    return vec
+
+
+def _fetched(ctx: JobContext, url: str) -> np.ndarray:
+    assert ctx.sources is not None
+    return _embedded(ctx, ctx.sources.get(url))  # FetchError: the job fails with its code
+
+
+def _combined(ctx: JobContext, params: SearchParams) -> np.ndarray:
+    total = np.zeros(0, dtype=np.float32)
+    for sign, examples in ((1.0, params.positive or []), (-1.0, params.negative or [])):
+        for e in examples:
+            vec = _stored(ctx, e.image_id) if e.image_id else _fetched(ctx, e.url or "")
+            total = sign * e.weight * vec if total.size == 0 else total + sign * e.weight * vec
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        detail = "the examples cancel out: no direction is left to search"
+        raise SimsearchError(detail, code="empty_query", status_code=422)
+    return (total / norm).astype(np.float32)
+
+
 def _query_vector(ctx: JobContext, params: SearchParams) -> np.ndarray:
     if params.image_id is not None:
-        vec = ctx.store.stored_vector(ctx.collection, params.image_id)
-        if vec is None:
-            raise NotFound(f"image {params.image_id} is not in collection {ctx.collection!r}", code="image_not_found")
-        return vec
+        return _stored(ctx, params.image_id)
+    if params.positive:
+        return _combined(ctx, params)
     if params.url is not None:
-        assert ctx.sources is not None
-        data: bytes | None = ctx.sources.get(params.url)  # FetchError: the job fails with its code
-    else:
-        data = ctx.store.blobs.get(keys.upload_blob(ctx.job_id, 0))
+        return _fetched(ctx, params.url)
+    data = ctx.store.blobs.get(keys.upload_blob(ctx.job_id, 0))
     if data is None:
         raise SimsearchError("the uploaded query image is gone (expired)", code="upload_expired", status_code=410)
+    return _embedded(ctx, data)
+
+
+def _embedded(ctx: JobContext, data: bytes) -> np.ndarray:
     decoded = decode_image(data, max_pixels=ctx.max_pixels)
     return ctx.embedder.embed(to_model_input(decoded.image, ctx.embedder.input_size)[None])[0]
 
@@ -67,12 +106,12 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
         labels = clustering[2]
         mask = np.fromiter((labels.get(i) == params.cluster for i in replica.index.ids), bool, len(replica.index))
     # Searching by a stored image means "more like this one": the image itself is not a match.
-    hits = replica.index.search(query, params.k, params.min_similarity, exclude=params.image_id, mask=mask)
+    hits = search_excluding(replica.index, query, params, params.k, params.min_similarity, mask)
     names = ctx.store.filenames(collection, [i for i, _ in hits])
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
     message = None
     if not matches:
-        best = replica.index.search(query, 1, None, exclude=params.image_id, mask=mask)
+        best = search_excluding(replica.index, query, params, 1, None, mask)
         message = NO_MATCH
         if best and params.min_similarity is not None:
             message += f" (none reached min_similarity={params.min_similarity}; the closest had {best[0][1]:.3f})"
@@ -186,13 +225,13 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
                 return
             labels = clustering[2]
             mask = np.fromiter((labels.get(i) == params.cluster for i in replica.index.ids), bool, len(replica.index))
-        hits = replica.index.search(query, params.k, params.min_similarity, exclude=params.image_id, mask=mask)
+        hits = search_excluding(replica.index, query, params, params.k, params.min_similarity, mask)
         answer["hits"] = [[i, sim] for i, sim in hits]
         answer["size"] = len(replica.index)
         if clustering is not None:
             answer["query_cluster"] = int(np.argmax(clustering[1] @ query))
         if not hits:
-            best = replica.index.search(query, 1, None, exclude=params.image_id, mask=mask)
+            best = search_excluding(replica.index, query, params, 1, None, mask)
             answer["best"] = best[0][1] if best else None
     answered = ctx.store.record_shard(ctx.job_id, shard, answer, ctx.jobs.lifecycle.job_ttl_s)
     if answered == shards:

@@ -16,23 +16,41 @@ from api.urls import MAX_URL_LENGTH, callback_params, valid_url
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, SimsearchError, UnsupportedMedia
 from shared.imaging import content_id, safe_filename, sniff_format
 from shared.queueing import SEARCH_QUEUE, SEARCH_TASK
-from shared.schemas import IMAGE_ID, JobAccepted, JobInput, JobType, SearchParams
+from shared.schemas import IMAGE_ID, Example, JobAccepted, JobInput, JobType, SearchParams
 
 router = APIRouter(prefix="/v1/collections/{collection}/search", tags=["search"], dependencies=[Depends(principal_of)])
 
 
+MAX_EXAMPLES = 100
+
+
 class SearchById(BaseModel):
-    """A stored image (`image_id`) or an image a worker fetches (`url`): exactly one."""
+    """A stored image (`image_id`), an image a worker fetches (`url`), or examples (`positive`,
+    optionally `negative`: stored ids or URLs, weighted): exactly one kind."""
 
     model_config = ConfigDict(extra="forbid")
     image_id: str | None = Field(None, pattern=IMAGE_ID.pattern)
     url: str | None = Field(None, max_length=MAX_URL_LENGTH)
+    positive: list[Example] | None = Field(None, min_length=1, max_length=MAX_EXAMPLES)
+    negative: list[Example] | None = Field(None, max_length=MAX_EXAMPLES)
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchById:
-        if (self.image_id is None) == (self.url is None):
-            raise ValueError("give exactly one of image_id and url")
+        if sum(x is not None for x in (self.image_id, self.url, self.positive)) != 1:
+            raise ValueError("give exactly one of image_id, url and positive")
+        if self.negative is not None and self.positive is None:
+            raise ValueError("negative examples need positive ones")
         return self
+
+
+async def _check_examples(store: StoreDep, collection: str, examples: list[Example]) -> None:
+    for e in examples:
+        if e.url is not None:
+            valid_url(e.url)
+    ids = [e.image_id for e in examples if e.image_id is not None]
+    missing = sorted(set(ids) - set(await store.existing(collection, ids))) if ids else []
+    if missing:
+        raise NotFound(f"not in collection {collection!r}: {', '.join(missing[:10])}", code="image_not_found")
 
 
 SEARCH_DOC = {
@@ -98,7 +116,11 @@ async def search(
         except ValidationError as exc:
             detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
             raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
-        if body.url is not None:
+        if body.positive is not None:
+            examples = [*body.positive, *(body.negative or [])]
+            await _check_examples(store, collection, examples)
+            params.positive, params.negative = body.positive, body.negative
+        elif body.url is not None:
             params.url = params.filename = valid_url(body.url)
         elif not await store.image_exists(collection, body.image_id):
             raise NotFound(f"no image {body.image_id} in collection {collection!r}", code="image_not_found")

@@ -3,6 +3,7 @@ with 5 resized and re-encoded copies planted among them."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,12 +31,19 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         service.stop()
 
 
-def test_planted_copies_come_back_as_five_pairs(base: str) -> None:
+@pytest.fixture(scope="module")
+def ids(base: str) -> dict[str, str]:
+    """The 305 images of collection `dups`: file name -> image id."""
     originals = [(f"p{i}.jpg", photo_bytes(i)) for i in range(300)]
     copies = [(f"copy-of-p{i}.jpg", reencode(originals[i][1], scale=0.9, quality=85)) for i in PLANTED]
     with httpx.Client(base_url=base, timeout=60) as client:
         job = index(client, "dups", originals + copies)
-        assert job["status"] == "succeeded", job["errors"][:3]
+    assert job["status"] == "succeeded", job["errors"][:3]
+    return {item["filename"]: item["image_id"] for item in job["result"]["items"]}
+
+
+def test_planted_copies_come_back_as_five_pairs(base: str, ids: dict[str, str]) -> None:
+    with httpx.Client(base_url=base, timeout=60) as client:
         bad = client.post("/v1/collections/dups/duplicates", json={"min_similarity": 2})
         assert bad.status_code == 422 and bad.json()["error"] == "validation_error"
         resp = client.post("/v1/collections/dups/duplicates", json={"min_similarity": 0.95})
@@ -51,9 +59,45 @@ def test_planted_copies_come_back_as_five_pairs(base: str) -> None:
         assert 0.95 <= group["members"][1]["similarity"] < 1.0
 
 
-def test_cli_lists_the_groups(base: str) -> None:
+def test_cli_lists_the_groups(base: str, ids: dict[str, str]) -> None:
     cmd = [sys.executable, "-m", "simsearch_client", "duplicates", "dups", "--min-similarity", "0.95", "--url", base]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("5 groups holding 10 of 305 images")
     assert "copy-of-p3.jpg" in done.stdout
+
+
+def _search(client: httpx.Client, body: dict) -> list[str]:
+    resp = client.post("/v1/collections/dups/search", params={"k": 10}, json=body)
+    assert resp.status_code == 202, resp.text
+    job = wait_job(client, resp.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    return [m["image_id"] for m in job["result"]["matches"]]
+
+
+def test_positive_and_negative_examples_move_the_results(base: str, ids: dict[str, str]) -> None:
+    a, b = ids["p10.jpg"], ids["p11.jpg"]
+    with httpx.Client(base_url=base, timeout=60) as client:
+        like_a = _search(client, {"positive": [{"image_id": a}]})
+        assert like_a == _search(client, {"image_id": a})  # one positive example is a search by it
+        nearest = like_a[0]
+        pushed = _search(client, {"positive": [{"image_id": a}], "negative": [{"image_id": nearest, "weight": 2}]})
+        both = _search(client, {"positive": [{"image_id": a}, {"image_id": b}]})
+        unknown = client.post("/v1/collections/dups/search", json={"positive": [{"image_id": "0" * 32}]})
+        lonely = client.post("/v1/collections/dups/search", json={"negative": [{"image_id": a}]})
+    assert a not in like_a and nearest not in pushed and a not in pushed  # examples are never matches
+    assert pushed != like_a[1:]  # "less like that" reorders the rest, not only drops the example
+    assert a not in both and b not in both
+    assert unknown.status_code == 404 and unknown.json()["error"] == "image_not_found"
+    assert lonely.status_code == 422 and lonely.json()["error"] == "validation_error"
+
+
+def test_cli_searches_with_examples(base: str, ids: dict[str, str]) -> None:
+    a, b = ids["p20.jpg"], ids["p21.jpg"]
+    cmd = [sys.executable, "-m", "simsearch_client", "search", "--like", a, "--unlike", b, "-c", "dups", "--json"]
+    done = subprocess.run(
+        [*cmd, "--url", base], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2]
+    )
+    assert done.returncode == 0, done.stderr
+    matches = [m["image_id"] for m in json.loads(done.stdout)["matches"]]
+    assert len(matches) == 10 and a not in matches and b not in matches
