@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,3 +114,18 @@ def start_api(redis_url: str, workdir: Path, access_log: bool = True, **extra: s
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(base + "/healthz").status_code == 200, 30, "api", service.proc, service.log)
     return service, base
+
+
+@contextmanager
+def small_stack(workdir: Path, worker_name: str, **env: str) -> Iterator[str]:
+    """Redis, one worker and the API, sharing `env`; yields the API's base URL, stops all after."""
+    redis_service, url = start_redis(workdir)
+    services = [redis_service]
+    try:
+        services.append(start_worker(url, workdir, worker_name, **env))
+        api, base = start_api(url, workdir, **env)
+        services.append(api)
+        yield base
+    finally:
+        for service in reversed(services):
+            service.stop()

@@ -14,7 +14,7 @@ import pytest
 
 from tests.images import photo_bytes, reencode
 from tests.integration.client_helpers import index, wait_job
-from tests.integration.services import start_api, start_redis, start_worker
+from tests.integration.services import small_stack
 
 ENV = {"EMBEDDING_MODEL": "efficientnet-lite0", "EMBEDDING_WEIGHTS": "imagenet"}
 PLANTED = [3, 50, 120, 200, 299]
@@ -22,13 +22,8 @@ PLANTED = [3, 50, 120, 200, 299]
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    workdir = tmp_path_factory.mktemp("duplicates")
-    redis_service, url = start_redis(workdir)
-    worker = start_worker(url, workdir, "dup", **ENV)
-    api, api_base = start_api(url, workdir, **ENV)
-    yield api_base
-    for service in (api, worker, redis_service):
-        service.stop()
+    with small_stack(tmp_path_factory.mktemp("duplicates"), "dup", **ENV) as api_base:
+        yield api_base
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 from tests.images import photo_bytes
 from tests.integration.client_helpers import wait_job
 from tests.integration.seaweed import s3_client, start_seaweedfs
-from tests.integration.services import start_api, start_redis, start_worker
+from tests.integration.services import small_stack
 
 SECRET = "test-webhook-secret"
 BUCKET = "imports"
@@ -92,18 +92,12 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory):
     service.stop()
 
 
-def _stack(workdir: Path, **env: str) -> Iterator[str]:
-    redis_service, url = start_redis(workdir)
-    common = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_BACKOFF_S": "0.5", **env}
-    worker = start_worker(url, workdir, "imp", **common)
-    api, base = start_api(url, workdir, **common)
-    yield base
-    for service in (api, worker, redis_service):
-        service.stop()
+def _stack(workdir: Path, **env: str):
+    return small_stack(workdir, "imp", WEBHOOK_SECRET=SECRET, WEBHOOK_BACKOFF_S="0.5", **env)
 
 
 @pytest.fixture(scope="module")
-def open_api(tmp_path_factory: pytest.TempPathFactory, seaweed: str) -> Iterator[tuple[str, int]]:
+def open_api(tmp_path_factory: pytest.TempPathFactory, seaweed: str) -> Iterator[str]:
     """A stack whose workers may fetch from loopback (FETCH_ALLOW_PRIVATE=true)."""
     s3 = s3_client(seaweed)
     s3.create_bucket(Bucket=BUCKET)
@@ -114,18 +108,15 @@ def open_api(tmp_path_factory: pytest.TempPathFactory, seaweed: str) -> Iterator
         "IMPORT_S3_ACCESS_KEY_ID": "simsearch-test",
         "IMPORT_S3_SECRET_ACCESS_KEY": "simsearch-test-secret",
     }
-    workdir = tmp_path_factory.mktemp("imports-open")
-    stack = _stack(workdir, **env)
-    yield next(stack)
-    next(stack, None)
+    with _stack(tmp_path_factory.mktemp("imports-open"), **env) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def closed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The production default: workers refuse every non-public address."""
-    stack = _stack(tmp_path_factory.mktemp("imports-closed"))
-    yield next(stack)
-    next(stack, None)
+    with _stack(tmp_path_factory.mktemp("imports-closed")) as base:
+        yield base
 
 
 def _client(base: str) -> httpx.Client:
