@@ -11,7 +11,12 @@ from api.errors import send_error
 from shared.errors import PayloadTooLarge
 
 # Routes whose body is a multipart upload (files): these get the general request cap.
-UPLOAD_ROUTES = (re.compile(r"^/v1/collections/[^/]+/images$"), re.compile(r"^/v1/collections/[^/]+/search$"))
+UPLOAD_ROUTES = (
+    re.compile(r"^/v1/collections/[^/]+/images$"),
+    re.compile(r"^/v1/collections/[^/]+/search$"),
+    re.compile(r"^/v1/collections/[^/]+/search/batch$"),
+)
+BATCH_ROUTE = re.compile(r"^/v1/collections/[^/]+/search/batch$")
 LOOKUP_ROUTE = re.compile(r"^/v1/collections/[^/]+/images/lookup$")
 IMPORT_ROUTE = re.compile(r"^/v1/collections/[^/]+/imports$")
 
@@ -38,8 +43,8 @@ def body_cap(method: str, path: str, content_type: str | None, caps: Mapping[str
     multipart = media_type(content_type) == "multipart/form-data"
     if method == "POST" and multipart and any(route.match(path) for route in UPLOAD_ROUTES):
         return caps["upload"]
-    if method == "POST" and LOOKUP_ROUTE.match(path):
-        return caps["lookup"]
+    if method == "POST" and (LOOKUP_ROUTE.match(path) or (BATCH_ROUTE.match(path) and not multipart)):
+        return caps["lookup"]  # up to 10,000 image ids
     if method == "POST" and IMPORT_ROUTE.match(path):
         # A URL list as a file (text, CSV, multipart) is streamed to disk; as JSON it is parsed.
         return caps["import"] if media_type(content_type) == "application/json" else caps["upload"]

@@ -20,7 +20,7 @@ from api.janitor import sweep_uploads_forever
 from api.limits import BodySizeLimit
 from api.metrics import HttpMetrics, RequestMetrics
 from api.queue import TaskQueue
-from api.routes import clusters, collections, duplicates, export, health, images, imports, jobs, metrics, search
+from api.routes import batch, clusters, collections, duplicates, export, health, images, imports, jobs, metrics, search
 from api.settings import ApiSettings
 from api.store import ApiStore
 from api.waiter import JobWaiter
@@ -87,7 +87,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(JobPollCache, metrics=request_metrics)
     app.add_middleware(AccessGate, settings=settings, metrics=request_metrics)
     install_error_handlers(app)
-    for module in (health, metrics, jobs, collections, images, imports, search, clusters, duplicates, export):
+    for module in (health, metrics, jobs, collections, images, imports, batch, search, clusters, duplicates, export):
         app.include_router(module.router)
     # The web gallery: plain files, no build step.
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="gallery")

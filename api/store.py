@@ -73,6 +73,7 @@ class ApiStore:
         params: dict[str, Any],
         uploads: list[Upload],
         sources: list[tuple[dict[str, Any], Path | None]],
+        job_type: JobType = JobType.index,
     ) -> None:
         """An index job that workers grow: `sources` are (spec, file to store or None), e.g. an
         archive or a URL list (stored as a source blob), or a bucket prefix (nothing to store)."""
@@ -84,7 +85,13 @@ class ApiStore:
             await self.blobs.put_many(data)
         params = {**params, "sources": [spec for spec, _ in sources]}
         inputs = [u.input for u in uploads]
-        await self.jobs.create(job_id, JobType.index, collection, params, inputs, sources=len(sources))
+        await self.jobs.create(job_id, job_type, collection, params, inputs, sources=len(sources))
+
+    async def results(self, job_id: str, offset: int, limit: int) -> list[dict[str, Any] | None]:
+        """A batch search's answers for queries offset..offset+limit (None: failed or not yet)."""
+        fields = [str(i) for i in range(offset, offset + limit)]
+        raw = await self.redis.hmget(keys.job_results(job_id), fields) if fields else []
+        return [json.loads(r) if r else None for r in raw]
 
     async def get_job(self, job_id: str) -> JobView | None:
         return await self.jobs.get(job_id)

@@ -105,6 +105,10 @@ def job_errors(job_id: str) -> str:
     return f"ss:job:{job_id}:errors"  # list of ItemError JSON, in arrival order
 
 
+def job_results(job_id: str) -> str:
+    return f"ss:job:{job_id}:results"  # hash: query index -> {"query", "image_id", "matches"} JSON
+
+
 def job_batches(job_id: str) -> str:
     return f"ss:job:{job_id}:batches"  # hash: "<source>:<n>" -> first item index; "done:<source>"
 

@@ -17,6 +17,7 @@ CLUSTER_TASK = "simsearch.cluster"
 SEARCH_SHARD_TASK = "simsearch.search_shard"  # sent to shared.shards.shard_queue(shard)
 SEARCH_DEADLINE_TASK = "simsearch.search_deadline"
 DUPLICATES_TASK = "simsearch.duplicates"
+BATCH_CHUNK_TASK = "simsearch.search_batch_chunk"  # a chunk of a batch search's queries
 EXPAND_TASK = "simsearch.expand"  # list an archive / URL file / bucket into its job's items
 WEBHOOK_QUEUE = "webhooks"
 WEBHOOK_TASK = "simsearch.webhook"
@@ -40,6 +41,7 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, A
             SEARCH_DEADLINE_TASK: {"queue": DEADLINE_QUEUE},
             EXPAND_TASK: {"queue": INDEX_QUEUE},
             DUPLICATES_TASK: {"queue": INDEX_QUEUE},
+            BATCH_CHUNK_TASK: {"queue": INDEX_QUEUE},
             WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
         },
         "broker_transport_options": broker_transport_options(visibility_timeout_s),

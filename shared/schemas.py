@@ -24,6 +24,7 @@ class JobType(StrEnum):
     reembed = "reembed"
     cluster = "cluster"
     duplicates = "duplicates"
+    batch_search = "batch_search"
 
 
 class JobStatus(StrEnum):
@@ -62,6 +63,7 @@ class JobInput(BaseModel):
     image_id: str
     size: int
     url: str | None = None
+    stored: bool = False  # a batch search's query that is an image of the collection (image_id)
     metadata: dict[str, Any] | None = None
     # Set when the API already rejected the item (e.g. over the per-file size limit): the worker
     # records the failure without touching the bytes.

@@ -167,7 +167,32 @@ def print_matches(result: dict[str, Any]) -> None:
     out(footer)
 
 
+BATCH_QUERIES = 1000
+
+
+def _search_batch(client: SimsearchClient, args: argparse.Namespace) -> int:
+    images = discover([args.batch]).images
+    for start in range(0, len(images), BATCH_QUERIES):
+        group = images[start : start + BATCH_QUERIES]
+        queries = [(str(c.path.relative_to(args.batch)), c.path.read_bytes()) for c in group]
+        accepted = client.search_batch(args.collection, queries, k=args.k, min_similarity=args.min_similarity)
+        follow_job(client, accepted, "searching")
+        for row in client.batch_results(accepted["job_id"]):
+            if row is None:
+                continue
+            if args.json:
+                out(json.dumps(row, ensure_ascii=False))  # JSON lines: one row per query
+            elif row["matches"]:
+                best = row["matches"][0]
+                out(f"{row['query']}\t{best['similarity']:.4f}\t{best['filename']}\t{best['image_id']}")
+            else:
+                out(f"{row['query']}\t-\tno match")
+    return EXIT_OK
+
+
 def cmd_search(client: SimsearchClient, args: argparse.Namespace) -> int:
+    if args.batch:
+        return _search_batch(client, args)
     options = {"k": args.k, "min_similarity": args.min_similarity, "cluster": args.cluster}
     if args.image_id:
         result = client.search_by_id(args.collection, args.image_id, **options)
@@ -374,6 +399,7 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     query.add_argument("--id", dest="image_id", help="search with an image already in the collection")
     query.add_argument("--image-url", dest="query_url", help="search with an image the server fetches")
     query.add_argument("--like", nargs="+", metavar="ID", help="more like these stored images (with --unlike)")
+    query.add_argument("--batch", metavar="DIR", help="every image of a folder as a query (one job per 1,000)")
     p.add_argument("--unlike", nargs="+", default=[], metavar="ID", help="less like these stored images")
     p.add_argument("--collection", "-c", required=True, metavar="C")
     p.add_argument("-k", type=positive_int, default=10, help="number of matches (default 10)")

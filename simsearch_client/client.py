@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -326,6 +326,35 @@ class SimsearchClient:
         if negative:
             body["negative"] = [example(e) for e in negative]
         return self._search_json(collection, body, k, min_similarity, cluster, timeout)
+
+    def search_batch(
+        self,
+        collection: str,
+        queries: Sequence[tuple[str, bytes]] | None = None,
+        image_ids: Sequence[str] | None = None,
+        all_images: bool = False,
+        k: int = 10,
+        min_similarity: float | None = None,
+    ) -> dict[str, Any]:
+        """Queue a batch search: (name, bytes) uploads (≤ 1,000), stored `image_ids`, or
+        `all_images`. Returns `{"job_id", ...}`; follow it with `wait`, read it with `batch_results`."""
+        params = self._search_params(k, min_similarity, None)
+        path = f"/v1/collections/{collection}/search/batch"
+        if queries is not None:
+            files = [("files", (name, data, "application/octet-stream")) for name, data in queries]
+            return self._json("POST", path, params=params, files=files)
+        body = {"all": True} if all_images else {"image_ids": list(image_ids or [])}
+        return self._json("POST", path, params=params, json=body)
+
+    def batch_results(self, job_id: str) -> Iterator[dict[str, Any] | None]:
+        """Every answer of a batch search, in query order, streamed (JSON lines)."""
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/results", params={"format": "jsonl"}) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error_from_response(response)
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
 
     def _search_json(
         self,

@@ -144,9 +144,16 @@ def _end_source(ctx: JobContext, source: int) -> None:
 
 def _items(ctx: JobContext, source: int, spec: dict, tmp: Path, limits: ArchiveLimits, meta_max: int) -> Iterator[Item]:
     path = tmp / "source"
+    if spec["kind"] == "collection":  # a batch search of every image against the collection
+        _listing(ctx, source, path, lambda: ((i, 0) for i in ctx.store.vector_ids(ctx.collection)))
+        with path.open("r", encoding="utf-8") as fh:
+            for line in fh:
+                image_id = line.split("\t", 1)[0]
+                yield JobInput(filename=image_id, image_id=image_id, size=0, stored=True), None
+        return
     if spec["kind"] == "bucket":
         try:
-            _bucket_listing(ctx, source, spec["url"], path)
+            _listing(ctx, source, path, lambda: ctx.sources.buckets.list_images(spec["url"]))  # type: ignore[union-attr]
         except FetchError as exc:
             yield _rejected(spec["url"], exc.code, exc.detail)
             return
@@ -165,16 +172,16 @@ def _items(ctx: JobContext, source: int, spec: dict, tmp: Path, limits: ArchiveL
             yield from url_lines(_bounded_lines(fh), meta_max)
 
 
-def _bucket_listing(ctx: JobContext, source: int, url: str, path: Path) -> None:
-    """The prefix's image objects as `s3-url<TAB>size` lines in `path`. Listed once, then kept as
-    the source's blob: a redelivered expansion walks the same list even if the bucket changed."""
+def _listing(ctx: JobContext, source: int, path: Path, entries: Callable[[], Iterable[tuple[str, int]]]) -> None:
+    """`name<TAB>size` lines in `path` (a bucket's image objects, a collection's ids). Listed
+    once, then kept as the source's blob: a redelivered expansion walks the same list even if
+    the bucket or the collection changed meanwhile."""
     key = keys.source_blob(ctx.job_id, source)
     if ctx.store.blobs.get_file(key, path):
         return
-    assert ctx.sources is not None
     with path.open("w", encoding="utf-8") as out:
-        for object_url, size in ctx.sources.buckets.list_images(url):
-            out.write(f"{object_url}\t{size}\n")
+        for name, size in entries():
+            out.write(f"{name}\t{size}\n")
     ctx.store.blobs.put_file(key, path)
 
 

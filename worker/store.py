@@ -278,6 +278,13 @@ class WorkerStore:
         raw = self.redis.hgetall(keys.job_shards(job_id))
         return {int(k): json.loads(v) for k, v in raw.items()}
 
+    def put_results(self, job_id: str, rows: dict[str, str], ttl_s: int) -> None:
+        """A batch search's answers by query index (the same values if a chunk runs twice)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keys.job_results(job_id), mapping=rows)
+        pipe.expire(keys.job_results(job_id), ttl_s)
+        pipe.execute()
+
     def vector_ids(self, collection: str) -> list[str]:
         return [_s(k) for k in self.redis.hkeys(keys.vectors(collection))]  # type: ignore[misc]
 

@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.queueing import (
+    BATCH_CHUNK_TASK,
     CLUSTER_TASK,
     DEADLINE_QUEUE,
     DUPLICATES_TASK,
@@ -31,7 +32,7 @@ from shared.queueing import (
 )
 from shared.schemas import JobStatus, JobType
 from shared.shards import shard_queue
-from worker import clustering_job, duplicates_job, expanding, indexing, reembedding, searching, webhooks
+from worker import batch_search, clustering_job, duplicates_job, expanding, indexing, reembedding, searching, webhooks
 from worker.app import app, runtime_of
 from worker.context import JobContext, failed_item
 from worker.runtime import WorkerRuntime
@@ -65,6 +66,7 @@ FINISHERS: dict[JobType, Callable[[JobContext], None]] = {
     JobType.search: finish_single,
     JobType.cluster: finish_single,
     JobType.duplicates: finish_single,
+    JobType.batch_search: batch_search.finish_batch_search,
 }
 
 
@@ -171,12 +173,14 @@ EXPAND_LIMITS = {"soft_time_limit": 3 * 3600, "time_limit": 3 * 3600 + 120}
 def expand(self: Task, job_id: str, collection: str, source: int) -> None:
     rt = runtime_of(self.app)
     size = rt.settings.index_chunk_size
+    record = rt.jobs.load(job_id)
+    chunk_task = BATCH_CHUNK_TASK if record is not None and record.type is JobType.batch_search else INDEX_CHUNK_TASK
 
     def send_chunks(first: int, count: int) -> None:
         with self.app.producer_or_acquire() as producer:
             for start in range(first, first + count, size):
                 chunk = list(range(start, min(start + size, first + count)))
-                self.app.send_task(INDEX_CHUNK_TASK, [job_id, collection, chunk], queue=INDEX_QUEUE, producer=producer)
+                self.app.send_task(chunk_task, [job_id, collection, chunk], queue=INDEX_QUEUE, producer=producer)
 
     limits, meta_max = rt.settings.archive_limits, rt.settings.metadata_max_bytes_per_image
     # A source that cannot be listed at all fails as one item of the job (run() records it).
@@ -191,6 +195,11 @@ def webhook(self: Task, job_id: str) -> None:
         secret.get_secret_value() if secret else "", rt.settings.webhook_max_attempts, rt.settings.webhook_backoff_s
     )
     webhooks.deliver(rt.store.redis, rt.jobs, rt.sources.fetcher, policy, job_id)
+
+
+@app.task(name=BATCH_CHUNK_TASK, **TASK)
+def search_batch_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
+    run(self, job_id, indices, lambda ctx: batch_search.search_batch_chunk(ctx, indices))
 
 
 @app.task(name=DUPLICATES_TASK, **TASK)

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
 
 from api.auth import Principal, principal_of, require_scope
 from api.deps import SettingsDep, StoreDep, WaiterDep
 from shared.errors import NotFound
-from shared.schemas import JOB_ID, JobView
+from shared.schemas import JOB_ID, JobType, JobView
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(principal_of)])
 
@@ -36,3 +40,39 @@ async def get_job(
             event.clear()
             job = await store.get_job(job_id) or job
     return job
+
+
+RESULTS_PAGE = 1000
+
+
+@router.get("/{job_id}/results", response_model=None)
+async def get_results(
+    job_id: str,
+    store: StoreDep,
+    principal: Principal,
+    offset: int = Query(0, ge=0, le=10**9),
+    limit: int = Query(100, ge=1, le=RESULTS_PAGE),
+    format: Literal["json", "jsonl"] = Query("json", description="jsonl: every result, streamed"),
+) -> dict[str, Any] | StreamingResponse:
+    """A batch search's answers in query order: `{"results": [{"query", "image_id", "matches"}],
+    "total", "offset", "limit"}` (a query that failed, or is not answered yet, is `null`), or all
+    of them as JSON lines."""
+    job = await store.get_job(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None or job.type is not JobType.batch_search:
+        raise NotFound(f"no batch search job {job_id!r}", code="job_not_found")
+    require_scope(principal, job.collection)
+    total = job.progress.total
+    if format == "json":
+        return {
+            "results": await store.results(job_id, offset, max(0, min(limit, total - offset))),
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+        }
+
+    async def lines() -> AsyncIterator[bytes]:
+        for start in range(offset, total, RESULTS_PAGE):
+            page = await store.results(job_id, start, min(RESULTS_PAGE, total - start))
+            yield b"".join(json.dumps(r).encode() + b"\n" for r in page)
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

@@ -96,3 +96,52 @@ def test_cli_searches_with_examples(base: str, ids: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
     matches = [m["image_id"] for m in json.loads(done.stdout)["matches"]]
     assert len(matches) == 10 and a not in matches and b not in matches
+
+
+def test_batch_search_of_uploaded_copies_finds_each_original(base: str, ids: dict[str, str]) -> None:
+    copies = [(f"q{i}.jpg", reencode(photo_bytes(i))) for i in range(20)]
+    with httpx.Client(base_url=base, timeout=60) as client:
+        files = [("files", (name, data, "image/jpeg")) for name, data in copies]
+        resp = client.post("/v1/collections/dups/search/batch", params={"k": 5}, files=files)
+        assert resp.status_code == 202, resp.text
+        job = wait_job(client, resp.json()["job_id"])
+        assert job["status"] == "succeeded" and job["progress"] == {"total": 20, "done": 20, "failed": 0}
+        page = client.get(f"/v1/jobs/{job['job_id']}/results", params={"offset": 5, "limit": 10}).json()
+        lines = client.get(f"/v1/jobs/{job['job_id']}/results", params={"format": "jsonl"}).text.splitlines()
+    assert page["total"] == 20 and [r["query"] for r in page["results"]] == [f"q{i}.jpg" for i in range(5, 15)]
+    rows = [json.loads(line) for line in lines]
+    assert [r["query"] for r in rows] == [name for name, _ in copies]
+    for i, row in enumerate(rows):
+        # The original comes first (or its planted copy, for the photos that have one).
+        assert row["matches"][0]["filename"] in (f"p{i}.jpg", f"copy-of-p{i}.jpg"), row
+        assert ids[f"p{i}.jpg"] in [m["image_id"] for m in row["matches"][:2]]
+        assert len(row["matches"]) == 5
+
+
+def test_batch_search_of_all_matches_direct_searches(base: str, ids: dict[str, str]) -> None:
+    with httpx.Client(base_url=base, timeout=60) as client:
+        resp = client.post("/v1/collections/dups/search/batch", params={"k": 3}, json={"all": True})
+        assert resp.status_code == 202, resp.text
+        job = wait_job(client, resp.json()["job_id"])
+        assert job["status"] == "succeeded" and job["progress"]["total"] == len(ids)
+        rows = [json.loads(x) for x in client.get(f"/v1/jobs/{job['job_id']}/results?format=jsonl").text.splitlines()]
+        assert len(rows) == len(ids) and {r["image_id"] for r in rows} == set(ids.values())
+        for row in rows[:: len(rows) // 15]:  # a sample, against the single search
+            direct = client.post("/v1/collections/dups/search", params={"k": 3}, json={"image_id": row["image_id"]})
+            single = wait_job(client, direct.json()["job_id"])["result"]["matches"]
+            assert [m["image_id"] for m in row["matches"]] == [m["image_id"] for m in single]
+            assert row["image_id"] not in [m["image_id"] for m in row["matches"]]
+        bad = client.post("/v1/collections/dups/search/batch", json={"image_ids": ["nope"]})
+        assert bad.status_code == 422 and bad.json()["error"] == "validation_error"
+
+
+def test_cli_batch_search_of_a_folder(base: str, ids: dict[str, str], tmp_path: Path) -> None:
+    for i in range(6):
+        (tmp_path / f"q{i}.jpg").write_bytes(reencode(photo_bytes(40 + i)))
+    cmd = [sys.executable, "-m", "simsearch_client", "search", "--batch", str(tmp_path), "-c", "dups", "-k", "3"]
+    done = subprocess.run(
+        [*cmd, "--url", base], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2]
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("\t") for line in done.stdout.splitlines() if line.startswith("q")]
+    assert sorted((q, name) for q, _, name, _ in rows) == [(f"q{i}.jpg", f"p{40 + i}.jpg") for i in range(6)]

@@ -1,0 +1,93 @@
+"""Batch search: one job, many queries (uploads, stored images, or every image of the collection),
+answered a chunk at a time; results read a page at a time from `GET /v1/jobs/{id}/results`."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from api.auth import principal_of
+from api.compat import require_current_model
+from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
+from api.limits import media_type
+from api.store import Upload
+from api.uploads import files_of, read_form, to_uploads
+from api.urls import callback_params
+from shared.errors import Conflict, InvalidRequest, NotFound, SimsearchError, UnsupportedMedia
+from shared.queueing import BATCH_CHUNK_TASK, EXPAND_TASK, INDEX_QUEUE
+from shared.schemas import IMAGE_ID, JobAccepted, JobInput, JobType
+
+router = APIRouter(
+    prefix="/v1/collections/{collection}/search/batch", tags=["search"], dependencies=[Depends(principal_of)]
+)
+
+MAX_IDS = 10_000
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_ids: list[str] | None = Field(None, min_length=1, max_length=MAX_IDS)
+    all: bool = False
+    callback_url: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> BatchRequest:
+        if (self.image_ids is not None) == self.all:
+            raise ValueError('give "image_ids" or "all": true')
+        if self.image_ids and (bad := [i for i in self.image_ids if not IMAGE_ID.fullmatch(i)]):
+            raise ValueError(f"not image ids: {bad[:5]}")
+        return self
+
+
+@router.post("", status_code=202, response_model=JobAccepted)
+async def search_batch(
+    collection: CollectionName,
+    request: Request,
+    store: StoreDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    k: int = Query(10, ge=1, le=1000),
+    min_similarity: float | None = Query(None, ge=-1.0, le=1.0),
+    callback_url: str | None = Query(None, description="POSTed the job (signed) when it ends"),
+) -> JobAccepted:
+    """Search with many queries in one job: uploaded `files` (up to 1,000), `{"image_ids": [...]}`,
+    or `{"all": true}` (each image against the collection, itself excluded). Progress counts
+    queries; `GET /v1/jobs/{id}/results?offset=&limit=` pages the answers (or `format=jsonl`)."""
+    if k > settings.max_k:
+        raise InvalidRequest(f"k is at most {settings.max_k}", code="k_too_large")
+    info = await store.collection(collection)
+    if info is None:
+        raise NotFound(f"no collection {collection!r}", code="collection_not_found")
+    require_current_model(info, settings)
+    if info.shards > 1:
+        raise Conflict("batch search of a sharded collection is not supported yet", code="sharded_collection")
+    params = {"collection": collection, "k": k, "min_similarity": min_similarity}
+    job_id = uuid.uuid4().hex
+    kind = media_type(request.headers.get("content-type"))
+    if kind == "application/json":
+        try:
+            body = BatchRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+            raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
+        params |= callback_params(body.callback_url or callback_url, settings)
+        if body.all:
+            spec = {"kind": "collection"}
+            await store.create_job_with_sources(job_id, collection, params, [], [(spec, None)], JobType.batch_search)
+            await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE)
+            return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
+        ids = body.image_ids or []
+        uploads = [Upload(JobInput(filename=i, image_id=i, size=0, stored=True), None) for i in ids]
+    elif kind == "multipart/form-data":
+        params |= callback_params(callback_url, settings)
+        files = files_of(await read_form(request, settings), "files")
+        if not files:
+            raise InvalidRequest("the form has no 'files' parts", code="no_files")
+        uploads = await to_uploads(files, {}, settings)
+    else:
+        raise UnsupportedMedia('send query images as multipart "files", or JSON {"image_ids"} or {"all": true}')
+    await store.create_job(job_id, JobType.batch_search, collection, params, uploads)
+    await queue.send_chunks(BATCH_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
+    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))

@@ -1,0 +1,88 @@
+"""A chunk of a batch search: embed its uploaded queries in one forward pass (stored ones need
+none), search each against this worker's replica, store each query's matches, record progress.
+
+Results live in a hash per job (query index -> JSON), read a page at a time by
+`GET /v1/jobs/{id}/results`: a million-row result is never one JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from shared import keys
+from shared.errors import Conflict, SimsearchError
+from shared.jobs import final_status
+from shared.schemas import ItemError, ItemStatus, JobInput, SearchParams
+from worker.context import JobContext, Outcome, failed_item, ok
+from worker.indexing import PASS_THROUGH, Pending, drop_uploads, prepare_item
+from worker.searching import search_excluding
+
+
+def _vectors(ctx: JobContext, indices: list[int], inputs: list) -> tuple[dict[int, np.ndarray], list[Outcome]]:
+    """Each query's vector by item index, and the items that failed on the way."""
+    out: dict[int, np.ndarray] = {}
+    failures: list[Outcome] = []
+    pending: list[Pending] = []
+    for index, inp in zip(indices, inputs, strict=True):
+        if isinstance(inp, ItemError):
+            failures.append(failed_item(index, None, inp.error, inp.detail))
+        elif inp.rejected is not None:
+            failures.append(failed_item(index, inp, inp.rejected.error, inp.rejected.detail))
+        elif inp.stored:
+            vec = ctx.store.stored_vector(ctx.collection, inp.image_id)
+            if vec is None:
+                failures.append(failed_item(index, inp, "image_not_found", "not in the collection (deleted?)"))
+            else:
+                out[index] = vec
+        else:
+            step = prepare_item(ctx, index, inp, ctx.store.blobs.get(keys.upload_blob(ctx.job_id, index)))
+            (pending.append(step) if isinstance(step, Pending) else failures.append(step))
+    if pending:
+        embedded = ctx.embedder.embed(np.stack([p.image.pixels for p in pending]))  # type: ignore[union-attr]
+        out.update({p.index: vec for p, vec in zip(pending, embedded, strict=True)})
+    return out, failures
+
+
+def search_batch_chunk(ctx: JobContext, indices: list[int]) -> None:
+    ctx.jobs.mark_running(ctx.job_id)
+    params = SearchParams.model_validate({k: v for k, v in ctx.job.params.items() if k in ("k", "min_similarity")})
+    inputs = ctx.jobs.inputs(ctx.job_id, indices)
+    replica = ctx.replicas.sync(ctx.collection)
+    if replica is not None and replica.model != ctx.embedder.name:
+        raise Conflict(f"collection {ctx.collection!r} was built with model {replica.model!r}", code="model_mismatch")
+    try:
+        vectors, outcomes = _vectors(ctx, indices, inputs)
+    except PASS_THROUGH:
+        raise
+    except SimsearchError as exc:  # the forward pass failed: every query of the chunk fails with it
+        pairs = zip(indices, inputs, strict=True)
+        vectors, outcomes = {}, [failed_item(i, inp, exc.code, exc.detail) for i, inp in pairs]
+    answers: dict[int, list[tuple[str, float]]] = {}
+    for index, vec in vectors.items():
+        inp = inputs[indices.index(index)]
+        # A stored query is not among its own matches, as in a single search by id.
+        own = params.model_copy(update={"image_id": inp.image_id if inp.stored else None})
+        found = search_excluding(replica.index, vec, own, params.k, params.min_similarity, None) if replica else []
+        answers[index] = found
+    names = iter(ctx.store.filenames(ctx.collection, [i for hits in answers.values() for i, _ in hits]))
+    rows = {}
+    for index, hits in answers.items():
+        inp = inputs[indices.index(index)]
+        assert isinstance(inp, JobInput)
+        matches = [{"image_id": i, "filename": next(names), "similarity": round(s, 6)} for i, s in hits]
+        rows[str(index)] = json.dumps({"query": inp.filename, "image_id": inp.image_id or None, "matches": matches})
+        outcomes.append(ok(index, inp, ItemStatus.created))
+    if rows:
+        ctx.store.put_results(ctx.job_id, rows, ctx.jobs.lifecycle.job_ttl_s)
+    complete = ctx.jobs.record_items(ctx.job_id, outcomes)
+    drop_uploads(ctx, indices)
+    if complete == 1:
+        finish_batch_search(ctx)
+
+
+def finish_batch_search(ctx: JobContext) -> None:
+    total, failures = ctx.jobs.counts(ctx.job_id)
+    summary = {"queries": total, "failed": failures, "results_url": f"/v1/jobs/{ctx.job_id}/results"}
+    ctx.jobs.finish(ctx.job_id, final_status(total, failures), summary)
