@@ -48,6 +48,9 @@ SOURCE_DONE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[2], 'done:' .. ARGV[1], 1) == 1 then
   redis.call('HINCRBY', KEYS[1], 'sources', -1)
+  -- A source with no batch creates the hash here: it lives as long as its job.
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 end
 local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
 local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
