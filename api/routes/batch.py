@@ -6,16 +6,16 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import principal_of
-from api.compat import require_current_model
+from api.bodies import parse_body, searchable
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form, to_uploads
 from api.urls import callback_params
-from shared.errors import Conflict, InvalidRequest, NotFound, SimsearchError, UnsupportedMedia
+from shared.errors import Conflict, InvalidRequest, UnsupportedMedia
 from shared.queueing import BATCH_CHUNK_TASK, EXPAND_TASK, INDEX_QUEUE
 from shared.schemas import IMAGE_ID, JobAccepted, JobInput, JobType
 
@@ -55,23 +55,14 @@ async def search_batch(
     """Search with many queries in one job: uploaded `files` (up to 1,000), `{"image_ids": [...]}`,
     or `{"all": true}` (each image against the collection, itself excluded). Progress counts
     queries; `GET /v1/jobs/{id}/results?offset=&limit=` pages the answers (or `format=jsonl`)."""
-    if k > settings.max_k:
-        raise InvalidRequest(f"k is at most {settings.max_k}", code="k_too_large")
-    info = await store.collection(collection)
-    if info is None:
-        raise NotFound(f"no collection {collection!r}", code="collection_not_found")
-    require_current_model(info, settings)
+    info = await searchable(store, collection, settings, k)
     if info.shards > 1:
         raise Conflict("batch search of a sharded collection is not supported yet", code="sharded_collection")
     params = {"collection": collection, "k": k, "min_similarity": min_similarity}
     job_id = uuid.uuid4().hex
     kind = media_type(request.headers.get("content-type"))
     if kind == "application/json":
-        try:
-            body = BatchRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-            raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
+        body = parse_body(BatchRequest, await request.body())
         params |= callback_params(body.callback_url or callback_url, settings)
         if body.all:
             spec = {"kind": "collection"}

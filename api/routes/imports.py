@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import principal_of
+from api.bodies import parse_body
 from api.compat import require_current_model
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.limits import media_type
@@ -80,7 +81,7 @@ async def import_images(
     if settings.default_shards > 1:
         await store.create_collection(collection, settings.default_shards)
     if kind == "application/json":
-        body = _parse(await request.body())
+        body = parse_body(ImportRequest, await request.body())
         params = {"collection": collection, **callback_params(body.callback_url or callback, settings)}
         if body.source is not None:
             spec = {"kind": "bucket", "url": _bucket(body.source, settings.import_buckets)}
@@ -114,14 +115,6 @@ async def import_images(
     await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE)
     log.info("import job queued", extra={"job_id": job_id, "collection": collection})
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
-
-
-def _parse(raw: bytes) -> ImportRequest:
-    try:
-        return ImportRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
 
 
 def _url_uploads(urls: list[str | UrlItem], limit: int, metadata_max: int) -> list[Upload]:

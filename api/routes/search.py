@@ -4,16 +4,16 @@ import uuid
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import principal_of
-from api.compat import require_current_model
+from api.bodies import parse_body, searchable
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form
 from api.urls import MAX_URL_LENGTH, callback_params, valid_url
-from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, SimsearchError, UnsupportedMedia
+from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMedia
 from shared.imaging import content_id, safe_filename, sniff_format
 from shared.queueing import SEARCH_QUEUE, SEARCH_TASK
 from shared.schemas import IMAGE_ID, Example, JobAccepted, JobInput, JobType, SearchParams
@@ -97,12 +97,7 @@ async def search(
     callback_url: str | None = Query(None, description="POSTed the job (signed) when it ends"),
 ) -> JobAccepted:
     """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`)."""
-    if k > settings.max_k:
-        raise InvalidRequest(f"k is at most {settings.max_k}", code="k_too_large")
-    info = await store.collection(collection)
-    if info is None:
-        raise NotFound(f"no collection {collection!r}", code="collection_not_found")
-    require_current_model(info, settings)
+    info = await searchable(store, collection, settings, k)
     content_type = media_type(request.headers.get("content-type"))
     if cluster is not None:
         clustering = await store.clustering(collection)
@@ -111,11 +106,7 @@ async def search(
     params = SearchParams(k=k, min_similarity=min_similarity, cluster=cluster)
     uploads: list[Upload] = []
     if content_type == "application/json":
-        try:
-            body = SearchById.model_validate_json(await request.body())
-        except ValidationError as exc:
-            detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-            raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
+        body = parse_body(SearchById, await request.body())
         if body.positive is not None:
             examples = [*body.positive, *(body.negative or [])]
             await _check_examples(store, collection, examples)

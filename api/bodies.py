@@ -1,0 +1,35 @@
+"""Checks several routes share: a JSON body parsed into its model (422 naming each field), and a
+collection that can be searched with this k."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from api.compat import require_current_model
+from api.settings import ApiSettings
+from api.store import ApiStore
+from shared.errors import InvalidRequest, NotFound, SimsearchError
+from shared.schemas import CollectionInfo
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
+
+
+async def searchable(store: ApiStore, collection: str, settings: ApiSettings, k: int) -> CollectionInfo:
+    """The collection's info, if it exists, runs the deployment's model, and k is allowed."""
+    if k > settings.max_k:
+        raise InvalidRequest(f"k is at most {settings.max_k}", code="k_too_large")
+    info = await store.collection(collection)
+    if info is None:
+        raise NotFound(f"no collection {collection!r}", code="collection_not_found")
+    require_current_model(info, settings)
+    return info
