@@ -28,19 +28,16 @@ MODEL = "efficientnet-lite0"
 
 
 def run(data: Path, count: int, cache_dir: Path) -> dict:
-    from tests.integration.services import start_api, start_redis, start_worker
+    from tests.integration.services import small_stack
 
     photos = [p.read_bytes() for p, _ in labelled_images(data)]
     step = max(1, len(photos) // count)
     picked = list(range(0, len(photos), step))[:count]
     queries = [(f"q{i:04d}.jpg", reencode(photos[i])) for i in picked]
     workdir = Path(tempfile.mkdtemp(prefix="batch-search-"))
-    redis_service, url = start_redis(workdir)
     env = {"EMBEDDING_MODEL": MODEL, "SIMSEARCH_CACHE_DIR": str(cache_dir), "EMBEDDING_WEIGHTS": "imagenet"}
-    worker = start_worker(url, workdir, "bench", ready_timeout=600, **env)
-    api, base = start_api(url, workdir, access_log=False, EMBEDDING_MODEL=MODEL)
     out: dict = {"queries": len(queries), "collection": len(photos)}
-    try:
+    with small_stack(workdir, "bench", ready_timeout=600, **env) as base:
         service = Service(base)
         files = [(f"img{i:04d}.jpg", b) for i, b in enumerate(photos)]
         for start in range(0, len(files), 500):
@@ -70,10 +67,6 @@ def run(data: Path, count: int, cache_dir: Path) -> dict:
         out["original_first_batch"] = round(
             sum(a == b for a, b in zip(first, expected, strict=True)) / len(expected), 3
         )
-    finally:
-        api.stop()
-        worker.stop()
-        redis_service.stop()
     return out
 
 

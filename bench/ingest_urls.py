@@ -51,7 +51,7 @@ def timed(service: Service, submit) -> float:
 
 
 def run(data: Path, count: int, cache_dir: Path) -> dict:
-    from tests.integration.services import start_api, start_redis, start_worker
+    from tests.integration.services import small_stack
 
     items = labelled_images(data)
     step = max(1, len(items) // count)
@@ -62,12 +62,9 @@ def run(data: Path, count: int, cache_dir: Path) -> dict:
     for i, b in enumerate(blobs):
         (site / f"img{i:04d}.jpg").write_bytes(b)
     server, base_url = serve(site)
-    redis_service, url = start_redis(workdir)
     env = {"EMBEDDING_MODEL": MODEL, "SIMSEARCH_CACHE_DIR": str(cache_dir), "EMBEDDING_WEIGHTS": "imagenet"}
-    worker = start_worker(url, workdir, "bench", ready_timeout=600, FETCH_ALLOW_PRIVATE="true", **env)
-    api, base = start_api(url, workdir, EMBEDDING_MODEL=MODEL)
     out: dict = {"images": len(blobs)}
-    try:
+    with small_stack(workdir, "bench", ready_timeout=600, FETCH_ALLOW_PRIVATE="true", **env) as base:
         service = Service(base)
         service.index("warmup", [(f"w{i}.jpg", b) for i, b in enumerate(blobs[-32:])])
 
@@ -97,11 +94,7 @@ def run(data: Path, count: int, cache_dir: Path) -> dict:
             print(f"{name}: {out[name]}", flush=True)
         out["urls_vs_multipart"] = round(out["urls"]["images_s"] / out["multipart"]["images_s"], 3)
         out["zip_vs_multipart"] = round(out["zip"]["images_s"] / out["multipart"]["images_s"], 3)
-    finally:
-        api.stop()
-        worker.stop()
-        redis_service.stop()
-        server.shutdown()
+    server.shutdown()
     return out
 
 

@@ -59,9 +59,10 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> None:
     except SimsearchError as exc:  # the forward pass failed: every query of the chunk fails with it
         pairs = zip(indices, inputs, strict=True)
         vectors, outcomes = {}, [failed_item(i, inp, exc.code, exc.detail) for i, inp in pairs]
+    by_index = dict(zip(indices, inputs, strict=True))
     answers: dict[int, list[tuple[str, float]]] = {}
     for index, vec in vectors.items():
-        inp = inputs[indices.index(index)]
+        inp = by_index[index]
         # A stored query is not among its own matches, as in a single search by id.
         own = params.model_copy(update={"image_id": inp.image_id if inp.stored else None})
         found = search_excluding(replica.index, vec, own, params.k, params.min_similarity, None) if replica else []
@@ -69,7 +70,7 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> None:
     names = iter(ctx.store.filenames(ctx.collection, [i for hits in answers.values() for i, _ in hits]))
     rows = {}
     for index, hits in answers.items():
-        inp = inputs[indices.index(index)]
+        inp = by_index[index]
         assert isinstance(inp, JobInput)
         matches = [{"image_id": i, "filename": next(names), "similarity": round(s, 6)} for i, s in hits]
         rows[str(index)] = json.dumps({"query": inp.filename, "image_id": inp.image_id or None, "matches": matches})

@@ -14,6 +14,7 @@ from shared.settings import ModelSettings
 from shared.shards import MAX_SHARDS, parse_shards
 from worker.archives import ArchiveLimits
 from worker.sources import BucketSettings
+from worker.threads import cpus
 
 
 class WorkerSettings(ModelSettings):
@@ -95,8 +96,7 @@ class WorkerSettings(ModelSettings):
     def threads(self) -> int:
         if self.inference_threads:
             return self.inference_threads
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cpus // self.worker_concurrency)
+        return max(1, cpus() // self.worker_concurrency)
 
     @property
     def fetch_policy(self) -> FetchPolicy:

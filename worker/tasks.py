@@ -173,18 +173,22 @@ EXPAND_LIMITS = {"soft_time_limit": 3 * 3600, "time_limit": 3 * 3600 + 120}
 def expand(self: Task, job_id: str, collection: str, source: int) -> None:
     rt = runtime_of(self.app)
     size = rt.settings.index_chunk_size
-    record = rt.jobs.load(job_id)
-    chunk_task = BATCH_CHUNK_TASK if record is not None and record.type is JobType.batch_search else INDEX_CHUNK_TASK
 
-    def send_chunks(first: int, count: int) -> None:
-        with self.app.producer_or_acquire() as producer:
-            for start in range(first, first + count, size):
-                chunk = list(range(start, min(start + size, first + count)))
-                self.app.send_task(chunk_task, [job_id, collection, chunk], queue=INDEX_QUEUE, producer=producer)
+    def sender(job_type: JobType) -> expanding.SendChunks:
+        # The listed items are queries of a batch search, or images to index.
+        task = BATCH_CHUNK_TASK if job_type is JobType.batch_search else INDEX_CHUNK_TASK
+
+        def send_chunks(first: int, count: int) -> None:
+            with self.app.producer_or_acquire() as producer:
+                for start in range(first, first + count, size):
+                    chunk = list(range(start, min(start + size, first + count)))
+                    self.app.send_task(task, [job_id, collection, chunk], queue=INDEX_QUEUE, producer=producer)
+
+        return send_chunks
 
     limits, meta_max = rt.settings.archive_limits, rt.settings.metadata_max_bytes_per_image
-    # A source that cannot be listed at all fails as one item of the job (run() records it).
-    run(self, job_id, [], lambda ctx: expanding.expand_source(ctx, source, send_chunks, limits, meta_max))
+    # expand_source ends its source whatever fails short of Redis (the rest as one failed item).
+    run(self, job_id, [], lambda ctx: expanding.expand_source(ctx, source, sender(ctx.job.type), limits, meta_max))
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, **REDIS_DOWN)

@@ -117,12 +117,12 @@ def start_api(redis_url: str, workdir: Path, access_log: bool = True, **extra: s
 
 
 @contextmanager
-def small_stack(workdir: Path, worker_name: str, **env: str) -> Iterator[str]:
+def small_stack(workdir: Path, worker_name: str, ready_timeout: float = 180, **env: str) -> Iterator[str]:
     """Redis, one worker and the API, sharing `env`; yields the API's base URL, stops all after."""
     redis_service, url = start_redis(workdir)
     services = [redis_service]
     try:
-        services.append(start_worker(url, workdir, worker_name, **env))
+        services.append(start_worker(url, workdir, worker_name, ready_timeout, **env))
         api, base = start_api(url, workdir, **env)
         services.append(api)
         yield base
