@@ -1,15 +1,19 @@
-"""Checks several routes share: a JSON body parsed into its model (422 naming each field), and a
-collection that can be searched with this k."""
+"""Checks several routes share: a JSON body parsed into its model (422 naming each field), a
+metadata filter (from a JSON body, a form field or a query parameter), and a collection that can
+be searched with this k."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+import json
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData
 
 from api.compat import require_current_model
 from api.settings import ApiSettings
 from api.store import ApiStore
+from shared import filters
 from shared.errors import InvalidRequest, NotFound, SimsearchError
 from shared.schemas import CollectionInfo
 
@@ -33,3 +37,28 @@ async def searchable(store: ApiStore, collection: str, settings: ApiSettings, k:
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
     require_current_model(info, settings)
     return info
+
+
+def checked_filter(raw: Any) -> dict[str, Any] | None:
+    """A JSON filter as sent, once it parses (InvalidFilter, a 422 naming the field, if not)."""
+    if raw is None:
+        return None
+    filters.parse(raw)
+    return raw
+
+
+def text_filter(text: Any) -> dict[str, Any] | None:
+    """A filter sent as JSON text: a form field next to an upload, or a query parameter."""
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise filters.InvalidFilter("filter: send the filter as a plain form field holding JSON, not a file")
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise filters.InvalidFilter(f"filter: not valid JSON ({exc})") from exc
+    return checked_filter(raw)
+
+
+def form_filter(form: FormData) -> dict[str, Any] | None:
+    return text_filter(form.get("filter"))

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 from redis.asyncio import Redis
 
-from shared import keys, scripts, vectors
+from shared import filters, keys, scripts, vectors
 from shared.blobs_async import AsyncBlobStore
+from shared.filters import Filter
 from shared.jobs import AsyncJobs, JobLifecycle
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.schemas import (
@@ -29,6 +31,10 @@ from shared.schemas import (
 class Upload:
     input: JobInput
     data: bytes | None  # None when the API rejected the item already
+
+
+def _passing(node: Filter, raw: list[bytes | None]) -> list[bytes]:
+    return [r for r in raw if r and filters.matches(node, json.loads(r).get("metadata"))]
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -169,6 +175,23 @@ class ApiStore:
             return total, []
         raw = await self.redis.hmget(keys.images(collection), ids)
         return total, [ImageRecord.model_validate_json(r) for r in raw if r]
+
+    async def filtered_page(
+        self, collection: str, node: Filter, offset: int, limit: int, batch: int = 5000
+    ) -> tuple[int, list[ImageRecord]]:
+        """The images whose metadata passes the filter, in the order they were added: a scan of
+        the collection (its records a batch at a time, tested in a thread), so `total` is exact."""
+        total, page, start = 0, [], 0
+        while True:
+            ids = await self.redis.zrange(keys.order(collection), start, start + batch - 1)
+            if not ids:
+                return total, page
+            start += len(ids)
+            raw = await self.redis.hmget(keys.images(collection), ids)
+            passed = await anyio.to_thread.run_sync(_passing, node, raw)
+            wanted = passed[max(0, offset - total) : max(0, offset + limit - total)]
+            page.extend(ImageRecord.model_validate_json(r) for r in wanted)
+            total += len(passed)
 
     async def existing(self, collection: str, image_ids: list[str]) -> list[str]:
         if not image_ids:

@@ -153,6 +153,7 @@ class SearchParams(BaseModel):
     negative: list[Example] | None = None
     filename: str | None = None  # of the uploaded query, for the record
     cluster: int | None = Field(default=None, ge=0)  # restrict matches to this cluster
+    filter: dict[str, Any] | None = None  # a metadata filter (shared/filters.py), validated by the API
 
 
 class SearchResult(BaseModel):
@@ -162,6 +163,7 @@ class SearchResult(BaseModel):
     model: str
     served_by: str | None = None  # the Celery worker that answered
     query_cluster: int | None = None  # the cluster whose centroid is nearest the query
+    filter_matches: int | None = None  # with a filter or cluster: how many images could match
     shards: int | None = None  # a sharded collection: how many shards were asked
     missing_shards: list[int] | None = None  # ... and which did not answer in time (status partial)
 

@@ -162,6 +162,8 @@ def print_matches(result: dict[str, Any]) -> None:
     rows = [(i, f"{m['similarity']:.4f}", m["filename"], m["image_id"]) for i, m in enumerate(matches, 1)]
     out(table(["rank", "similarity", "filename", "image_id"], rows, right=(0, 1)))
     footer = f"{plural(len(matches), 'match', 'matches')} among {result.get('collection_size', '?')} images"
+    if result.get("filter_matches") is not None:
+        footer += f" ({result['filter_matches']} passed the filter)"
     if result.get("query_cluster") is not None:
         footer += f"; query nearest cluster {result['query_cluster']}"
     out(footer)
@@ -175,7 +177,9 @@ def _search_batch(client: SimsearchClient, args: argparse.Namespace) -> int:
     for start in range(0, len(images), BATCH_QUERIES):
         group = images[start : start + BATCH_QUERIES]
         queries = [(str(c.path.relative_to(args.batch)), c.path.read_bytes()) for c in group]
-        accepted = client.search_batch(args.collection, queries, k=args.k, min_similarity=args.min_similarity)
+        accepted = client.search_batch(
+            args.collection, queries, k=args.k, min_similarity=args.min_similarity, filter=args.filter
+        )
         follow_job(client, accepted, "searching")
         for row in client.batch_results(accepted["job_id"]):
             if row is None:
@@ -193,7 +197,7 @@ def _search_batch(client: SimsearchClient, args: argparse.Namespace) -> int:
 def cmd_search(client: SimsearchClient, args: argparse.Namespace) -> int:
     if args.batch:
         return _search_batch(client, args)
-    options = {"k": args.k, "min_similarity": args.min_similarity, "cluster": args.cluster}
+    options = {"k": args.k, "min_similarity": args.min_similarity, "cluster": args.cluster, "filter": args.filter}
     if args.image_id:
         result = client.search_by_id(args.collection, args.image_id, **options)
     elif args.query_url:
@@ -345,6 +349,16 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     )
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -405,6 +419,12 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("-k", type=positive_int, default=10, help="number of matches (default 10)")
     p.add_argument("--min-similarity", type=float, metavar="X", help="drop matches below this cosine similarity")
     p.add_argument("--cluster", type=int, metavar="N", help="only matches from this cluster")
+    p.add_argument(
+        "--filter",
+        type=json_object,
+        metavar="JSON",
+        help='only matches whose metadata passes it, e.g. \'{"label": "cat", "year": {"$gte": 2020}}\'',
+    )
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
     p.set_defaults(handler=cmd_search)
 

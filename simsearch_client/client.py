@@ -267,9 +267,11 @@ class SimsearchClient:
         min_similarity: float | None = None,
         cluster: int | None = None,
         timeout: float = 600.0,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Search with an image (bytes, or a path to read); waits and returns the job's result:
-        `{"matches": [{"image_id", "filename", "similarity"}], "message"?, "collection_size", ...}`."""
+        `{"matches": [{"image_id", "filename", "similarity"}], "message"?, "collection_size", ...}`.
+        `filter` keeps only matches whose metadata passes it, e.g. `{"label": "cat"}`."""
         if isinstance(image, bytes):
             name, data = "query", image
         else:
@@ -279,6 +281,7 @@ class SimsearchClient:
             f"/v1/collections/{collection}/search",
             params=self._search_params(k, min_similarity, cluster),
             files={"file": (name, data, "application/octet-stream")},
+            data={"filter": json.dumps(filter)} if filter is not None else None,
         )
         return self._search_result(accepted, timeout)
 
@@ -290,9 +293,10 @@ class SimsearchClient:
         min_similarity: float | None = None,
         cluster: int | None = None,
         timeout: float = 600.0,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Search with an image already in the collection (it is left out of its own matches)."""
-        return self._search_json(collection, {"image_id": image_id}, k, min_similarity, cluster, timeout)
+        return self._search_json(collection, {"image_id": image_id}, k, min_similarity, cluster, timeout, filter)
 
     def search_by_url(
         self,
@@ -302,9 +306,10 @@ class SimsearchClient:
         min_similarity: float | None = None,
         cluster: int | None = None,
         timeout: float = 600.0,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Search with an image the server fetches from `url` (public addresses only)."""
-        return self._search_json(collection, {"url": url}, k, min_similarity, cluster, timeout)
+        return self._search_json(collection, {"url": url}, k, min_similarity, cluster, timeout, filter)
 
     def search_examples(
         self,
@@ -315,6 +320,7 @@ class SimsearchClient:
         min_similarity: float | None = None,
         cluster: int | None = None,
         timeout: float = 600.0,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """More like `positive`, less like `negative`: stored image ids, or `{"image_id" | "url",
         "weight"}` objects. No example is among the matches."""
@@ -325,7 +331,7 @@ class SimsearchClient:
         body: dict[str, Any] = {"positive": [example(e) for e in positive]}
         if negative:
             body["negative"] = [example(e) for e in negative]
-        return self._search_json(collection, body, k, min_similarity, cluster, timeout)
+        return self._search_json(collection, body, k, min_similarity, cluster, timeout, filter)
 
     def search_batch(
         self,
@@ -335,15 +341,20 @@ class SimsearchClient:
         all_images: bool = False,
         k: int = 10,
         min_similarity: float | None = None,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Queue a batch search: (name, bytes) uploads (≤ 1,000), stored `image_ids`, or
-        `all_images`. Returns `{"job_id", ...}`; follow it with `wait`, read it with `batch_results`."""
+        `all_images`. Returns `{"job_id", ...}`; follow it with `wait`, read it with `batch_results`.
+        `filter` applies to every query's matches."""
         params = self._search_params(k, min_similarity, None)
         path = f"/v1/collections/{collection}/search/batch"
         if queries is not None:
             files = [("files", (name, data, "application/octet-stream")) for name, data in queries]
-            return self._json("POST", path, params=params, files=files)
-        body = {"all": True} if all_images else {"image_ids": list(image_ids or [])}
+            form = {"filter": json.dumps(filter)} if filter is not None else None
+            return self._json("POST", path, params=params, files=files, data=form)
+        body: dict[str, Any] = {"all": True} if all_images else {"image_ids": list(image_ids or [])}
+        if filter is not None:
+            body["filter"] = filter
         return self._json("POST", path, params=params, json=body)
 
     def batch_results(self, job_id: str) -> Iterator[dict[str, Any] | None]:
@@ -364,8 +375,11 @@ class SimsearchClient:
         min_similarity: float | None,
         cluster: int | None,
         timeout: float,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         params = self._search_params(k, min_similarity, cluster)
+        if filter is not None:
+            body = {**body, "filter": filter}
         accepted = self._json("POST", f"/v1/collections/{collection}/search", params=params, json=body)
         return self._search_result(accepted, timeout)
 
@@ -391,6 +405,16 @@ class SimsearchClient:
 
     def collection(self, name: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/collections/{name}")
+
+    def images(
+        self, collection: str, offset: int = 0, limit: int = 50, filter: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A page of the collection's image records (`{"total", "images"}`), in the order added;
+        with `filter`, only those whose metadata passes it."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if filter is not None:
+            params["filter"] = json.dumps(filter)
+        return self._json("GET", f"/v1/collections/{collection}/images", params=params)
 
     def export(self, collection: str, format: str, out_file: IO[bytes]) -> int:
         """Stream the collection's embeddings (`csv`, or `npy`: a zip) into a binary file object.

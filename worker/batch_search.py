@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from shared import keys
+from shared import filters, keys
 from shared.errors import Conflict, SimsearchError
 from shared.jobs import final_status
 from shared.schemas import ItemError, ItemStatus, JobInput, SearchParams
@@ -47,7 +47,9 @@ def _vectors(ctx: JobContext, indices: list[int], inputs: list) -> tuple[dict[in
 
 def search_batch_chunk(ctx: JobContext, indices: list[int]) -> None:
     ctx.jobs.mark_running(ctx.job_id)
-    params = SearchParams.model_validate({k: v for k, v in ctx.job.params.items() if k in ("k", "min_similarity")})
+    params = SearchParams.model_validate(
+        {k: v for k, v in ctx.job.params.items() if k in ("k", "min_similarity", "filter")}
+    )
     inputs = ctx.jobs.inputs(ctx.job_id, indices)
     replica = ctx.replicas.sync(ctx.collection)
     if replica is not None and replica.model != ctx.embedder.name:
@@ -60,12 +62,16 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> None:
         pairs = zip(indices, inputs, strict=True)
         vectors, outcomes = {}, [failed_item(i, inp, exc.code, exc.detail) for i, inp in pairs]
     by_index = dict(zip(indices, inputs, strict=True))
+    # One mask for the chunk: every query has the same filter.
+    mask = None
+    if replica is not None and params.filter is not None:
+        mask = ctx.replicas.filter_mask(ctx.collection, replica, filters.parse(params.filter))
     answers: dict[int, list[tuple[str, float]]] = {}
     for index, vec in vectors.items():
         inp = by_index[index]
         # A stored query is not among its own matches, as in a single search by id.
         own = params.model_copy(update={"image_id": inp.image_id if inp.stored else None})
-        found = search_excluding(replica.index, vec, own, params.k, params.min_similarity, None) if replica else []
+        found = search_excluding(replica.index, vec, own, params.k, params.min_similarity, mask) if replica else []
         answers[index] = found
     names = iter(ctx.store.filenames(ctx.collection, [i for hits in answers.values() for i, _ in hits]))
     rows = {}

@@ -26,7 +26,9 @@ import numpy as np
 
 from shared import vectors
 from shared.ann import AnnIndex, AnnParams, FetchVectors
+from shared.filters import Filter
 from shared.shards import shard_of
+from worker.metadata_index import MetadataIndex
 from worker.snapshots import Snapshots
 from worker.store import StreamEntry, WorkerStore
 
@@ -92,6 +94,7 @@ class Replica:
     clusterings: dict[str, tuple[str, Any, dict[str, int]]] = field(default_factory=dict)
     shard: int = 0  # which shard of the collection this replica holds (of `shards`)
     shards: int = 1
+    metadata: MetadataIndex | None = None  # built by the first filtered search (filter_mask)
 
     @property
     def part(self) -> str:
@@ -160,6 +163,13 @@ class ReplicaSet:
             self.snapshots.save(
                 collection, replica.model, replica.version, replica.last_id, replica.index, replica.part
             )
+
+    def filter_mask(self, collection: str, replica: Replica, node: Filter) -> np.ndarray:
+        """A boolean per row of the replica's index: the images whose metadata passes the filter."""
+        if replica.metadata is None or replica.metadata.wasteful:
+            replica.metadata = MetadataIndex(replica.index.ids)
+        replica.metadata.ensure(node, lambda ids: self.store.metadata_of(collection, ids))
+        return replica.metadata.mask(node, lambda: replica.index.ids, (id(replica.index), replica.version))
 
     def fetcher(self, collection: str, dim: int) -> FetchVectors:
         """Source-of-truth vectors by id for re-ranking: one HMGET; a vector deleted (or replaced
@@ -260,12 +270,17 @@ class ReplicaSet:
             added = [i for i, op in final.items() if op == "add"]
             removed = [i for i, op in final.items() if op == "del"]
             replica.index.remove(removed)
+            present: dict[str, bytes] = {}
             if added:
                 raw = self.store.raw_vectors(collection, added)
                 present = {i: v for i, v in zip(added, raw, strict=True) if v is not None}
                 # A vector missing here was deleted after this entry; its 'del' entry follows.
                 replica.index.remove(i for i in added if i not in present)
                 self._apply_vectors(replica, present)
+            if replica.metadata is not None:
+                gone = [*removed, *(i for i in added if i not in present)]
+                read = lambda ids: self.store.metadata_of(collection, ids)  # noqa: E731
+                replica.metadata.apply(list(present), gone, read)
             replica.last_id = last_id or replica.last_id
             replica.version = entry_number(entries[-1]) or replica.version
 

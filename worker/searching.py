@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from shared import keys
+from shared import filters, keys
 from shared.errors import Conflict, NotFound, SimsearchError
 from shared.imaging import decode_image, to_model_input
 from shared.schemas import (
@@ -99,12 +99,7 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
     if clustering is not None and clustering[1].shape[1] != query.shape[0]:
         clustering = None  # computed before a re-embed changed the dimension
     query_cluster = int(np.argmax(clustering[1] @ query)) if clustering else None
-    mask = None
-    if params.cluster is not None:
-        if clustering is None:
-            raise NotFound(f"collection {collection!r} has not been clustered", code="no_clusters")
-        labels = clustering[2]
-        mask = np.fromiter((labels.get(i) == params.cluster for i in replica.index.ids), bool, len(replica.index))
+    mask = row_mask(ctx, replica, params, clustering)
     # Searching by a stored image means "more like this one": the image itself is not a match.
     hits = search_excluding(replica.index, query, params, params.k, params.min_similarity, mask)
     names = ctx.store.filenames(collection, [i for i, _ in hits])
@@ -121,7 +116,22 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
         collection_size=len(replica.index),
         model=embedder.name,
         query_cluster=query_cluster,
+        filter_matches=None if mask is None else int(mask.sum()),
     )
+
+
+def row_mask(ctx: JobContext, replica: Replica, params: SearchParams, clustering) -> np.ndarray | None:
+    """The index rows a search may return (its cluster, its metadata filter); None: every row."""
+    mask = None
+    if params.cluster is not None:
+        if clustering is None:
+            raise NotFound(f"collection {ctx.collection!r} has not been clustered", code="no_clusters")
+        labels = clustering[2]
+        mask = np.fromiter((labels.get(i) == params.cluster for i in replica.index.ids), bool, len(replica.index))
+    if params.filter is not None:
+        passed = ctx.replicas.filter_mask(ctx.collection, replica, filters.parse(params.filter))
+        mask = passed if mask is None else mask & passed
+    return mask
 
 
 def _clustering(store: WorkerStore, replica: Replica, collection: str):
@@ -216,15 +226,13 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
         clustering = _clustering(ctx.store, replica, ctx.collection)
         if clustering is not None and clustering[1].shape[1] != query.shape[0]:
             clustering = None
-        mask = None
-        if params.cluster is not None:
-            if clustering is None:
-                _fail(
-                    ctx, params, NotFound(f"collection {ctx.collection!r} has not been clustered", code="no_clusters")
-                )
-                return
-            labels = clustering[2]
-            mask = np.fromiter((labels.get(i) == params.cluster for i in replica.index.ids), bool, len(replica.index))
+        try:
+            mask = row_mask(ctx, replica, params, clustering)
+        except SimsearchError as exc:
+            _fail(ctx, params, exc)
+            return
+        if mask is not None:
+            answer["passed"] = int(mask.sum())
         hits = search_excluding(replica.index, query, params, params.k, params.min_similarity, mask)
         answer["hits"] = [[i, sim] for i, sim in hits]
         answer["size"] = len(replica.index)
@@ -271,6 +279,7 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
         note = f"shards {missing} did not answer within the shard timeout; matches are from the others"
         message = f"{message}; {note}" if message else note
     clusters = [a["query_cluster"] for a in answers.values() if a.get("query_cluster") is not None]
+    passed = [a["passed"] for a in answers.values() if "passed" in a]
     model = ctx.store.collection_header(ctx.collection)[0] or ""  # a search-only worker has no model
     result = SearchResult(
         matches=matches,
@@ -279,6 +288,7 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
         model=model,
         served_by=",".join(sorted({a["served_by"] for a in answers.values() if a.get("served_by")})) or None,
         query_cluster=clusters[0] if clusters else None,
+        filter_matches=sum(passed) if passed else None,
         # An unsharded collection answered through its shard queue reads like one answered inline.
         shards=shards if shards > 1 or missing else None,
         missing_shards=missing if shards > 1 or missing else None,

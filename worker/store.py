@@ -176,6 +176,11 @@ class WorkerStore:
         raw = self.redis.hmget(keys.images(collection), ids)
         return [ImageRecord.model_validate_json(r).filename if r else "" for r in raw]
 
+    def metadata_of(self, collection: str, ids: list[str]) -> list[Any]:
+        """Each image's user metadata (None when it has none or is gone): what filters read."""
+        raw = self.redis.hmget(keys.images(collection), ids) if ids else []
+        return [json.loads(r).get("metadata") if r else None for r in raw]
+
     # -- re-embedding -----------------------------------------------------------------------
     def records(self, collection: str, image_ids: list[str]) -> list[ImageRecord | None]:
         raw = self.redis.hmget(keys.images(collection), image_ids) if image_ids else []

@@ -4,12 +4,13 @@ answered a chunk at a time; results read a page at a time from `GET /v1/jobs/{id
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import principal_of
-from api.bodies import parse_body, searchable
+from api.bodies import checked_filter, form_filter, parse_body, searchable
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.limits import media_type
 from api.store import Upload
@@ -30,6 +31,7 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image_ids: list[str] | None = Field(None, min_length=1, max_length=MAX_IDS)
     all: bool = False
+    filter: dict[str, Any] | None = None
     callback_url: str | None = None
 
     @model_validator(mode="after")
@@ -64,6 +66,7 @@ async def search_batch(
     if kind == "application/json":
         body = parse_body(BatchRequest, await request.body())
         params |= callback_params(body.callback_url or callback_url, settings)
+        params["filter"] = checked_filter(body.filter)
         if body.all:
             spec = {"kind": "collection"}
             await store.create_job_with_sources(job_id, collection, params, [], [(spec, None)], JobType.batch_search)
@@ -73,7 +76,9 @@ async def search_batch(
         uploads = [Upload(JobInput(filename=i, image_id=i, size=0, stored=True), None) for i in ids]
     elif kind == "multipart/form-data":
         params |= callback_params(callback_url, settings)
-        files = files_of(await read_form(request, settings), "files")
+        form = await read_form(request, settings)
+        params["filter"] = form_filter(form)
+        files = files_of(form, "files")
         if not files:
             raise InvalidRequest("the form has no 'files' parts", code="no_files")
         uploads = await to_uploads(files, {}, settings)

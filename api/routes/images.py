@@ -10,10 +10,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import principal_of
+from api.bodies import text_filter
 from api.compat import require_current_model
 from api.deps import CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
 from api.uploads import files_of, parse_metadata, read_form, split_archives, to_uploads
 from api.urls import callback_params
+from shared import filters
 from shared.errors import InvalidRequest, NotFound
 from shared.queueing import EXPAND_TASK, INDEX_CHUNK_TASK, INDEX_QUEUE
 from shared.schemas import IMAGE_ID, ImageRecord, JobAccepted, JobType
@@ -100,11 +102,17 @@ async def list_images(
     store: StoreDep,
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
     limit: int = Query(50, ge=1, le=500),
+    filter: str | None = Query(None, description='a metadata filter as JSON, e.g. {"label": "cat"}'),
 ) -> ImagePage:
-    """Page through a collection, in the order images were added."""
+    """Page through a collection, in the order images were added; with `filter`, only the images
+    whose metadata passes it (the collection is scanned: `total` counts every match)."""
+    node = text_filter(filter)
     if not await store.collection_exists(collection):
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
-    total, images = await store.image_page(collection, offset, limit)
+    if node is not None:
+        total, images = await store.filtered_page(collection, filters.parse(node), offset, limit)
+    else:
+        total, images = await store.image_page(collection, offset, limit)
     return ImagePage(total=total, offset=offset, limit=limit, images=images)
 
 

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.datastructures import FormData
 
 from api.auth import principal_of
-from api.bodies import parse_body, searchable
+from api.bodies import checked_filter, form_filter, parse_body, searchable
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.limits import media_type
 from api.store import Upload
@@ -33,6 +35,7 @@ class SearchById(BaseModel):
     url: str | None = Field(None, max_length=MAX_URL_LENGTH)
     positive: list[Example] | None = Field(None, min_length=1, max_length=MAX_EXAMPLES)
     negative: list[Example] | None = Field(None, max_length=MAX_EXAMPLES)
+    filter: dict[str, Any] | None = Field(None, description="only matches whose metadata passes it")
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchById:
@@ -60,7 +63,10 @@ SEARCH_DOC = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "filter": {"type": "string", "description": "a metadata filter, as JSON"},
+                    },
                 }
             },
             "application/json": {"schema": SearchById.model_json_schema()},
@@ -70,8 +76,8 @@ SEARCH_DOC = {
 }
 
 
-async def _query_upload(request: Request, settings) -> Upload:
-    files = files_of(await read_form(request, settings), "file")
+async def _query_upload(form: FormData, settings) -> Upload:
+    files = files_of(form, "file")
     if len(files) != 1:
         raise InvalidRequest("send exactly one query image in a 'file' part", code="no_file")
     data = await files[0].read()
@@ -96,7 +102,9 @@ async def search(
     cluster: int | None = Query(None, ge=0, description="only matches from this cluster"),
     callback_url: str | None = Query(None, description="POSTed the job (signed) when it ends"),
 ) -> JobAccepted:
-    """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`)."""
+    """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`).
+    A `filter` (JSON body field, or form field next to the upload) keeps only matches whose
+    metadata passes it: `{"label": "cat"}`, `{"year": {"$gte": 2020}}`, `$in`, `$exists`, `$or`..."""
     info = await searchable(store, collection, settings, k)
     content_type = media_type(request.headers.get("content-type"))
     if cluster is not None:
@@ -107,6 +115,7 @@ async def search(
     uploads: list[Upload] = []
     if content_type == "application/json":
         body = parse_body(SearchById, await request.body())
+        params.filter = checked_filter(body.filter)
         if body.positive is not None:
             examples = [*body.positive, *(body.negative or [])]
             await _check_examples(store, collection, examples)
@@ -118,7 +127,9 @@ async def search(
         else:
             params.image_id = body.image_id
     elif content_type == "multipart/form-data":
-        upload = await _query_upload(request, settings)
+        form = await read_form(request, settings)
+        params.filter = form_filter(form)
+        upload = await _query_upload(form, settings)
         params.filename = upload.input.filename
         uploads.append(upload)
     else:

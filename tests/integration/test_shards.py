@@ -5,6 +5,7 @@ complete answers; deletes and read-your-writes hold across shards."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -202,3 +203,30 @@ def test_a_shard_without_a_worker_ends_partial_then_recovers(
     assert search_bytes(client, "sharded", photo_bytes(3))["status"] == "succeeded"
     flat = search_id(client, "flat", indexed[1])
     assert [i for i, _ in matches(job)] == [i for i, _ in matches(flat) if i in {j for j, _ in matches(job)}]
+
+
+def test_a_filter_applies_on_every_shard(client: httpx.Client, indexed: list[str]) -> None:
+    assert client.put("/v1/collections/sharded-meta", json={"shards": 2}).status_code == 201
+    files = [(f"m{i}.jpg", photo_bytes(500 + i)) for i in range(40)]
+    metadata = json.dumps({f"m{i}.jpg": {"even": i % 2 == 0, "n": i} for i in range(40)})
+    resp = client.post(
+        "/v1/collections/sharded-meta/images", files=[("files", f) for f in files], data={"metadata": metadata}
+    )
+    job = wait_job(client, resp.json()["job_id"])
+    assert job["status"] == "succeeded", job["errors"][:3]
+    counts = client.get("/v1/collections/sharded-meta").json()["shard_counts"]
+    assert min(counts) > 0
+    spec = {"even": True, "n": {"$lt": 30}}
+    found = client.post(
+        "/v1/collections/sharded-meta/search",
+        params={"k": 40},
+        files={"file": ("q.jpg", photo_bytes(9), "image/jpeg")},
+        data={"filter": json.dumps(spec)},
+    )
+    job = wait_job(client, found.json()["job_id"])
+    assert job["status"] == "succeeded" and job["result"]["shards"] == 2
+    names = sorted(m["filename"] for m in job["result"]["matches"])
+    assert names == sorted(f"m{i}.jpg" for i in range(0, 30, 2))
+    assert job["result"]["filter_matches"] == 15  # the shards' counts, summed
+    sims = [m["similarity"] for m in job["result"]["matches"]]
+    assert sims == sorted(sims, reverse=True)

@@ -1,0 +1,161 @@
+"""A replica's metadata, column by column, for filtered search (the language: shared/filters.py).
+
+Only fields some filter has used are held: a field's column is loaded from the image records in
+Redis the first time a filter names it (one pass over the replica's ids), and the replica's
+catch-up keeps every loaded column current (`apply`), so a search that follows an index job sees
+its images' metadata as it sees their vectors. A column is an inverted index (value -> slots) for
+equality and `$in`, the numeric values with their slots as arrays for ranges, and the slots where
+the field is present. Evaluating a filter gives a boolean per slot; `mask` turns it into the
+boolean per index row that `AnnIndex.search` takes (pre-filtering: the index then searches only
+the images that pass, exactly when they are few, so a selective filter still finds k).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared.filters import RANGES, Condition, Filter, Group, compare, fields, paths, typed
+
+# ids -> each one's metadata (None: no record or no metadata)
+ReadMetadata = Callable[[list[str]], list[Any]]
+LOAD_BATCH = 5000
+
+
+@dataclass
+class _Column:
+    present: array = field(default_factory=lambda: array("q"))
+    values: dict[tuple[str, Any], array] = field(default_factory=dict)
+    num_slots: array = field(default_factory=lambda: array("q"))
+    num_values: array = field(default_factory=lambda: array("d"))
+
+    def add(self, slot: int, found: list[Any]) -> None:
+        self.present.append(slot)
+        for value in found:
+            if value is None:
+                continue
+            key = typed(value)
+            self.values.setdefault(key, array("q")).append(slot)
+            if key[0] == "n":
+                self.num_slots.append(slot)
+                self.num_values.append(key[1])
+
+
+class MetadataIndex:
+    def __init__(self, ids: Iterable[str]) -> None:
+        self._ids: list[str] = []
+        self._slot: dict[str, int] = {}
+        self._alive = bytearray()
+        self._columns: dict[str, _Column] = {}
+        self._rows: tuple[Any, np.ndarray] | None = None  # (cache key, slot of each index row)
+        for image_id in ids:
+            self._new_slot(image_id)
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    @property
+    def wasteful(self) -> bool:
+        """Deleted images' slots outnumber live ones: rebuilding beats carrying them."""
+        dead = len(self._ids) - len(self._slot)
+        return dead > 10_000 and dead > len(self._slot)
+
+    def ensure(self, node: Filter, read: ReadMetadata) -> None:
+        """Load the columns the filter reads that are not held yet."""
+        wanted = sorted(paths(node) - set(self._columns))
+        if not wanted:
+            return
+        columns = {p: _Column() for p in wanted}
+        live = list(self._slot.items())
+        for start in range(0, len(live), LOAD_BATCH):
+            batch = live[start : start + LOAD_BATCH]
+            for (_, slot), metadata in zip(batch, read([i for i, _ in batch]), strict=True):
+                self._index(slot, metadata, columns)
+        self._columns.update(columns)
+
+    def apply(self, added: Sequence[str], removed: Iterable[str], read: ReadMetadata) -> None:
+        """The replica applied these log entries: follow them (an add replaces an id's metadata)."""
+        for image_id in [*removed, *added]:
+            slot = self._slot.pop(image_id, None)
+            if slot is not None:
+                self._alive[slot] = 0
+        self._rows = None
+        slots = [self._new_slot(i) for i in added]
+        if self._columns and added:
+            for slot, metadata in zip(slots, read(list(added)), strict=True):
+                self._index(slot, metadata, self._columns)
+
+    def evaluate(self, node: Filter) -> np.ndarray:
+        """A boolean per slot: the live images that pass the filter (columns must be ensured)."""
+        if isinstance(node, Group):
+            parts = [self.evaluate(c) for c in node.children]
+            out = parts[0].copy()
+            for p in parts[1:]:
+                (np.logical_and if node.op == "$and" else np.logical_or)(out, p, out=out)
+            return out
+        return self._condition(node) & self._alive_mask()
+
+    def mask(self, node: Filter, index_ids: Callable[[], list[str]], key: Any) -> np.ndarray:
+        """A boolean per index row (in the order of `index_ids()`): the rows that pass the filter.
+        `key` names the index's state (the replica's version): the row -> slot map is rebuilt only
+        when it changes."""
+        if self._rows is None or self._rows[0] != key:
+            ids = index_ids()
+            self._rows = (key, np.fromiter((self._slot.get(i, -1) for i in ids), np.int64, len(ids)))
+        rows = self._rows[1]
+        passed = np.append(self.evaluate(node), False)  # slot -1: not known here, never passes
+        return passed[rows]
+
+    # -- internals --------------------------------------------------------------------------------
+    def _new_slot(self, image_id: str) -> int:
+        slot = len(self._ids)
+        self._ids.append(image_id)
+        self._slot[image_id] = slot
+        self._alive.append(1)
+        return slot
+
+    def _index(self, slot: int, metadata: Any, columns: dict[str, _Column]) -> None:
+        if not metadata:
+            return
+        for path, found in fields(metadata).items():
+            column = columns.get(path)
+            if column is not None:
+                column.add(slot, found)
+
+    def _alive_mask(self) -> np.ndarray:
+        return np.frombuffer(bytes(self._alive), dtype=np.uint8).astype(bool)
+
+    def _slots(self, slots: Iterable[array]) -> np.ndarray:
+        out = np.zeros(len(self._ids), dtype=bool)
+        for s in slots:
+            if len(s):
+                out[np.frombuffer(s, dtype=np.int64)] = True
+        return out
+
+    def _condition(self, c: Condition) -> np.ndarray:
+        column = self._columns[c.path]
+        if c.op == "$exists":
+            present = self._slots([column.present])
+            return present if c.value else ~present
+        if c.op in ("$eq", "$ne", "$in", "$nin"):
+            wanted = [c.value] if c.op in ("$eq", "$ne") else list(c.value)
+            hit = self._slots(column.values.get(typed(v), array("q")) for v in wanted)
+            return hit if c.op in ("$eq", "$in") else ~hit
+        assert c.op in RANGES
+        bound = typed(c.value)
+        if bound[0] == "n":
+            values = np.frombuffer(column.num_values, dtype=np.float64)
+            slots = np.frombuffer(column.num_slots, dtype=np.int64)
+            keep = _RANGE_OPS[c.op](values, bound[1]) if len(values) else np.zeros(0, bool)
+            out = np.zeros(len(self._ids), dtype=bool)
+            out[slots[keep]] = True
+            return out
+        # Strings: test each distinct value once (dates as ISO text sort right).
+        return self._slots(s for key, s in column.values.items() if compare(c.op, key, bound))
+
+
+_RANGE_OPS = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
