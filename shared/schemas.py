@@ -148,7 +148,7 @@ class SearchParams(BaseModel):
     min_similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
     image_id: str | None = None  # search by a stored image instead of an upload
     url: str | None = None  # search by an image the worker fetches (shared/fetch.py rules)
-    # "More like these, less like those": normalise(sum w*positive - sum w*negative).
+    # "More like these, less like those": normalise(mean_w(positive) - 0.5 * mean_w(negative)).
     positive: list[Example] | None = None
     negative: list[Example] | None = None
     filename: str | None = None  # of the uploaded query, for the record
