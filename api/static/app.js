@@ -55,12 +55,28 @@ const els = {
   clusterRun: $("#cluster-run"),
   clusterStatus: $("#cluster-status"),
   clusters: $("#clusters"),
+  filter: $("#filter"),
+  filterError: $("#filter-error"),
+  examples: $("#examples"),
+  examplesText: $("#examples-text"),
+  examplesSearch: $("#examples-search"),
+  examplesClear: $("#examples-clear"),
+  batch: $("#batch"),
+  batchStatus: $("#batch-status"),
+  batchRows: $("#batch-rows"),
+  dupForm: $("#dup-form"),
+  dupMin: $("#dup-min"),
+  dupRun: $("#dup-run"),
+  dupStatus: $("#dup-status"),
+  dupGroups: $("#dup-groups"),
 };
 
 const state = {
   collection: "",
   browse: { offset: 0, limit: 24, cluster: null, total: 0 },
-  lastQuery: null, // {kind: "file", file} | {kind: "id", id, filename}
+  lastQuery: null, // {kind: "file", file} | {kind: "id", id, filename} | {kind: "examples"}
+  // "More like these, less like those": image id -> file name, chosen on the matches
+  examples: { positive: new Map(), negative: new Map() },
   searchSeq: 0,
   browseSeq: 0,
   queryUrl: null,
@@ -338,6 +354,10 @@ function openCollection(name) {
     state.lastQuery = null;
     els.searchAgain.disabled = true;
     els.results.hidden = true;
+    els.batch.hidden = true;
+    els.dupGroups.replaceChildren();
+    els.dupStatus.textContent = "";
+    clearExamples();
     clearBlobUrls();
   }
   showCollectionInfo();
@@ -599,7 +619,7 @@ window.addEventListener("dragover", (event) => event.preventDefault());
 window.addEventListener("drop", (event) => event.preventDefault());
 
 dropZone(els.indexDrop, indexFiles);
-dropZone(els.queryDrop, (files) => runSearch({ kind: "file", file: files[0] }));
+dropZone(els.queryDrop, searchFiles);
 
 // ---------------------------------------------------------------------------------------------
 // Search
@@ -613,10 +633,52 @@ function searchParams() {
   return { k, min_similarity: minSimilarity > 0 ? minSimilarity : undefined };
 }
 
+/** The metadata filter typed in, parsed: undefined when empty, null (and an inline error) when invalid. */
+function currentFilter() {
+  const text = els.filter.value.trim();
+  els.filterError.hidden = true;
+  els.filter.removeAttribute("aria-invalid");
+  if (!text) return undefined;
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return filterError(`Not valid JSON: ${err.message}`);
+  }
+  if (!value || typeof value !== "object" || Array.isArray(value)) return filterError("A filter is a JSON object.");
+  return value;
+}
+
+function filterError(message) {
+  els.filterError.textContent = message;
+  els.filterError.hidden = false;
+  els.filter.setAttribute("aria-invalid", "true");
+  els.filter.focus();
+  return null;
+}
+
+/** An API error about the filter (422 invalid_filter) goes next to the field, not only to the status bar. */
+function reportFilterError(err) {
+  if (err instanceof ApiError && err.code === "invalid_filter") filterError(formatDetail(err.detail));
+}
+
+function searchFiles(files) {
+  const list = Array.from(files || []);
+  if (list.length > 1) runBatch(list);
+  else if (list.length === 1) runSearch({ kind: "file", file: list[0] });
+}
+
 function showQuery(query) {
   if (state.queryUrl) URL.revokeObjectURL(state.queryUrl);
   state.queryUrl = null;
-  if (query.kind === "file") {
+  if (query.kind === "examples") {
+    els.queryImg.removeAttribute("src");
+    els.queryImg.alt = "";
+    const { positive, negative } = state.examples;
+    els.queryCaption.textContent = `Query: more like ${plural(positive.size, "image")}${negative.size ? `, less like ${negative.size}` : ""} (examples are excluded from the matches)`;
+    const first = positive.keys().next().value;
+    if (first) setThumb(els.queryImg, state.collection, first);
+  } else if (query.kind === "file") {
     state.queryUrl = URL.createObjectURL(query.file);
     els.queryImg.src = state.queryUrl;
     els.queryImg.alt = `Query image ${query.file.name}`;
@@ -632,6 +694,8 @@ async function runSearch(query) {
   if (!query) return;
   const collection = requireCollection();
   if (!collection) return;
+  const filter = currentFilter();
+  if (filter === null) return;
   state.lastQuery = query;
   els.searchAgain.disabled = false;
   const seq = ++state.searchSeq;
@@ -656,9 +720,12 @@ async function runSearch(query) {
     if (query.kind === "file") {
       const form = new FormData();
       form.append("file", query.file, query.file.name);
+      if (filter) form.append("filter", JSON.stringify(filter));
       accepted = await api(path, { method: "POST", body: form, query: params });
     } else {
-      accepted = await api(path, { method: "POST", json: { image_id: query.id }, query: params });
+      const body = query.kind === "examples" ? exampleBody() : { image_id: query.id };
+      if (filter) body.filter = filter;
+      accepted = await api(path, { method: "POST", json: body, query: params });
     }
     const job = await pollJob(accepted.job_id, { wait: RESULT_WAIT });
     if (seq !== state.searchSeq) return;
@@ -672,7 +739,9 @@ async function runSearch(query) {
     const result = job.result || { matches: [] };
     const matches = result.matches || [];
     els.matches.replaceChildren(
-      ...matches.map((m, i) => el("li", {}, thumbButton(m, { similarity: m.similarity, rank: i + 1 }))),
+      ...matches.map((m, i) =>
+        el("li", { class: "match-item" }, thumbButton(m, { similarity: m.similarity, rank: i + 1 }), votes(m)),
+      ),
     );
     if (!matches.length) {
       finish(result.message || "No similar images found.", "empty");
@@ -680,19 +749,27 @@ async function runSearch(query) {
     }
     const bits = [`${plural(matches.length, "match", "matches")} among ${plural(result.collection_size ?? 0, "image")}`];
     if (params.min_similarity !== undefined) bits.push(`similarity ≥ ${params.min_similarity.toFixed(2)}`);
+    if (result.filter_matches !== undefined && result.filter_matches !== null) bits.push(`${plural(result.filter_matches, "image")} pass the filter`);
     if (result.query_cluster !== undefined && result.query_cluster !== null) bits.push(`query is nearest cluster ${result.query_cluster}`);
     if (result.served_by) bits.push(`served by ${result.served_by}`);
     finish(bits.join(" · "), "done");
   } catch (err) {
+    reportFilterError(err);
     showError(err, "Search");
     finish(`Search failed: ${err.message}`, "error");
   }
 }
 
 els.queryFile.addEventListener("change", () => {
-  const file = els.queryFile.files[0];
+  const files = Array.from(els.queryFile.files);
   els.queryFile.value = "";
-  if (file) runSearch({ kind: "file", file });
+  searchFiles(files);
+});
+els.filter.addEventListener("change", () => {
+  if (currentFilter() === null) return;
+  state.browse.offset = 0;
+  if (state.browse.cluster === null) loadBrowse();
+  if (state.lastQuery) runSearch(state.lastQuery);
 });
 els.minSim.addEventListener("input", () => {
   els.minSimValue.textContent = Number.parseFloat(els.minSim.value).toFixed(2);
@@ -701,6 +778,183 @@ els.searchForm.addEventListener("submit", (event) => {
   event.preventDefault();
   if (state.lastQuery) runSearch(state.lastQuery);
   else showStatus("Choose a query image first (or select an image of the collection).", "info");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Examples: "more like these, less like those", picked on the matches
+
+function votes(match) {
+  const { positive, negative } = state.examples;
+  const vote = (kind, label) =>
+    el("button", {
+      type: "button",
+      "data-vote": kind,
+      "aria-pressed": String((kind === "like" ? positive : negative).has(match.image_id)),
+      "aria-label": `${label}: ${match.filename}`,
+      text: label,
+      onclick: (event) => toggleExample(match, kind, event.currentTarget),
+    });
+  return el("div", { class: "votes" }, vote("like", "More like"), vote("unlike", "Less like"));
+}
+
+function toggleExample(match, kind, button) {
+  const { positive, negative } = state.examples;
+  const [mine, other] = kind === "like" ? [positive, negative] : [negative, positive];
+  if (mine.has(match.image_id)) mine.delete(match.image_id);
+  else {
+    mine.set(match.image_id, match.filename);
+    other.delete(match.image_id);
+  }
+  for (const b of button.parentElement.querySelectorAll("button[data-vote]")) {
+    const set = b.dataset.vote === "like" ? positive : negative;
+    b.setAttribute("aria-pressed", String(set.has(match.image_id)));
+  }
+  renderExamples();
+}
+
+function renderExamples() {
+  const { positive, negative } = state.examples;
+  els.examples.hidden = positive.size + negative.size === 0;
+  els.examplesText.textContent = `Examples: more like ${plural(positive.size, "image")}, less like ${plural(negative.size, "image")}.`;
+  els.examplesSearch.disabled = positive.size === 0;
+  els.examplesSearch.title = positive.size ? "" : "Pick at least one image to search more like";
+}
+
+function exampleBody() {
+  const ids = (map) => [...map.keys()].map((image_id) => ({ image_id }));
+  const body = { positive: ids(state.examples.positive) };
+  if (state.examples.negative.size) body.negative = ids(state.examples.negative);
+  return body;
+}
+
+function clearExamples() {
+  state.examples.positive.clear();
+  state.examples.negative.clear();
+  for (const b of els.matches.querySelectorAll("button[data-vote]")) b.setAttribute("aria-pressed", "false");
+  renderExamples();
+}
+
+els.examplesSearch.addEventListener("click", () => {
+  if (state.examples.positive.size) runSearch({ kind: "examples" });
+});
+els.examplesClear.addEventListener("click", clearExamples);
+
+// ---------------------------------------------------------------------------------------------
+// Batch search: several query images, one job, a row per query
+
+const BATCH_QUERIES = 1000;
+
+async function runBatch(files) {
+  const collection = requireCollection();
+  if (!collection) return;
+  const filter = currentFilter();
+  if (filter === null) return;
+  if (files.length > BATCH_QUERIES) {
+    showStatus(`A batch search takes up to ${BATCH_QUERIES} images; the first ${BATCH_QUERIES} are searched.`, "info");
+    files = files.slice(0, BATCH_QUERIES);
+  }
+  const params = searchParams();
+  els.batch.hidden = false;
+  els.batchRows.replaceChildren();
+  els.batchStatus.textContent = `Uploading ${plural(files.length, "query image")}…`;
+  els.batch.scrollIntoView({ behavior: scrollBehavior(), block: "start" });
+  try {
+    const form = new FormData();
+    for (const file of files) form.append("files", file, file.name);
+    if (filter) form.append("filter", JSON.stringify(filter));
+    const accepted = await api(`${collectionPath(collection)}/search/batch`, { method: "POST", body: form, query: params });
+    const job = await pollJob(accepted.job_id, {
+      wait: PROGRESS_WAIT,
+      onUpdate: (view) => {
+        const p = view.progress || {};
+        els.batchStatus.textContent = `Searching: ${p.done ?? 0} of ${p.total ?? files.length} queries done${p.failed ? `, ${p.failed} failed` : ""}…`;
+      },
+    });
+    const page = await api(`v1/jobs/${enc(accepted.job_id)}/results`, { query: { limit: BATCH_QUERIES } });
+    renderBatch(page.results || [], job, collection);
+  } catch (err) {
+    reportFilterError(err);
+    showError(err, "Batch search");
+    els.batchStatus.textContent = `Batch search failed: ${err.message}`;
+  }
+}
+
+function renderBatch(rows, job, collection) {
+  const failed = new Map((job.errors || []).map((e) => [e.index, e]));
+  const cells = rows.map((row, index) => {
+    if (!row) {
+      const e = failed.get(index) || {};
+      return el("tr", { class: "failed-row" }, el("td", { text: e.filename || `#${index + 1}` }), el("td", { colspan: 3, text: `failed: ${e.error || "?"} ${e.detail || ""}` }));
+    }
+    const best = (row.matches || [])[0];
+    if (!best) return el("tr", {}, el("td", { text: row.query }), el("td", { colspan: 3, text: "no match" }));
+    const img = el("img", { alt: "", loading: "lazy", decoding: "async" });
+    if (collection === state.collection) setThumb(img, collection, best.image_id);
+    const open = el("button", {
+      type: "button",
+      class: "ghost",
+      title: `Search for images similar to ${best.filename}`,
+      onclick: () => runSearch({ kind: "id", id: best.image_id, filename: best.filename }),
+    }, img, best.filename);
+    return el(
+      "tr",
+      {},
+      el("td", { text: row.query }),
+      el("td", {}, open),
+      el("td", { class: "num", text: best.similarity.toFixed(3) }),
+      el("td", { class: "num", text: String(row.matches.length - 1) }),
+    );
+  });
+  els.batchRows.replaceChildren(...cells);
+  const p = job.progress || {};
+  els.batchStatus.textContent = `${plural(p.total ?? rows.length, "query", "queries")} searched${p.failed ? `, ${p.failed} failed` : ""} · all results: /v1/jobs/${job.job_id}/results?format=jsonl`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Near-duplicate groups
+
+els.dupForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const collection = requireCollection();
+  if (!collection) return;
+  let minSimilarity = Number.parseFloat(els.dupMin.value);
+  if (!Number.isFinite(minSimilarity)) minSimilarity = 0.95;
+  minSimilarity = Math.min(1, Math.max(0.5, minSimilarity));
+  els.dupMin.value = String(minSimilarity);
+  els.dupRun.disabled = true;
+  els.dupStatus.textContent = "Looking for near-duplicates…";
+  els.dupGroups.replaceChildren();
+  try {
+    const accepted = await api(`${collectionPath(collection)}/duplicates`, {
+      method: "POST",
+      json: { min_similarity: minSimilarity },
+    });
+    const job = await pollJob(accepted.job_id, { wait: RESULT_WAIT });
+    if (job.status === "failed") {
+      const e = job.result || (job.errors || [])[0] || {};
+      throw new ApiError(0, e.error || "duplicates_failed", e.detail || "the duplicates job failed");
+    }
+    if (collection !== state.collection) return;
+    const result = job.result || {};
+    const groups = result.groups || [];
+    els.dupStatus.textContent = groups.length
+      ? `${plural(result.group_count ?? groups.length, "group")} holding ${plural(result.images_in_groups ?? 0, "image")} (similarity ≥ ${minSimilarity.toFixed(2)})`
+      : `No near-duplicates at similarity ≥ ${minSimilarity.toFixed(2)}.`;
+    els.dupGroups.replaceChildren(
+      ...groups.map((g) =>
+        el(
+          "li",
+          { class: "dup-group" },
+          el("ol", { class: "grid", "aria-label": `Group of ${g.size}` }, ...g.members.map((m) => el("li", {}, thumbButton(m, { similarity: m.similarity })))),
+        ),
+      ),
+    );
+  } catch (err) {
+    els.dupStatus.textContent = "Finding duplicates failed.";
+    showError(err, "Duplicates");
+  } finally {
+    els.dupRun.disabled = false;
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -714,12 +968,22 @@ async function loadBrowse() {
   const path =
     cluster === null ? `${collectionPath(collection)}/images` : `${collectionPath(collection)}/clusters/${cluster}/images`;
   els.browse.setAttribute("aria-busy", "true");
+  const filter = cluster === null ? currentFilter() : undefined;
+  if (filter === null) return;
+  const query = { offset, limit };
+  if (filter) query.filter = JSON.stringify(filter);
+  state.browse.filtered = Boolean(filter);
   let page;
   try {
-    page = await api(path, { query: { offset, limit } });
+    page = await api(path, { query });
   } catch (err) {
     if (seq !== state.browseSeq) return;
     els.browse.removeAttribute("aria-busy");
+    if (err.code === "invalid_filter") {
+      reportFilterError(err);
+      showError(err, "Browsing");
+      return;
+    }
     if (err.status === 404 && err.code === "collection_not_found") {
       renderPage({ total: 0, offset: 0, images: [] });
       return;
@@ -750,9 +1014,11 @@ function renderPage(page) {
   els.browse.replaceChildren(...images.map((image) => el("li", {}, thumbButton(image))));
   els.browseTitle.textContent =
     cluster === null
-      ? page.total
-        ? `All images of “${state.collection}” (${page.total}), in the order they were added. Select one to search by it.`
-        : `“${state.collection}” has no images yet.`
+      ? state.browse.filtered
+        ? `${plural(page.total, "image")} of “${state.collection}” pass the filter, in the order they were added.`
+        : page.total
+          ? `All images of “${state.collection}” (${page.total}), in the order they were added. Select one to search by it.`
+          : `“${state.collection}” has no images yet.`
       : `Cluster ${cluster}: ${plural(page.total, "image")}, nearest its centroid first.`;
   els.browseAll.hidden = cluster === null;
   const first = images.length ? page.offset + 1 : 0;

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.images import photo_bytes
-from tests.integration.client_helpers import index
+from tests.integration.client_helpers import index, wait_job
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -336,3 +336,88 @@ def test_gallery_archive_drop_and_pasted_urls(browser, api_url: str, collection:
     expect(page.locator("#failed li")).to_have_count(2)
     expect(page.locator("#failed li").first).to_contain_text("blocked_address")
     assert errors == []
+
+
+def test_gallery_filters_examples_batch_and_duplicates(browser, api_url: str, collection: str, tmp_path: Path) -> None:
+    """The issue-14 controls: a metadata filter (browse and search, with inline errors), picking
+    examples on the matches, several query images as one batch search, near-duplicate groups."""
+    import json
+
+    from playwright.sync_api import expect
+
+    files = [(f"cat{i}.jpg", photo_bytes(800 + i)) for i in range(4)]
+    files += [(f"dog{i}.jpg", photo_bytes(810 + i)) for i in range(4)]
+    metadata = {name: {"label": name[:3]} for name, _ in files}
+    with httpx.Client(base_url=api_url, timeout=60) as client:
+        parts = [("files", (name, data, "image/jpeg")) for name, data in files]
+        resp = client.post(f"/v1/collections/{collection}/images", files=parts, data={"metadata": json.dumps(metadata)})
+        assert resp.status_code == 202, resp.text
+        job = wait_job(client, resp.json()["job_id"])
+        assert job["status"] == "succeeded", job
+
+    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    errors = _watch_errors(page)
+    page.goto(f"{api_url}/")
+    name = page.get_by_label("Name")
+    name.fill(collection)
+    name.press("Enter")
+    expect(page.locator("#browse li")).to_have_count(8)
+
+    # A filter narrows Browse at once, and then searches.
+    flt = page.get_by_label("Metadata filter")
+    flt.fill('{"label": "cat"}')
+    flt.press("Enter")
+    expect(page.locator("#browse-title")).to_contain_text("4 images")
+    expect(page.locator("#browse li")).to_have_count(4)
+    page.locator("#browse button.thumb").first.click()
+    matches = page.locator("#matches li")
+    expect(matches).to_have_count(3, timeout=JOB_TIMEOUT_MS)  # the other cats; the query is not its own match
+    for text in matches.locator(".name").all_inner_texts():
+        assert text.startswith("cat"), text
+    expect(page.locator("#search-status")).to_contain_text("4 images pass the filter")
+
+    # A malformed filter: an inline error from the page; a bad operator: the API's 422 beside the field.
+    flt.fill("{label: cat")
+    flt.press("Enter")
+    expect(page.locator("#filter-error")).to_be_visible()
+    expect(page.locator("#filter")).to_have_attribute("aria-invalid", "true")
+    flt.fill('{"label": {"$like": "c%"}}')
+    flt.press("Enter")
+    expect(page.locator("#filter-error")).to_contain_text("filter.label.$like")
+    flt.fill("")
+    flt.press("Enter")
+    expect(page.locator("#filter-error")).to_be_hidden()
+    expect(page.locator("#browse li")).to_have_count(8)
+
+    # Examples: "more like" one match, "less like" another, then search with them.
+    page.locator("#search-again").click()
+    expect(matches).to_have_count(7, timeout=JOB_TIMEOUT_MS)
+    first, second = (matches.nth(i).locator(".name").inner_text() for i in (0, 1))
+    matches.nth(0).get_by_role("button", name="More like").click()
+    matches.nth(1).get_by_role("button", name="Less like").click()
+    expect(page.locator("#examples-text")).to_have_text("Examples: more like 1 image, less like 1 image.")
+    with page.expect_request(lambda r: r.url.split("?")[0].endswith("/search") and r.method == "POST") as sent:
+        page.get_by_role("button", name="Search with these examples").click()
+    body = json.loads(sent.value.post_data)
+    assert len(body["positive"]) == 1 and len(body["negative"]) == 1
+    expect(page.locator("#query-caption")).to_contain_text("more like 1 image, less like 1")
+    expect(matches).to_have_count(6, timeout=JOB_TIMEOUT_MS)  # 8 less the two examples
+    shown = matches.locator(".name").all_inner_texts()
+    assert first not in shown and second not in shown
+
+    # Several query images at once: one batch search, a row per query.
+    queries = _photos(tmp_path, [800, 811, 900], prefix="q")
+    page.set_input_files("#query-file", [str(p) for p in queries])
+    rows = page.locator("#batch-rows tr")
+    expect(rows).to_have_count(3, timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#batch-status")).to_contain_text("3 queries searched")
+    expect(rows.nth(0)).to_contain_text("cat0.jpg")  # the same bytes: similarity 1
+    expect(rows.nth(1)).to_contain_text("dog1.jpg")
+
+    # Near-duplicates (random weights: every photo is close to every other, so one big group).
+    page.get_by_role("button", name="Find duplicates").click()
+    expect(page.locator("#dup-status")).to_contain_text("group", timeout=JOB_TIMEOUT_MS)
+    assert page.locator("#dup-groups .thumb").count() >= 2
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "gallery-search-features.png"), full_page=True)
+    assert not errors, errors
