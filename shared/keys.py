@@ -156,3 +156,16 @@ def job_query(job_id: str) -> str:
 
 def job_shards(job_id: str) -> str:
     return f"ss:job:{job_id}:shards"  # shard -> its answer (JSON), as the shards of a search answer
+
+
+def batch_chunk(job_id: str, first: int) -> str:
+    # a sharded batch search's chunk (by its first query index): the queries' vectors and who they are
+    return f"ss:job:{job_id}:batch:{first}"
+
+
+def batch_answers(job_id: str, first: int) -> str:
+    return f"ss:job:{job_id}:batch:{first}:shards"  # shard -> its answers to that chunk (JSON)
+
+
+def batch_partial(job_id: str) -> str:
+    return f"ss:job:{job_id}:partial"  # set: first indices of chunks merged without every shard

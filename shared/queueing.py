@@ -18,6 +18,8 @@ SEARCH_SHARD_TASK = "simsearch.search_shard"  # sent to shared.shards.shard_queu
 SEARCH_DEADLINE_TASK = "simsearch.search_deadline"
 DUPLICATES_TASK = "simsearch.duplicates"
 BATCH_CHUNK_TASK = "simsearch.search_batch_chunk"  # a chunk of a batch search's queries
+BATCH_SHARD_TASK = "simsearch.search_batch_shard"  # one shard's answers to a chunk (its shard queue)
+BATCH_DEADLINE_TASK = "simsearch.search_batch_deadline"
 EXPAND_TASK = "simsearch.expand"  # list an archive / URL file / bucket into its job's items
 WEBHOOK_QUEUE = "webhooks"
 WEBHOOK_TASK = "simsearch.webhook"
@@ -39,6 +41,7 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, A
             CLUSTER_TASK: {"queue": INDEX_QUEUE},
             SEARCH_TASK: {"queue": SEARCH_QUEUE},
             SEARCH_DEADLINE_TASK: {"queue": DEADLINE_QUEUE},
+            BATCH_DEADLINE_TASK: {"queue": DEADLINE_QUEUE},
             EXPAND_TASK: {"queue": INDEX_QUEUE},
             DUPLICATES_TASK: {"queue": INDEX_QUEUE},
             BATCH_CHUNK_TASK: {"queue": INDEX_QUEUE},

@@ -14,7 +14,7 @@ import numpy as np
 from shared import filters, keys
 from shared.errors import Conflict, SimsearchError
 from shared.jobs import final_status
-from shared.schemas import ItemError, ItemStatus, JobInput, SearchParams
+from shared.schemas import ItemError, ItemStatus, JobInput, JobStatus, SearchParams
 from worker.context import JobContext, Outcome, failed_item, ok
 from worker.indexing import PASS_THROUGH, Pending, drop_uploads, prepare_item
 from worker.searching import search_excluding
@@ -45,15 +45,24 @@ def _vectors(ctx: JobContext, indices: list[int], inputs: list) -> tuple[dict[in
     return out, failures
 
 
-def search_batch_chunk(ctx: JobContext, indices: list[int]) -> None:
+def _params(ctx: JobContext) -> SearchParams:
+    keep = ("k", "min_similarity", "filter")
+    return SearchParams.model_validate({k: v for k, v in ctx.job.params.items() if k in keep})
+
+
+def search_batch_chunk(ctx: JobContext, indices: list[int]) -> int:
+    """Answer a chunk of queries here; for a sharded collection store them for the shards and
+    return how many shards to send them to (0: answered here)."""
     ctx.jobs.mark_running(ctx.job_id)
-    params = SearchParams.model_validate(
-        {k: v for k, v in ctx.job.params.items() if k in ("k", "min_similarity", "filter")}
-    )
+    params = _params(ctx)
+    shards = ctx.store.collection_shards(ctx.collection)
+    if shards > 1 and ctx.store.batch_chunk(ctx.job_id, indices[0]) is not None:
+        return shards  # redelivered after the queries were stored: send them again
     inputs = ctx.jobs.inputs(ctx.job_id, indices)
-    replica = ctx.replicas.sync(ctx.collection)
-    if replica is not None and replica.model != ctx.embedder.name:
-        raise Conflict(f"collection {ctx.collection!r} was built with model {replica.model!r}", code="model_mismatch")
+    replica = ctx.replicas.sync(ctx.collection) if shards == 1 else None
+    model = replica.model if replica is not None else ctx.store.collection_header(ctx.collection)[0]
+    if model is not None and model != ctx.embedder.name:
+        raise Conflict(f"collection {ctx.collection!r} was built with model {model!r}", code="model_mismatch")
     try:
         vectors, outcomes = _vectors(ctx, indices, inputs)
     except PASS_THROUGH:
@@ -62,28 +71,55 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> None:
         pairs = zip(indices, inputs, strict=True)
         vectors, outcomes = {}, [failed_item(i, inp, exc.code, exc.detail) for i, inp in pairs]
     by_index = dict(zip(indices, inputs, strict=True))
+    if shards > 1 and vectors:
+        queries = [query_row(index, by_index[index]) for index in vectors]
+        matrix = np.stack(list(vectors.values()))
+        ctx.store.put_batch_chunk(ctx.job_id, indices[0], queries, matrix, ctx.jobs.lifecycle.job_ttl_s)
+        # The failures now; the answered queries when the shards have merged.
+        record(ctx, outcomes, indices)
+        return shards
     # One mask for the chunk: every query has the same filter.
     mask = None
     if replica is not None and params.filter is not None:
         mask = ctx.replicas.filter_mask(ctx.collection, replica, filters.parse(params.filter))
     answers: dict[int, list[tuple[str, float]]] = {}
     for index, vec in vectors.items():
-        inp = by_index[index]
-        # A stored query is not among its own matches, as in a single search by id.
-        own = params.model_copy(update={"image_id": inp.image_id if inp.stored else None})
+        own = params.model_copy(update={"image_id": query_row(index, by_index[index])["own"]})
         found = search_excluding(replica.index, vec, own, params.k, params.min_similarity, mask) if replica else []
         answers[index] = found
+    rows = result_rows(ctx, {index: query_row(index, by_index[index]) for index in answers}, answers)
+    outcomes += [ok(index, by_index[index], ItemStatus.created) for index in answers]  # type: ignore[arg-type]
+    if rows:
+        ctx.store.put_results(ctx.job_id, rows, ctx.jobs.lifecycle.job_ttl_s)
+    record(ctx, outcomes, indices)
+    return 0
+
+
+def query_row(index: int, inp: JobInput) -> dict:
+    """Who a query is, for its result row; `own`: a stored query is not among its own matches."""
+    return {
+        "index": index,
+        "query": inp.filename,
+        "image_id": inp.image_id or None,
+        "own": inp.image_id if inp.stored else None,
+    }
+
+
+def result_rows(
+    ctx: JobContext, queries: dict[int, dict], answers: dict[int, list[tuple[str, float]]], **extra
+) -> dict[str, str]:
     names = iter(ctx.store.filenames(ctx.collection, [i for hits in answers.values() for i, _ in hits]))
     rows = {}
     for index, hits in answers.items():
-        inp = by_index[index]
-        assert isinstance(inp, JobInput)
+        q = queries[index]
         matches = [{"image_id": i, "filename": next(names), "similarity": round(s, 6)} for i, s in hits]
-        rows[str(index)] = json.dumps({"query": inp.filename, "image_id": inp.image_id or None, "matches": matches})
-        outcomes.append(ok(index, inp, ItemStatus.created))
-    if rows:
-        ctx.store.put_results(ctx.job_id, rows, ctx.jobs.lifecycle.job_ttl_s)
-    complete = ctx.jobs.record_items(ctx.job_id, outcomes)
+        rows[str(index)] = json.dumps({"query": q["query"], "image_id": q["image_id"], "matches": matches, **extra})
+    return rows
+
+
+def record(ctx: JobContext, outcomes: list[Outcome], indices: list[int]) -> None:
+    """Record outcomes, drop the chunk's uploads, and end the job if that completed it."""
+    complete = ctx.jobs.record_items(ctx.job_id, outcomes) if outcomes else 0
     drop_uploads(ctx, indices)
     if complete == 1:
         finish_batch_search(ctx)
@@ -92,4 +128,9 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> None:
 def finish_batch_search(ctx: JobContext) -> None:
     total, failures = ctx.jobs.counts(ctx.job_id)
     summary = {"queries": total, "failed": failures, "results_url": f"/v1/jobs/{ctx.job_id}/results"}
-    ctx.jobs.finish(ctx.job_id, final_status(total, failures), summary)
+    status = final_status(total, failures)
+    # A sharded collection whose shard had no live worker: some rows lack that shard's matches.
+    if (partial := ctx.store.partial_chunks(ctx.job_id)) and status is JobStatus.succeeded:
+        status = JobStatus.partial
+        summary["chunks_missing_shards"] = partial
+    ctx.jobs.finish(ctx.job_id, status, summary)

@@ -266,14 +266,50 @@ class WorkerStore:
         raw = self.redis.get(keys.job_query(job_id))
         return np.frombuffer(raw, dtype="<f4").copy() if raw else None
 
-    def record_shard(self, job_id: str, shard: int, answer: dict[str, Any], ttl_s: int) -> int:
-        """Store one shard's answer; how many shards have answered (-1: the job already ended)."""
+    def record_shard(self, job_id: str, shard: int, answer: dict[str, Any], ttl_s: int, key: str | None = None) -> int:
+        """Store one shard's answer (in `key`: a batch chunk's answers); how many shards have
+        answered (-1: the job already ended)."""
         return int(
             self._record_shard(
-                keys=[keys.job_shards(job_id), keys.job(job_id)],
+                keys=[key or keys.job_shards(job_id), keys.job(job_id)],
                 args=[shard, json.dumps(answer), ttl_s, *FINAL_STATUSES],
             )
         )
+
+    # -- sharded batch search: a chunk's queries, stored once for every shard ----------------------
+    def put_batch_chunk(self, job_id: str, first: int, rows: list[dict[str, Any]], matrix: np.ndarray, ttl_s: int):
+        key = keys.batch_chunk(job_id, first)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={"rows": json.dumps(rows), "vectors": np.ascontiguousarray(matrix, "<f4").tobytes()})
+        pipe.expire(key, ttl_s)
+        pipe.execute()
+
+    def batch_chunk(self, job_id: str, first: int) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+        raw_rows, raw_vectors = self.redis.hmget(keys.batch_chunk(job_id, first), ["rows", "vectors"])
+        if raw_rows is None or raw_vectors is None:
+            return None
+        rows = json.loads(raw_rows)
+        return rows, np.frombuffer(raw_vectors, dtype="<f4").reshape(len(rows), -1).copy()
+
+    def batch_answers(self, job_id: str, first: int) -> dict[int, dict[str, Any]]:
+        raw = self.redis.hgetall(keys.batch_answers(job_id, first))
+        return {int(k): json.loads(v) for k, v in raw.items()}
+
+    def mark_partial_chunk(self, job_id: str, first: int, partial: bool, ttl_s: int) -> None:
+        key = keys.batch_partial(job_id)
+        pipe = self.redis.pipeline(transaction=True)
+        if partial:
+            pipe.sadd(key, first)
+        else:
+            pipe.srem(key, first)
+        pipe.expire(key, ttl_s)
+        pipe.execute()
+
+    def partial_chunks(self, job_id: str) -> int:
+        return int(self.redis.scard(keys.batch_partial(job_id)))
+
+    def drop_batch_chunk(self, job_id: str, first: int) -> None:
+        self.redis.delete(keys.batch_chunk(job_id, first), keys.batch_answers(job_id, first))
 
     def drop_fan_out(self, job_id: str) -> None:
         """A fanned-out search ended: its query and shard answers are no longer needed."""

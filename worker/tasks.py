@@ -18,6 +18,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.queueing import (
     BATCH_CHUNK_TASK,
+    BATCH_DEADLINE_TASK,
+    BATCH_SHARD_TASK,
     CLUSTER_TASK,
     DEADLINE_QUEUE,
     DUPLICATES_TASK,
@@ -32,7 +34,17 @@ from shared.queueing import (
 )
 from shared.schemas import JobStatus, JobType
 from shared.shards import shard_queue
-from worker import batch_search, clustering_job, duplicates_job, expanding, indexing, reembedding, searching, webhooks
+from worker import (
+    batch_search,
+    batch_shards,
+    clustering_job,
+    duplicates_job,
+    expanding,
+    indexing,
+    reembedding,
+    searching,
+    webhooks,
+)
 from worker.app import app, runtime_of
 from worker.context import JobContext, failed_item
 from worker.runtime import WorkerRuntime
@@ -203,7 +215,35 @@ def webhook(self: Task, job_id: str) -> None:
 
 @app.task(name=BATCH_CHUNK_TASK, **TASK)
 def search_batch_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
-    run(self, job_id, indices, lambda ctx: batch_search.search_batch_chunk(ctx, indices))
+    rt = runtime_of(self.app)
+    fan_out: list[int] = []
+    run(self, job_id, indices, lambda ctx: fan_out.append(batch_search.search_batch_chunk(ctx, indices)))
+    shards = fan_out[0] if fan_out else 0
+    if not shards:
+        return
+    # A sharded collection: the chunk's queries are stored; each shard answers them all.
+    with self.app.producer_or_acquire() as producer:
+        for shard in range(shards):
+            args = [job_id, collection, indices, shard, shards]
+            self.app.send_task(BATCH_SHARD_TASK, args, queue=shard_queue(shard), producer=producer)
+        self.app.send_task(
+            BATCH_DEADLINE_TASK,
+            [job_id, collection, indices, shards],
+            queue=DEADLINE_QUEUE,
+            countdown=rt.settings.shard_timeout_s,
+            producer=producer,
+        )
+
+
+@app.task(name=BATCH_SHARD_TASK, **TASK)
+def search_batch_shard(self: Task, job_id: str, collection: str, indices: list[int], shard: int, shards: int) -> None:
+    run(self, job_id, indices, lambda ctx: batch_shards.answer_shard(ctx, indices[0], shard, shards))
+    maintain(runtime_of(self.app), collection, shard)
+
+
+@app.task(name=BATCH_DEADLINE_TASK, **TASK)
+def search_batch_deadline(self: Task, job_id: str, collection: str, indices: list[int], shards: int) -> None:
+    run(self, job_id, indices, lambda ctx: batch_shards.at_deadline(ctx, indices[0], shards))
 
 
 @app.task(name=DUPLICATES_TASK, **TASK)

@@ -16,7 +16,7 @@ from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form, to_uploads
 from api.urls import callback_params
-from shared.errors import Conflict, InvalidRequest, UnsupportedMedia
+from shared.errors import InvalidRequest, UnsupportedMedia
 from shared.queueing import BATCH_CHUNK_TASK, EXPAND_TASK, INDEX_QUEUE
 from shared.schemas import IMAGE_ID, JobAccepted, JobInput, JobType
 
@@ -57,9 +57,7 @@ async def search_batch(
     """Search with many queries in one job: uploaded `files` (up to 1,000), `{"image_ids": [...]}`,
     or `{"all": true}` (each image against the collection, itself excluded). Progress counts
     queries; `GET /v1/jobs/{id}/results?offset=&limit=` pages the answers (or `format=jsonl`)."""
-    info = await searchable(store, collection, settings, k)
-    if info.shards > 1:
-        raise Conflict("batch search of a sharded collection is not supported yet", code="sharded_collection")
+    await searchable(store, collection, settings, k)
     params = {"collection": collection, "k": k, "min_similarity": min_similarity}
     job_id = uuid.uuid4().hex
     kind = media_type(request.headers.get("content-type"))

@@ -178,6 +178,36 @@ def test_clustering_and_export_cover_every_shard(client: httpx.Client, indexed: 
     assert found["status"] == "succeeded" and {m["image_id"] for m in found["result"]["matches"]} <= members
 
 
+def batch(client: httpx.Client, collection: str, **kwargs) -> tuple[dict, list[dict]]:
+    resp = client.post(f"/v1/collections/{collection}/search/batch", **kwargs)
+    assert resp.status_code == 202, resp.text
+    job = wait_job(client, resp.json()["job_id"])
+    rows = client.get(f"/v1/jobs/{job['job_id']}/results", params={"limit": 1000}).json()["results"]
+    return job, rows
+
+
+def test_batch_search_on_shards_answers_like_exact_search(
+    client: httpx.Client, indexed: list[str], stack: Stack
+) -> None:
+    queries = indexed[40:60]
+    job, rows = batch(client, "sharded", params={"k": 10}, json={"image_ids": queries})
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == {"total": 20, "done": 20, "failed": 0}
+    for image, row in zip(queries, rows, strict=True):
+        assert row["image_id"] == image and "missing_shards" not in row
+        got = [(m["image_id"], m["similarity"]) for m in row["matches"]]
+        assert same_ranking(got, exact_top10(stack, "sharded", image))  # itself excluded, both shards merged
+    # Uploaded queries: embedded once, answered by both shards; each finds its own photo first.
+    files = [("files", (f"q{i}.jpg", photo_bytes(i), "image/jpeg")) for i in range(3)]
+    job, rows = batch(client, "sharded", params={"k": 3}, files=files)
+    assert job["status"] == "succeeded", job
+    assert [row["query"] for row in rows] == ["q0.jpg", "q1.jpg", "q2.jpg"]
+    for i, row in enumerate(rows):
+        assert row["matches"][0]["filename"] == f"p{i}.jpg" and row["matches"][0]["similarity"] > 0.999
+    # Nothing of the fan-out is left behind.
+    assert not list(redis.Redis.from_url(stack.url).scan_iter(f"ss:job:{job['job_id']}:batch*"))
+
+
 def test_a_shard_without_a_worker_ends_partial_then_recovers(
     client: httpx.Client, indexed: list[str], stack: Stack
 ) -> None:
@@ -190,6 +220,13 @@ def test_a_shard_without_a_worker_ends_partial_then_recovers(
     assert not redis.Redis.from_url(stack.url).exists(keys.job_query(job["job_id"]), keys.job_shards(job["job_id"]))
     assert took < SHARD_TIMEOUT_S + 5
     assert "shards [1] did not answer" in job["result"]["message"]
+    # A batch search too: partial after the shard timeout, each row naming the missing shard.
+    started = time.monotonic()
+    batched, rows = batch(client, "sharded", params={"k": 5}, json={"image_ids": indexed[2:5]})
+    assert batched["status"] == "partial" and batched["result"]["chunks_missing_shards"] == 1, batched
+    assert time.monotonic() - started < SHARD_TIMEOUT_S + 10
+    assert [r["missing_shards"] for r in rows] == [[1]] * 3
+    assert all(int(m["image_id"][:8], 16) % 2 == 0 for r in rows for m in r["matches"])  # shard 0's only
     counts = client.get("/v1/collections/sharded").json()["shard_counts"]
     assert job["result"]["collection_size"] == counts[0]
     assert all(int(i[:8], 16) % 2 == 0 for i, _ in matches(job))  # shard 0's images only
@@ -230,3 +267,8 @@ def test_a_filter_applies_on_every_shard(client: httpx.Client, indexed: list[str
     assert job["result"]["filter_matches"] == 15  # the shards' counts, summed
     sims = [m["similarity"] for m in job["result"]["matches"]]
     assert sims == sorted(sims, reverse=True)
+    # The same filter in a batch search over both shards.
+    ids = {m["filename"]: m["image_id"] for m in job["result"]["matches"]}
+    job, rows = batch(client, "sharded-meta", params={"k": 40}, json={"image_ids": [ids["m0.jpg"]], "filter": spec})
+    assert job["status"] == "succeeded", job
+    assert sorted(m["filename"] for m in rows[0]["matches"]) == sorted(f"m{i}.jpg" for i in range(2, 30, 2))

@@ -1,0 +1,85 @@
+"""Batch search of a sharded collection: a chunk's queries are embedded once (worker.batch_search
+stores their vectors), every shard answers all of them from its replica, and the last shard to
+answer merges the chunk: each query's k best over the shards, in the order one replica of
+everything would give. SHARD_TIMEOUT_S after the fan-out a deadline merges whatever answered, and
+the rows it writes name the shards that did not (`missing_shards`), as a single search does.
+
+Merging is idempotent: the deadline and a late last shard may both merge a chunk; results are a
+hash by query index (the fuller merge overwrites), progress is recorded once per query.
+"""
+
+from __future__ import annotations
+
+from shared import filters, keys
+from shared.schemas import ItemOutcome, ItemStatus, SearchParams
+from worker.batch_search import _params, finish_batch_search, result_rows
+from worker.context import JobContext, failed
+from worker.searching import search_excluding
+
+
+def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:
+    """One shard's answers to a stored chunk of queries; the last shard to answer merges."""
+    if ctx.job.status.final:
+        return
+    chunk = ctx.store.batch_chunk(ctx.job_id, first)
+    if chunk is None:  # merged already (the deadline), or expired
+        return
+    queries, matrix = chunk
+    params = _params(ctx)
+    replica = ctx.replicas.sync(ctx.collection, shard, shards)
+    answers: dict[str, list] = {}
+    if replica is not None and len(replica.index):
+        mask = None
+        if params.filter is not None:
+            mask = ctx.replicas.filter_mask(ctx.collection, replica, filters.parse(params.filter))
+        for q, vec in zip(queries, matrix, strict=True):
+            own = SearchParams(k=params.k, image_id=q["own"])
+            hits = search_excluding(replica.index, vec, own, params.k, params.min_similarity, mask)
+            answers[str(q["index"])] = [[i, s] for i, s in hits]
+    key = keys.batch_answers(ctx.job_id, first)
+    answered = ctx.store.record_shard(ctx.job_id, shard, {"answers": answers}, ctx.jobs.lifecycle.job_ttl_s, key)
+    if answered == shards:
+        merge(ctx, first, shards)
+
+
+def at_deadline(ctx: JobContext, first: int, shards: int) -> None:
+    """SHARD_TIMEOUT_S after the fan-out: merge the chunk if some shard has not answered."""
+    if ctx.store.batch_chunk(ctx.job_id, first) is not None:
+        merge(ctx, first, shards)
+
+
+def merge(ctx: JobContext, first: int, shards: int) -> None:
+    chunk = ctx.store.batch_chunk(ctx.job_id, first)
+    if chunk is None:
+        return
+    queries, _ = chunk
+    k = _params(ctx).k
+    answers = ctx.store.batch_answers(ctx.job_id, first)
+    missing = sorted(set(range(shards)) - set(answers))
+    by_index = {q["index"]: q for q in queries}
+    outcomes = []
+    if not answers:
+        detail = f"none of the {shards} shards answered within the shard timeout (no live worker serves them?)"
+        code = "shards_unavailable"
+        outcomes = [failed(i, q["query"], q["image_id"] or "", code, detail) for i, q in by_index.items()]
+        rows: dict[str, str] = {}
+    else:
+        merged = {}
+        for index in by_index:
+            hits = [(h[0], float(h[1])) for a in answers.values() for h in a["answers"].get(str(index), [])]
+            merged[index] = sorted(hits, key=lambda h: (-h[1], h[0]))[:k]
+        extra = {"missing_shards": missing} if missing else {}
+        rows = result_rows(ctx, by_index, merged, **extra)
+        outcomes = [
+            (ItemOutcome(index=i, filename=q["query"], image_id=q["image_id"] or "", status=ItemStatus.created), None)
+            for i, q in by_index.items()
+        ]
+    ttl = ctx.jobs.lifecycle.job_ttl_s
+    if rows:
+        ctx.store.put_results(ctx.job_id, rows, ttl)
+    ctx.store.mark_partial_chunk(ctx.job_id, first, bool(missing and answers), ttl)
+    complete = ctx.jobs.record_items(ctx.job_id, outcomes)
+    if not missing:
+        ctx.store.drop_batch_chunk(ctx.job_id, first)  # else: a late shard may still merge a fuller answer
+    if complete == 1:
+        finish_batch_search(ctx)
