@@ -47,14 +47,21 @@ def checked_filter(raw: Any) -> dict[str, Any] | None:
     return raw
 
 
+MAX_FILTER_TEXT = 64 * 1024
+
+
 def text_filter(text: Any) -> dict[str, Any] | None:
     """A filter sent as JSON text: a form field next to an upload, or a query parameter."""
     if text is None or text == "":
         return None
     if not isinstance(text, str):
         raise filters.InvalidFilter("filter: send the filter as a plain form field holding JSON, not a file")
+    if len(text) > MAX_FILTER_TEXT:
+        raise filters.InvalidFilter(f"filter: over {MAX_FILTER_TEXT} characters")
     try:
         raw = json.loads(text)
+    except RecursionError:
+        raise filters.InvalidFilter(f"filter: nested deeper than {filters.MAX_DEPTH} levels") from None
     except ValueError as exc:
         raise filters.InvalidFilter(f"filter: not valid JSON ({exc})") from exc
     return checked_filter(raw)

@@ -55,6 +55,7 @@ class ApiStore:
         self._begin_reembed = client.register_script(scripts.BEGIN_REEMBED)
         self._abort_reembed = client.register_script(scripts.ABORT_REEMBED)
         self._create_collection = client.register_script(scripts.CREATE_COLLECTION)
+        self._scans = anyio.Semaphore(1)  # filtered listings, one at a time per API process
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -180,7 +181,14 @@ class ApiStore:
         self, collection: str, node: Filter, offset: int, limit: int, batch: int = 5000
     ) -> tuple[int, list[ImageRecord]]:
         """The images whose metadata passes the filter, in the order they were added: a scan of
-        the collection (its records a batch at a time, tested in a thread), so `total` is exact."""
+        the collection (its records a batch at a time, tested in a thread), so `total` is exact.
+        Scans take turns (`_scans`): they hold the GIL, and many at once would starve the API."""
+        async with self._scans:
+            return await self._filtered_page(collection, node, offset, limit, batch)
+
+    async def _filtered_page(
+        self, collection: str, node: Filter, offset: int, limit: int, batch: int
+    ) -> tuple[int, list[ImageRecord]]:
         total, page, start = 0, [], 0
         while True:
             ids = await self.redis.zrange(keys.order(collection), start, start + batch - 1)

@@ -26,6 +26,7 @@ MAX_NODES = 256
 MAX_DEPTH = 8
 MAX_IN = 1000
 MAX_PATH = 256
+MAX_INT = 2**63
 Scalar = str | int | float | bool
 RANGES = ("$gt", "$gte", "$lt", "$lte")
 OPERATORS = ("$eq", "$ne", "$in", "$nin", "$exists", *RANGES)
@@ -41,6 +42,7 @@ class Condition:
     path: str
     op: str  # one of OPERATORS
     value: Any  # a Scalar; a tuple of them for $in / $nin; a bool for $exists
+    wanted: frozenset = frozenset()  # $eq $ne $in $nin: the typed values, built once per filter
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,17 @@ Filter = Condition | Group
 
 
 def typed(value: Any) -> tuple[str, Any]:
-    """A value as compared: bools apart from numbers, 1 and 1.0 alike."""
+    """A value as compared: bools apart from numbers, 1 and 1.0 alike. Never raises: an integer
+    beyond float range (metadata may hold one) compares as an infinity."""
     if isinstance(value, bool):
         return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", float(value))
+    if isinstance(value, float):
+        return ("n", value)
+    if isinstance(value, int):
+        try:
+            return ("n", float(value))
+        except OverflowError:
+            return ("n", math.inf if value > 0 else -math.inf)
     return ("s", value)
 
 
@@ -102,7 +110,8 @@ def _field(path: str, value: Any, where: str, budget: list[int]) -> list[Conditi
         raise _fail(where, f"a field is a dotted path of non-empty names, at most {MAX_PATH} characters")
     if not (isinstance(value, dict) and value and all(isinstance(k, str) and k.startswith("$") for k in value)):
         _spend(budget, where)
-        return [Condition(path, "$eq", _scalar(value, where))]
+        scalar = _scalar(value, where)
+        return [Condition(path, "$eq", scalar, frozenset([typed(scalar)]))]
     out = []
     for op, operand in value.items():
         at = f"{where}.{op}"
@@ -114,7 +123,8 @@ def _field(path: str, value: Any, where: str, budget: list[int]) -> list[Conditi
                 raise _fail(at, "expected a non-empty list of values")
             if len(operand) > MAX_IN:
                 raise _fail(at, f"at most {MAX_IN} values")
-            out.append(Condition(path, op, tuple(_scalar(v, f"{at}[{n}]") for n, v in enumerate(operand))))
+            values = tuple(_scalar(v, f"{at}[{n}]") for n, v in enumerate(operand))
+            out.append(Condition(path, op, values, frozenset(typed(v) for v in values)))
         elif op == "$exists":
             if not isinstance(operand, bool):
                 raise _fail(at, "expected true or false")
@@ -124,7 +134,8 @@ def _field(path: str, value: Any, where: str, budget: list[int]) -> list[Conditi
                 raise _fail(at, "expected a number or a string")
             out.append(Condition(path, op, _scalar(operand, at)))
         else:
-            out.append(Condition(path, op, _scalar(operand, at)))
+            scalar = _scalar(operand, at)
+            out.append(Condition(path, op, scalar, frozenset([typed(scalar)])))
     return out
 
 
@@ -133,6 +144,8 @@ def _scalar(value: Any, where: str) -> Scalar:
         raise _fail(where, 'null matches nothing; use {"$exists": false} for a missing field')
     if isinstance(value, float) and not math.isfinite(value):
         raise _fail(where, "expected a finite number")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise _fail(where, "a number out of range (integers up to 2**63)")
     if not isinstance(value, str | int | float | bool):
         raise _fail(where, "expected a string, a number or a boolean (or an operator object)")
     return value
@@ -169,22 +182,21 @@ def compare(op: str, have: tuple[str, Any], bound: tuple[str, Any]) -> bool:
 
 def matches(node: Filter, metadata: Any) -> bool:
     """Whether one image's metadata passes the filter (the semantics the worker's columns follow)."""
+    return _matches(node, fields(metadata))
+
+
+def _matches(node: Filter, present: dict[str, list[Any]]) -> bool:
     if isinstance(node, Group):
         test = all if node.op == "$and" else any
-        return test(matches(c, metadata) for c in node.children)
-    present = fields(metadata)
+        return test(_matches(c, present) for c in node.children)
     if node.path not in present:
         return node.op in ("$ne", "$nin") or (node.op == "$exists" and node.value is False)
-    values = [typed(v) for v in present[node.path] if v is not None]
     if node.op == "$exists":
         return node.value
-    if node.op in ("$eq", "$ne"):
-        hit = typed(node.value) in values
-        return hit if node.op == "$eq" else not hit
-    if node.op in ("$in", "$nin"):
-        wanted = {typed(v) for v in node.value}
-        hit = any(v in wanted for v in values)
-        return hit if node.op == "$in" else not hit
+    values = [typed(v) for v in present[node.path] if v is not None]
+    if node.op in ("$eq", "$ne", "$in", "$nin"):
+        hit = any(v in node.wanted for v in values)
+        return hit if node.op in ("$eq", "$in") else not hit
     bound = typed(node.value)
     return any(compare(node.op, v, bound) for v in values)
 

@@ -72,11 +72,14 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> int:
         vectors, outcomes = {}, [failed_item(i, inp, exc.code, exc.detail) for i, inp in pairs]
     by_index = dict(zip(indices, inputs, strict=True))
     if shards > 1 and vectors:
+        # The failures first: once the chunk is stored, a redelivered task only sends it again,
+        # so a failure recorded after it could be lost with a worker dying in between.
+        if outcomes:
+            ctx.jobs.record_items(ctx.job_id, outcomes)  # not complete: the chunk's queries are owed
         queries = [query_row(index, by_index[index]) for index in vectors]
         matrix = np.stack(list(vectors.values()))
         ctx.store.put_batch_chunk(ctx.job_id, indices[0], queries, matrix, ctx.jobs.lifecycle.job_ttl_s)
-        # The failures now; the answered queries when the shards have merged.
-        record(ctx, outcomes, indices)
+        drop_uploads(ctx, indices)  # only now: a redelivery before the line above embeds them again
         return shards
     # One mask for the chunk: every query has the same filter.
     mask = None

@@ -49,37 +49,50 @@ def at_deadline(ctx: JobContext, first: int, shards: int) -> None:
 
 
 def merge(ctx: JobContext, first: int, shards: int) -> None:
+    """Merge the chunk from the answers recorded so far. A shard answering while this runs makes
+    the write refuse; then merge again with its answer (answers only grow: at most `shards` tries)."""
+    for _ in range(shards + 1):
+        merged = _merge_once(ctx, first, shards)
+        if merged is None:
+            return  # the chunk is gone: merged in full by another task, or failed
+        if merged:
+            return
+    raise RuntimeError(f"batch chunk {first} of job {ctx.job_id} kept changing while being merged")
+
+
+def _merge_once(ctx: JobContext, first: int, shards: int) -> bool | None:
+    """True: merged; False: more answers arrived meanwhile (try again); None: nothing to merge."""
     chunk = ctx.store.batch_chunk(ctx.job_id, first)
     if chunk is None:
-        return
+        return None
     queries, _ = chunk
-    k = _params(ctx).k
     answers = ctx.store.batch_answers(ctx.job_id, first)
     missing = sorted(set(range(shards)) - set(answers))
     by_index = {q["index"]: q for q in queries}
-    outcomes = []
+    ttl = ctx.jobs.lifecycle.job_ttl_s
     if not answers:
+        if not ctx.store.write_batch_merge(ctx.job_id, first, 0, {}, False, ttl):
+            return False
         detail = f"none of the {shards} shards answered within the shard timeout (no live worker serves them?)"
         code = "shards_unavailable"
         outcomes = [failed(i, q["query"], q["image_id"] or "", code, detail) for i, q in by_index.items()]
-        rows: dict[str, str] = {}
+        ctx.store.drop_batch_chunk(ctx.job_id, first)  # failed for good: a late shard finds nothing to merge
     else:
+        k = _params(ctx).k
         merged = {}
         for index in by_index:
             hits = [(h[0], float(h[1])) for a in answers.values() for h in a["answers"].get(str(index), [])]
             merged[index] = sorted(hits, key=lambda h: (-h[1], h[0]))[:k]
         extra = {"missing_shards": missing} if missing else {}
         rows = result_rows(ctx, by_index, merged, **extra)
+        if not ctx.store.write_batch_merge(ctx.job_id, first, len(answers), rows, bool(missing), ttl):
+            return False
         outcomes = [
             (ItemOutcome(index=i, filename=q["query"], image_id=q["image_id"] or "", status=ItemStatus.created), None)
             for i, q in by_index.items()
         ]
-    ttl = ctx.jobs.lifecycle.job_ttl_s
-    if rows:
-        ctx.store.put_results(ctx.job_id, rows, ttl)
-    ctx.store.mark_partial_chunk(ctx.job_id, first, bool(missing and answers), ttl)
-    complete = ctx.jobs.record_items(ctx.job_id, outcomes)
-    if not missing:
-        ctx.store.drop_batch_chunk(ctx.job_id, first)  # else: a late shard may still merge a fuller answer
-    if complete == 1:
+        if not missing:
+            ctx.store.drop_batch_chunk(ctx.job_id, first)  # else: a late shard may still merge a fuller answer
+    if ctx.jobs.record_items(ctx.job_id, outcomes) == 1:
         finish_batch_search(ctx)
+    return True

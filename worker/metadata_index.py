@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from shared.filters import RANGES, Condition, Filter, Group, compare, fields, paths, typed
+from shared.filters import RANGES, Condition, Filter, compare, fields, paths, typed
 
 # ids -> each one's metadata (None: no record or no metadata)
 ReadMetadata = Callable[[list[str]], list[Any]]
 LOAD_BATCH = 5000
+MAX_COLUMNS = 64  # fields held at once; the least recently filtered on is dropped beyond that
+MAX_SEEN = 10_000  # distinct fields remembered (so a field no image has costs no scan); beyond: scan
 
 
 @dataclass
@@ -50,8 +52,11 @@ class MetadataIndex:
         self._ids: list[str] = []
         self._slot: dict[str, int] = {}
         self._alive = bytearray()
-        self._columns: dict[str, _Column] = {}
+        self._columns: dict[str, _Column] = {}  # least recently used first
         self._rows: tuple[Any, np.ndarray] | None = None  # (cache key, slot of each index row)
+        # Every field some image has, learnt by the first load (None: not yet, or too many to
+        # track): a filter on a field no image has then gets an empty column without a scan.
+        self._seen: set[str] | None = None
         for image_id in ids:
             self._new_slot(image_id)
 
@@ -66,16 +71,24 @@ class MetadataIndex:
 
     def ensure(self, node: Filter, read: ReadMetadata) -> None:
         """Load the columns the filter reads that are not held yet."""
-        wanted = sorted(paths(node) - set(self._columns))
+        used = paths(node)
+        for path in used & set(self._columns):  # most recently used last
+            self._columns[path] = self._columns.pop(path)
+        wanted = sorted(used - set(self._columns))
         if not wanted:
             return
         columns = {p: _Column() for p in wanted}
-        live = list(self._slot.items())
-        for start in range(0, len(live), LOAD_BATCH):
-            batch = live[start : start + LOAD_BATCH]
-            for (_, slot), metadata in zip(batch, read([i for i, _ in batch]), strict=True):
-                self._index(slot, metadata, columns)
+        if self._seen is None or any(p in self._seen for p in wanted):
+            seen: set[str] | None = set()
+            live = list(self._slot.items())
+            for start in range(0, len(live), LOAD_BATCH):
+                batch = live[start : start + LOAD_BATCH]
+                for (_, slot), metadata in zip(batch, read([i for i, _ in batch]), strict=True):
+                    seen = self._index(slot, metadata, columns, seen)
+            self._seen = seen
         self._columns.update(columns)
+        while len(self._columns) > MAX_COLUMNS:
+            self._columns.pop(next(iter(self._columns)))
 
     def apply(self, added: Sequence[str], removed: Iterable[str], read: ReadMetadata) -> None:
         """The replica applied these log entries: follow them (an add replaces an id's metadata)."""
@@ -85,19 +98,24 @@ class MetadataIndex:
                 self._alive[slot] = 0
         self._rows = None
         slots = [self._new_slot(i) for i in added]
-        if self._columns and added:
+        if (self._columns or self._seen is not None) and added:
             for slot, metadata in zip(slots, read(list(added)), strict=True):
-                self._index(slot, metadata, self._columns)
+                self._seen = self._index(slot, metadata, self._columns, self._seen)
 
     def evaluate(self, node: Filter) -> np.ndarray:
         """A boolean per slot: the live images that pass the filter (columns must be ensured)."""
-        if isinstance(node, Group):
-            parts = [self.evaluate(c) for c in node.children]
-            out = parts[0].copy()
-            for p in parts[1:]:
-                (np.logical_and if node.op == "$and" else np.logical_or)(out, p, out=out)
-            return out
-        return self._condition(node) & self._alive_mask()
+        out = self._evaluate(node)
+        out &= self._alive_mask()  # negations also hold for deleted images' slots
+        return out
+
+    def _evaluate(self, node: Filter) -> np.ndarray:
+        if isinstance(node, Condition):
+            return self._condition(node)
+        # One child's array at a time: a 256-condition filter must not hold 256 of them.
+        out = self._evaluate(node.children[0])
+        for child in node.children[1:]:
+            (np.logical_and if node.op == "$and" else np.logical_or)(out, self._evaluate(child), out=out)
+        return out
 
     def mask(self, node: Filter, index_ids: Callable[[], list[str]], key: Any) -> np.ndarray:
         """A boolean per index row (in the order of `index_ids()`): the rows that pass the filter.
@@ -118,13 +136,21 @@ class MetadataIndex:
         self._alive.append(1)
         return slot
 
-    def _index(self, slot: int, metadata: Any, columns: dict[str, _Column]) -> None:
+    def _index(self, slot: int, metadata: Any, columns: dict[str, _Column], seen: set[str] | None) -> set[str] | None:
+        """Index one image's metadata into `columns`; returns `seen` with its fields added (None
+        once there are too many fields to remember)."""
         if not metadata:
-            return
-        for path, found in fields(metadata).items():
+            return seen
+        found_fields = fields(metadata)
+        for path, found in found_fields.items():
             column = columns.get(path)
             if column is not None:
                 column.add(slot, found)
+        if seen is not None:
+            seen.update(found_fields)
+            if len(seen) > MAX_SEEN:
+                return None
+        return seen
 
     def _alive_mask(self) -> np.ndarray:
         return np.frombuffer(bytes(self._alive), dtype=np.uint8).astype(bool)
@@ -142,8 +168,7 @@ class MetadataIndex:
             present = self._slots([column.present])
             return present if c.value else ~present
         if c.op in ("$eq", "$ne", "$in", "$nin"):
-            wanted = [c.value] if c.op in ("$eq", "$ne") else list(c.value)
-            hit = self._slots(column.values.get(typed(v), array("q")) for v in wanted)
+            hit = self._slots(column.values.get(v, array("q")) for v in c.wanted)
             return hit if c.op in ("$eq", "$in") else ~hit
         assert c.op in RANGES
         bound = typed(c.value)

@@ -67,6 +67,7 @@ class WorkerStore:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="renditions")
         self._add_images = client.register_script(scripts.ADD_IMAGES)
         self._record_shard = client.register_script(scripts.RECORD_SHARD)
+        self._write_batch_merge = client.register_script(scripts.WRITE_BATCH_MERGE)
         self._stage = client.register_script(scripts.STAGE_VECTORS)
         self._swap = client.register_script(scripts.SWAP_VECTORS)
         self._abort = client.register_script(scripts.ABORT_REEMBED)
@@ -295,15 +296,19 @@ class WorkerStore:
         raw = self.redis.hgetall(keys.batch_answers(job_id, first))
         return {int(k): json.loads(v) for k, v in raw.items()}
 
-    def mark_partial_chunk(self, job_id: str, first: int, partial: bool, ttl_s: int) -> None:
-        key = keys.batch_partial(job_id)
-        pipe = self.redis.pipeline(transaction=True)
-        if partial:
-            pipe.sadd(key, first)
-        else:
-            pipe.srem(key, first)
-        pipe.expire(key, ttl_s)
-        pipe.execute()
+    def write_batch_merge(
+        self, job_id: str, first: int, merged: int, rows: dict[str, str], partial: bool, ttl_s: int
+    ) -> bool:
+        """Write a chunk's merged rows (and whether it lacks a shard) unless the chunk is gone or
+        more shards answered since the `merged` ones were read: then another merge owns it."""
+        pairs = [x for field, row in rows.items() for x in (field, row)]
+        chunk_keys = [
+            keys.batch_chunk(job_id, first),
+            keys.batch_answers(job_id, first),
+            keys.job_results(job_id),
+            keys.batch_partial(job_id),
+        ]
+        return bool(self._write_batch_merge(keys=chunk_keys, args=[merged, ttl_s, int(partial), first, *pairs]))
 
     def partial_chunks(self, job_id: str) -> int:
         return int(self.redis.scard(keys.batch_partial(job_id)))

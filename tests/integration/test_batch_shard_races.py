@@ -23,7 +23,7 @@ from worker.store import WorkerStore
 SHARDS = 2
 
 
-def _ctx(client: redis.Redis, tmp_path: Path, queries: int) -> JobContext:
+def _ctx(client: redis.Redis, tmp_path: Path, queries: int, embedder: object = None) -> JobContext:
     jobs = Jobs(client, JobLifecycle(3600), SCRIPTS)
     job_id = uuid.uuid4().hex
     inputs = [JobInput(filename=f"q{i}", image_id=f"{i:032x}", size=0, stored=True) for i in range(queries)]
@@ -44,7 +44,7 @@ def _ctx(client: redis.Redis, tmp_path: Path, queries: int) -> JobContext:
         for n in range(100, 110)
     }
     client.hset(keys.images("coll"), mapping=images)
-    return JobContext(jobs.load(job_id), jobs, store, None, None, 0)  # type: ignore[arg-type]
+    return JobContext(jobs.load(job_id), jobs, store, embedder, None, 0)  # type: ignore[arg-type]
 
 
 def _stored_chunk(ctx: JobContext, first: int, count: int) -> None:
@@ -115,3 +115,86 @@ def test_no_shard_answering_fails_the_chunk(client: redis.Redis, tmp_path: Path)
     batch_shards.at_deadline(ctx, 0, SHARDS)
     job = ctx.jobs.get(ctx.job_id)
     assert job.status == "failed" and {e.error for e in job.errors} == {"shards_unavailable"}
+
+
+def test_the_deadline_never_overwrites_a_fuller_merge(client: redis.Redis, tmp_path: Path) -> None:
+    """The deadline reads one answer; the last shard then answers and merges before the deadline
+    writes: the deadline's write is refused, the full rows stay, the job is not partial."""
+    ctx = _ctx(client, tmp_path, 2)
+    _stored_chunk(ctx, 0, 2)
+    a, b = f"{100:032x}", f"{101:032x}"
+    _answer(ctx, 0, 0, {0: [[a, 0.9]], 1: []})
+    real = ctx.store.batch_answers
+    raced = []
+
+    def answers_then_the_last_shard(job_id: str, first: int):
+        got = real(job_id, first)
+        if not raced:
+            raced.append(True)
+            assert _answer(ctx, 0, 1, {0: [[b, 0.95]], 1: [[b, 0.4]]}) == 2
+            batch_shards.merge(ctx, 0, SHARDS)  # the last shard's merge, between two lines of the deadline's
+        return got
+
+    object.__setattr__(ctx.store, "batch_answers", answers_then_the_last_shard)
+    batch_shards.at_deadline(ctx, 0, SHARDS)
+    rows = _rows(client, ctx.job_id)
+    assert "missing_shards" not in rows[0] and [m["image_id"] for m in rows[0]["matches"]] == [b, a]
+    job = ctx.jobs.get(ctx.job_id)
+    assert job.status == "succeeded" and job.progress.done == 2
+    assert not client.exists(keys.batch_partial(ctx.job_id))
+
+
+def test_a_shard_answering_during_the_deadline_merge_is_included(client: redis.Redis, tmp_path: Path) -> None:
+    """Three shards: the deadline reads one answer, a second shard answers (not the last, so it
+    does not merge): the deadline's write is refused and it merges again with both."""
+    ctx = _ctx(client, tmp_path, 1)
+    _stored_chunk(ctx, 0, 1)
+    a, b = f"{100:032x}", f"{101:032x}"
+    _answer(ctx, 0, 0, {0: [[a, 0.9]]})
+    real = ctx.store.batch_answers
+    raced = []
+
+    def answers_then_a_second_shard(job_id: str, first: int):
+        got = real(job_id, first)
+        if not raced:
+            raced.append(True)
+            assert _answer(ctx, 0, 2, {0: [[b, 0.95]]}) == 2
+        return got
+
+    object.__setattr__(ctx.store, "batch_answers", answers_then_a_second_shard)
+    batch_shards.at_deadline(ctx, 0, 3)
+    rows = _rows(client, ctx.job_id)
+    assert rows[0]["missing_shards"] == [1] and [m["image_id"] for m in rows[0]["matches"]] == [b, a]
+    assert ctx.jobs.get(ctx.job_id).status == "partial"
+
+
+def test_a_worker_dying_while_storing_a_chunk_loses_no_failure(client: redis.Redis, tmp_path: Path) -> None:
+    """A chunk of a sharded collection with one query that is gone: its failure is recorded before
+    the chunk is stored, so a worker dying there and the redelivered task end the job exactly."""
+    from types import SimpleNamespace
+
+    from shared import vectors
+    from worker import batch_search
+
+    ctx = _ctx(client, tmp_path, 2, embedder=SimpleNamespace(name="m"))
+    client.hset(keys.collection("coll"), mapping={"model": "m", "dim": 4, "shards": SHARDS})
+    client.hset(keys.vectors("coll"), f"{0:032x}", vectors.encode(np.array([1, 0, 0, 0], np.float32)))
+    real = ctx.store.put_batch_chunk
+
+    def dies(*args, **kwargs):
+        raise SystemExit("the worker died here")
+
+    object.__setattr__(ctx.store, "put_batch_chunk", dies)
+    with pytest.raises(SystemExit):
+        batch_search.search_batch_chunk(ctx, [0, 1])
+    job = ctx.jobs.get(ctx.job_id)
+    assert job.progress.done == 1 and job.errors[0].error == "image_not_found"  # q1's vector is not there
+    object.__setattr__(ctx.store, "put_batch_chunk", real)
+    assert batch_search.search_batch_chunk(ctx, [0, 1]) == SHARDS  # the redelivery stores the chunk
+    assert batch_search.search_batch_chunk(ctx, [0, 1]) == SHARDS  # and a second one only resends it
+    assert ctx.jobs.get(ctx.job_id).progress.done == 1
+    _answer(ctx, 0, 0, {0: [[f"{100:032x}", 0.5]]})
+    _answer(ctx, 0, 1, {0: []})
+    batch_shards.merge(ctx, 0, SHARDS)
+    job = ctx.jobs.get(ctx.job_id)
+    assert job.status == "partial" and job.progress.done == 2 and job.progress.failed == 1

@@ -193,3 +193,50 @@ def test_a_one_percent_filter_on_the_approximate_index_still_finds_k():
         truth = np.argsort(-np.where(allowed, vecs @ vecs[r], -np.inf))[:k]
         recall.append(len({i for i, _ in hits} & {ids[t] for t in truth}) / k)
     assert np.mean(recall) >= 0.95, np.mean(recall)
+
+
+def test_huge_integers_neither_crash_the_columns_nor_pass_as_filter_values():
+    docs = {"a": {"n": 10**400}, "b": {"n": -(10**400)}, "c": {"n": 5}}
+    index = MetadataIndex(docs)
+    node = parse({"n": {"$gt": 100}})
+    index.ensure(node, lambda ids: [docs[i] for i in ids])
+    assert index.mask(node, lambda: ["a", "b", "c"], key=0).tolist() == [True, False, False]
+    index.apply(["d"], [], lambda ids: [{"n": 10**500}])  # indexed after the column was loaded
+    assert index.mask(node, lambda: ["a", "b", "c", "d"], key=1).tolist() == [True, False, False, True]
+    assert matches(node, {"n": 10**400})
+    with pytest.raises(InvalidFilter, match=r"filter\.n\.\$gt: a number out of range"):
+        parse({"n": {"$gt": 10**400}})
+
+
+def test_a_field_no_image_has_costs_no_scan_and_columns_are_capped():
+    from worker import metadata_index
+
+    docs = {f"i{n}": {"label": "cat", "n": n} for n in range(10)}
+    scans = []
+
+    def read(ids):
+        scans.append(len(ids))
+        return [docs[i] for i in ids]
+
+    index = MetadataIndex(docs)
+    index.ensure(parse({"label": "cat"}), read)
+    assert len(scans) == 1
+    for n in range(100):  # random field names: empty columns, no further scan
+        index.ensure(parse({f"nope{n}": 1}), read)
+    assert len(scans) == 1
+    assert len(index._columns) == metadata_index.MAX_COLUMNS
+    docs["new"] = {"fresh": True}
+    index.apply(["new"], [], read)  # a field first seen in a later image
+    node = parse({"fresh": True})
+    index.ensure(node, read)
+    assert len(scans) == 3  # the add's read, then the field (known now) loaded
+    assert index.mask(node, lambda: ["i0", "new"], key=2).tolist() == [False, True]
+
+
+def test_filter_text_errors_are_422():
+    from api.bodies import text_filter
+
+    for text, why in (("[" * 5000, "nested deeper"), ("{" * 70_000, "over 65536"), ("{x", "not valid JSON")):
+        with pytest.raises(InvalidFilter, match=why):
+            text_filter(text)
+    assert text_filter('{"a": 1}') == {"a": 1}
