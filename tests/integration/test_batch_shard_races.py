@@ -117,6 +117,22 @@ def test_no_shard_answering_fails_the_chunk(client: redis.Redis, tmp_path: Path)
     assert job.status == "failed" and {e.error for e in job.errors} == {"shards_unavailable"}
 
 
+def _after_first_read(ctx: JobContext, meanwhile) -> None:
+    """Run `meanwhile()` right after the next merge reads the chunk's answers (once): another
+    task acting between two lines of that merge."""
+    real = ctx.store.batch_answers
+    done: list[bool] = []
+
+    def read_then_act(job_id: str, first: int):
+        got = real(job_id, first)
+        if not done:
+            done.append(True)
+            meanwhile()
+        return got
+
+    object.__setattr__(ctx.store, "batch_answers", read_then_act)
+
+
 def test_the_deadline_never_overwrites_a_fuller_merge(client: redis.Redis, tmp_path: Path) -> None:
     """The deadline reads one answer; the last shard then answers and merges before the deadline
     writes: the deadline's write is refused, the full rows stay, the job is not partial."""
@@ -124,18 +140,12 @@ def test_the_deadline_never_overwrites_a_fuller_merge(client: redis.Redis, tmp_p
     _stored_chunk(ctx, 0, 2)
     a, b = f"{100:032x}", f"{101:032x}"
     _answer(ctx, 0, 0, {0: [[a, 0.9]], 1: []})
-    real = ctx.store.batch_answers
-    raced = []
 
-    def answers_then_the_last_shard(job_id: str, first: int):
-        got = real(job_id, first)
-        if not raced:
-            raced.append(True)
-            assert _answer(ctx, 0, 1, {0: [[b, 0.95]], 1: [[b, 0.4]]}) == 2
-            batch_shards.merge(ctx, 0, SHARDS)  # the last shard's merge, between two lines of the deadline's
-        return got
+    def the_last_shard_answers_and_merges() -> None:
+        assert _answer(ctx, 0, 1, {0: [[b, 0.95]], 1: [[b, 0.4]]}) == 2
+        batch_shards.merge(ctx, 0, SHARDS)
 
-    object.__setattr__(ctx.store, "batch_answers", answers_then_the_last_shard)
+    _after_first_read(ctx, the_last_shard_answers_and_merges)
     batch_shards.at_deadline(ctx, 0, SHARDS)
     rows = _rows(client, ctx.job_id)
     assert "missing_shards" not in rows[0] and [m["image_id"] for m in rows[0]["matches"]] == [b, a]
@@ -151,17 +161,7 @@ def test_a_shard_answering_during_the_deadline_merge_is_included(client: redis.R
     _stored_chunk(ctx, 0, 1)
     a, b = f"{100:032x}", f"{101:032x}"
     _answer(ctx, 0, 0, {0: [[a, 0.9]]})
-    real = ctx.store.batch_answers
-    raced = []
-
-    def answers_then_a_second_shard(job_id: str, first: int):
-        got = real(job_id, first)
-        if not raced:
-            raced.append(True)
-            assert _answer(ctx, 0, 2, {0: [[b, 0.95]]}) == 2
-        return got
-
-    object.__setattr__(ctx.store, "batch_answers", answers_then_a_second_shard)
+    _after_first_read(ctx, lambda: _answer(ctx, 0, 2, {0: [[b, 0.95]]}))
     batch_shards.at_deadline(ctx, 0, 3)
     rows = _rows(client, ctx.job_id)
     assert rows[0]["missing_shards"] == [1] and [m["image_id"] for m in rows[0]["matches"]] == [b, a]

@@ -105,6 +105,17 @@ def _watch_errors(page) -> list[str]:
     return errors
 
 
+def _open(browser, api_url: str, collection: str, height: int) -> tuple[object, list[str]]:
+    """A desktop-sized page of the gallery with `collection` opened; and its console errors."""
+    page = browser.new_context(viewport={"width": 1280, "height": height}).new_page()
+    errors = _watch_errors(page)
+    page.goto(f"{api_url}/")
+    name = page.get_by_label("Name")
+    name.fill(collection)
+    name.press("Enter")
+    return page, errors
+
+
 def test_gallery_index_search_browse_cluster(browser, api_url: str, collection: str, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -316,12 +327,7 @@ def test_gallery_archive_drop_and_pasted_urls(browser, api_url: str, collection:
     archive = tmp_path / "album.zip"
     archive.write_bytes(buf.getvalue())
 
-    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-    errors = _watch_errors(page)
-    page.goto(f"{api_url}/")
-    name = page.get_by_label("Name")
-    name.fill(collection)
-    name.press("Enter")
+    page, errors = _open(browser, api_url, collection, 900)
     # A dropped archive is one batch; the server expands it and the job's total grows to 3.
     page.set_input_files("#index-files", str(archive))
     batch = page.locator("#batches li.batch")
@@ -355,12 +361,7 @@ def test_gallery_filters_examples_batch_and_duplicates(browser, api_url: str, co
         job = wait_job(client, resp.json()["job_id"])
         assert job["status"] == "succeeded", job
 
-    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-    errors = _watch_errors(page)
-    page.goto(f"{api_url}/")
-    name = page.get_by_label("Name")
-    name.fill(collection)
-    name.press("Enter")
+    page, errors = _open(browser, api_url, collection, 1000)
     expect(page.locator("#browse li")).to_have_count(8)
 
     # A filter narrows Browse at once, and then searches.
