@@ -43,6 +43,10 @@ def checked_filter(raw: Any) -> dict[str, Any] | None:
     """A JSON filter as sent, once it parses (InvalidFilter, a 422 naming the field, if not)."""
     if raw is None:
         return None
+    try:
+        json.dumps(raw, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # JSON text may escape a lone surrogate; no field can hold one
+        raise filters.InvalidFilter("filter: holds text that is not valid Unicode (a lone surrogate)") from None
     filters.parse(raw)
     return raw
 
@@ -68,4 +72,7 @@ def text_filter(text: Any) -> dict[str, Any] | None:
 
 
 def form_filter(form: FormData) -> dict[str, Any] | None:
-    return text_filter(form.get("filter"))
+    sent = form.getlist("filter")
+    if len(sent) > 1:
+        raise filters.InvalidFilter("filter: send one 'filter' field (combine conditions with $and)")
+    return text_filter(sent[0] if sent else None)

@@ -75,20 +75,24 @@ class MetadataIndex:
         for path in used & set(self._columns):  # most recently used last
             self._columns[path] = self._columns.pop(path)
         wanted = sorted(used - set(self._columns))
-        if not wanted:
-            return
+        if wanted:
+            self._columns.update(self._load(wanted, read))
+        # Drop the least recently used beyond the cap, never one this filter reads.
+        for path in [p for p in self._columns if p not in used][: max(0, len(self._columns) - MAX_COLUMNS)]:
+            del self._columns[path]
+
+    def _load(self, wanted: list[str], read: ReadMetadata) -> dict[str, _Column]:
         columns = {p: _Column() for p in wanted}
-        if self._seen is None or any(p in self._seen for p in wanted):
-            seen: set[str] | None = set()
-            live = list(self._slot.items())
-            for start in range(0, len(live), LOAD_BATCH):
-                batch = live[start : start + LOAD_BATCH]
-                for (_, slot), metadata in zip(batch, read([i for i, _ in batch]), strict=True):
-                    seen = self._index(slot, metadata, columns, seen)
-            self._seen = seen
-        self._columns.update(columns)
-        while len(self._columns) > MAX_COLUMNS:
-            self._columns.pop(next(iter(self._columns)))
+        if self._seen is not None and not any(p in self._seen for p in wanted):
+            return columns  # no image has any of them: empty, without a scan
+        seen: set[str] | None = set()
+        live = list(self._slot.items())
+        for start in range(0, len(live), LOAD_BATCH):
+            batch = live[start : start + LOAD_BATCH]
+            for (_, slot), metadata in zip(batch, read([i for i, _ in batch]), strict=True):
+                seen = self._index(slot, metadata, columns, seen)
+        self._seen = seen
+        return columns
 
     def apply(self, added: Sequence[str], removed: Iterable[str], read: ReadMetadata) -> None:
         """The replica applied these log entries: follow them (an add replaces an id's metadata)."""

@@ -240,3 +240,28 @@ def test_filter_text_errors_are_422():
         with pytest.raises(InvalidFilter, match=why):
             text_filter(text)
     assert text_filter('{"a": 1}') == {"a": 1}
+
+
+def test_a_filter_reading_more_fields_than_are_held_still_runs():
+    from worker import metadata_index
+
+    many = metadata_index.MAX_COLUMNS + 10
+    docs = {"a": {f"f{n}": n for n in range(many)}, "b": {"f3": 3}}
+    index = MetadataIndex(docs)
+    node = parse({"$or": [{f"f{n}": n} for n in range(many)]})
+    index.ensure(node, lambda ids: [docs[i] for i in ids])
+    assert index.mask(node, lambda: ["a", "b"], key=0).tolist() == [True, True]
+    index.ensure(parse({"f0": 0}), lambda ids: [docs[i] for i in ids])  # then trimmed to the cap
+    assert len(index._columns) == metadata_index.MAX_COLUMNS
+
+
+def test_lone_surrogates_and_repeated_form_fields_are_422():
+    from starlette.datastructures import FormData
+
+    from api.bodies import form_filter, text_filter
+
+    with pytest.raises(InvalidFilter, match="lone surrogate"):
+        text_filter('{"\\ud800": {"$foo": 1}}')
+    with pytest.raises(InvalidFilter, match="one 'filter' field"):
+        form_filter(FormData([("filter", '{"a": 1}'), ("filter", '{"b": 1}')]))
+    assert form_filter(FormData([("filter", '{"a": 1}')])) == {"a": 1}
