@@ -235,6 +235,12 @@ class AnnIndex:
     def ids(self) -> list[str]:
         return list(self._ids)
 
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Each id's row (its place in `ids`), -1 for one not held: a subset's rows without
+        walking every id."""
+        get = self._row.get
+        return np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
     @property
     def exact(self) -> bool:
         """Whether searches are exact (the float32 matrix) rather than approximate + re-ranked."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,6 +23,19 @@ from shared.filters import RANGES, Condition, Filter, compare, fields, paths, ty
 
 # ids -> each one's metadata (None: no record or no metadata)
 ReadMetadata = Callable[[list[str]], list[Any]]
+
+
+class Rows(Protocol):
+    """What `mask` needs of an index (shared.ann.AnnIndex has it)."""
+
+    @property
+    def ids(self) -> list[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray: ...
+
+
 LOAD_BATCH = 5000
 MAX_COLUMNS = 64  # fields held at once; the least recently filtered on is dropped beyond that
 MAX_SEEN = 10_000  # distinct fields remembered (so a field no image has costs no scan); beyond: scan
@@ -54,6 +67,7 @@ class MetadataIndex:
         self._alive = bytearray()
         self._columns: dict[str, _Column] = {}  # least recently used first
         self._rows: tuple[Any, np.ndarray] | None = None  # (cache key, slot of each index row)
+        self._stale: tuple[Any, int] = (None, 0)  # (key, images mapped one by one at that key)
         # Every field some image has, learnt by the first load (None: not yet, or too many to
         # track): a filter on a field no image has then gets an empty column without a scan.
         self._seen: set[str] | None = None
@@ -121,16 +135,26 @@ class MetadataIndex:
             (np.logical_and if node.op == "$and" else np.logical_or)(out, self._evaluate(child), out=out)
         return out
 
-    def mask(self, node: Filter, index_ids: Callable[[], list[str]], key: Any) -> np.ndarray:
-        """A boolean per index row (in the order of `index_ids()`): the rows that pass the filter.
-        `key` names the index's state (the replica's version): the row -> slot map is rebuilt only
-        when it changes."""
+    def mask(self, node: Filter, index: Rows, key: Any) -> np.ndarray:
+        """A boolean per index row (in `index.ids` order): the rows that pass the filter. `key`
+        names the index's state (the replica's version): the row -> slot map is kept until it
+        changes. While it is stale, filters map only their passing images (`rows_of`: 4 ms for a
+        1 % filter at a million) rather than every row (0.3 s), until the images so mapped since
+        the change add up to the index's size; then the map is rebuilt (ski rental: never more
+        than twice the cheaper choice made in hindsight)."""
+        passed = self.evaluate(node)
         if self._rows is None or self._rows[0] != key:
-            ids = index_ids()
+            count = int(passed.sum())
+            spent = count + (self._stale[1] if self._stale[0] == key else 0)
+            if spent <= len(index):
+                self._stale = (key, spent)
+                rows = index.rows_of([self._ids[s] for s in np.flatnonzero(passed)])
+                out = np.zeros(len(index), dtype=bool)
+                out[rows[rows >= 0]] = True
+                return out
+            ids = index.ids
             self._rows = (key, np.fromiter((self._slot.get(i, -1) for i in ids), np.int64, len(ids)))
-        rows = self._rows[1]
-        passed = np.append(self.evaluate(node), False)  # slot -1: not known here, never passes
-        return passed[rows]
+        return np.append(passed, False)[self._rows[1]]  # slot -1: not known here, never passes
 
     # -- internals --------------------------------------------------------------------------------
     def _new_slot(self, image_id: str) -> int:

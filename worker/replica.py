@@ -169,7 +169,7 @@ class ReplicaSet:
         if replica.metadata is None or replica.metadata.wasteful:
             replica.metadata = MetadataIndex(replica.index.ids)
         replica.metadata.ensure(node, lambda ids: self.store.metadata_of(collection, ids))
-        return replica.metadata.mask(node, lambda: replica.index.ids, (id(replica.index), replica.version))
+        return replica.metadata.mask(node, replica.index, (id(replica.index), replica.version))
 
     def fetcher(self, collection: str, dim: int) -> FetchVectors:
         """Source-of-truth vectors by id for re-ranking: one HMGET; a vector deleted (or replaced

@@ -11,6 +11,25 @@ import pytest
 from shared.filters import InvalidFilter, matches, parse
 from worker.metadata_index import MetadataIndex
 
+
+class Order:
+    """An index's row order, as `MetadataIndex.mask` sees an AnnIndex."""
+
+    def __init__(self, ids) -> None:
+        self._ids = list(ids)
+        self._row = {i: r for r, i in enumerate(self._ids)}
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def rows_of(self, ids) -> np.ndarray:
+        return np.array([self._row.get(i, -1) for i in ids], dtype=np.int64)
+
+
 PETS = [
     {"label": "cat", "year": 2021, "tags": ["indoor", "sleepy"], "exif": {"iso": 100}},
     {"label": "dog", "year": 2019.5, "tags": ["outdoor"], "score": 0.9},
@@ -130,7 +149,7 @@ def test_columns_agree_with_the_reference_through_adds_and_deletes():
             raw = _random_filter(rng)
             node = parse(raw)
             index.ensure(node, read)
-            got = index.mask(node, lambda order=order: order, key="same")  # apply() must drop the row map
+            got = index.mask(node, Order(order), key="same")  # apply() must drop the row map
             want = np.array([matches(node, docs[i]) for i in order])
             assert (got == want).all(), raw
         # The replica's catch-up: some images deleted, some added, one re-added with new metadata.
@@ -160,7 +179,7 @@ def test_columns_load_only_the_fields_filters_use():
     assert len(calls) == 1  # a second filter on the same field reads nothing
     index.ensure(parse({"year": {"$gt": 0}}), read)
     assert len(calls) == 2
-    assert index.mask(parse({"year": {"$gt": 0}}), lambda: ["b", "a", "zz"], key=1).tolist() == [False, True, False]
+    assert index.mask(parse({"year": {"$gt": 0}}), Order(["b", "a", "zz"]), key=1).tolist() == [False, True, False]
 
 
 def test_a_one_percent_filter_on_the_approximate_index_still_finds_k():
@@ -183,7 +202,7 @@ def test_a_one_percent_filter_on_the_approximate_index_still_finds_k():
     columns = MetadataIndex(index.ids)
     node = parse({"label": "rare"})
     columns.ensure(node, lambda want: [docs[i] for i in want])
-    mask = columns.mask(node, lambda: index.ids, key=0)
+    mask = columns.mask(node, index, key=0)
     assert mask.sum() == len(rare)
     allowed = np.array([i in rare for i in ids])
     recall = []
@@ -200,9 +219,9 @@ def test_huge_integers_neither_crash_the_columns_nor_pass_as_filter_values():
     index = MetadataIndex(docs)
     node = parse({"n": {"$gt": 100}})
     index.ensure(node, lambda ids: [docs[i] for i in ids])
-    assert index.mask(node, lambda: ["a", "b", "c"], key=0).tolist() == [True, False, False]
+    assert index.mask(node, Order(["a", "b", "c"]), key=0).tolist() == [True, False, False]
     index.apply(["d"], [], lambda ids: [{"n": 10**500}])  # indexed after the column was loaded
-    assert index.mask(node, lambda: ["a", "b", "c", "d"], key=1).tolist() == [True, False, False, True]
+    assert index.mask(node, Order(["a", "b", "c", "d"]), key=1).tolist() == [True, False, False, True]
     assert matches(node, {"n": 10**400})
     with pytest.raises(InvalidFilter, match=r"filter\.n\.\$gt: a number out of range"):
         parse({"n": {"$gt": 10**400}})
@@ -230,7 +249,7 @@ def test_a_field_no_image_has_costs_no_scan_and_columns_are_capped():
     node = parse({"fresh": True})
     index.ensure(node, read)
     assert len(scans) == 3  # the add's read, then the field (known now) loaded
-    assert index.mask(node, lambda: ["i0", "new"], key=2).tolist() == [False, True]
+    assert index.mask(node, Order(["i0", "new"]), key=2).tolist() == [False, True]
 
 
 def test_filter_text_errors_are_422():
@@ -250,7 +269,7 @@ def test_a_filter_reading_more_fields_than_are_held_still_runs():
     index = MetadataIndex(docs)
     node = parse({"$or": [{f"f{n}": n} for n in range(many)]})
     index.ensure(node, lambda ids: [docs[i] for i in ids])
-    assert index.mask(node, lambda: ["a", "b"], key=0).tolist() == [True, True]
+    assert index.mask(node, Order(["a", "b"]), key=0).tolist() == [True, True]
     index.ensure(parse({"f0": 0}), lambda ids: [docs[i] for i in ids])  # then trimmed to the cap
     assert len(index._columns) == metadata_index.MAX_COLUMNS
 
@@ -265,3 +284,29 @@ def test_lone_surrogates_and_repeated_form_fields_are_422():
     with pytest.raises(InvalidFilter, match="one 'filter' field"):
         form_filter(FormData([("filter", '{"a": 1}'), ("filter", '{"b": 1}')]))
     assert form_filter(FormData([("filter", '{"a": 1}')])) == {"a": 1}
+
+
+def test_after_a_change_filters_map_their_images_until_the_row_map_pays():
+    ids = [f"i{n}" for n in range(64)]
+    docs = {i: {"rare": n == 5, "half": n % 2 == 0} for n, i in enumerate(ids)}
+    index = MetadataIndex(ids)
+    order = Order(reversed(ids))
+    calls = []
+    real = order.rows_of
+    order.rows_of = lambda want: calls.append(len(want)) or real(want)  # type: ignore[method-assign]
+    rare, half = parse({"rare": True}), parse({"half": True})
+    for node in (rare, half):
+        index.ensure(node, lambda want: [docs[i] for i in want])
+    want_rare = [i == "i5" for i in order.ids]
+    want_half = [int(i[1:]) % 2 == 0 for i in order.ids]
+    for _ in range(len(ids)):
+        assert index.mask(rare, order, key=1).tolist() == want_rare
+    assert calls == [1] * len(ids)  # one image mapped each time: as many as a row map costs
+    assert index.mask(rare, order, key=1).tolist() == want_rare  # then the map is built...
+    assert index.mask(half, order, key=1).tolist() == want_half
+    assert len(calls) == len(ids)  # ...and used by every filter until the index changes
+    assert index.mask(half, order, key=2).tolist() == want_half  # changed: 32 images mapped
+    assert index.mask(half, order, key=2).tolist() == want_half  # 64 in all: still under a map's cost
+    assert calls[len(ids) :] == [32, 32]
+    assert index.mask(half, order, key=2).tolist() == want_half  # 96 would not be: the map
+    assert len(calls) == len(ids) + 2
