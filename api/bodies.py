@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
 from api.compat import require_current_model
+from api.metadata import load_json
 from api.settings import ApiSettings
 from api.store import ApiStore
 from shared import filters
@@ -62,12 +63,7 @@ def text_filter(text: Any) -> dict[str, Any] | None:
         raise filters.InvalidFilter("filter: send the filter as a plain form field holding JSON, not a file")
     if len(text) > MAX_FILTER_TEXT:
         raise filters.InvalidFilter(f"filter: over {MAX_FILTER_TEXT} characters")
-    try:
-        raw = json.loads(text)
-    except RecursionError:
-        raise filters.InvalidFilter(f"filter: nested deeper than {filters.MAX_DEPTH} levels") from None
-    except ValueError as exc:
-        raise filters.InvalidFilter(f"filter: not valid JSON ({exc})") from exc
+    raw = load_json(text, "filter:", filters.MAX_DEPTH, filters.InvalidFilter)
     return checked_filter(raw)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 
 from api.queue import TaskQueue
 from api.settings import ApiSettings
@@ -39,3 +39,8 @@ CollectionName = Annotated[
     Path(pattern=COLLECTION_NAME.pattern, description="letters, digits, '_', '-', '.'; 1-64 characters"),
 ]
 ImageId = Annotated[str, Path(pattern=IMAGE_ID.pattern, description="32 hex characters (from the image bytes)")]
+
+# Query parameters several routes share.
+TopK = Annotated[int, Query(ge=1, le=1000, description="matches per query")]
+MinSimilarity = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop matches below this cosine similarity")]
+CallbackUrl = Annotated[str | None, Query(description="POSTed the job (signed) when it ends")]

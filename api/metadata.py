@@ -72,17 +72,24 @@ def stored_size(value: Any) -> int:
         raise InvalidMetadata("'metadata' holds text that is not valid Unicode (a lone surrogate)") from None
 
 
+def load_json(raw: str, subject: str, max_depth: int, error: type[SimsearchError]) -> Any:
+    """JSON text from a form field or a query parameter: finite numbers only, and every failure
+    of `json.loads` (bad JSON, too deep, a huge integer) an `error` whose detail starts with
+    `subject` ("'metadata' is", "filter:")."""
+    try:
+        return json.loads(raw, parse_float=_finite, parse_constant=_no_constants)
+    except RecursionError:
+        raise error(f"{subject} nested deeper than {max_depth} levels") from None
+    except ValueError as exc:  # JSONDecodeError, and e.g. an integer of more than 4300 digits
+        raise error(f"{subject} not valid JSON: {exc}") from exc
+
+
 def parse_metadata(raw: str | None, limits: MetadataLimits) -> dict[str, dict[str, Any]]:
     if raw is None:
         return {}
     if len(raw.encode()) > limits.per_request:
         raise MetadataTooLarge(f"'metadata' is over {limits.per_request} bytes")
-    try:
-        value = json.loads(raw, parse_float=_finite, parse_constant=_no_constants)
-    except RecursionError:
-        raise InvalidMetadata(f"'metadata' is nested deeper than {limits.max_depth} levels") from None
-    except ValueError as exc:  # JSONDecodeError, and e.g. an integer of more than 4300 digits
-        raise InvalidMetadata(f"'metadata' is not valid JSON: {exc}") from exc
+    value = load_json(raw, "'metadata' is", limits.max_depth, InvalidMetadata)
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise InvalidMetadata("'metadata' must be a JSON object mapping file names to JSON objects")
     for name, meta in value.items():

@@ -45,7 +45,7 @@ def _vectors(ctx: JobContext, indices: list[int], inputs: list) -> tuple[dict[in
     return out, failures
 
 
-def _params(ctx: JobContext) -> SearchParams:
+def batch_params(ctx: JobContext) -> SearchParams:
     keep = ("k", "min_similarity", "filter")
     return SearchParams.model_validate({k: v for k, v in ctx.job.params.items() if k in keep})
 
@@ -54,7 +54,7 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> int:
     """Answer a chunk of queries here; for a sharded collection store them for the shards and
     return how many shards to send them to (0: answered here)."""
     ctx.jobs.mark_running(ctx.job_id)
-    params = _params(ctx)
+    params = batch_params(ctx)
     shards = ctx.store.collection_shards(ctx.collection)
     if shards > 1 and ctx.store.batch_chunk(ctx.job_id, indices[0]) is not None:
         return shards  # redelivered after the queries were stored: send them again
@@ -71,14 +71,14 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> int:
         pairs = zip(indices, inputs, strict=True)
         vectors, outcomes = {}, [failed_item(i, inp, exc.code, exc.detail) for i, inp in pairs]
     by_index = dict(zip(indices, inputs, strict=True))
+    queries = {index: query_row(index, by_index[index]) for index in vectors}  # type: ignore[arg-type]
     if shards > 1 and vectors:
         # The failures first: once the chunk is stored, a redelivered task only sends it again,
         # so a failure recorded after it could be lost with a worker dying in between.
         if outcomes:
             ctx.jobs.record_items(ctx.job_id, outcomes)  # not complete: the chunk's queries are owed
-        queries = [query_row(index, by_index[index]) for index in vectors]
         matrix = np.stack(list(vectors.values()))
-        ctx.store.put_batch_chunk(ctx.job_id, indices[0], queries, matrix, ctx.jobs.lifecycle.job_ttl_s)
+        ctx.store.put_batch_chunk(ctx.job_id, indices[0], list(queries.values()), matrix, ctx.jobs.lifecycle.job_ttl_s)
         drop_uploads(ctx, indices)  # only now: a redelivery before the line above embeds them again
         return shards
     # One mask for the chunk: every query has the same filter.
@@ -87,10 +87,10 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> int:
         mask = ctx.replicas.filter_mask(ctx.collection, replica, filters.parse(params.filter))
     answers: dict[int, list[tuple[str, float]]] = {}
     for index, vec in vectors.items():
-        own = params.model_copy(update={"image_id": query_row(index, by_index[index])["own"]})
+        own = {queries[index]["own"]} if queries[index]["own"] else set()
         found = search_excluding(replica.index, vec, own, params.k, params.min_similarity, mask) if replica else []
         answers[index] = found
-    rows = result_rows(ctx, {index: query_row(index, by_index[index]) for index in answers}, answers)
+    rows = result_rows(ctx, queries, answers)
     outcomes += [ok(index, by_index[index], ItemStatus.created) for index in answers]  # type: ignore[arg-type]
     if rows:
         ctx.store.put_results(ctx.job_id, rows, ctx.jobs.lifecycle.job_ttl_s)

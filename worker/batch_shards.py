@@ -11,8 +11,8 @@ hash by query index (the fuller merge overwrites), progress is recorded once per
 from __future__ import annotations
 
 from shared import filters, keys
-from shared.schemas import ItemOutcome, ItemStatus, SearchParams
-from worker.batch_search import _params, finish_batch_search, result_rows
+from shared.schemas import ItemOutcome, ItemStatus
+from worker.batch_search import batch_params, finish_batch_search, result_rows
 from worker.context import JobContext, failed
 from worker.searching import search_excluding
 
@@ -25,7 +25,7 @@ def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:
     if chunk is None:  # merged already (the deadline), or expired
         return
     queries, matrix = chunk
-    params = _params(ctx)
+    params = batch_params(ctx)
     replica = ctx.replicas.sync(ctx.collection, shard, shards)
     answers: dict[str, list] = {}
     if replica is not None and len(replica.index):
@@ -33,7 +33,7 @@ def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:
         if params.filter is not None:
             mask = ctx.replicas.filter_mask(ctx.collection, replica, filters.parse(params.filter))
         for q, vec in zip(queries, matrix, strict=True):
-            own = SearchParams(k=params.k, image_id=q["own"])
+            own = {q["own"]} if q["own"] else set()
             hits = search_excluding(replica.index, vec, own, params.k, params.min_similarity, mask)
             answers[str(q["index"])] = [[i, s] for i, s in hits]
     key = keys.batch_answers(ctx.job_id, first)
@@ -78,7 +78,7 @@ def _merge_once(ctx: JobContext, first: int, shards: int) -> bool | None:
         outcomes = [failed(i, q["query"], q["image_id"] or "", code, detail) for i, q in by_index.items()]
         ctx.store.drop_batch_chunk(ctx.job_id, first)  # failed for good: a late shard finds nothing to merge
     else:
-        k = _params(ctx).k
+        k = batch_params(ctx).k
         merged = {}
         for index in by_index:
             hits = [(h[0], float(h[1])) for a in answers.values() for h in a["answers"].get(str(index), [])]

@@ -35,9 +35,8 @@ def excluded(params: SearchParams) -> set[str]:
     return {i for i in [params.image_id, *(e.image_id for e in examples)] if i is not None}
 
 
-def search_excluding(index, query: np.ndarray, params: SearchParams, k: int, min_similarity, mask):
-    """The index's k best, the query's own examples left out (asked for that many more)."""
-    skip = excluded(params)
+def search_excluding(index, query: np.ndarray, skip: set[str], k: int, min_similarity, mask):
+    """The index's k best, the `skip` ids (the query's own images) left out (asked for that many more)."""
     hits = index.search(query, k + len(skip), min_similarity, mask=mask)
     return [h for h in hits if h[0] not in skip][:k]
 
@@ -120,12 +119,12 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
     query_cluster = int(np.argmax(clustering[1] @ query)) if clustering else None
     mask = row_mask(ctx, replica, params, clustering)
     # Searching by a stored image means "more like this one": the image itself is not a match.
-    hits = search_excluding(replica.index, query, params, params.k, params.min_similarity, mask)
+    hits = search_excluding(replica.index, query, excluded(params), params.k, params.min_similarity, mask)
     names = ctx.store.filenames(collection, [i for i, _ in hits])
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
     message = None
     if not matches:
-        best = search_excluding(replica.index, query, params, 1, None, mask)
+        best = search_excluding(replica.index, query, excluded(params), 1, None, mask)
         message = NO_MATCH
         if best and params.min_similarity is not None:
             message += f" (none reached min_similarity={params.min_similarity}; the closest had {best[0][1]:.3f})"
@@ -252,13 +251,13 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
             return
         if mask is not None:
             answer["passed"] = int(mask.sum())
-        hits = search_excluding(replica.index, query, params, params.k, params.min_similarity, mask)
+        hits = search_excluding(replica.index, query, excluded(params), params.k, params.min_similarity, mask)
         answer["hits"] = [[i, sim] for i, sim in hits]
         answer["size"] = len(replica.index)
         if clustering is not None:
             answer["query_cluster"] = int(np.argmax(clustering[1] @ query))
         if not hits:
-            best = search_excluding(replica.index, query, params, 1, None, mask)
+            best = search_excluding(replica.index, query, excluded(params), 1, None, mask)
             answer["best"] = best[0][1] if best else None
     answered = ctx.store.record_shard(ctx.job_id, shard, answer, ctx.jobs.lifecycle.job_ttl_s)
     if answered == shards:

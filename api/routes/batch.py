@@ -6,12 +6,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.auth import principal_of
 from api.bodies import checked_filter, form_filter, parse_body, searchable
-from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
+from api.deps import CallbackUrl, CollectionName, MinSimilarity, QueueDep, SettingsDep, StoreDep, TopK
 from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form, to_uploads
@@ -50,9 +50,9 @@ async def search_batch(
     store: StoreDep,
     queue: QueueDep,
     settings: SettingsDep,
-    k: int = Query(10, ge=1, le=1000),
-    min_similarity: float | None = Query(None, ge=-1.0, le=1.0),
-    callback_url: str | None = Query(None, description="POSTed the job (signed) when it ends"),
+    k: TopK = 10,
+    min_similarity: MinSimilarity = None,
+    callback_url: CallbackUrl = None,
 ) -> JobAccepted:
     """Search with many queries in one job: uploaded `files` (up to 1,000), `{"image_ids": [...]}`,
     or `{"all": true}` (each image against the collection, itself excluded). Progress counts

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import principal_of
 from api.bodies import text_filter
 from api.compat import require_current_model
-from api.deps import CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
+from api.deps import CallbackUrl, CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
 from api.uploads import files_of, parse_metadata, read_form, split_archives, to_uploads
 from api.urls import callback_params
 from shared import filters
@@ -49,7 +49,7 @@ async def index_images(
     store: StoreDep,
     queue: QueueDep,
     settings: SettingsDep,
-    callback_url: str | None = Query(None, description="POSTed the job (signed) when it ends"),
+    callback_url: CallbackUrl = None,
 ) -> JobAccepted:
     """Queue a batch of images for indexing; poll the returned job for progress and result.
     Archives (.zip, .tar, .tar.gz) among the files are expanded by a worker: each member is an

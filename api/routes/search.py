@@ -10,7 +10,7 @@ from starlette.datastructures import FormData
 
 from api.auth import principal_of
 from api.bodies import checked_filter, form_filter, parse_body, searchable
-from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
+from api.deps import CallbackUrl, CollectionName, MinSimilarity, QueueDep, SettingsDep, StoreDep, TopK
 from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form
@@ -97,10 +97,10 @@ async def search(
     store: StoreDep,
     queue: QueueDep,
     settings: SettingsDep,
-    k: int = Query(10, ge=1, le=1000),
-    min_similarity: float | None = Query(None, ge=-1.0, le=1.0),
+    k: TopK = 10,
+    min_similarity: MinSimilarity = None,
     cluster: int | None = Query(None, ge=0, description="only matches from this cluster"),
-    callback_url: str | None = Query(None, description="POSTed the job (signed) when it ends"),
+    callback_url: CallbackUrl = None,
 ) -> JobAccepted:
     """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`).
     A `filter` (JSON body field, or form field next to the upload) keeps only matches whose
