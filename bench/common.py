@@ -12,8 +12,18 @@ import httpx
 from PIL import Image, ImageOps
 
 
+class MissingData(SystemExit):
+    """A benchmark's photo folder is not there: say which, and how to point at one."""
+
+
 def labelled_images(root: Path) -> list[tuple[Path, str]]:
     """`labels.csv` (path,label) if present, else every `label/image` file below root."""
+    if not Path(root).is_dir():
+        raise MissingData(
+            f"benchmark data folder {root} not found. The benchmarks read labelled photos: pass "
+            "--data DIR with a labels.csv (path,label) or one sub-folder per label (cats/, dogs/, ...). "
+            "A fresh clone has none; the project's set lives outside it (../shared/datasets/animals)."
+        )
     labels = root / "labels.csv"
     if labels.is_file():
         with labels.open() as fh:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -156,9 +156,19 @@ class SearchParams(BaseModel):
     filter: dict[str, Any] | None = None  # a metadata filter (shared/filters.py), validated by the API
 
 
+class Threshold(BaseModel):
+    """The similarity a match had to reach, and where that number came from: the request's
+    `min_similarity`, the collection's calibration (worker/calibration.py), or the model's floor."""
+
+    value: float
+    source: Literal["request", "collection", "model"]
+    sample: int | None = None  # calibrated: how many nearest-neighbour similarities it came from
+
+
 class SearchResult(BaseModel):
     matches: list[Match]
     message: str | None = None
+    threshold: Threshold | None = None  # None: no threshold applied (min_similarity=0, examples)
     collection_size: int
     model: str
     served_by: str | None = None  # the Celery worker that answered

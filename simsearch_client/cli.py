@@ -98,9 +98,28 @@ def _upload_with_progress(client: SimsearchClient, args: argparse.Namespace, p: 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
 
 
-def follow_job(client: SimsearchClient, accepted: dict[str, Any], desc: str) -> dict[str, Any]:
+def _index_summary(job: dict[str, Any]) -> str:
+    result = job.get("result") or {}
+    return (
+        f"{job['status']}: {len(result.get('created', []))} new, {len(result.get('existing', []))} already present, "
+        f"{plural(job['progress']['failed'], 'item')} failed (job {job['job_id']})"
+    )
+
+
+def _search_summary(job: dict[str, Any]) -> str:
+    queries, failed = plural(job["progress"]["total"], "query", "queries"), job["progress"]["failed"]
+    return f"{job['status']}: {queries}, {failed} failed (job {job['job_id']})"
+
+
+def follow_job(
+    client: SimsearchClient,
+    accepted: dict[str, Any],
+    desc: str,
+    summary: Callable[[dict[str, Any]], str] = _index_summary,
+    say: Callable[[str], None] = out,
+) -> dict[str, Any]:
     """Follow a server-side job with a progress bar whose total grows as the server lists items
-    (archives, URL files, buckets); print its summary and failures."""
+    (archives, URL files, buckets); `say` its summary, failures to stderr."""
     from tqdm import tqdm
 
     with tqdm(total=accepted.get("total") or None, unit="img", desc=desc, file=sys.stderr, disable=None) as bar:
@@ -111,11 +130,7 @@ def follow_job(client: SimsearchClient, accepted: dict[str, Any], desc: str) -> 
             bar.update(progress["done"] - bar.n)
 
         job = client.wait(accepted["job_id"], timeout=7 * 24 * 3600, poll=2, on_progress=advance)
-    result = job.get("result") or {}
-    out(
-        f"{job['status']}: {len(result.get('created', []))} new, {len(result.get('existing', []))} already present, "
-        f"{plural(job['progress']['failed'], 'item')} failed (job {job['job_id']})"
-    )
+    say(summary(job))
     for e in job.get("errors", [])[:50]:
         err(f"  {e.get('filename') or e.get('index')}: {e['error']}: {e['detail']}")
     return job
@@ -166,6 +181,9 @@ def print_matches(result: dict[str, Any]) -> None:
         footer += f" ({result['filter_matches']} passed the filter)"
     if result.get("query_cluster") is not None:
         footer += f"; query nearest cluster {result['query_cluster']}"
+    if threshold := result.get("threshold"):
+        origin = {"collection": "calibrated on the collection", "model": "the model's floor"}.get(threshold["source"])
+        footer += f"; similarity >= {threshold['value']:.3f}" + (f" ({origin})" if origin else "")
     out(footer)
 
 
@@ -180,7 +198,8 @@ def _search_batch(client: SimsearchClient, args: argparse.Namespace) -> int:
         accepted = client.search_batch(
             args.collection, queries, k=args.k, min_similarity=args.min_similarity, filter=args.filter
         )
-        follow_job(client, accepted, "searching")
+        # Status on stderr: stdout carries only the rows (JSON lines with --json).
+        follow_job(client, accepted, "searching", _search_summary, err)
         for row in client.batch_results(accepted["job_id"]):
             if row is None:
                 continue
@@ -190,7 +209,7 @@ def _search_batch(client: SimsearchClient, args: argparse.Namespace) -> int:
                 best = row["matches"][0]
                 out(f"{row['query']}\t{best['similarity']:.4f}\t{best['filename']}\t{best['image_id']}")
             else:
-                out(f"{row['query']}\t-\tno match")
+                out(f"{row['query']}\t-\tno similar images")
     return EXIT_OK
 
 

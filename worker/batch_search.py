@@ -14,10 +14,11 @@ import numpy as np
 from shared import filters, keys
 from shared.errors import Conflict, SimsearchError
 from shared.jobs import final_status
-from shared.schemas import ItemError, ItemStatus, JobInput, JobStatus, SearchParams
+from shared.schemas import ItemError, ItemStatus, JobInput, JobStatus, SearchParams, Threshold
+from worker.calibration import no_match_message
 from worker.context import JobContext, Outcome, failed_item, ok
 from worker.indexing import PASS_THROUGH, Pending, drop_uploads, prepare_item
-from worker.searching import search_excluding
+from worker.searching import above, search_excluding
 
 
 def _vectors(ctx: JobContext, indices: list[int], inputs: list) -> tuple[dict[int, np.ndarray], list[Outcome]]:
@@ -85,12 +86,12 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> int:
     mask = None
     if replica is not None and params.filter is not None:
         mask = ctx.replicas.filter_mask(ctx.collection, replica, filters.parse(params.filter))
+    threshold = ctx.replicas.threshold(replica, params) if replica is not None else None
     answers: dict[int, list[tuple[str, float]]] = {}
     for index, vec in vectors.items():
         own = {queries[index]["own"]} if queries[index]["own"] else set()
-        found = search_excluding(replica.index, vec, own, params.k, params.min_similarity, mask) if replica else []
-        answers[index] = found
-    rows = result_rows(ctx, queries, answers)
+        answers[index] = search_excluding(replica.index, vec, own, params.k, None, mask) if replica else []
+    rows = result_rows(ctx, queries, answers, threshold)
     outcomes += [ok(index, by_index[index], ItemStatus.created) for index in answers]  # type: ignore[arg-type]
     if rows:
         ctx.store.put_results(ctx.job_id, rows, ctx.jobs.lifecycle.job_ttl_s)
@@ -109,14 +110,26 @@ def query_row(index: int, inp: JobInput) -> dict:
 
 
 def result_rows(
-    ctx: JobContext, queries: dict[int, dict], answers: dict[int, list[tuple[str, float]]], **extra
+    ctx: JobContext,
+    queries: dict[int, dict],
+    answers: dict[int, list[tuple[str, float]]],
+    threshold: Threshold | None,
+    **extra,
 ) -> dict[str, str]:
-    names = iter(ctx.store.filenames(ctx.collection, [i for hits in answers.values() for i, _ in hits]))
+    """Each query's row: its matches that reach the threshold, or the no-match message, as a search
+    answers (`answers` are the k best before the threshold)."""
+    kept = {index: above(found, threshold) for index, found in answers.items()}
+    names = iter(ctx.store.filenames(ctx.collection, [i for hits in kept.values() for i, _ in hits]))
+    said = {"threshold": threshold.model_dump(exclude_none=True)} if threshold else {}
     rows = {}
-    for index, hits in answers.items():
+    for index, hits in kept.items():
         q = queries[index]
-        matches = [{"image_id": i, "filename": next(names), "similarity": round(s, 6)} for i, s in hits]
-        rows[str(index)] = json.dumps({"query": q["query"], "image_id": q["image_id"], "matches": matches, **extra})
+        row = {"query": q["query"], "image_id": q["image_id"], "matches": [], **said, **extra}
+        row["matches"] = [{"image_id": i, "filename": next(names), "similarity": round(s, 6)} for i, s in hits]
+        if not hits:
+            found = answers[index]
+            row["message"] = no_match_message(found[0][1] if found else None, threshold)
+        rows[str(index)] = json.dumps(row)
     return rows
 
 

@@ -14,7 +14,7 @@ from shared import filters, keys
 from shared.schemas import ItemOutcome, ItemStatus
 from worker.batch_search import batch_params, finish_batch_search, result_rows
 from worker.context import JobContext, failed
-from worker.searching import search_excluding
+from worker.searching import merge_hits, merged_threshold, search_excluding
 
 
 def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:
@@ -28,16 +28,20 @@ def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:
     params = batch_params(ctx)
     replica = ctx.replicas.sync(ctx.collection, shard, shards)
     answers: dict[str, list] = {}
+    answer: dict = {"answers": answers}
     if replica is not None and len(replica.index):
         mask = None
         if params.filter is not None:
             mask = ctx.replicas.filter_mask(ctx.collection, replica, filters.parse(params.filter))
+        # Unfiltered k best: the merge applies the highest shard threshold and says what the closest was.
+        if (threshold := ctx.replicas.threshold(replica, params)) is not None:
+            answer["threshold"] = threshold.model_dump(exclude_none=True)
         for q, vec in zip(queries, matrix, strict=True):
             own = {q["own"]} if q["own"] else set()
-            hits = search_excluding(replica.index, vec, own, params.k, params.min_similarity, mask)
+            hits = search_excluding(replica.index, vec, own, params.k, None, mask)
             answers[str(q["index"])] = [[i, s] for i, s in hits]
     key = keys.batch_answers(ctx.job_id, first)
-    answered = ctx.store.record_shard(ctx.job_id, shard, {"answers": answers}, ctx.jobs.lifecycle.job_ttl_s, key)
+    answered = ctx.store.record_shard(ctx.job_id, shard, answer, ctx.jobs.lifecycle.job_ttl_s, key)
     if answered == shards:
         merge(ctx, first, shards)
 
@@ -79,12 +83,11 @@ def _merge_once(ctx: JobContext, first: int, shards: int) -> bool | None:
         ctx.store.drop_batch_chunk(ctx.job_id, first)  # failed for good: a late shard finds nothing to merge
     else:
         k = batch_params(ctx).k
-        merged = {}
-        for index in by_index:
-            hits = [(h[0], float(h[1])) for a in answers.values() for h in a["answers"].get(str(index), [])]
-            merged[index] = sorted(hits, key=lambda h: (-h[1], h[0]))[:k]
+        shard_answers = [a["answers"] for a in answers.values()]
+        merged = {index: merge_hits([a.get(str(index), []) for a in shard_answers], k) for index in by_index}
+        threshold = merged_threshold([a.get("threshold") for a in answers.values()])
         extra = {"missing_shards": missing} if missing else {}
-        rows = result_rows(ctx, by_index, merged, **extra)
+        rows = result_rows(ctx, by_index, merged, threshold, **extra)
         if not ctx.store.write_batch_merge(ctx.job_id, first, len(answers), rows, bool(missing), ttl):
             return False
         outcomes = [

@@ -27,7 +27,9 @@ import numpy as np
 from shared import vectors
 from shared.ann import AnnIndex, AnnParams, FetchVectors
 from shared.filters import Filter
+from shared.schemas import SearchParams, Threshold
 from shared.shards import shard_of
+from worker.calibration import NoMatchPolicy, calibrate, requested, stale
 from worker.metadata_index import MetadataIndex
 from worker.snapshots import Snapshots
 from worker.store import StreamEntry, WorkerStore
@@ -95,6 +97,8 @@ class Replica:
     shard: int = 0  # which shard of the collection this replica holds (of `shards`)
     shards: int = 1
     metadata: MetadataIndex | None = None  # built by the first filtered search (filter_mask)
+    # (version, threshold) of the last no-match calibration (worker/calibration.py)
+    calibration: tuple[int, Threshold | None] | None = None
 
     @property
     def part(self) -> str:
@@ -112,8 +116,10 @@ class ReplicaSet:
         batch: int = 2000,
         params: AnnParams | None = None,
         snapshots: Snapshots | None = None,
+        no_match: NoMatchPolicy | None = None,
     ) -> None:
         self.store = store
+        self.no_match = no_match or NoMatchPolicy()
         self.batch = batch
         self.params = params or AnnParams()
         self.snapshots = snapshots
@@ -163,6 +169,23 @@ class ReplicaSet:
             self.snapshots.save(
                 collection, replica.model, replica.version, replica.last_id, replica.index, replica.part
             )
+
+    def threshold(self, replica: Replica, params: SearchParams) -> Threshold | None:
+        """The similarity a match must reach: the caller's, else the collection's calibrated one
+        (recomputed as the collection changes), else none."""
+        asked = requested(params)
+        if asked is not False:
+            return asked  # type: ignore[return-value]
+        if not self.no_match.enabled:
+            return None
+        cached = replica.calibration
+        if cached is None or stale(cached[0], len(replica.index), replica.version):
+            cached = (
+                replica.version,
+                calibrate(replica.index, self.no_match.floor_of(replica.model), self.no_match.percentile),
+            )
+            replica.calibration = cached
+        return cached[1]
 
     def filter_mask(self, collection: str, replica: Replica, node: Filter) -> np.ndarray:
         """A boolean per row of the replica's index: the images whose metadata passes the filter."""

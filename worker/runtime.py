@@ -15,6 +15,7 @@ from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.models.base import NetworkEmbedder
 from shared.models.registry import get_model_spec
+from worker.calibration import NoMatchPolicy
 from worker.context import JobContext
 from worker.inference import build_embedder
 from worker.replica import ReplicaSet
@@ -73,6 +74,11 @@ class WorkerRuntime:
                 settings.replica_batch,
                 settings.ann_params,
                 Snapshots(client, blobs, settings.snapshot_every) if settings.snapshot_every else None,
+                NoMatchPolicy(
+                    enabled=settings.no_match_calibration and settings.embedding_weights != "random",
+                    model_floors=settings.embedding_weights == "imagenet",
+                    percentile=settings.no_match_percentile,
+                ),
             ),
             sources=Sources(
                 Fetcher(settings.fetch_policy),

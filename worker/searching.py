@@ -18,21 +18,31 @@ from shared.schemas import (
     Match,
     SearchParams,
     SearchResult,
+    Threshold,
 )
 from shared.shards import serves
+from worker.calibration import no_match_message
 from worker.context import JobContext
 from worker.replica import Replica
 from worker.store import WorkerStore
 
 log = logging.getLogger(__name__)
 
-NO_MATCH = "No similar images found"
-
 
 def excluded(params: SearchParams) -> set[str]:
     """Stored images a search is about, never among its matches ("more like this one")."""
     examples = [*(params.positive or []), *(params.negative or [])]
     return {i for i in [params.image_id, *(e.image_id for e in examples)] if i is not None}
+
+
+def above(hits: list[tuple[str, float]], threshold: Threshold | None) -> list[tuple[str, float]]:
+    """The hits that reach the threshold (all of them without one)."""
+    return hits if threshold is None else [h for h in hits if h[1] >= threshold.value]
+
+
+def merge_hits(answers: list[list], k: int) -> list[tuple[str, float]]:
+    """Shards' k best merged: the same order one replica of everything gives (similarity, then id)."""
+    return sorted(((h[0], float(h[1])) for hits in answers for h in hits), key=lambda h: (-h[1], h[0]))[:k]
 
 
 def search_excluding(index, query: np.ndarray, skip: set[str], k: int, min_similarity, mask):
@@ -118,19 +128,17 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
         clustering = None  # computed before a re-embed changed the dimension
     query_cluster = int(np.argmax(clustering[1] @ query)) if clustering else None
     mask = row_mask(ctx, replica, params, clustering)
+    threshold = ctx.replicas.threshold(replica, params)
     # Searching by a stored image means "more like this one": the image itself is not a match.
-    hits = search_excluding(replica.index, query, excluded(params), params.k, params.min_similarity, mask)
+    found = search_excluding(replica.index, query, excluded(params), params.k, None, mask)
+    hits = above(found, threshold)
     names = ctx.store.filenames(collection, [i for i, _ in hits])
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
-    message = None
-    if not matches:
-        best = search_excluding(replica.index, query, excluded(params), 1, None, mask)
-        message = NO_MATCH
-        if best and params.min_similarity is not None:
-            message += f" (none reached min_similarity={params.min_similarity}; the closest had {best[0][1]:.3f})"
+    message = None if matches else no_match_message(found[0][1] if found else None, threshold)
     return SearchResult(
         matches=matches,
         message=message,
+        threshold=threshold,
         collection_size=len(replica.index),
         model=embedder.name,
         query_cluster=query_cluster,
@@ -251,17 +259,26 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
             return
         if mask is not None:
             answer["passed"] = int(mask.sum())
-        hits = search_excluding(replica.index, query, excluded(params), params.k, params.min_similarity, mask)
-        answer["hits"] = [[i, sim] for i, sim in hits]
+        # Each shard calibrates on its own part; the merge applies the highest (worker/calibration.py).
+        threshold = ctx.replicas.threshold(replica, params)
+        if threshold is not None:
+            answer["threshold"] = threshold.model_dump(exclude_none=True)
+        found = search_excluding(replica.index, query, excluded(params), params.k, None, mask)
+        answer["hits"] = [[i, sim] for i, sim in above(found, threshold)]
         answer["size"] = len(replica.index)
         if clustering is not None:
             answer["query_cluster"] = int(np.argmax(clustering[1] @ query))
-        if not hits:
-            best = search_excluding(replica.index, query, excluded(params), 1, None, mask)
-            answer["best"] = best[0][1] if best else None
+        answer["best"] = found[0][1] if found else None
     answered = ctx.store.record_shard(ctx.job_id, shard, answer, ctx.jobs.lifecycle.job_ttl_s)
     if answered == shards:
         finish_fanned_out(ctx, params, shards)
+
+
+def merged_threshold(thresholds: list[dict | None]) -> Threshold | None:
+    """One threshold for the shards' answers: the highest any shard applied. A shard holds part of
+    the collection, so its nearest neighbours are farther than the whole's; the highest is closest."""
+    found = [Threshold.model_validate(t) for t in thresholds if t]
+    return max(found, key=lambda t: t.value) if found else None
 
 
 def finish_at_deadline(ctx: JobContext, shards: int) -> None:
@@ -280,9 +297,8 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
         _fail(ctx, params, SimsearchError(detail, code="shards_unavailable", status_code=503))
         ctx.store.drop_fan_out(ctx.job_id)
         return
-    # Every shard's k best, merged: the same order as one replica of everything (similarity, then id).
-    hits = sorted(((h[0], float(h[1])) for a in answers.values() for h in a["hits"]), key=lambda h: (-h[1], h[0]))
-    hits = hits[: params.k]
+    threshold = merged_threshold([a.get("threshold") for a in answers.values()])
+    hits = above(merge_hits([a["hits"] for a in answers.values()], params.k), threshold)
     names = ctx.store.filenames(ctx.collection, [i for i, _ in hits])
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
     missing = sorted(set(range(shards)) - set(answers))
@@ -290,9 +306,7 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
     message = None
     if not matches:
         bests = [a["best"] for a in answers.values() if a.get("best") is not None]
-        message = NO_MATCH if size else "The collection is empty"
-        if bests and params.min_similarity is not None:
-            message += f" (none reached min_similarity={params.min_similarity}; the closest had {max(bests):.3f})"
+        message = no_match_message(max(bests) if bests else None, threshold) if size else "The collection is empty"
     if missing:
         note = f"shards {missing} did not answer within the shard timeout; matches are from the others"
         message = f"{message}; {note}" if message else note
@@ -302,6 +316,7 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
     result = SearchResult(
         matches=matches,
         message=message,
+        threshold=threshold,
         collection_size=size,
         model=model,
         served_by=",".join(sorted({a["served_by"] for a in answers.values() if a.get("served_by")})) or None,

@@ -40,6 +40,12 @@ class WorkerSettings(ModelSettings):
     # little, while several workers on one host each spinning up a team per query oversubscribe
     # the cores (bench/shards.py: 4 shard workers on 2 cores, p50 69 ms with teams, 22 ms without).
     search_threads: int = Field(default=1, ge=1)
+    # A search without min_similarity refuses matches below the collection's calibrated threshold
+    # (worker/calibration.py). Never with EMBEDDING_WEIGHTS=random: such similarities mean nothing.
+    no_match_calibration: bool = True
+    # The share (%) of the collection's own images that would find no match: 1 keeps 99 % of
+    # photos like the collection's; higher refuses more photos of kinds the collection lacks.
+    no_match_percentile: float = Field(default=1.0, gt=0, lt=50)
     # Write a replica snapshot to the blob store every SNAPSHOT_EVERY log entries (0: never).
     snapshot_every: int = Field(default=20_000, ge=0)
 

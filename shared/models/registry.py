@@ -67,6 +67,9 @@ MODELS: dict[str, ModelSpec] = {
         "a path to a Keras weights file, or random",
         build=_build_efficientnet_lite0,
         prepare=_prepare_efficientnet_lite0,
+        # bench/no_match.py: noise, plain colours and gradients reach at most 0.383 against the
+        # 3,000 animal photos; a photo's closest among 10 random others is above 0.40 96 % of the time.
+        no_match_floor=0.40,
     ),
 }
 

@@ -103,7 +103,8 @@ def test_batch_search_of_uploaded_copies_finds_each_original(base: str, ids: dic
     copies = [(f"q{i}.jpg", reencode(photo_bytes(i))) for i in range(20)]
     with httpx.Client(base_url=base, timeout=60) as client:
         files = [("files", (name, data, "image/jpeg")) for name, data in copies]
-        resp = client.post("/v1/collections/dups/search/batch", params={"k": 5}, files=files)
+        # min_similarity=0: all five, whatever the calibrated default keeps (test_no_match.py)
+        resp = client.post("/v1/collections/dups/search/batch", params={"k": 5, "min_similarity": 0}, files=files)
         assert resp.status_code == 202, resp.text
         job = wait_job(client, resp.json()["job_id"])
         assert job["status"] == "succeeded" and job["progress"] == {"total": 20, "done": 20, "failed": 0}

@@ -34,6 +34,9 @@ ENV = {
     # Real (offline) weights: random ones map every photo to nearly the same vector (similarities
     # all ~1.0), where the order is rounding noise.
     "EMBEDDING_WEIGHTS": "imagenet",
+    # These tests compare shard merges with one index of everything, match for match; a calibrated
+    # default threshold depends on how the collection is split (test_no_match.py covers it).
+    "NO_MATCH_CALIBRATION": "false",
 }
 
 
