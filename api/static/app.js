@@ -77,12 +77,29 @@ const state = {
   lastQuery: null, // {kind: "file", file} | {kind: "id", id, filename} | {kind: "examples"}
   // "More like these, less like those": image id -> file name, chosen on the matches
   examples: { positive: new Map(), negative: new Map() },
-  searchSeq: 0,
-  browseSeq: 0,
   queryUrl: null,
   activeRuns: 0,
   failedTotal: 0,
 };
+
+// ---------------------------------------------------------------------------------------------
+// Stale responses: each panel remembers its latest request, and an answer changes the page only
+// while it still belongs to that request. A slow answer to an older request (a 422 for a filter
+// since cleared, the matches of a query since replaced) is dropped, however late it comes.
+
+const latest = new Map();
+
+/** Start a request of `panel`; the returned function tells whether it is still the panel's latest. */
+function begin(panel) {
+  const token = (latest.get(panel) ?? 0) + 1;
+  latest.set(panel, token);
+  return () => latest.get(panel) === token;
+}
+
+/** Make every request in flight for these panels stale (another collection was opened). */
+function invalidate(...panels) {
+  for (const panel of panels) begin(panel);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Storage (localStorage may be unavailable, e.g. in some private modes)
@@ -204,6 +221,7 @@ function clearBlobUrls() {
 
 function setThumb(img, collection, imageId) {
   const path = contentPath(collection, imageId);
+  img.dataset.wanted = path; // an <img> reused (the query's) shows only the image asked for last
   if (!apiKeyValue) {
     img.src = path;
     return;
@@ -218,9 +236,11 @@ function setThumb(img, collection, imageId) {
     .then((blob) => {
       const url = URL.createObjectURL(blob);
       blobUrls.set(path, url);
-      img.src = url;
+      if (img.dataset.wanted === path) img.src = url;
     })
-    .catch(() => img.classList.add("broken"));
+    .catch(() => {
+      if (img.dataset.wanted === path) img.classList.add("broken");
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,14 +324,17 @@ function thumbButton(image, { similarity, rank } = {}) {
 // Collections
 
 async function loadCollections() {
+  const current = begin("collections");
   let list;
   try {
     list = await api("v1/collections");
   } catch (err) {
+    if (!current()) return;
     els.collectionSelect.replaceChildren(el("option", { value: "", text: "(could not load)" }));
     showError(err, "Listing collections");
     return;
   }
+  if (!current()) return;
   const options = [el("option", { value: "", text: list.length ? "— choose —" : "(none yet)" })];
   for (const c of list) {
     options.push(el("option", { value: c.name, text: `${c.name} (${plural(c.image_count, "image")})` }));
@@ -322,13 +345,14 @@ async function loadCollections() {
 
 async function showCollectionInfo() {
   const c = state.collection;
+  const current = begin("info");
   try {
     const info = await api(collectionPath(c));
-    if (c !== state.collection) return;
+    if (!current()) return;
     const model = info.model ? ` · model ${info.model}${info.dimension ? ` (${info.dimension}-d)` : ""}` : "";
     els.collectionInfo.textContent = `“${info.name}”: ${plural(info.image_count, "image")}${model}`;
   } catch (err) {
-    if (c !== state.collection) return;
+    if (!current()) return;
     if (err.status === 404) els.collectionInfo.textContent = `“${c}” is a new collection: index images to create it.`;
     else showError(err, "Reading the collection");
   }
@@ -349,6 +373,7 @@ function openCollection(name) {
   store(COLLECTION_STORAGE, name);
   if ([...els.collectionSelect.options].some((o) => o.value === name)) els.collectionSelect.value = name;
   if (changed) {
+    invalidate("search", "batch", "duplicates", "browse", "clusters", "clustering", "info");
     state.browse.offset = 0;
     state.browse.cluster = null;
     state.lastQuery = null;
@@ -698,7 +723,7 @@ async function runSearch(query) {
   if (filter === null) return;
   state.lastQuery = query;
   els.searchAgain.disabled = false;
-  const seq = ++state.searchSeq;
+  const current = begin("search");
   const params = searchParams();
   els.results.hidden = false;
   showQuery(query);
@@ -709,7 +734,7 @@ async function runSearch(query) {
   if (query.kind === "id") els.results.scrollIntoView({ behavior: scrollBehavior(), block: "start" });
 
   const finish = (text, stateName) => {
-    if (seq !== state.searchSeq) return;
+    if (!current()) return;
     els.searchStatus.textContent = text;
     els.results.dataset.state = stateName;
     els.matches.removeAttribute("aria-busy");
@@ -727,8 +752,9 @@ async function runSearch(query) {
       if (filter) body.filter = filter;
       accepted = await api(path, { method: "POST", json: body, query: params });
     }
+    if (!current()) return;
     const job = await pollJob(accepted.job_id, { wait: RESULT_WAIT });
-    if (seq !== state.searchSeq) return;
+    if (!current()) return;
     if (job.status === "failed") {
       const e = (job.errors || [])[0] || job.result || {};
       const err = new ApiError(0, e.error || "search_failed", e.detail || "the search job failed");
@@ -748,16 +774,23 @@ async function runSearch(query) {
       return;
     }
     const bits = [`${plural(matches.length, "match", "matches")} among ${plural(result.collection_size ?? 0, "image")}`];
-    if (params.min_similarity !== undefined) bits.push(`similarity ≥ ${params.min_similarity.toFixed(2)}`);
+    if (result.threshold) bits.push(thresholdText(result.threshold));
     if (result.filter_matches !== undefined && result.filter_matches !== null) bits.push(`${plural(result.filter_matches, "image")} pass the filter`);
     if (result.query_cluster !== undefined && result.query_cluster !== null) bits.push(`query is nearest cluster ${result.query_cluster}`);
     if (result.served_by) bits.push(`served by ${result.served_by}`);
     finish(bits.join(" · "), "done");
   } catch (err) {
+    if (!current()) return; // an older search's failure (a filter since cleared): not this one's
     reportFilterError(err);
     showError(err, "Search");
     finish(`Search failed: ${err.message}`, "error");
   }
+}
+
+/** Which similarity the matches had to reach, and where that threshold came from. */
+function thresholdText(threshold) {
+  const origin = { collection: " (calibrated on the collection)", model: " (the model's floor)" }[threshold.source] || "";
+  return `similarity ≥ ${threshold.value.toFixed(3)}${origin}`;
 }
 
 els.queryFile.addEventListener("change", () => {
@@ -772,7 +805,8 @@ els.filter.addEventListener("change", () => {
   if (state.lastQuery) runSearch(state.lastQuery);
 });
 els.minSim.addEventListener("input", () => {
-  els.minSimValue.textContent = Number.parseFloat(els.minSim.value).toFixed(2);
+  const value = Number.parseFloat(els.minSim.value);
+  els.minSimValue.textContent = value > 0 ? value.toFixed(2) : "auto";
 });
 els.searchForm.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -854,6 +888,7 @@ async function runBatch(files) {
     files = files.slice(0, BATCH_QUERIES);
   }
   const params = searchParams();
+  const current = begin("batch");
   els.batch.hidden = false;
   els.batchRows.replaceChildren();
   els.batchStatus.textContent = `Uploading ${plural(files.length, "query image")}…`;
@@ -863,16 +898,21 @@ async function runBatch(files) {
     for (const file of files) form.append("files", file, file.name);
     if (filter) form.append("filter", JSON.stringify(filter));
     const accepted = await api(`${collectionPath(collection)}/search/batch`, { method: "POST", body: form, query: params });
+    if (!current()) return;
     const job = await pollJob(accepted.job_id, {
       wait: PROGRESS_WAIT,
       onUpdate: (view) => {
+        if (!current()) return;
         const p = view.progress || {};
         els.batchStatus.textContent = `Searching: ${p.done ?? 0} of ${p.total ?? files.length} queries done${p.failed ? `, ${p.failed} failed` : ""}…`;
       },
     });
+    if (!current()) return;
     const page = await api(`v1/jobs/${enc(accepted.job_id)}/results`, { query: { limit: BATCH_QUERIES } });
+    if (!current()) return;
     renderBatch(page.results || [], job, collection);
   } catch (err) {
+    if (!current()) return;
     reportFilterError(err);
     showError(err, "Batch search");
     els.batchStatus.textContent = `Batch search failed: ${err.message}`;
@@ -887,7 +927,10 @@ function renderBatch(rows, job, collection) {
       return el("tr", { class: "failed-row" }, el("td", { text: e.filename || `#${index + 1}` }), el("td", { colspan: 3, text: `failed: ${e.error || "?"} ${e.detail || ""}` }));
     }
     const best = (row.matches || [])[0];
-    if (!best) return el("tr", {}, el("td", { text: row.query }), el("td", { colspan: 3, text: "no match" }));
+    if (!best) {
+      const text = row.message || "No similar images found";
+      return el("tr", { class: "empty-row" }, el("td", { text: row.query }), el("td", { colspan: 3, text }));
+    }
     const img = el("img", { alt: "", loading: "lazy", decoding: "async" });
     if (collection === state.collection) setThumb(img, collection, best.image_id);
     const open = el("button", {
@@ -921,6 +964,7 @@ els.dupForm.addEventListener("submit", async (event) => {
   if (!Number.isFinite(minSimilarity)) minSimilarity = 0.95;
   minSimilarity = Math.min(1, Math.max(0.5, minSimilarity));
   els.dupMin.value = String(minSimilarity);
+  const current = begin("duplicates");
   els.dupRun.disabled = true;
   els.dupStatus.textContent = "Looking for near-duplicates…";
   els.dupGroups.replaceChildren();
@@ -930,11 +974,11 @@ els.dupForm.addEventListener("submit", async (event) => {
       json: { min_similarity: minSimilarity },
     });
     const job = await pollJob(accepted.job_id, { wait: RESULT_WAIT });
+    if (!current()) return;
     if (job.status === "failed") {
       const e = job.result || (job.errors || [])[0] || {};
       throw new ApiError(0, e.error || "duplicates_failed", e.detail || "the duplicates job failed");
     }
-    if (collection !== state.collection) return;
     const result = job.result || {};
     const groups = result.groups || [];
     els.dupStatus.textContent = groups.length
@@ -950,6 +994,7 @@ els.dupForm.addEventListener("submit", async (event) => {
       ),
     );
   } catch (err) {
+    if (!current()) return;
     els.dupStatus.textContent = "Finding duplicates failed.";
     showError(err, "Duplicates");
   } finally {
@@ -963,7 +1008,7 @@ els.dupForm.addEventListener("submit", async (event) => {
 async function loadBrowse() {
   const collection = state.collection;
   if (!collection) return;
-  const seq = ++state.browseSeq;
+  const current = begin("browse");
   const { offset, limit, cluster } = state.browse;
   const path =
     cluster === null ? `${collectionPath(collection)}/images` : `${collectionPath(collection)}/clusters/${cluster}/images`;
@@ -977,7 +1022,7 @@ async function loadBrowse() {
   try {
     page = await api(path, { query });
   } catch (err) {
-    if (seq !== state.browseSeq) return;
+    if (!current()) return;
     els.browse.removeAttribute("aria-busy");
     if (err.code === "invalid_filter") {
       reportFilterError(err);
@@ -996,7 +1041,7 @@ async function loadBrowse() {
     showError(err, "Browsing");
     return;
   }
-  if (seq !== state.browseSeq) return;
+  if (!current()) return;
   els.browse.removeAttribute("aria-busy");
   if (page.total > 0 && offset >= page.total) {
     // Images were deleted since: go to the last page.
@@ -1071,11 +1116,12 @@ function markCluster(n) {
 async function loadClusters() {
   const collection = state.collection;
   if (!collection) return;
+  const current = begin("clusters");
   let clustering;
   try {
     clustering = await api(`${collectionPath(collection)}/clusters`);
   } catch (err) {
-    if (collection !== state.collection) return;
+    if (!current()) return;
     els.clusters.replaceChildren();
     if (err.status === 404) {
       els.clusterStatus.textContent = "Not clustered yet.";
@@ -1084,7 +1130,7 @@ async function loadClusters() {
     showError(err, "Reading clusters");
     return;
   }
-  if (collection !== state.collection) return;
+  if (!current()) return;
   renderClusters(clustering);
 }
 
@@ -1138,6 +1184,7 @@ function renderClusters(clustering) {
 els.clusterRun.addEventListener("click", async () => {
   const collection = requireCollection();
   if (!collection) return;
+  const current = begin("clustering");
   els.clusterRun.disabled = true;
   els.clusterStatus.textContent = "Clustering…";
   try {
@@ -1147,12 +1194,13 @@ els.clusterRun.addEventListener("click", async () => {
       const e = job.result || (job.errors || [])[0] || {};
       throw new ApiError(0, e.error || "cluster_failed", e.detail || "the clustering job failed");
     }
-    if (collection === state.collection) {
+    if (current()) {
       state.browse.cluster = null;
       await loadClusters();
       showStatus(`Clustered “${collection}” into ${job.result?.k ?? "?"} clusters.`, "ok");
     }
   } catch (err) {
+    if (!current()) return;
     els.clusterStatus.textContent = "Clustering failed.";
     showError(err, "Clustering");
   } finally {

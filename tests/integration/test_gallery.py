@@ -206,7 +206,7 @@ def test_gallery_index_search_browse_cluster(browser, api_url: str, collection: 
     expect(matches).to_have_count(0)
     slider.focus()
     page.keyboard.press("Home")
-    expect(page.locator("#min-sim-value")).to_have_text("0.00")
+    expect(page.locator("#min-sim-value")).to_have_text("auto")  # 0: the collection's calibrated threshold
 
     # Search by clicking an image of the collection: it is not among its own matches.
     page.locator("#browse button.thumb", has_text="photo-0.jpg").click()
@@ -421,4 +421,93 @@ def test_gallery_filters_examples_batch_and_duplicates(browser, api_url: str, co
     assert page.locator("#dup-groups .thumb").count() >= 2
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "gallery-search-features.png"), full_page=True)
+    assert not errors, errors
+
+
+def test_gallery_drops_stale_responses(browser, api_url: str, collection: str, tmp_path: Path) -> None:
+    """A slow answer to an older request never changes what the page shows: the 422s of a filter
+    since cleared (search and browse), and an older batch search's rows. The older requests are
+    held in the browser until the newer ones have been answered, then let through."""
+    import json
+
+    from playwright.sync_api import expect
+
+    files = [(f"cat{i}.jpg", photo_bytes(850 + i)) for i in range(3)] + [
+        (f"dog{i}.jpg", photo_bytes(860 + i)) for i in range(3)
+    ]
+    metadata = {name: {"label": name[:3]} for name, _ in files}
+    with httpx.Client(base_url=api_url, timeout=60) as client:
+        parts = [("files", (name, data, "image/jpeg")) for name, data in files]
+        resp = client.post(f"/v1/collections/{collection}/images", files=parts, data={"metadata": json.dumps(metadata)})
+        assert resp.status_code == 202, resp.text
+        assert wait_job(client, resp.json()["job_id"])["status"] == "succeeded"
+
+    page, errors = _open(browser, api_url, collection, 1000)
+    expect(page.locator("#browse li")).to_have_count(6)
+    page.locator("#browse button.thumb").first.click()
+    matches = page.locator("#matches li")
+    expect(matches).to_have_count(5, timeout=JOB_TIMEOUT_MS)
+
+    held: list = []
+
+    def hold_if(predicate):
+        def handler(route) -> None:
+            if predicate(route.request):
+                held.append(route)  # answered later, by the test
+            else:
+                route.continue_()
+
+        return handler
+
+    bad = '{"label": {"$like": "c%"}}'
+    stale_filter = hold_if(lambda r: "%24like" in r.url or "$like" in r.url or "$like" in (r.post_data or ""))
+    page.route("**/v1/collections/**", stale_filter)
+    flt = page.get_by_label("Metadata filter")
+    flt.fill(bad)
+    flt.press("Enter")  # a browse and a search (Enter both changes and submits) with the bad filter: held
+    for _ in range(100):
+        if len(held) >= 2:
+            break
+        page.wait_for_timeout(50)
+    page.wait_for_timeout(300)
+    assert len(held) >= 2 and any("/images?" in r.request.url for r in held), [r.request.url for r in held]
+    flt.fill("")
+    flt.press("Enter")  # the newer browse and search, answered at once
+    expect(page.locator("#browse li")).to_have_count(6)
+    expect(page.locator("#search-status")).to_contain_text("5 matches", timeout=JOB_TIMEOUT_MS)
+    while held:
+        with page.expect_response(lambda r: r.status == 422) as late:
+            held.pop().continue_()
+        assert late.value.status == 422
+    page.wait_for_timeout(500)  # let the page handle the late answers
+    expect(page.locator("#filter-error")).to_be_hidden()
+    expect(page.locator("#filter")).not_to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#browse li")).to_have_count(6)
+    expect(matches).to_have_count(5)
+    page.unroute("**/v1/collections/**", stale_filter)
+
+    # Two batch searches: the first's upload is held until the second has shown its rows.
+    older = _photos(tmp_path, [850, 851], prefix="old")
+    newer = _photos(tmp_path, [860, 861, 862], prefix="new")
+    stale_batch = hold_if(
+        lambda r: r.url.split("?")[0].endswith("/search/batch") and b"old-0.jpg" in (r.post_data_buffer or b"")
+    )
+    page.route("**/search/batch*", stale_batch)
+    page.set_input_files("#query-file", [str(p) for p in older])
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    page.set_input_files("#query-file", [str(p) for p in newer])
+    rows = page.locator("#batch-rows tr")
+    expect(rows).to_have_count(3, timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#batch-status")).to_contain_text("3 queries searched")
+    with page.expect_response(lambda r: r.url.split("?")[0].endswith("/search/batch")):
+        held.pop().continue_()
+    page.wait_for_timeout(3000)  # the older job runs and would be polled and rendered by a stale page
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_contain_text("new-0.jpg")
+    expect(page.locator("#batch-status")).to_contain_text("3 queries searched")
+    page.unroute("**/search/batch*", stale_batch)
     assert not errors, errors
