@@ -3,8 +3,10 @@
     python bench/clusters.py --data ../shared/datasets/animals              # efficientnet-lite0, auto K
     python bench/clusters.py --scale 100000                                 # synthetic 100k x 2048
 
-Purity: each cluster votes for its majority label; purity = images matching their cluster's
-label / all images.
+With --data: auto K (2..10) on the first 50, 150 and all photos of each label (150, 450 and 3,000
+animals), each in --orders row orders (a collection's rows come in hash order, and a single
+k-means start depended on it). Purity: each cluster votes for its majority label; purity = images
+matching their cluster's label / all images.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def main() -> int:
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--scale", type=int, help="cluster this many synthetic 2048-d vectors instead")
+    parser.add_argument("--per-label", default="50,150,0", help="photos per label of each run (0: all)")
+    parser.add_argument("--orders", type=int, default=5, help="row orders tried per size")
     args = parser.parse_args()
 
     from worker.clustering import cluster
@@ -70,6 +74,24 @@ def main() -> int:
         started = time.perf_counter()
         matrix, labels = embed_folder(args.data, args.model, args.weights)
         print(f"embedded {len(matrix)} images with {args.model} in {time.perf_counter() - started:.1f}s")
+        for per in (int(x) for x in args.per_label.split(",")):
+            truth = np.array(labels)
+            rows = np.concatenate([np.flatnonzero(truth == t)[: per or None] for t in sorted(set(labels))])
+            ks, took, purities = [], [], []
+            for order in range(args.orders):
+                perm = rows[np.random.default_rng(order).permutation(len(rows))]
+                started = time.perf_counter()
+                result = cluster(matrix[perm], None, 2, 10)
+                took.append(time.perf_counter() - started)
+                ks.append(result.k)
+                purities.append(purity(result.labels, truth[perm].tolist()))
+                if order == 0:
+                    scores = ", ".join(f"{k}: {v:.3f}" for k, v in result.silhouette.items())
+            print(
+                f"{len(rows)} images, {args.orders} row orders: auto K {ks}; silhouette (first order) {{{scores}}}; "
+                f"purity {min(purities):.4f}-{max(purities):.4f}; {np.mean(took):.1f} s per clustering"
+            )
+        return 0
     started = time.perf_counter()
     result = cluster(matrix, None, 2, 10)
     took = time.perf_counter() - started

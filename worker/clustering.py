@@ -1,8 +1,14 @@
 """Cluster a collection's vectors into categories, as the notebook did, but at scale.
 
-K-means on L2-normalised vectors (so Euclidean distance ranks like cosine), fitted with
-MiniBatchKMeans on a bounded random sample and then applied to every vector; K chosen by the best
-silhouette score, computed on a bounded sample too. Cost is bounded whatever the collection size.
+K-means on L2-normalised vectors (so Euclidean distance ranks like cosine), fitted on a bounded
+random sample and then applied to every vector; K chosen by the best silhouette score, computed
+on one bounded sample for every K. Cost is bounded whatever the collection size.
+
+Every K gets several complete k-means runs from different starts, and keeps the one of lowest
+inertia, as scikit-learn's KMeans does with n_init: one unlucky start scored the true K far below
+its neighbours (150 animal photos: K=3 0.064 beside K=2 0.130 and K=4 0.133, so K=4 was chosen).
+MiniBatchKMeans' own n_init only compares initialisations and then runs once, which is why the
+restarts here are whole runs.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ from shared.models.base import l2_normalise
 FIT_SAMPLE = 20_000
 SILHOUETTE_SAMPLE = 4_000
 SAMPLES_PER_CLUSTER = 8
+# Up to this many sampled vectors, full-batch KMeans with KMEANS_RESTARTS starts (cheap: 5,000 x
+# 1280 x 10 starts is about a second per K); above, MiniBatchKMeans, MINIBATCH_RESTARTS whole runs.
+FULL_KMEANS_MAX = 5_000
+KMEANS_RESTARTS = 10
+MINIBATCH_RESTARTS = 3
 # A wide K range (2..100) fitted K by K held a worker for minutes: at most this many K values are
 # tried, spread over the range, and the sweep stops at the budget with the best K so far.
 MAX_CANDIDATES = 15
@@ -42,19 +53,24 @@ class Clustering:
 
 
 def _fit(sample: np.ndarray, k: int, seed: int):
-    from sklearn.cluster import MiniBatchKMeans
+    """The best of several complete k-means runs (lowest inertia)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    model = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=2048, n_init=3, max_iter=50)
-    return model.fit(sample)
+    if len(sample) <= FULL_KMEANS_MAX:
+        return KMeans(n_clusters=k, n_init=KMEANS_RESTARTS, random_state=seed).fit(sample)
+    runs = [
+        MiniBatchKMeans(n_clusters=k, random_state=seed + run, batch_size=2048, n_init=1, max_iter=50).fit(sample)
+        for run in range(MINIBATCH_RESTARTS)
+    ]
+    return min(runs, key=lambda model: model.inertia_)
 
 
-def _silhouette(matrix: np.ndarray, labels: np.ndarray, seed: int) -> float:
+def _silhouette(matrix: np.ndarray, labels: np.ndarray) -> float:
     from sklearn.metrics import silhouette_score
 
     if len(set(labels.tolist())) < 2:
         return -1.0
-    size = min(len(matrix), SILHOUETTE_SAMPLE)
-    return float(silhouette_score(matrix, labels, sample_size=size, random_state=seed))
+    return float(silhouette_score(matrix, labels))
 
 
 def candidate_ks(k_min: int, k_max: int) -> list[int]:
@@ -91,6 +107,10 @@ def cluster(
     sample = sample[np.isfinite(sample).all(axis=1)]
     if len(sample) <= max(candidates):
         raise ValueError(f"K must be below the {len(sample)} images still in the collection")
+    # One silhouette sample for every K: scores of different K compare the same points.
+    scored = (
+        np.sort(rng.choice(len(sample), SILHOUETTE_SAMPLE, replace=False)) if len(sample) > SILHOUETTE_SAMPLE else None
+    )
     scores: dict[int, float] = {}
     best = None
     started = time.monotonic()
@@ -98,7 +118,8 @@ def cluster(
         if best is not None and time.monotonic() - started > budget_s:
             break
         model = _fit(sample, candidate, seed)
-        scores[candidate] = round(_silhouette(sample, model.predict(sample), seed), 6)
+        points = sample if scored is None else sample[scored]
+        scores[candidate] = round(_silhouette(points, model.predict(points)), 6)
         if best is None or scores[candidate] > scores[best[0]]:
             best = (candidate, model)
     chosen, model = best

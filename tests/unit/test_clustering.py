@@ -73,3 +73,26 @@ def test_rows_deleted_meanwhile_are_left_out_not_fatal() -> None:
     assert (result.labels[gone] == -1).all() and (result.labels[~gone] >= 0).all()
     assert sum(result.sizes) == int((~gone).sum())
     assert all(not gone[m] for m in result.medoids)
+
+
+def test_auto_k_finds_the_three_animals_whatever_the_row_order(tmp_path) -> None:
+    """The 48 shipped photos (16 cats, 16 dogs, 16 pandas) with the real Lite0 weights. A single
+    k-means run per K chose K=4 for some orders of the same rows (a collection's rows come in
+    hash order); several whole runs per K find 3 for every order."""
+    from pathlib import Path
+
+    from shared.imaging import decode_image, to_model_input
+    from shared.models.registry import get_model_spec
+    from worker.inference import build_embedder
+
+    photos = sorted((Path(__file__).parents[2] / "shared" / "models" / "calibration").glob("*.jpg"))
+    network = get_model_spec("efficientnet-lite0").build("imagenet", 256, tmp_path)
+    embedder = build_embedder(network, "tensorflow", "auto", tmp_path, 2)
+    vectors = embedder.embed(np.stack([to_model_input(decode_image(p.read_bytes()).image, 256) for p in photos]))
+    truth = np.array([p.name.split("_")[0] for p in photos])
+    for order in range(20):
+        perm = np.random.default_rng(100 + order).permutation(len(vectors))
+        result = cluster(vectors[perm], None, 2, 10)
+        assert result.k == 3, (order, result.silhouette)
+        for c in range(3):  # each cluster is one animal
+            assert len(set(truth[perm][result.labels == c])) == 1, (order, c)
