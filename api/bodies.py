@@ -15,7 +15,7 @@ from api.metadata import load_json
 from api.settings import ApiSettings
 from api.store import ApiStore
 from shared import filters
-from shared.errors import InvalidRequest, NotFound, SimsearchError
+from shared.errors import InvalidRequest, NotFound, ValidationFailed
 from shared.schemas import CollectionInfo
 
 M = TypeVar("M", bound=BaseModel)
@@ -25,8 +25,7 @@ def parse_body(model: type[M], raw: bytes) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
+        raise ValidationFailed(list(exc.errors())) from exc
 
 
 async def searchable(store: ApiStore, collection: str, settings: ApiSettings, k: int) -> CollectionInfo:

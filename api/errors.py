@@ -1,4 +1,5 @@
-"""One handler per error family, every body `{"error": code, "detail": text}`."""
+"""One handler per error family, every body `{"error": code, "detail": text}` (validation errors
+add `fields`: each field's {loc, msg, type})."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
-from shared.errors import SimsearchError
+from shared.errors import SimsearchError, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,16 @@ async def send_error(
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SimsearchError)
     async def _simsearch(_: Request, exc: SimsearchError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.detail, exc.headers)
+        response = error_response(exc.status_code, exc.code, exc.detail, exc.headers)
+        if isinstance(exc, ValidationFailed):  # also each field, for programs
+            response = JSONResponse(
+                status_code=exc.status_code, content={"error": exc.code, "detail": exc.detail, "fields": exc.fields}
+            )
+        return response
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
-        return error_response(422, "validation_error", detail)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await _simsearch(request, ValidationFailed(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
@@ -71,7 +72,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await client.aclose()
             await listener.aclose()
 
-    app = FastAPI(title="simsearch", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc from the package's own copies of Swagger UI and ReDoc: no CDN, so they work offline.
+    app = FastAPIOffline(title="simsearch", version="0.1.0", lifespan=lifespan)
     app.state.metrics_registry = CollectorRegistry()
     request_metrics = RequestMetrics(app.state.metrics_registry)
     # Last added runs first: the gate authenticates and rate-limits from the headers before any

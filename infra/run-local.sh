@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Start redis-server (unless REDIS_URL already answers), one Celery worker and the API, in the
-# foreground. Ctrl-C stops all three.
+# foreground. Ctrl-C stops all three. The API listens on 127.0.0.1 unless HOST says otherwise:
+# with HOST=0.0.0.0 anyone who reaches the machine reaches it, so set API_KEYS (README, Security).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+HOST="${HOST:-127.0.0.1}"
 
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 # ResNet50's ImageNet weights need the Keras download host or a file you provide (see README);
@@ -16,17 +19,20 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-if ! python3 -c "import redis,os; redis.Redis.from_url(os.environ['REDIS_URL']).ping()" 2>/dev/null; then
-  port=$(python3 -c "from urllib.parse import urlparse; import os; print(urlparse(os.environ['REDIS_URL']).port or 6379)")
+if ! "$PYTHON" -c "import redis,os; redis.Redis.from_url(os.environ['REDIS_URL']).ping()" 2>/dev/null; then
+  port=$("$PYTHON" -c "from urllib.parse import urlparse; import os; print(urlparse(os.environ['REDIS_URL']).port or 6379)")
   redis-server --port "$port" --bind 127.0.0.1 --dir "$STATE_DIR" --appendonly yes --save "" &
   pids+=($!)
   for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
-celery -A worker.app worker -l INFO &
+"$PYTHON" -m celery -A worker.app worker -l INFO &
 pids+=($!)
 # The API derives client addresses itself (TRUSTED_PROXIES); uvicorn must not rewrite them.
-uvicorn api.main:app --host 0.0.0.0 --port "$API_PORT" --no-proxy-headers &
+if [[ "$HOST" != "127.0.0.1" && "$HOST" != "localhost" && "$HOST" != "::1" && -z "${API_KEYS:-}" ]]; then
+  echo "simsearch: WARNING: HOST=$HOST without API_KEYS: anyone who can reach this machine can use the API" >&2
+fi
+"$PYTHON" -m uvicorn api.main:app --host "$HOST" --port "$API_PORT" --no-proxy-headers &
 pids+=($!)
-echo "simsearch: API on http://localhost:${API_PORT} (model ${EMBEDDING_MODEL}); Ctrl-C stops everything"
+echo "simsearch: API on http://${HOST}:${API_PORT} (model ${EMBEDDING_MODEL}); Ctrl-C stops everything"
 wait -n "${pids[@]}"

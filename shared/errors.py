@@ -6,6 +6,8 @@ worker records the same code and detail against the failed item or job.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SimsearchError(Exception):
     status_code: int = 500
@@ -19,6 +21,23 @@ class SimsearchError(Exception):
             self.code = code
         if status_code is not None:
             self.status_code = status_code
+
+
+class ValidationFailed(SimsearchError):
+    """A request that does not fit its schema: `detail` is one line naming each field, `fields`
+    the same as a list of {loc, msg, type} for programs."""
+
+    status_code = 422
+    code = "validation_error"
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.fields = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+        super().__init__("; ".join(_line(f) for f in self.fields) or "the request is not valid")
+
+
+def _line(field: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in field["loc"])
+    return f"{loc}: {field['msg']}" if loc else str(field["msg"])
 
 
 class InvalidRequest(SimsearchError):

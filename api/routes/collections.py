@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.auth import Principal, principal_of
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
 from api.store import Upload
-from shared.errors import Conflict, NotFound, SimsearchError
+from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.models.registry import MODELS
 from shared.queueing import INDEX_QUEUE, REEMBED_CHUNK_TASK
 from shared.schemas import CollectionInfo, JobAccepted, JobInput, JobType
@@ -40,8 +40,7 @@ async def create_collection(
     try:
         spec = CollectionSpec.model_validate_json(body or b"{}")
     except ValidationError as exc:
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise SimsearchError(detail, code="validation_error", status_code=422) from exc  # type: ignore[arg-type]
+        raise ValidationFailed(list(exc.errors())) from exc
     shards = spec.shards or settings.default_shards
     created, have = await store.create_collection(collection, shards)
     if have != shards:

@@ -13,7 +13,9 @@ from tests.integration.client_helpers import index
 def _error(resp: httpx.Response, status: int, code: str | None = None) -> dict:
     assert resp.status_code == status, resp.text
     body = resp.json()
-    assert set(body) == {"error", "detail"}, body
+    # Validation errors also list each field (`fields`); every detail is one line of text.
+    assert set(body) == ({"error", "detail", "fields"} if body["error"] == "validation_error" else {"error", "detail"})
+    assert isinstance(body["detail"], str) and "\n" not in body["detail"], body
     if code:
         assert body["error"] == code
     return body
@@ -49,6 +51,21 @@ def test_validation_errors(client: httpx.Client, collection: str) -> None:
         422,
         "invalid_metadata",
     )
+
+
+def test_validation_errors_are_one_line_with_the_fields_listed(client: httpx.Client, collection: str) -> None:
+    body = _error(client.get("/v1/jobs/x", params={"wait": 31}), 422, "validation_error")
+    assert body["detail"].startswith("query.wait: Input should be less than or equal to")
+    assert body["fields"] == [
+        {"loc": ["query", "wait"], "msg": body["detail"].split(": ", 1)[1], "type": "less_than_equal"}
+    ]
+    both = _error(client.post(f"/v1/collections/{collection}/search", params={"k": 0, "min_similarity": 2}), 422)
+    assert [f["loc"] for f in both["fields"]] == [["query", "k"], ["query", "min_similarity"]]
+    assert (
+        both["detail"].count("; ") == 1 and "query.k: " in both["detail"] and "query.min_similarity: " in both["detail"]
+    )
+    shards = _error(client.put(f"/v1/collections/{collection}", json={"shards": "many"}), 422, "validation_error")
+    assert shards["detail"].startswith("shards: ") and shards["fields"][0]["loc"] == ["shards"]
 
 
 def test_search_input_errors(client: httpx.Client, collection: str) -> None:
@@ -115,3 +132,21 @@ def test_form_limits(client: httpx.Client, collection: str, redis_url: str, work
     )
     _error(resp, 400)
     assert fields  # the urlencoded form of the same is refused as not multipart
+
+
+def test_docs_pages_are_served_offline(client: httpx.Client) -> None:
+    """/docs and /redoc load their scripts and styles from the API itself, not a CDN."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        scripts = [a for a in assets if a.endswith((".js", ".css"))]
+        assert scripts, html.text
+        for asset in assets:
+            assert not asset.startswith(("http://", "https://", "//")), f"{page} loads {asset} from elsewhere"
+        for asset in scripts:
+            resp = client.get(asset)
+            assert resp.status_code == 200 and len(resp.content) > 10_000, asset
+    assert client.get("/openapi.json").json()["info"]["title"] == "simsearch"
