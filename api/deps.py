@@ -42,5 +42,13 @@ ImageId = Annotated[str, Path(pattern=IMAGE_ID.pattern, description="32 hex char
 
 # Query parameters several routes share.
 TopK = Annotated[int, Query(ge=1, le=1000, description="matches per query")]
-MinSimilarity = Annotated[float | None, Query(ge=-1.0, le=1.0, description="drop matches below this cosine similarity")]
+MinSimilarity = Annotated[
+    float | None,
+    Query(
+        ge=-1.0,
+        le=1.0,
+        description="drop matches below this cosine similarity; omitted: the collection's calibrated threshold "
+        "(the answer's `threshold` says which applied); 0: keep every match",
+    ),
+]
 CallbackUrl = Annotated[str | None, Query(description="POSTed the job (signed) when it ends")]

@@ -436,7 +436,12 @@ def _add_search(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--unlike", nargs="+", default=[], metavar="ID", help="less like these stored images")
     p.add_argument("--collection", "-c", required=True, metavar="C")
     p.add_argument("-k", type=positive_int, default=10, help="number of matches (default 10)")
-    p.add_argument("--min-similarity", type=float, metavar="X", help="drop matches below this cosine similarity")
+    p.add_argument(
+        "--min-similarity",
+        type=float,
+        metavar="X",
+        help="drop matches below this cosine similarity (default: the collection's calibrated threshold; 0: none)",
+    )
     p.add_argument("--cluster", type=int, metavar="N", help="only matches from this cluster")
     p.add_argument(
         "--filter",
