@@ -2,14 +2,19 @@
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 # Installs happen once per Python environment, and again only when the dependency lists change.
-ENV_ID := $(shell $(PYTHON) -c 'import hashlib, sys; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:12])')
+# The environment is its prefix and its interpreter's inode: a virtualenv made again at the same
+# path is a new environment.
+ENV_ID := $(shell $(PYTHON) -c 'import hashlib, os, sys; key = f"{sys.prefix}:{os.lstat(sys.executable).st_ino}"; print(hashlib.sha1(key.encode()).hexdigest()[:12])')
 STAMPS := .make/$(ENV_ID)
 
-.PHONY: install install-dev run test test-unit test-integration lint format
+.PHONY: install install-dev browser run test test-unit test-integration lint format
 
 install: $(STAMPS)/run  ## what running needs: redis-server from apt, the api, worker and client extras
 
-install-dev: $(STAMPS)/dev  ## what the tests need too: chromium from apt, the dev extra
+install-dev: $(STAMPS)/dev  ## what the tests and linters need too: the dev extra
+
+browser:  ## Debian's chromium, for the gallery's browser tests
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
 $(STAMPS)/run: pyproject.toml constraints.txt
 	@command -v redis-server >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
@@ -17,20 +22,19 @@ $(STAMPS)/run: pyproject.toml constraints.txt
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/dev: $(STAMPS)/run
-	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 	$(PYTHON) -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $@
 
 run: install  ## redis, one worker and the API on 127.0.0.1:8000, without Docker (HOST=0.0.0.0 to listen on every address)
 	PYTHON=$(PYTHON) ./infra/run-local.sh
 
-test: install-dev  ## unit + integration tests (starts its own redis-server and Celery workers)
+test: install-dev browser  ## unit + integration tests (starts its own redis-server and Celery workers)
 	$(PYTHON) -m pytest -q
 
 test-unit: install-dev
 	$(PYTHON) -m pytest -q tests/unit
 
-test-integration: install-dev
+test-integration: install-dev browser
 	$(PYTHON) -m pytest -q tests/integration
 
 lint: install-dev

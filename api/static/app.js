@@ -374,6 +374,8 @@ function openCollection(name) {
   if ([...els.collectionSelect.options].some((o) => o.value === name)) els.collectionSelect.value = name;
   if (changed) {
     invalidate("search", "batch", "duplicates", "browse", "clusters", "clustering", "info");
+    els.dupRun.disabled = false; // the runs just made stale no longer hold their buttons
+    els.clusterRun.disabled = false;
     state.browse.offset = 0;
     state.browse.cluster = null;
     state.lastQuery = null;
@@ -697,6 +699,7 @@ function showQuery(query) {
   if (state.queryUrl) URL.revokeObjectURL(state.queryUrl);
   state.queryUrl = null;
   if (query.kind === "examples") {
+    delete els.queryImg.dataset.wanted; // a thumbnail still on its way is no longer this query's
     els.queryImg.removeAttribute("src");
     els.queryImg.alt = "";
     const { positive, negative } = state.examples;
@@ -705,6 +708,7 @@ function showQuery(query) {
     if (first) setThumb(els.queryImg, state.collection, first);
   } else if (query.kind === "file") {
     state.queryUrl = URL.createObjectURL(query.file);
+    els.queryImg.dataset.wanted = state.queryUrl;
     els.queryImg.src = state.queryUrl;
     els.queryImg.alt = `Query image ${query.file.name}`;
     els.queryCaption.textContent = `Query: ${query.file.name} (uploaded)`;
@@ -998,7 +1002,7 @@ els.dupForm.addEventListener("submit", async (event) => {
     els.dupStatus.textContent = "Finding duplicates failed.";
     showError(err, "Duplicates");
   } finally {
-    els.dupRun.disabled = false;
+    if (current()) els.dupRun.disabled = false; // a newer run (or collection) owns the button now
   }
 });
 
@@ -1204,7 +1208,7 @@ els.clusterRun.addEventListener("click", async () => {
     els.clusterStatus.textContent = "Clustering failed.";
     showError(err, "Clustering");
   } finally {
-    els.clusterRun.disabled = false;
+    if (current()) els.clusterRun.disabled = false;
   }
 });
 

@@ -391,7 +391,7 @@ def build_network(weights: str, input_size: int, cache_dir: Path | None = None, 
     """The embedding graph: preprocessed input -> 1280-d pooled features.
 
     Pooling of the final feature map is generalised-mean (p = 3) by default: on the animals
-    benchmark it beat plain average pooling (README, bench/quality.py) at no cost. It is part of
+    benchmark it beat plain average pooling (docs/models.md, bench/quality.py) at no cost. It is part of
     the graph, so every inference backend runs the same computation.
     """
     import keras

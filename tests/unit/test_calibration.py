@@ -41,7 +41,7 @@ def test_nearest_similarities_leave_each_image_out_in_exact_mode() -> None:
     vecs = synthetic(700, 64, seed=1)
     vecs[5] = vecs[9]  # a duplicate: its nearest other image is its twin, at 1.0, not itself
     index = _exact(vecs)
-    positions = sample_positions(len(vecs))
+    positions = sample_positions(_ids(len(vecs)))
     assert len(positions) == 500
     got = nearest_similarities(index, positions)
     np.testing.assert_allclose(got, _brute_nearest(vecs)[positions], atol=1e-5)
@@ -63,16 +63,67 @@ def test_nearest_similarities_in_approximate_mode_match_the_exact_ones() -> None
     index = AnnIndex(128, params=AnnParams(threshold=500, background=False))
     index.upsert(_ids(len(vecs)), vecs)
     assert not index.exact
-    positions = sample_positions(len(vecs), 200)
+    positions = sample_positions(_ids(len(vecs)), 200)
     got = nearest_similarities(index, positions)
     want = _brute_nearest(vecs)[positions]
     assert np.mean(np.abs(got - want) < 1e-4) >= 0.95  # approximate search: nearly every nearest found
 
 
 def test_the_sample_is_fixed_and_bounded() -> None:
-    assert list(sample_positions(5)) == [0, 1, 2, 3, 4]
-    first, again = sample_positions(100_000, 500), sample_positions(100_000, 500)
+    assert list(sample_positions(_ids(5))) == [0, 1, 2, 3, 4]
+    first, again = sample_positions(_ids(100_000), 500), sample_positions(_ids(100_000), 500)
     assert len(first) == 500 == len(set(first.tolist())) and np.array_equal(first, again)
+
+
+def test_replicas_built_in_another_order_derive_the_same_threshold() -> None:
+    """The sample is chosen by id, not by row: a replica restored from a snapshot and one built
+    from a scan hold the same vectors in other orders."""
+    vecs = synthetic(3000, 64, seed=8)
+    ids = _ids(len(vecs))
+    order = np.random.default_rng(1).permutation(len(vecs))
+    one, other = AnnIndex(64), AnnIndex(64)
+    one.upsert(ids, vecs)
+    other.upsert([ids[i] for i in order], vecs[order])
+    a, b = calibrate(one, None), calibrate(other, None)
+    assert a is not None and a == b
+
+
+def test_vectors_deleted_since_the_sync_are_left_out_not_counted_as_unmatched() -> None:
+    """Approximate mode fetches the sampled vectors from Redis: one deleted meanwhile comes back
+    NaN and has no nearest neighbour; it must not drag the percentile down to -1."""
+    vecs = synthetic(3000, 128, seed=9)
+    ids = _ids(len(vecs))
+    source = dict(zip(ids, vecs, strict=True))
+
+    def fetch(wanted: list[str]) -> np.ndarray:
+        return np.stack([source.get(i, np.full(128, np.nan, np.float32)) for i in wanted])
+
+    index = AnnIndex(128, fetch_vectors=fetch, params=AnnParams(threshold=500, background=False))
+    index.upsert(ids, vecs)
+    before = calibrate(index, None)
+    for i in ids[::10]:  # 10 % deleted from Redis, the replica not yet synced
+        del source[i]
+    after = calibrate(index, None)
+    assert before is not None and after is not None and after.source == "collection"
+    assert after.sample is not None and after.sample < 500
+    assert abs(after.value - before.value) < 0.05
+
+
+def test_a_build_finishing_during_calibration_is_not_an_error() -> None:
+    """A replica crossing ANN_THRESHOLD trains in a thread; if it finishes between the index
+    saying it is exact and the matrix being read, calibration goes the approximate way."""
+    vecs = synthetic(1200, 128, seed=10)
+    ids = _ids(len(vecs))
+    source = dict(zip(ids, vecs, strict=True))
+    fetch = lambda wanted: np.stack([source[i] for i in wanted])  # noqa: E731
+    index = AnnIndex(128, fetch_vectors=fetch, params=AnnParams(threshold=1000, background=True))
+    index.upsert(ids, vecs)
+    build = index._build
+    assert build is not None and build.thread is not None
+    build.thread.join()  # finished, not yet noticed: `exact` still says True
+    assert index.exact
+    threshold = calibrate(index, None)
+    assert threshold is not None and threshold.source == "collection"
 
 
 def test_calibrate_takes_the_percentile_of_the_collections_own_nearest_neighbours() -> None:

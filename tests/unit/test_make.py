@@ -29,7 +29,8 @@ def test_make_run_installs_the_runtime_once_and_no_test_tools(tmp_path: Path) ->
     assert "chromium" not in first and ".[dev]" not in first
     assert "./infra/run-local.sh" in first
     # Installed: the stamp of this Python environment is newer than the dependency lists.
-    stamps = tmp_path / ".make" / hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]
+    key = f"{sys.prefix}:{os.lstat(sys.executable).st_ino}"
+    stamps = tmp_path / ".make" / hashlib.sha1(key.encode()).hexdigest()[:12]
     stamps.mkdir(parents=True)
     (stamps / "run").touch()
     again = _dry_run(tmp_path, "run")
