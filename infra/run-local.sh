@@ -14,15 +14,25 @@ export EMBEDDING_MODEL="${EMBEDDING_MODEL:-efficientnet-lite0}"
 API_PORT="${API_PORT:-8000}"
 STATE_DIR="${STATE_DIR:-.local-stack}"
 mkdir -p "$STATE_DIR"
+# The checkout's stack keeps everything in STATE_DIR: Redis's AOF and the image blobs.
+export BLOB_STORE_URL="${BLOB_STORE_URL:-file://$(cd "$STATE_DIR" && pwd)/blobs}"
 
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+redis_pid=""
+# The API and the worker first, Redis last: they still write to it while they stop.
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  if [[ -n "$redis_pid" ]]; then kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; fi
+}
 trap cleanup EXIT INT TERM
 
 if ! "$PYTHON" -c "import redis,os; redis.Redis.from_url(os.environ['REDIS_URL']).ping()" 2>/dev/null; then
   port=$("$PYTHON" -c "from urllib.parse import urlparse; import os; print(urlparse(os.environ['REDIS_URL']).port or 6379)")
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$STATE_DIR" --appendonly yes --save "" &
-  pids+=($!)
+  # Its own session: Ctrl-C (SIGINT to the terminal's process group) must not stop Redis before
+  # the worker and the API, which still write to it while they stop; cleanup stops it last.
+  setsid redis-server --port "$port" --bind 127.0.0.1 --dir "$STATE_DIR" --appendonly yes --save "" &
+  redis_pid=$!
   for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
@@ -35,4 +45,4 @@ fi
 "$PYTHON" -m uvicorn api.main:app --host "$HOST" --port "$API_PORT" --no-proxy-headers &
 pids+=($!)
 echo "simsearch: API on http://${HOST}:${API_PORT} (model ${EMBEDDING_MODEL}); Ctrl-C stops everything"
-wait -n "${pids[@]}"
+wait -n "${pids[@]}" ${redis_pid:+"$redis_pid"}

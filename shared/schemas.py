@@ -169,6 +169,7 @@ class SearchResult(BaseModel):
     matches: list[Match]
     message: str | None = None
     threshold: Threshold | None = None  # None: no threshold applied (min_similarity=0, examples)
+    closest: float | None = None  # no match reached the threshold: the best similarity there was
     collection_size: int
     model: str
     served_by: str | None = None  # the Celery worker that answered

@@ -126,9 +126,10 @@ def result_rows(
         q = queries[index]
         row = {"query": q["query"], "image_id": q["image_id"], "matches": [], **said, **extra}
         row["matches"] = [{"image_id": i, "filename": next(names), "similarity": round(s, 6)} for i, s in hits]
+        if not hits and (found := answers[index]):
+            row["closest"] = round(found[0][1], 6)
         if not hits:
-            found = answers[index]
-            row["message"] = no_match_message(found[0][1] if found else None, threshold)
+            row["message"] = no_match_message(row.get("closest"), threshold)
         rows[str(index)] = json.dumps(row)
     return rows
 

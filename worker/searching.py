@@ -134,11 +134,13 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
     hits = above(found, threshold)
     names = ctx.store.filenames(collection, [i for i, _ in hits])
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
-    message = None if matches else no_match_message(found[0][1] if found else None, threshold)
+    closest = None if matches or not found else round(found[0][1], 6)
+    message = None if matches else no_match_message(closest, threshold)
     return SearchResult(
         matches=matches,
         message=message,
         threshold=threshold,
+        closest=closest,
         collection_size=len(replica.index),
         model=embedder.name,
         query_cluster=query_cluster,
@@ -303,10 +305,11 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
     missing = sorted(set(range(shards)) - set(answers))
     size = sum(a["size"] for a in answers.values())
-    message = None
+    message, closest = None, None
     if not matches:
         bests = [a["best"] for a in answers.values() if a.get("best") is not None]
-        message = no_match_message(max(bests) if bests else None, threshold) if size else "The collection is empty"
+        closest = round(max(bests), 6) if bests else None
+        message = no_match_message(closest, threshold) if size else "The collection is empty"
     if missing:
         note = f"shards {missing} did not answer within the shard timeout; matches are from the others"
         message = f"{message}; {note}" if message else note
@@ -317,6 +320,7 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
         matches=matches,
         message=message,
         threshold=threshold,
+        closest=closest,
         collection_size=size,
         model=model,
         served_by=",".join(sorted({a["served_by"] for a in answers.values() if a.get("served_by")})) or None,

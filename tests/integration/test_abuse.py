@@ -68,7 +68,9 @@ def populated(api_url: str) -> dict:
 def _error(resp: httpx.Response, status: int, code: str | None = None) -> dict:
     assert resp.status_code == status, resp.text
     body = resp.json()
-    assert set(body) == {"error", "detail"}, body
+    # Validation errors also list each field (`fields`); every detail is one line of text.
+    assert set(body) == ({"error", "detail", "fields"} if body["error"] == "validation_error" else {"error", "detail"})
+    assert isinstance(body["detail"], str) and "\n" not in body["detail"], body
     if code:
         assert body["error"] == code, body
     return body

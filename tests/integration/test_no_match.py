@@ -57,6 +57,7 @@ def test_unrelated_images_answer_no_similar_images_by_default(client: httpx.Clie
         assert threshold["source"] == "collection" and threshold["sample"] == 32
         assert 0.4 < threshold["value"] < 0.9
         assert result["message"].startswith("No similar images found (the closest had 0.")
+        assert 0 < result["closest"] < threshold["value"]  # the best there was, as a number too
         assert f"below the threshold {threshold['value']:.3f}: calibrated on this collection" in result["message"]
 
 
@@ -97,6 +98,7 @@ def test_batch_rows_say_no_similar_images_like_a_search(client: httpx.Client, pe
     rows = [json.loads(x) for x in client.get(f"/v1/jobs/{job['job_id']}/results?format=jsonl").text.splitlines()]
     noise, cat = rows
     assert noise["matches"] == [] and noise["message"].startswith("No similar images found (the closest had")
+    assert 0 < noise["closest"] < noise["threshold"]["value"] and "closest" not in cat
     assert noise["threshold"]["source"] == "collection" and cat["threshold"] == noise["threshold"]
     assert cat["matches"][0]["filename"].startswith("cats") and "message" not in cat
 
@@ -116,7 +118,7 @@ def test_a_sharded_collection_applies_its_shards_highest_threshold(client: httpx
     job = index(client, "sharded-pets", _photos("cats", "panda", "dogs"))
     assert job["status"] == "succeeded"
     noise = search_bytes(client, "sharded-pets", unrelated_images(1)[0][1])["result"]
-    assert noise["matches"] == [] and noise["shards"] == 2
+    assert noise["matches"] == [] and noise["shards"] == 2 and 0 < noise["closest"] < noise["threshold"]["value"]
     assert noise["threshold"]["source"] in ("collection", "model")
     assert noise["message"].startswith("No similar images found (the closest had")
     panda = search_bytes(client, "sharded-pets", (DATA / "giant_panda.jpg").read_bytes())["result"]

@@ -67,7 +67,7 @@ def test_uvicorn_never_rewrites_the_client_address() -> None:
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))
     assert "--no-proxy-headers" in cmd and "--proxy-headers" not in cmd
     script = (ROOT / "infra" / "run-local.sh").read_text()
-    (line,) = [ln for ln in script.splitlines() if ln.startswith("uvicorn ")]
+    (line,) = [ln for ln in script.splitlines() if " -m uvicorn api.main:app " in ln]
     assert "--no-proxy-headers" in shlex.split(line)
     assert '"--no-proxy-headers"' in (ROOT / "tests" / "integration" / "services.py").read_text()
 
