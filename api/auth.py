@@ -90,6 +90,12 @@ def require_scope(principal: ApiKey | None, collection: str) -> None:
         raise Forbidden(f"API key {principal.name!r} may not use collection {collection!r}")
 
 
+def job_not_found(job_id: str) -> SimsearchError:
+    """The one answer for a job that is unknown, expired, or another tenant's: it names nothing,
+    so a job id seen elsewhere tells a key neither whose it is nor what kind of job it is."""
+    return SimsearchError(f"no job {job_id!r} (unknown or expired)", code="job_not_found", status_code=404)
+
+
 def rate_key(subject: str) -> str:
     # Fixed one-second windows in Redis, so every API replica counts against the same limit.
     return f"ss:rl:{subject}:{int(time.time())}"

@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.auth import GATE_PASSED, PRINCIPAL, Forbidden
+from api.auth import GATE_PASSED, PRINCIPAL, job_not_found
 from api.errors import send_error
 from api.metrics import RequestMetrics
 from shared.errors import SimsearchError
@@ -62,7 +62,7 @@ class JobPollCache:
         principal = state[PRINCIPAL]
         try:
             if not JOB_ID.fullmatch(job_id):
-                raise SimsearchError(f"no job {job_id!r} (unknown or expired)", code="job_not_found", status_code=404)
+                raise job_not_found(job_id)
             entry = await self._job(scope["app"].state.store, job_id)
             if entry is None:
                 # Unknown job: let the normal route produce its 404 (and anything else it does).
@@ -70,7 +70,7 @@ class JobPollCache:
                 return
             collection, body = entry
             if principal is not None and not principal.may_use(collection):
-                raise Forbidden(f"API key {principal.name!r} may not use collection {collection!r}")
+                raise job_not_found(job_id)  # another tenant's: as if unknown
         except SimsearchError as exc:
             await send_error(send, exc.status_code, exc.code, exc.detail, exc.headers)
             status = exc.status_code

@@ -4,6 +4,10 @@ The address check sits where the connection is made (an httpcore network backend
 connection -- the first, each redirect's, a keep-alive reconnect -- resolves its host once,
 refuses it unless every address is public, and connects to the address it checked (no second
 lookup a DNS rebinding could answer differently). A refused host is never connected to.
+
+The same backend holds every fetch and delivery to one deadline: each socket read and write waits
+at most until then, so a server trickling its headers (or body) a byte at a time cannot stretch
+a fetch past FETCH_TOTAL_TIMEOUT_S the way per-read timeouts alone would let it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +44,53 @@ class FetchPolicy:
     per_host: int = 4  # concurrent fetches from one host, per worker process
 
 
+# When the fetch or delivery running in this thread must be over (time.monotonic()); None: no deadline.
+_deadline: ContextVar[float | None] = ContextVar("fetch_deadline", default=None)
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _remaining(timeout: float | None, write: bool = False) -> float | None:
+    """The socket timeout for one read or write: the phase's own, cut to the deadline."""
+    end = _deadline.get()
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise (httpcore.WriteTimeout if write else httpcore.ReadTimeout)("the fetch's total time is up")
+    return left if timeout is None else min(timeout, left)
+
+
+class DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the current fetch's deadline (read when the
+    call is made: a pooled connection serves later fetches with their own deadlines)."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _remaining(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _remaining(timeout, write=True))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None):
+        return DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, _remaining(timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
 class GuardedBackend(httpcore.SyncBackend):
     def __init__(self, allow_private: bool) -> None:
         self.allow_private = allow_private
@@ -54,7 +106,7 @@ class GuardedBackend(httpcore.SyncBackend):
             # Every address must be public: a name with one public and one private address would
             # otherwise reach the private one on a retry.
             raise BlockedAddress(f"{host} resolves to a non-public address ({', '.join(blocked)})")
-        return super().connect_tcp(addresses[0], port, timeout=timeout, **kwargs)
+        return DeadlineStream(super().connect_tcp(addresses[0], port, timeout=_remaining(timeout), **kwargs))
 
 
 class GuardedTransport(httpx.HTTPTransport):
@@ -99,18 +151,18 @@ class Fetcher:
 
     def get(self, url: str) -> bytes:
         """The body of `url`, at most `max_bytes`; raises `FetchError` with the item's code."""
-        deadline = time.monotonic() + self.policy.total_timeout_s
+        ends = time.monotonic() + self.policy.total_timeout_s
         for _ in range(MAX_REDIRECTS + 1):
             check_url(url)
-            with self.hosts.hold(urlsplit(url).hostname or ""):
-                response = self._open(url, deadline)
+            with self.hosts.hold(urlsplit(url).hostname or ""), deadline(ends - time.monotonic()):
+                response = self._open(url, ends)
             if isinstance(response, str):
                 url = response  # a redirect: checked again on the next turn
                 continue
             return response
         raise FetchError(f"more than {MAX_REDIRECTS} redirects")
 
-    def _open(self, url: str, deadline: float) -> bytes | str:
+    def _open(self, url: str, ends: float) -> bytes | str:
         """The body, or the next URL of a redirect."""
         with _as_fetch_errors(), self.client.stream("GET", url) as response:
             if response.is_redirect:
@@ -123,15 +175,15 @@ class Fetcher:
             declared = response.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > self.policy.max_bytes:
                 raise FetchError(f"{declared} bytes, over the limit of {self.policy.max_bytes}", "too_large")
-            return self._read(response, deadline)
+            return self._read(response, ends)
 
-    def _read(self, response: httpx.Response, deadline: float) -> bytes:
+    def _read(self, response: httpx.Response, ends: float) -> bytes:
         body = bytearray()
         for chunk in response.iter_bytes():  # as it arrives: a trickle meets the deadline too
             body += chunk
             if len(body) > self.policy.max_bytes:
                 raise FetchError(f"over the limit of {self.policy.max_bytes} bytes", code="too_large")
-            if time.monotonic() > deadline:
+            if time.monotonic() > ends:
                 raise FetchError(f"not done within {self.policy.total_timeout_s}s", code="timeout")
         return bytes(body)
 
@@ -143,6 +195,7 @@ class Fetcher:
         with (
             _as_fetch_errors(),
             self.hosts.hold(urlsplit(url).hostname or ""),
+            deadline(self.policy.total_timeout_s),
             self.client.stream("POST", url, content=body, headers=headers) as response,
         ):
             return response.status_code

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -68,6 +68,17 @@ class JobInput(BaseModel):
     # Set when the API already rejected the item (e.g. over the per-file size limit): the worker
     # records the failure without touching the bytes.
     rejected: ItemError | None = None
+
+    @field_validator("filename")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        """A name as valid text: bytes that were not UTF-8 (kept as surrogates by tarfile and
+        os.fsdecode) become U+FFFD, so every input serialises (one that did not stranded a job)."""
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+            raw = value.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "replace")
 
 
 class ItemOutcome(BaseModel):

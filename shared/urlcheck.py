@@ -26,6 +26,9 @@ class BlockedAddress(FetchError):
 TRANSLATED = [
     ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::ffff:0:0:0/96", "::/96")
 ]
+# Site-local IPv6 (deprecated by RFC 3879, still routed inside some networks as private space):
+# Python calls it global.
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")
 
 
 def is_public(address: str) -> bool:
@@ -33,7 +36,7 @@ def is_public(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
-        elif any(ip in net for net in TRANSLATED):
+        elif any(ip in net for net in TRANSLATED) or ip in SITE_LOCAL:
             return False
     # is_global excludes private, loopback, link-local (cloud metadata), reserved, shared (CGNAT)
     # and documentation ranges; multicast is "global" for some ranges, so it is refused by name.

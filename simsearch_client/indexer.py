@@ -104,6 +104,17 @@ class _ChunkUploader:
     def __call__(self, chunk: Sequence[Candidate]) -> UploadReport:
         if self.stop.is_set():
             raise _Cancelled
+        try:
+            return self._upload(chunk)
+        except _Cancelled:
+            raise
+        except BaseException:
+            # Stop the other chunks from here, at once: the thread waiting on the futures may be
+            # slow to wake (a busy machine) while this pool thread takes the next chunk.
+            self.stop.set()
+            raise
+
+    def _upload(self, chunk: Sequence[Candidate]) -> UploadReport:
         files, sent, failures = _read_files(chunk)
         if not files:
             return UploadReport(failures=failures)
@@ -152,9 +163,12 @@ def upload(
         futures: list[Future[UploadReport]] = [pool.submit(uploader, c) for c in chunked(pending, max(1, chunk))]
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                raise failed.exception()  # type: ignore[misc]
+            if any(f.exception() is not None for f in done):
+                uploader.stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                # The error that stopped the run, not a chunk that found the run stopped.
+                errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+                raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])  # type: ignore[misc]
             for future in futures:
                 report.add(future.result())
         except BaseException:  # an error in a chunk, or Ctrl-C in this thread: stop the others

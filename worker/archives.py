@@ -5,6 +5,11 @@ in memory: a zip bomb costs the bytes read before a limit trips, never its expan
 declared in headers are checked first but not trusted (reads are capped as well). Every member
 comes out in archive order (a redelivered expansion walks the same sequence), either with its
 bytes or with the reason it was refused.
+
+Every entry counts toward the limits, directories, links and headers included: an archive of
+millions of empty directory entries is refused at `max_members`, not walked. A tar's headers are
+not kept (tarfile would keep each one for the archive's life, ~500 B apiece); a zip's central
+directory is sized from its end record before zipfile reads it whole.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from shared.imaging import archive_kind
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".7z", ".rar")
 READ_BLOCK = 1 << 20
+HEADER_BYTES = 512  # what each entry costs the expansion budget beyond its data (a tar header block)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,13 @@ class Member:
     detail: str = ""
 
 
+def display(raw: str) -> str:
+    """A name as text: bytes that were not UTF-8 (kept by tarfile as surrogates, which no JSON
+    encoder takes) become U+FFFD, control characters go, at most 1,024 characters."""
+    text = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] != "C").strip()[:1024]
+
+
 def member_name(raw: str) -> str | None:
     """The member's path as a display name, or None when it would escape the archive (absolute,
     a drive, `..`): the name is never used as a path, but such a member is refused all the same."""
@@ -46,8 +59,7 @@ def member_name(raw: str) -> str | None:
     parts = PurePosixPath(name).parts
     if not parts or name.startswith("/") or (len(parts[0]) == 2 and parts[0][1] == ":") or ".." in parts:
         return None
-    cleaned = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
-    return cleaned[:1024] or None
+    return display(name) or None
 
 
 def is_nested(name: str, head: bytes) -> bool:
@@ -104,7 +116,9 @@ def _screen(raw_name: str, declared: int, budget: _Budget) -> Member | str:
     """The member's safe name, or its refusal before any byte is read."""
     name = member_name(raw_name)
     if name is None:
-        return Member(raw_name[:1024], error="unsafe_path", detail="the member's path leaves the archive")
+        return Member(
+            display(raw_name) or "(unnamed)", error="unsafe_path", detail="the member's path leaves the archive"
+        )
     if declared > budget.limits.max_member_bytes:
         detail = f"{declared} bytes, over the per-file limit of {budget.limits.max_member_bytes}"
         return Member(name, error="file_too_large", detail=detail)
@@ -124,20 +138,36 @@ def _finish(name: str, data: bytes | None, budget: _Budget) -> Member:
     return Member(name, data=data)
 
 
+def _zip_entries(path: Path) -> tuple[int, int] | None:
+    """(entries, central directory bytes) from the zip's end record, read without the directory."""
+    with path.open("rb") as fh:
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # the stdlib's own reader
+    if not end:
+        return None
+    return end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+
+
 def _zip_members(path: Path, budget: _Budget) -> Iterator[Member]:
     try:
+        declared = _zip_entries(path)
+        if declared is not None and declared[0] > budget.limits.max_members:
+            yield Member(
+                "(archive)", error="too_many_members", detail=f"{declared[0]} entries, over {budget.limits.max_members}"
+            )
+            return
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         yield Member("(archive)", error="invalid_archive", detail=f"unreadable zip: {exc}")
         return
     with archive:
         for info in archive.infolist():
-            if info.is_dir():
-                continue
             budget.members += 1
+            budget.total += HEADER_BYTES
             if stop := budget.exhausted():
                 yield stop
                 return
+            if info.is_dir():
+                continue
             screened = _screen(info.filename, info.file_size, budget)
             if isinstance(screened, Member):
                 yield screened
@@ -186,14 +216,17 @@ def _tar_members(path: Path, budget: _Budget) -> Iterator[Member]:
     try:
         with archive:
             for info in archive:
-                if info.isdir():
-                    continue
+                archive.members.clear()  # stream mode needs none back; kept, they grow with the archive
                 budget.members += 1
+                budget.total += HEADER_BYTES
                 if stop := budget.exhausted():
                     yield stop
                     return
+                if info.isdir():
+                    continue
                 if not info.isfile():  # links, devices, FIFOs: never followed
-                    yield Member(info.name[:1024], error="not_a_file", detail="links and special files are refused")
+                    name = display(info.name) or "(unnamed)"
+                    yield Member(name, error="not_a_file", detail="links and special files are refused")
                     continue
                 screened = _screen(info.name, info.size, budget)
                 if isinstance(screened, Member):

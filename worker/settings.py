@@ -42,6 +42,9 @@ class WorkerSettings(ModelSettings):
     search_threads: int = Field(default=1, ge=1)
     # A search without min_similarity refuses matches below the collection's calibrated threshold
     # (worker/calibration.py). Never with EMBEDDING_WEIGHTS=random: such similarities mean nothing.
+    # A task that loses Redis (store and broker) waits this long for it, then runs again
+    # (worker/outages.py); kept under the task's soft time limit.
+    redis_outage_wait_s: float = Field(default=300.0, ge=1)
     no_match_calibration: bool = True
     # The share (%) of the collection's own images that would find no match: 1 keeps 99 % of
     # photos like the collection's; higher refuses more photos of kinds the collection lacks.

@@ -1,8 +1,9 @@
 """Celery tasks: thin wrappers that build the job's context and hand it to pure functions.
 
 Whatever a task body raises ends its items as failed with a reason (and the job, once every item
-is accounted for): a job never stays `running` because of a bug. Only a lost Redis connection is
-retried, because then the work is still owed and nothing could be recorded anyway.
+is accounted for): a job never stays `running` because of a bug. A lost Redis connection is
+waited out in place and the task runs again (worker/outages.py), because then the work is still
+owed and nothing could be recorded anyway.
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from collections.abc import Callable
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from kombu.exceptions import OperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.queueing import (
     BATCH_CHUNK_TASK,
@@ -47,21 +45,23 @@ from worker import (
 )
 from worker.app import app, runtime_of
 from worker.context import JobContext, failed_item
+from worker.outages import OUTAGE, through_outages
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 # Every task is idempotent (content-addressed ids, HSETNX progress, first-finisher-wins), so a
-# message redelivered after a worker died is safe to run again.
-REDIS_DOWN = {
-    "autoretry_for": (RedisConnectionError, RedisTimeoutError),
-    "retry_backoff": True,
-    "retry_backoff_max": 30,
-    "max_retries": 20,
-}
+# message redelivered after a worker died, or a body run again after a Redis outage, is safe.
 # A task killed at the hard time limit goes back to the queue (its redelivery runs item by item
-# with attempt counts) instead of being acked with its job left running.
-TASK = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "acks_on_timeout": False, **REDIS_DOWN}
+# with attempt counts) instead of being acked with its job left running. No `autoretry_for`: a
+# Celery retry publishes to the broker, which is the Redis that is down (worker/outages.py).
+TASK = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "acks_on_timeout": False}
+
+
+def outage_safe(task: Task, step: Callable[[], None]) -> None:
+    """Run a task's whole body (sends included), again after each Redis outage it meets."""
+    rt: WorkerRuntime = runtime_of(task.app)
+    through_outages(rt.store.redis, step, rt.settings.redis_outage_wait_s, f"{task.name} {task.request.id}")
 
 
 def finish_single(ctx: JobContext) -> None:
@@ -93,7 +93,7 @@ def fail_remaining(ctx: JobContext, indices: list[int], code: str, detail: str) 
         return
     try:
         FINISHERS[ctx.job.type](ctx)
-    except (RedisConnectionError, RedisTimeoutError):
+    except OUTAGE:
         raise
     except Exception as exc:
         log.exception("finishing job %s failed", ctx.job_id)
@@ -105,10 +105,14 @@ def _why(exc: BaseException) -> str:
 
 
 def run(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], None]) -> None:
+    outage_safe(task, lambda: _run_once(task, job_id, indices, body))
+
+
+def _run_once(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], None]) -> None:
     rt: WorkerRuntime = runtime_of(task.app)
     try:
         ctx = rt.context(job_id, served_by=task.request.hostname)
-    except (RedisConnectionError, RedisTimeoutError):
+    except OUTAGE:
         raise
     except Exception as exc:  # the job record itself is unreadable: nothing can run, so end it
         log.exception("job %s cannot be loaded", job_id)
@@ -119,7 +123,7 @@ def run(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext]
         return
     try:
         body(ctx)
-    except (RedisConnectionError, RedisTimeoutError):
+    except OUTAGE:
         raise
     except SoftTimeLimitExceeded:
         fail_remaining(ctx, indices, "timeout", f"the task ran over {rt.settings.task_time_limit_s}s")
@@ -147,13 +151,18 @@ def search(self: Task, job_id: str, collection: str) -> None:
     if not shards:
         maintain(rt, collection)
         return
+
     # A sharded collection: each shard's workers answer from their replica; the last to answer
     # merges. The deadline ends the search as `partial` if a shard has no live worker.
-    for shard in range(shards):
-        self.app.send_task(SEARCH_SHARD_TASK, [job_id, collection, shard, shards], queue=shard_queue(shard))
-    self.app.send_task(
-        SEARCH_DEADLINE_TASK, [job_id, collection, shards], queue=DEADLINE_QUEUE, countdown=rt.settings.shard_timeout_s
-    )
+    def send() -> None:
+        for shard in range(shards):
+            self.app.send_task(SEARCH_SHARD_TASK, [job_id, collection, shard, shards], queue=shard_queue(shard))
+        countdown = rt.settings.shard_timeout_s
+        self.app.send_task(
+            SEARCH_DEADLINE_TASK, [job_id, collection, shards], queue=DEADLINE_QUEUE, countdown=countdown
+        )
+
+    outage_safe(self, send)
 
 
 @app.task(name=SEARCH_SHARD_TASK, **TASK)
@@ -175,9 +184,9 @@ def maintain(rt: WorkerRuntime, collection: str, shard: int = 0) -> None:
         log.exception("replica housekeeping for %s failed", collection)
 
 
-# Listing a 100,000-member archive or a million-line file takes longer than an index chunk.
-# A broker error while queueing a batch's chunks is retried too (the batch is found again).
-EXPAND = {**TASK, "autoretry_for": (RedisConnectionError, RedisTimeoutError, OperationalError)}
+# Listing a 100,000-member archive or a million-line file takes longer than an index chunk. A
+# broker error while queueing a batch's chunks is an outage too (run again: the batch is found again).
+EXPAND = TASK
 EXPAND_LIMITS = {"soft_time_limit": 3 * 3600, "time_limit": 3 * 3600 + 120}
 
 
@@ -203,14 +212,14 @@ def expand(self: Task, job_id: str, collection: str, source: int) -> None:
     run(self, job_id, [], lambda ctx: expanding.expand_source(ctx, source, sender(ctx.job.type), limits, meta_max))
 
 
-@app.task(name=WEBHOOK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, **REDIS_DOWN)
+@app.task(name=WEBHOOK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def webhook(self: Task, job_id: str) -> None:
     rt = runtime_of(self.app)
     secret = rt.settings.webhook_secret
     policy = webhooks.WebhookPolicy(
         secret.get_secret_value() if secret else "", rt.settings.webhook_max_attempts, rt.settings.webhook_backoff_s
     )
-    webhooks.deliver(rt.store.redis, rt.jobs, rt.sources.fetcher, policy, job_id)
+    outage_safe(self, lambda: webhooks.deliver(rt.store.redis, rt.jobs, rt.sources.fetcher, policy, job_id))
 
 
 @app.task(name=BATCH_CHUNK_TASK, **TASK)
@@ -221,18 +230,22 @@ def search_batch_chunk(self: Task, job_id: str, collection: str, indices: list[i
     shards = fan_out[0] if fan_out else 0
     if not shards:
         return
+
     # A sharded collection: the chunk's queries are stored; each shard answers them all.
-    with self.app.producer_or_acquire() as producer:
-        for shard in range(shards):
-            args = [job_id, collection, indices, shard, shards]
-            self.app.send_task(BATCH_SHARD_TASK, args, queue=shard_queue(shard), producer=producer)
-        self.app.send_task(
-            BATCH_DEADLINE_TASK,
-            [job_id, collection, indices, shards],
-            queue=DEADLINE_QUEUE,
-            countdown=rt.settings.shard_timeout_s,
-            producer=producer,
-        )
+    def send() -> None:
+        with self.app.producer_or_acquire() as producer:
+            for shard in range(shards):
+                args = [job_id, collection, indices, shard, shards]
+                self.app.send_task(BATCH_SHARD_TASK, args, queue=shard_queue(shard), producer=producer)
+            self.app.send_task(
+                BATCH_DEADLINE_TASK,
+                [job_id, collection, indices, shards],
+                queue=DEADLINE_QUEUE,
+                countdown=rt.settings.shard_timeout_s,
+                producer=producer,
+            )
+
+    outage_safe(self, send)
 
 
 @app.task(name=BATCH_SHARD_TASK, **TASK)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from api.auth import Principal, principal_of, require_scope
+from api.auth import Principal, job_not_found, principal_of
 from api.deps import SettingsDep, StoreDep, WaiterDep
 from shared.errors import NotFound
 from shared.schemas import JOB_ID, JobType, JobView
@@ -26,15 +26,14 @@ async def get_job(
     wait: float = Query(0, ge=0, le=30, description="seconds to wait for the job to finish (long poll)"),
 ) -> JobView:
     if not JOB_ID.fullmatch(job_id):
-        raise NotFound(f"no job {job_id!r} (job ids are 32 hex digits)", code="job_not_found")
+        raise job_not_found(job_id)
     deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
     # Watch before the first read: a job that finishes between the read and the watch would
     # otherwise only be noticed at the waiter's periodic re-check.
     async with waiter.watch(job_id) as event:
         job = await store.get_job(job_id)
-        if job is None:
-            raise NotFound(f"no job {job_id!r} (unknown or expired)", code="job_not_found")
-        require_scope(principal, job.collection)
+        if job is None or (principal is not None and not principal.may_use(job.collection)):
+            raise job_not_found(job_id)
         while not job.status.final and (remaining := deadline - time.monotonic()) > 0:
             await waiter.sleep(event, remaining)
             event.clear()
@@ -58,9 +57,12 @@ async def get_results(
     "total", "offset", "limit"}` (a query that failed, or is not answered yet, is `null`), or all
     of them as JSON lines."""
     job = await store.get_job(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None or job.type is not JobType.batch_search:
-        raise NotFound(f"no batch search job {job_id!r}", code="job_not_found")
-    require_scope(principal, job.collection)
+    if job is None or (principal is not None and not principal.may_use(job.collection)):
+        raise job_not_found(job_id)
+    if job.type is not JobType.batch_search:
+        raise NotFound(
+            f"job {job_id!r} is a {job.type.value} job; only batch searches have results", code="not_batch_search"
+        )
     total = job.progress.total
     if format == "json":
         return {

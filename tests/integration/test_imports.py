@@ -168,6 +168,36 @@ def test_tar_gz_with_an_image_and_a_nested_archive(open_api: str) -> None:
     assert [e["error"] for e in job["errors"]] == ["nested_archive"]
 
 
+def test_a_tar_with_undecodable_member_names_ends_with_the_good_member_indexed(open_api: str) -> None:
+    """Names that are not UTF-8 (a refused `..` member, a symlink) once left the job `running`
+    forever, the good image never indexed: every member must end, named legibly."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, errors="surrogateescape") as tf:
+        good = photo_bytes(3003)
+        info = tarfile.TarInfo("good.jpg")
+        info.size = len(good)
+        tf.addfile(info, io.BytesIO(good))
+        info = tarfile.TarInfo("../\udcff.jpg")
+        info.size = len(good)
+        tf.addfile(info, io.BytesIO(good))
+        link = tarfile.TarInfo("link\udcfe.jpg")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "good.jpg"
+        tf.addfile(link)
+    with _client(open_api) as client:
+        resp = client.post(
+            "/v1/collections/oddnames/images", files=[("files", ("odd.tar", buf.getvalue(), "application/x-tar"))]
+        )
+        assert resp.status_code == 202, resp.text
+        job = wait_job(client, resp.json()["job_id"], timeout=60)
+    assert job["status"] == "partial" and job["progress"] == {"total": 3, "done": 3, "failed": 2}, job
+    assert sorted((e["filename"], e["error"]) for e in job["errors"]) == [
+        ("../\ufffd.jpg", "unsafe_path"),
+        ("link\ufffd.jpg", "not_a_file"),
+    ]
+    assert [i["filename"] for i in job["result"]["items"] if i["status"] == "created"] == ["good.jpg"]
+
+
 def _worker_rss_mb(name: str) -> float:
     """The largest RSS among the worker's processes (the pool child does the expanding)."""
     best = 0.0

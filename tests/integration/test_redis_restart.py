@@ -50,3 +50,51 @@ def test_restart_redis_during_a_batch(tmp_path_factory: pytest.TempPathFactory) 
         api.stop()
         worker.stop()
         redis_service.stop()
+
+
+def _until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} not within {timeout}s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["graceful", "kill"])
+def test_redis_lost_mid_batch_with_default_settings_loses_no_chunk(
+    tmp_path_factory: pytest.TempPathFactory, how: str
+) -> None:
+    """The probe's case: default settings, Redis stopped once some images are done and back 4 s
+    later. A chunk in flight used to be dropped (Celery's retry publishes to the broker that is
+    down), leaving the job `running` forever with images missing."""
+    import signal
+
+    workdir: Path = tmp_path_factory.mktemp(f"outage-{how}")
+    redis_service, url = start_redis(workdir, appendonly=True)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    worker = start_worker(url, workdir, f"outage{how}")
+    api, base = start_api(url, workdir)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            files = [(f"o{i:03d}.jpg", photo_bytes(23000 + i, size=(64, 48))) for i in range(300)]
+            job_id = submit_images(client, "outage", files)["job_id"]
+            _until(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] >= 50, 120, "50 done")
+            redis_service.stop(signal.SIGTERM if how == "graceful" else signal.SIGKILL)
+            time.sleep(4)
+            redis_service, _ = start_redis(workdir, appendonly=True, port=port)
+            restarted = time.monotonic()
+            _until(lambda: client.get("/readyz").status_code == 200, 30, "the API back")
+            job = wait_job(client, job_id, timeout=120)
+            took = time.monotonic() - restarted
+            progress = job["progress"]
+            if how == "graceful":  # everything acknowledged was flushed: nothing is lost
+                assert job["status"] == "succeeded", job["errors"][:3]
+                assert progress == {"total": 300, "done": 300, "failed": 0}
+                assert client.get("/v1/collections/outage").json()["image_count"] == 300
+            else:  # the last second of writes may be gone: every item still ends, with a reason if failed
+                assert job["status"] in ("succeeded", "partial") and progress["done"] == 300, job
+                assert len(job["errors"]) == progress["failed"]
+            assert took < 120
+    finally:
+        api.stop()
+        worker.stop()
+        redis_service.stop()

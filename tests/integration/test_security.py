@@ -67,10 +67,19 @@ def test_a_key_cannot_touch_another_tenants_collection(secured: str, collection:
         alice.delete(f"/v1/collections/{theirs}/images/{image}"),
         alice.get(f"/v1/collections/{theirs}/export"),
         alice.post(f"/v1/collections/{theirs}/clusters", json={}),
-        alice.get(f"/v1/jobs/{bob_job}"),
     ]
     for resp in forbidden:
         assert resp.status_code == 403 and resp.json()["error"] == "forbidden", resp.request.url
+    # Another tenant's job answers exactly as an unknown one: nothing says whose it is or its kind.
+    unknown = "0" * 32
+    for path in ("/v1/jobs/{}", "/v1/jobs/{}?wait=1", "/v1/jobs/{}/results"):
+        theirs_resp, unknown_resp = alice.get(path.format(bob_job)), alice.get(path.format(unknown))
+        assert theirs_resp.status_code == unknown_resp.status_code == 404, path
+        assert theirs_resp.json() == {
+            **unknown_resp.json(),
+            "detail": unknown_resp.json()["detail"].replace(unknown, bob_job),
+        }
+        assert theirs not in theirs_resp.text and "bob" not in theirs_resp.text
     names = {c["name"] for c in alice.get("/v1/collections").json()}
     assert mine in names and theirs not in names
     assert admin.get(f"/v1/collections/{theirs}/images/{image}").status_code == 200

@@ -61,9 +61,85 @@ def test_total_expansion_stops_the_archive(tmp_path: Path) -> None:
 
 
 def test_member_count_limit(tmp_path: Path) -> None:
+    # A zip says in its end record how many entries its central directory holds: one over the
+    # limit is refused before zipfile reads that directory whole (~500 B of memory per entry).
     path = _zip(tmp_path / "d.zip", {f"{i}.jpg": b"x" for i in range(10)})
     got = list(members(path, ArchiveLimits(max_members=3)))
+    assert [m.error for m in got] == ["too_many_members"] and "10 entries" in got[0].detail
+    # A tar is read as a stream: its first members come out, then the limit trips.
+    tar = tmp_path / "d.tar"
+    with tarfile.open(tar, "w") as tf:
+        for i in range(10):
+            info = tarfile.TarInfo(f"{i}.jpg")
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"x"))
+    got = list(members(tar, ArchiveLimits(max_members=3)))
     assert [m.error for m in got] == [None, None, None, "too_many_members"]
+
+
+def test_directory_entries_count_toward_the_limits(tmp_path: Path) -> None:
+    """4,000,000 directory entries took a worker from 0.8 to 2.8 GB and ended `succeeded`: every
+    entry is a member, and each costs the expansion budget its header."""
+    tar = tmp_path / "dirs.tar.gz"
+    with tarfile.open(tar, "w:gz") as tf:
+        for i in range(5000):
+            info = tarfile.TarInfo(f"d{i}/")
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+        info = tarfile.TarInfo("last.jpg")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    got = list(members(tar, ArchiveLimits(max_members=1000)))
+    assert [m.error for m in got] == ["too_many_members"]
+    # Headers are expansion too: 5,000 of them are 2.5 MB from a ~30 KB upload (ratio limit).
+    got = list(members(tar, ArchiveLimits(max_ratio=20)))
+    assert got[-1].error == "archive_too_large" and all(m.name != "last.jpg" for m in got)
+    zipped = tmp_path / "dirs.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for i in range(2000):
+            zf.writestr(f"d{i}/", b"")
+        zf.writestr("last.jpg", b"abc")
+    assert [m.error for m in members(zipped, ArchiveLimits(max_members=1000))] == ["too_many_members"]
+
+
+def test_a_tar_of_many_entries_keeps_no_headers(tmp_path: Path) -> None:
+    import tracemalloc
+
+    tar = tmp_path / "many.tar"
+    with tarfile.open(tar, "w") as tf:
+        for i in range(20000):
+            info = tarfile.TarInfo(f"d{i}/")
+            info.type = tarfile.DIRTYPE
+            tf.addfile(info)
+    tracemalloc.start()
+    got = list(members(tar, ArchiveLimits(max_ratio=1e9)))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert got == []  # directories only: nothing to index, no limit tripped at 20,000
+    assert peak < 2_000_000, peak  # kept headers would be ~10 MB
+
+
+def test_names_that_are_not_utf8_are_shown_not_fatal(tmp_path: Path) -> None:
+    """tarfile keeps undecodable name bytes as surrogates, which no JSON encoder takes: a refused
+    member's name must still serialise (a job once stayed `running` forever on one)."""
+    import json
+
+    tar = tmp_path / "names.tar"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tf:
+        info = tarfile.TarInfo("good.jpg")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+        info = tarfile.TarInfo("../\udcff.jpg")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+        link = tarfile.TarInfo("link\udcfe.jpg")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "good.jpg"
+        tf.addfile(link)
+    got = list(members(tar, ArchiveLimits()))
+    assert [(m.error or "ok") for m in got] == ["ok", "unsafe_path", "not_a_file"]
+    assert got[1].name == "../\ufffd.jpg" and got[2].name == "link\ufffd.jpg"
+    json.dumps([m.name for m in got])  # serialisable
 
 
 def test_tar_refuses_links_and_reads_files(tmp_path: Path) -> None:

@@ -114,3 +114,70 @@ def test_an_unencodable_host_is_an_invalid_url() -> None:
     with pytest.raises(FetchError) as caught:
         Fetcher(FetchPolicy()).get("http://xn--/")
     assert caught.value.code == "invalid_url"
+
+
+@pytest.fixture
+def trickle() -> Iterator[str]:
+    """A server that sends its response headers one byte every 0.3 s (for GET and POST alike)."""
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Slow: " + b"a" * 1000:
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+
+
+def test_trickled_headers_end_at_the_total_timeout(trickle: str) -> None:
+    """Each byte arrives well within the read timeout; the whole fetch must still end at the total."""
+    import time
+
+    fetcher = Fetcher(FetchPolicy(allow_private=True, read_timeout_s=5, total_timeout_s=1.5))
+    started = time.monotonic()
+    with pytest.raises(FetchError) as caught:
+        fetcher.get(f"{trickle}/slow.jpg")
+    assert caught.value.code == "timeout" and time.monotonic() - started < 3
+    started = time.monotonic()
+    with pytest.raises(FetchError) as caught:  # a webhook delivery: the same limit
+        fetcher.post_json(f"{trickle}/hook", b"{}", {})
+    assert caught.value.code == "timeout" and time.monotonic() - started < 3
+
+
+def test_a_pooled_connection_serves_the_next_fetch_with_its_own_deadline(server: tuple[str, list[str]]) -> None:
+    import time
+
+    base, _ = server
+    fetcher = Fetcher(FetchPolicy(allow_private=True, total_timeout_s=0.5))
+    for _ in range(3):  # kept-alive connection, a fresh deadline each time
+        assert fetcher.get(f"{base}/small") == b"x" * 10
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("address", ["fec0::1", "feff:ffff::1"])
+def test_site_local_ipv6_is_not_public(address: str) -> None:
+    assert not is_public(address)

@@ -1,0 +1,57 @@
+"""Riding out a Redis outage inside the task that met it.
+
+Redis is both the job store and the broker here. Celery's own retry (`autoretry_for`) publishes a
+new message, which it cannot while the broker is down, so it dropped the chunk (`Reject(requeue=
+False)`) and the job stayed `running` with images missing. Instead a task that loses Redis waits
+for it in place and runs its body again once it answers: every body is idempotent, and the task's
+own message stays unacknowledged meanwhile (in Redis's append-only file), so a worker that dies
+while waiting is redelivered too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+
+OUTAGE = (RedisConnectionError, RedisTimeoutError, OperationalError)  # the store, or the broker (same Redis)
+T = TypeVar("T")
+
+
+def wait_for_redis(client: redis.Redis, deadline: float, first_delay: float = 0.25) -> bool:
+    """Ping until Redis answers (True) or the deadline passes (False), backing off to 5 s."""
+    delay = first_delay
+    while time.monotonic() < deadline:
+        try:
+            if client.ping():
+                return True
+        except (RedisConnectionError, RedisTimeoutError):
+            pass
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 5.0)
+    return False
+
+
+def through_outages(client: redis.Redis, step: Callable[[], T], wait_s: float, what: str) -> T:
+    """`step()`, run again after each Redis outage it meets, for at most `wait_s` of outage in all;
+    past that the outage's error propagates (the task's message stays unacknowledged and comes
+    back once Redis does)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return step()
+        except OUTAGE as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("Redis unreachable during %s (%s); waiting for it to run again", what, exc)
+            if not wait_for_redis(client, deadline):
+                raise
+            log.info("Redis is back; running %s again", what)
