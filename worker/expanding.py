@@ -23,9 +23,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.imaging import content_id
-from shared.schemas import ItemError, JobInput
+from shared.schemas import ItemError, JobInput, JobType
 from shared.urlcheck import FetchError, check_url
 from worker.archives import ArchiveLimits, members
+from worker.batch_search import finish_batch_search
 from worker.context import JobContext
 from worker.indexing import finish_index_job
 
@@ -138,7 +139,9 @@ def expand_source(ctx: JobContext, source: int, send_chunks: SendChunks, limits:
 
 def _end_source(ctx: JobContext, source: int) -> None:
     if ctx.jobs.source_done(ctx.job_id, source) == 1:
-        finish_index_job(ctx)
+        # The source's end completed the job (its chunks were all answered first): end it as
+        # the kind of job it is -- a growing job is an import or a whole-collection batch search.
+        (finish_batch_search if ctx.job.type is JobType.batch_search else finish_index_job)(ctx)
     ctx.store.blobs.delete([keys.source_blob(ctx.job_id, source)])
 
 

@@ -1,0 +1,31 @@
+"""A batch search of a whole collection grows like an import: a worker lists the collection as the
+job's source and queues chunks. Forced here on a real Redis: every chunk answered before the source
+is marked done, so the source's end is what completes the job, which must then end as a batch
+search (results and summary), not as an index job."""
+
+from __future__ import annotations
+
+import uuid
+
+from shared.schemas import JobType
+from tests.images import photo_bytes
+from tests.integration.inprocess import Harness, PixelEmbedder
+from worker import batch_search, expanding
+from worker.archives import ArchiveLimits
+
+
+def test_a_whole_collection_batch_ending_at_its_source_ends_as_a_batch_search(redis_url: str) -> None:
+    h = Harness(redis_url, PixelEmbedder())
+    collection = f"grow-{uuid.uuid4().hex[:8]}"
+    h.index(collection, [(f"p{i}.jpg", photo_bytes(24000 + i, size=(32, 32))) for i in range(5)])
+    job_id = uuid.uuid4().hex
+    params = {"collection": collection, "k": 2, "min_similarity": None, "sources": [{"kind": "collection"}]}
+    h.jobs.create(job_id, JobType.batch_search, collection, params, [], sources=1)
+
+    def run_chunks_now(first: int, count: int) -> None:  # the chunks finish before the source ends
+        batch_search.search_batch_chunk(h.context(job_id), list(range(first, first + count)))
+
+    expanding.expand_source(h.context(job_id), 0, run_chunks_now, ArchiveLimits(), 16_384)
+    job = h.jobs.get(job_id)
+    assert job.status == "succeeded" and job.progress.total == 5 and job.progress.done == 5
+    assert job.result == {"queries": 5, "failed": 0, "results_url": f"/v1/jobs/{job_id}/results"}
