@@ -9,6 +9,7 @@ import asyncio
 import logging
 
 from shared.blobs_async import AsyncBlobStore
+from shared.logs import RepeatedFailure
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +17,7 @@ UPLOADS = "uploads"
 
 
 async def sweep_uploads_forever(blobs: AsyncBlobStore, older_than_s: float, every_s: float) -> None:
+    failures = RepeatedFailure(log, "upload sweep")
     while True:
         try:
             removed = await blobs.sweep(UPLOADS, older_than_s)
@@ -24,5 +26,7 @@ async def sweep_uploads_forever(blobs: AsyncBlobStore, older_than_s: float, ever
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a blob store hiccup must not end the sweeping
-            log.warning("upload sweep failed: %s", exc)
+            failures.failed(exc)
+        else:
+            failures.succeeded()
         await asyncio.sleep(every_s)

@@ -16,6 +16,8 @@ import time
 import redis
 from celery.worker import state
 
+from shared.logs import RepeatedFailure
+
 log = logging.getLogger(__name__)
 
 UNACKED_INDEX = "unacked_index"  # kombu's default key (no global_keyprefix)
@@ -57,12 +59,14 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         wait = self.interval_s
+        failures = RepeatedFailure(log, "the heartbeat (retrying every second)")
         while not self._stopped.wait(wait):
             try:
                 refresh(self.client, held_delivery_tags())
                 wait = self.interval_s
+                failures.succeeded()
             except Exception as exc:  # the thread must outlive any error, or held tasks get redelivered
-                log.warning("heartbeat failed (%s); retrying in 1 s", exc)
+                failures.failed(exc)
                 # Refresh as soon as Redis is back: other workers' sweeps resume at once too.
                 wait = 1.0
 

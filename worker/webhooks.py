@@ -24,6 +24,7 @@ import redis
 from shared import keys
 from shared.fetch import Fetcher, sign
 from shared.jobs import Jobs
+from shared.logs import RepeatedFailure
 from shared.schemas import utcnow
 from shared.urlcheck import BlockedAddress, FetchError
 
@@ -133,12 +134,15 @@ class Dispatcher(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
+        failures = RepeatedFailure(log, "webhook dispatch")
         while not self._stopped.wait(self.interval_s):
             try:
                 for job_id in claim_due(self.client):
                     self.send(job_id)
             except Exception as exc:  # keep dispatching through Redis hiccups
-                log.warning("webhook dispatch failed: %s", exc)
+                failures.failed(exc)
+            else:
+                failures.succeeded()
 
     def stop(self) -> None:
         self._stopped.set()
