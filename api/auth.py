@@ -58,6 +58,7 @@ class RateLimited(SimsearchError):
 # Where the gate leaves its findings in the ASGI scope's per-request "state".
 GATE_PASSED = "simsearch.gate"
 PRINCIPAL = "simsearch.principal"
+REQUESTER = "simsearch.requester"  # who is asking: "key:<name>", or "ip:<address>" when open
 
 
 def hash_key(token: str) -> str:
@@ -127,6 +128,18 @@ async def principal_of(request: Request) -> ApiKey | None:
 
 
 Principal = Annotated[ApiKey | None, Depends(principal_of)]
+
+
+def requester_of(request: Request) -> str:
+    """Who is asking, for per-requester turns: the key's name, else the client address."""
+    state = request.scope.get("state") or {}
+    if REQUESTER in state:
+        return state[REQUESTER]
+    principal = state.get(PRINCIPAL)
+    return f"key:{principal.name}" if principal is not None else f"ip:{request.client.host if request.client else ''}"
+
+
+Requester = Annotated[str, Depends(requester_of)]
 
 
 async def metrics_reader(request: Request) -> None:

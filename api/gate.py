@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.auth import (
     GATE_PASSED,
     PRINCIPAL,
+    REQUESTER,
     ApiKey,
     RateLimited,
     Unauthorized,
@@ -132,6 +133,7 @@ class AccessGate:
             return
         state: dict[str, Any] = scope.setdefault("state", {})
         state[GATE_PASSED], state[PRINCIPAL] = True, principal
+        state[REQUESTER] = f"key:{principal.name}" if principal is not None else f"ip:{address}"
         await self.app(scope, receive, send)
 
     async def _admit(self, path: str, address: str, headers: dict[str, str], redis: Redis) -> ApiKey | None:

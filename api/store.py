@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
+from api.turns import Turns
 from shared import filters, keys, scripts, vectors
 from shared.blobs_async import AsyncBlobStore
 from shared.filters import Filter
@@ -55,7 +56,7 @@ class ApiStore:
         self._begin_reembed = client.register_script(scripts.BEGIN_REEMBED)
         self._abort_reembed = client.register_script(scripts.ABORT_REEMBED)
         self._create_collection = client.register_script(scripts.CREATE_COLLECTION)
-        self._scans = anyio.Semaphore(1)  # filtered listings, one at a time per API process
+        self._scans = Turns()  # filtered listings: one at a time per requester (api/turns.py)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
@@ -178,12 +179,13 @@ class ApiStore:
         return total, [ImageRecord.model_validate_json(r) for r in raw if r]
 
     async def filtered_page(
-        self, collection: str, node: Filter, offset: int, limit: int, batch: int = 5000
+        self, collection: str, node: Filter, offset: int, limit: int, requester: str = "", batch: int = 5000
     ) -> tuple[int, list[ImageRecord]]:
         """The images whose metadata passes the filter, in the order they were added: a scan of
         the collection (its records a batch at a time, tested in a thread), so `total` is exact.
-        Scans take turns (`_scans`): they hold the GIL, and many at once would starve the API."""
-        async with self._scans:
+        Scans take turns per requester (`_scans`): they hold the GIL, and many at once would
+        starve the API, but one tenant's scans must not queue another's."""
+        async with self._scans.turn(requester):
             return await self._filtered_page(collection, node, offset, limit, batch)
 
     async def _filtered_page(

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import principal_of
+from api.auth import Requester, principal_of
 from api.bodies import text_filter
 from api.compat import require_current_model
 from api.deps import CallbackUrl, CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
@@ -103,6 +103,7 @@ async def list_images(
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
     limit: int = Query(50, ge=1, le=500),
     filter: str | None = Query(None, description='a metadata filter as JSON, e.g. {"label": "cat"}'),
+    requester: Requester = "",
 ) -> ImagePage:
     """Page through a collection, in the order images were added; with `filter`, only the images
     whose metadata passes it (the collection is scanned: `total` counts every match)."""
@@ -110,7 +111,7 @@ async def list_images(
     if not await store.collection_exists(collection):
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
     if node is not None:
-        total, images = await store.filtered_page(collection, filters.parse(node), offset, limit)
+        total, images = await store.filtered_page(collection, filters.parse(node), offset, limit, requester)
     else:
         total, images = await store.image_page(collection, offset, limit)
     return ImagePage(total=total, offset=offset, limit=limit, images=images)
