@@ -264,10 +264,13 @@ def test_url_file_with_metadata_rows_is_streamed_into_the_job(open_api: str, sit
 
 def test_search_by_url(open_api: str, site: Site) -> None:
     with _client(open_api) as client:
-        client.post("/v1/collections/byurl/imports", json={"urls": [f"{site.base}/img/{i}.jpg" for i in range(5)]})
+        first = client.post(
+            "/v1/collections/byurl/imports", json={"urls": [f"{site.base}/img/{i}.jpg" for i in range(5)]}
+        )
         resp = client.post("/v1/collections/byurl/imports", json={"urls": [f"{site.base}/img/7.jpg"]})
-        wait_job(client, resp.json()["job_id"])
-        time.sleep(0.5)
+        assert wait_job(client, first.json()["job_id"])["status"] == "succeeded"
+        assert wait_job(client, resp.json()["job_id"])["status"] == "succeeded"
+        # No pause: a search submitted after an import finished sees its images (read-your-writes).
         resp = client.post("/v1/collections/byurl/search", json={"url": f"{site.base}/img/7.jpg"})
         assert resp.status_code == 202, resp.text
         job = wait_job(client, resp.json()["job_id"])

@@ -24,8 +24,7 @@ def test_restart_redis_during_a_batch(tmp_path_factory: pytest.TempPathFactory) 
         with httpx.Client(base_url=base, timeout=30) as client:
             files = [(f"r{i:03d}.jpg", photo_bytes(21000 + i, size=(64, 48))) for i in range(300)]
             job_id = submit_images(client, "restarted", files)["job_id"]
-            while client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] < 30:
-                time.sleep(0.05)
+            _until(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] >= 30, 120, "30 done")
             redis_service.stop()  # SIGTERM: Redis flushes its append-only file and exits
 
             for path in ("/readyz", f"/v1/jobs/{job_id}", "/v1/collections"):
@@ -38,10 +37,7 @@ def test_restart_redis_during_a_batch(tmp_path_factory: pytest.TempPathFactory) 
             assert refused.status_code == 503 and time.monotonic() - started < 5.0
 
             redis_service, _ = start_redis(workdir, appendonly=True, port=int(port))
-            deadline = time.monotonic() + 30
-            while client.get("/readyz").status_code != 200:  # the API recovers by itself
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            _until(lambda: client.get("/readyz").status_code == 200, 30, "the API back")  # by itself
             job = wait_job(client, job_id, timeout=240)
             assert job["status"] == "succeeded", job["errors"][:3]
             assert job["progress"] == {"total": 300, "done": 300, "failed": 0}

@@ -1,8 +1,10 @@
-"""Runs after the other integration tests (file order): every key they left that is not data, not
-the broker's own bookkeeping and not a lifetime metric must carry a TTL."""
+"""Runs after the other integration tests (marked `runs_last`, which conftest orders last): every
+key they left that is not data, not the broker's own bookkeeping and not a lifetime metric must
+carry a TTL."""
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from shared import keys
@@ -15,6 +17,7 @@ BROKER = {INDEX_QUEUE, SEARCH_QUEUE, "unacked", "unacked_index", "unacked_mutex"
 QUEUES = {keys.WEBHOOKS_DUE}  # our own queue of due callbacks: entries leave it when settled
 
 
+@pytest.mark.runs_last
 def test_no_temporary_key_lacks_a_ttl(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     checked, missing = 0, []
