@@ -114,6 +114,10 @@ def job_batches(job_id: str) -> str:
 
 
 WEBHOOKS_DUE = "ss:webhooks"  # zset: job id -> when its callback should next be tried
+# zset: job id -> when it last showed life (created, started, an item recorded, a batch listed);
+# a job leaves it when it finishes. The watchdog (worker/watchdog.py) re-drives jobs gone quiet.
+OPEN_JOBS = "ss:jobs:open"
+WATCHDOG_LOCK = "ss:jobs:watchdog"  # one watchdog pass at a time across workers
 
 JOB_DONE_CHANNEL_PREFIX = "ss:jobdone:"
 

@@ -15,6 +15,8 @@ from celery import Celery, signals
 from kombu import Queue
 
 from shared.errors import ModelWeightsUnavailable
+from shared.jobs import JobLifecycle, Jobs
+from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.logs import configure_logging, current_job
 from shared.models.registry import get_model_spec
 from shared.queueing import DEADLINE_QUEUE, INDEX_QUEUE, SEARCH_QUEUE, WEBHOOK_QUEUE, WEBHOOK_TASK, celery_config
@@ -22,6 +24,7 @@ from shared.shards import shard_queue
 from worker.heartbeat import Heartbeat
 from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings
+from worker.watchdog import Watchdog, WatchdogPolicy
 from worker.webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ app.conf.update(
 app.runtime = None  # type: ignore[attr-defined]
 app.heartbeat = None  # type: ignore[attr-defined]
 app.dispatcher = None  # type: ignore[attr-defined]
+app.watchdog = None  # type: ignore[attr-defined]
 
 
 def runtime_of(celery_app: Celery) -> WorkerRuntime:
@@ -103,6 +107,12 @@ def _start_heartbeat(**_: Any) -> None:
         send = lambda job_id: app.send_task(WEBHOOK_TASK, [job_id], queue=WEBHOOK_QUEUE)  # noqa: E731
         app.dispatcher = Dispatcher(client, send)  # type: ignore[attr-defined]
         app.dispatcher.start()  # type: ignore[attr-defined]
+        # ... and watch for jobs whose work was lost (worker/watchdog.py).
+        jobs = Jobs(client, JobLifecycle(settings.job_ttl_seconds), JOB_SCRIPTS)
+        policy = WatchdogPolicy(settings.stall_s, settings.watchdog_max_redrives, settings.index_chunk_size)
+        resend = lambda task, args, queue: app.send_task(task, args, queue=queue)  # noqa: E731
+        app.watchdog = Watchdog(client, jobs, resend, policy, settings.watchdog_interval_s)  # type: ignore[attr-defined]
+        app.watchdog.start()  # type: ignore[attr-defined]
 
 
 @signals.worker_shutdown.connect
@@ -111,3 +121,5 @@ def _stop_heartbeat(**_: Any) -> None:
         app.heartbeat.stop()  # type: ignore[attr-defined]
     if app.dispatcher is not None:  # type: ignore[attr-defined]
         app.dispatcher.stop()  # type: ignore[attr-defined]
+    if app.watchdog is not None:  # type: ignore[attr-defined]
+        app.watchdog.stop()  # type: ignore[attr-defined]

@@ -183,8 +183,10 @@ def _listing(ctx: JobContext, source: int, path: Path, entries: Callable[[], Ite
     if ctx.store.blobs.get_file(key, path):
         return
     with path.open("w", encoding="utf-8") as out:
-        for name, size in entries():
+        for n, (name, size) in enumerate(entries(), 1):
             out.write(f"{name}\t{size}\n")
+            if n % 10_000 == 0:
+                ctx.jobs.touch(ctx.job_id)  # a million-object listing is long, not stalled (worker/watchdog.py)
     ctx.store.blobs.put_file(key, path)
 
 

@@ -45,6 +45,12 @@ class WorkerSettings(ModelSettings):
     # A task that loses Redis (store and broker) waits this long for it, then runs again
     # (worker/outages.py); kept under the task's soft time limit.
     redis_outage_wait_s: float = Field(default=300.0, ge=1)
+    # The job watchdog (worker/watchdog.py): a job quiet this long has its unfinished work sent
+    # again (0: 1.5 x TASK_TIME_LIMIT_S + 60, so never work a live task is still on), at most
+    # WATCHDOG_MAX_REDRIVES times before the rest of it fails with `work_lost`.
+    job_stall_s: float = Field(default=0, ge=0)
+    watchdog_interval_s: float = Field(default=30.0, gt=0)
+    watchdog_max_redrives: int = Field(default=3, ge=1)
     no_match_calibration: bool = True
     # The share (%) of the collection's own images that would find no match: 1 keeps 99 % of
     # photos like the collection's; higher refuses more photos of kinds the collection lacks.
@@ -141,3 +147,7 @@ class WorkerSettings(ModelSettings):
     @property
     def heartbeat_interval_s(self) -> float:
         return self.task_visibility_timeout_s / 6
+
+    @property
+    def stall_s(self) -> float:
+        return self.job_stall_s or self.task_time_limit_s * 1.5 + 60

@@ -69,6 +69,7 @@ class JobLifecycle:
             Call("hset", (keys.job(job_id),), {"mapping": fields}),
             Call("expire", (keys.job(job_id), self.job_ttl_s)),
             Call("hincrby", (keys.JOB_COUNTS, f"{job_type.value}:created", 1)),
+            Call("zadd", (keys.OPEN_JOBS, {job_id: time.time()})),  # open until it finishes (watchdog)
         ]
         if inputs:
             mapping = {str(i): inp.model_dump_json() for i, inp in enumerate(inputs)}
@@ -117,9 +118,17 @@ class JobLifecycle:
     # -- run ------------------------------------------------------------------------------------
     def mark_running(self, job_id: str) -> Op:
         (changed,) = yield _one(
-            ScriptCall("mark_running", [keys.job(job_id)], [JobStatus.queued.value, JobStatus.running.value, utcnow()])
+            ScriptCall(
+                "mark_running",
+                [keys.job(job_id), keys.OPEN_JOBS],
+                [JobStatus.queued.value, JobStatus.running.value, utcnow(), job_id, time.time()],
+            )
         )
         return bool(changed)
+
+    def touch(self, job_id: str) -> Op:
+        """The job shows life without recording anything (a long listing): not stalled."""
+        yield _one(Call("zadd", (keys.OPEN_JOBS, {job_id: time.time()}), {"xx": True}))
 
     def count_attempt(self, job_id: str, what: str) -> Op:
         """How many times this chunk or item has been started (this time included)."""
@@ -129,10 +138,10 @@ class JobLifecycle:
 
     def record_items(self, job_id: str, outcomes: list[Outcome]) -> Op:
         """Returns 1 when every item of the job is now accounted for, 0 if not, -1 if the job is gone."""
-        args: list[Any] = [self.job_ttl_s]
+        args: list[Any] = [self.job_ttl_s, job_id, time.time()]
         for outcome, error in outcomes:
             args += [str(outcome.index), outcome.model_dump_json(), error.model_dump_json() if error else ""]
-        job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)]
+        job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id), keys.OPEN_JOBS]
         (complete,) = yield _one(ScriptCall("record_items", job_keys, args))
         return int(complete)
 
@@ -140,8 +149,9 @@ class JobLifecycle:
     def reserve_batch(self, job_id: str, source: int, number: int, size: int) -> Op:
         """(first index, fresh) for batch `number` of `source`: fresh is False when a redelivered
         expansion reserved it before (same indices). None if the job is gone."""
-        job_keys = [keys.job(job_id), keys.job_batches(job_id)]
-        (start,) = yield _one(ScriptCall("reserve_batch", job_keys, [f"{source}:{number}", size, self.job_ttl_s]))
+        job_keys = [keys.job(job_id), keys.job_batches(job_id), keys.OPEN_JOBS]
+        args = [f"{source}:{number}", size, self.job_ttl_s, job_id, time.time()]
+        (start,) = yield _one(ScriptCall("reserve_batch", job_keys, args))
         if start is None:
             return None
         start = int(start)
@@ -165,7 +175,7 @@ class JobLifecycle:
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
         args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), job_id, time.time()]
-        job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE]
+        job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE, keys.OPEN_JOBS]
         (done,) = yield _one(ScriptCall("finish_job", job_keys, [*args, *FINAL_STATUSES]))
         return int(done) == 1
 

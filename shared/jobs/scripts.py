@@ -3,13 +3,19 @@ live only in `shared.schemas.JobStatus`."""
 
 from __future__ import annotations
 
-# KEYS: job, items, errors. ARGV: ttl, then triplets (index, outcome JSON, error JSON or "").
-# HSETNX makes a redelivered task's second report of an item a no-op, so progress counts each item
-# exactly once. Returns -1 if the job record is gone, else 1 when every item is accounted for.
+# Every script that shows a job alive (started, an item recorded, a batch listed) moves its time in
+# the open-jobs set (XX: a finished job, gone from it, is never put back); FINISH_JOB takes it out.
+# The watchdog (worker/watchdog.py) re-drives the jobs that went quiet there.
+
+# KEYS: job, items, errors, open jobs. ARGV: ttl, job id, now, then triplets (index, outcome JSON,
+# error JSON or ""). HSETNX makes a redelivered task's second report of an item a no-op, so progress
+# counts each item exactly once. Returns -1 if the job record is gone, else 1 when every item is
+# accounted for.
 RECORD_ITEMS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 3 do
+redis.call('ZADD', KEYS[4], 'XX', ARGV[3], ARGV[2])
+for i = 4, #ARGV, 3 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
     redis.call('HINCRBY', KEYS[1], 'done', 1)
     if ARGV[i + 2] ~= '' then
@@ -28,10 +34,11 @@ return 0
 """
 
 # A job whose items are still being listed (an archive, a URL file, a bucket) grows by batches.
-# KEYS: job, batches. ARGV: batch key (source:number), items, ttl. Returns the batch's first item
-# index, the same one when a redelivered expansion asks again (then negated minus one, so the
-# caller knows the batch was there already), or nil if the job is gone.
+# KEYS: job, batches, open jobs. ARGV: batch key (source:number), items, ttl, job id, now. Returns
+# the batch's first item index, the same one when a redelivered expansion asks again (then negated
+# minus one, so the caller knows the batch was there already), or nil if the job is gone.
 RESERVE_BATCH = """
+redis.call('ZADD', KEYS[3], 'XX', ARGV[5], ARGV[4])
 local have = redis.call('HGET', KEYS[2], ARGV[1])
 if have then return -tonumber(have) - 1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
@@ -59,8 +66,9 @@ if done >= total and sources <= 0 then return 1 end
 return 0
 """
 
-# KEYS: job. ARGV: from status, to status, started_at.
+# KEYS: job, open jobs. ARGV: from status, to status, started_at, job id, now.
 MARK_RUNNING = """
+redis.call('ZADD', KEYS[2], 'XX', ARGV[5], ARGV[4])
 if redis.call('HGET', KEYS[1], 'status') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'started_at', ARGV[3])
   return 1
@@ -68,11 +76,12 @@ end
 return 0
 """
 
-# KEYS: job, job counts, webhooks due. ARGV: status, result JSON, finished_at, done channel, job id,
-# now (epoch seconds), then every final status. The first finisher wins; a redelivered duplicate
-# cannot overwrite a final status. A job with a callback becomes due for delivery in the same step,
-# so a finisher that dies right after cannot lose the notification.
+# KEYS: job, job counts, webhooks due, open jobs. ARGV: status, result JSON, finished_at, done channel,
+# job id, now (epoch seconds), then every final status. The first finisher wins; a redelivered
+# duplicate cannot overwrite a final status. A job with a callback becomes due for delivery in the
+# same step, so a finisher that dies right after cannot lose the notification.
 FINISH_JOB = """
+redis.call('ZREM', KEYS[4], ARGV[5])
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 for i = 7, #ARGV do
