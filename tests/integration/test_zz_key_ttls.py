@@ -14,7 +14,9 @@ DATA_PREFIXES = ("ss:c:",)
 DATA_KEYS = {"ss:collections", "ss:seq"}
 METRIC_KEYS = {"ss:metrics:jobs"}  # Prometheus counters: they must outlive any job
 BROKER = {INDEX_QUEUE, SEARCH_QUEUE, "unacked", "unacked_index", "unacked_mutex"}
-QUEUES = {keys.WEBHOOKS_DUE}  # our own queue of due callbacks: entries leave it when settled
+# Our own queues: due callbacks leave when settled; open jobs when they finish, or when the
+# watchdog finds them expired.
+QUEUES = {keys.WEBHOOKS_DUE, keys.OPEN_JOBS}
 
 
 @pytest.mark.runs_last
