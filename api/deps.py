@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 
 from api.queue import TaskQueue
+from api.rendered import RenderedJobs
 from api.settings import ApiSettings
 from api.store import ApiStore
 from api.waiter import JobWaiter
@@ -33,6 +34,13 @@ SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 StoreDep = Annotated[ApiStore, Depends(get_store)]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 WaiterDep = Annotated[JobWaiter, Depends(get_waiter)]
+
+
+def get_rendered(request: Request) -> RenderedJobs:
+    return request.app.state.rendered
+
+
+RenderedDep = Annotated[RenderedJobs, Depends(get_rendered)]
 
 CollectionName = Annotated[
     str,

@@ -1,9 +1,9 @@
 """The hot path of a busy service is clients polling job status. Plain polls (no `wait`) of
 `GET /v1/jobs/{id}` are answered here, in front of the framework (behind `api.gate`, which has
 authenticated and rate-limited the request already): same scope check, but a job is read from Redis
-and rendered at most once per `ttl_s` per API process, so a thousand polls a second of the same job
-cost a few Redis reads instead of a thousand. Status may lag by at most `ttl_s`; long polls
-(`?wait=`) take the normal route."""
+and rendered at most once per `ttl_s` per API process (api/rendered.py, shared with long polls), so
+a thousand polls a second of the same job cost a few Redis reads instead of a thousand. Status may
+lag by at most `ttl_s`; long polls (`?wait=`) take the normal route."""
 
 from __future__ import annotations
 
@@ -26,20 +26,9 @@ JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class JobPollCache:
-    def __init__(
-        self,
-        app: ASGIApp,
-        metrics: RequestMetrics,
-        ttl_s: float = 0.1,
-        final_ttl_s: float = 5.0,
-        max_entries: int = 10_000,
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.ttl_s = ttl_s
-        self.final_ttl_s = final_ttl_s
-        self.max_entries = max_entries
-        self._cache: dict[str, tuple[float, str, bytes]] = {}
 
     def _plain_poll(self, scope: Scope) -> str | None:
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(PREFIX):
@@ -63,12 +52,12 @@ class JobPollCache:
         try:
             if not JOB_ID.fullmatch(job_id):
                 raise job_not_found(job_id)
-            entry = await self._job(scope["app"].state.store, job_id)
-            if entry is None:
+            view = await scope["app"].state.rendered.get(scope["app"].state.store, job_id)
+            if view is None:
                 # Unknown job: let the normal route produce its 404 (and anything else it does).
                 await self.app(scope, receive, send)
                 return
-            collection, body = entry
+            collection, body = view.collection, view.body
             if principal is not None and not principal.may_use(collection):
                 raise job_not_found(job_id)  # another tenant's: as if unknown
         except SimsearchError as exc:
@@ -83,20 +72,6 @@ class JobPollCache:
             await self._send(send, status, body)
         # This path runs in front of the metrics middleware (which would cost more than the poll).
         self.metrics.record("GET", "/v1/jobs/{job_id}", status, time.perf_counter() - started)
-
-    async def _job(self, store, job_id: str) -> tuple[str, bytes] | None:
-        now = time.monotonic()
-        cached = self._cache.get(job_id)
-        if cached is not None and cached[0] > now:
-            return cached[1], cached[2]
-        job = await store.get_job(job_id)
-        if job is None:
-            return None
-        body = job.model_dump_json().encode()
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()  # crude, but bounded; entries live for a fraction of a second
-        self._cache[job_id] = (now + (self.final_ttl_s if job.status.final else self.ttl_s), job.collection, body)
-        return job.collection, body
 
     @staticmethod
     async def _send(send: Send, status: int, body: bytes) -> None:

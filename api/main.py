@@ -21,6 +21,7 @@ from api.janitor import sweep_uploads_forever
 from api.limits import BodySizeLimit
 from api.metrics import HttpMetrics, RequestMetrics
 from api.queue import TaskQueue
+from api.rendered import RenderedJobs
 from api.routes import batch, clusters, collections, duplicates, export, health, images, imports, jobs, metrics, search
 from api.settings import ApiSettings
 from api.store import ApiStore
@@ -58,6 +59,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         app.state.queue = TaskQueue(settings.redis_url, settings.task_visibility_timeout_s)
         app.state.waiter = JobWaiter(listener)
+        app.state.rendered = RenderedJobs()
         app.state.waiter.start()
         sweeper = asyncio.create_task(
             sweep_uploads_forever(blobs, settings.upload_ttl_seconds, min(600.0, settings.upload_ttl_seconds / 4))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
@@ -29,6 +30,7 @@ class JobWaiter:
         self.unsubscribed_recheck_s = unsubscribed_recheck_s
         self.subscribed = asyncio.Event()
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._noticed: dict[str, float] = {}  # job id -> when its "done" message arrived (monotonic)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -58,8 +60,14 @@ class JobWaiter:
                 await asyncio.sleep(1.0)
 
     def _notify(self, job_id: str) -> None:
+        if job_id in self._events:
+            self._noticed[job_id] = time.monotonic()
         for event in self._events.get(job_id, ()):
             event.set()
+
+    def noticed(self, job_id: str) -> float | None:
+        """When the job's "done" message last arrived: a view read after that shows it finished."""
+        return self._noticed.get(job_id)
 
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[asyncio.Event]:
@@ -72,6 +80,7 @@ class JobWaiter:
             self._events[job_id].discard(event)
             if not self._events[job_id]:
                 del self._events[job_id]
+                self._noticed.pop(job_id, None)
 
     async def sleep(self, event: asyncio.Event, timeout: float) -> bool:
         """Wait for the event or the timeout (capped at the re-check interval); True if it fired."""

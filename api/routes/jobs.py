@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from api.auth import Principal, job_not_found, principal_of
-from api.deps import SettingsDep, StoreDep, WaiterDep
+from api.deps import RenderedDep, SettingsDep, StoreDep, WaiterDep
 from shared.errors import NotFound
 from shared.schemas import JOB_ID, JobType, JobView
 
@@ -23,22 +23,25 @@ async def get_job(
     waiter: WaiterDep,
     settings: SettingsDep,
     principal: Principal,
+    rendered: RenderedDep,  # one read and render of the job shared by every poller
     wait: float = Query(0, ge=0, le=30, description="seconds to wait for the job to finish (long poll)"),
-) -> JobView:
+) -> Response:
     if not JOB_ID.fullmatch(job_id):
         raise job_not_found(job_id)
     deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
     # Watch before the first read: a job that finishes between the read and the watch would
     # otherwise only be noticed at the waiter's periodic re-check.
     async with waiter.watch(job_id) as event:
-        job = await store.get_job(job_id)
-        if job is None or (principal is not None and not principal.may_use(job.collection)):
+        view = await rendered.get(store, job_id)
+        if view is None or (principal is not None and not principal.may_use(view.collection)):
             raise job_not_found(job_id)
-        while not job.status.final and (remaining := deadline - time.monotonic()) > 0:
-            await waiter.sleep(event, remaining)
+        while not view.final and (remaining := deadline - time.monotonic()) > 0:
+            woke = await waiter.sleep(event, remaining)
             event.clear()
-            job = await store.get_job(job_id) or job
-    return job
+            # Woken by the job's "done" message: a view read after it arrived (one read, shared by
+            # every waiter it woke), not the cached one.
+            view = await rendered.get(store, job_id, fresh_after=waiter.noticed(job_id) if woke else None) or view
+    return Response(view.body, media_type="application/json")
 
 
 RESULTS_PAGE = 1000

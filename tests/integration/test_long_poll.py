@@ -7,11 +7,13 @@ which is the interleaving that used to cost a whole re-check interval."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
 from redis.asyncio import Redis
 
+from api.rendered import RenderedJobs
 from api.routes.jobs import get_job
 from api.settings import ApiSettings
 from api.store import ApiStore
@@ -48,8 +50,8 @@ async def _poll(redis_url: str, subscribe: bool) -> tuple[float, str, int]:
         await store.create_job(job_id, JobType.search, "c", {}, [])
         racing = FinishAfterFirstRead(store)
         started = time.monotonic()
-        job = await get_job(job_id, racing, waiter, ApiSettings(), None, wait=10)  # type: ignore[arg-type]
-        return time.monotonic() - started, job.status.value, racing.reads
+        resp = await get_job(job_id, racing, waiter, ApiSettings(), None, RenderedJobs(), wait=10)  # type: ignore[arg-type]
+        return time.monotonic() - started, json.loads(resp.body)["status"], racing.reads
     finally:
         await waiter.stop()
         await client.aclose()
@@ -81,8 +83,8 @@ def test_an_already_finished_job_returns_without_waiting(redis_url: str) -> None
             await store.create_job(job_id, JobType.search, "c", {}, [])
             await store.jobs.finish(job_id, JobStatus.failed, {})
             started = time.monotonic()
-            job = await get_job(job_id, store, waiter, ApiSettings(), None, wait=10)
-            assert job.status == "failed"
+            resp = await get_job(job_id, store, waiter, ApiSettings(), None, RenderedJobs(), wait=10)
+            assert json.loads(resp.body)["status"] == "failed"
             return time.monotonic() - started
         finally:
             await waiter.stop()
