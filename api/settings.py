@@ -31,6 +31,9 @@ class ApiSettings(ModelSettings):
     metadata_max_depth: int = Field(default=16, ge=1, le=64)
     index_chunk_size: int = Field(default=32, ge=1, le=512)
     max_k: int = Field(default=1000, ge=1)
+    # A batch search's answers live in Redis for the job's life: k x queries is bounded (about 110
+    # bytes a match; 1,000,000 matches ~ 110 MB). `all` counts the collection's images as queries.
+    max_batch_matches: int = Field(default=1_000_000, ge=1000)
     max_wait_seconds: float = Field(default=30.0, ge=0, le=300)
     redis_timeout_s: float = Field(default=3.0, gt=0)
     # JSON list of {"name", "sha256", "collections", "scopes"}; empty = the service runs open (and says so).

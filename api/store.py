@@ -95,11 +95,12 @@ class ApiStore:
         inputs = [u.input for u in uploads]
         await self.jobs.create(job_id, job_type, collection, params, inputs, sources=len(sources))
 
-    async def results(self, job_id: str, offset: int, limit: int) -> list[dict[str, Any] | None]:
-        """A batch search's answers for queries offset..offset+limit (None: failed or not yet)."""
+    async def results(self, job_id: str, offset: int, limit: int) -> list[bytes | None]:
+        """A batch search's answers for queries offset..offset+limit, as the JSON the workers
+        wrote (None: failed or not yet): passed on unparsed, so a page of k=1000 rows costs the
+        API its bytes, not a million Python objects built and serialised again on the event loop."""
         fields = [str(i) for i in range(offset, offset + limit)]
-        raw = await self.redis.hmget(keys.job_results(job_id), fields) if fields else []
-        return [json.loads(r) if r else None for r in raw]
+        return await self.redis.hmget(keys.job_results(job_id), fields) if fields else []
 
     async def get_job(self, job_id: str) -> JobView | None:
         return await self.jobs.get(job_id)

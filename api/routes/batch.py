@@ -13,10 +13,11 @@ from api.auth import principal_of
 from api.bodies import checked_filter, form_filter, parse_body, searchable
 from api.deps import CallbackUrl, CollectionName, MinSimilarity, QueueDep, SettingsDep, StoreDep, TopK
 from api.limits import media_type
+from api.settings import ApiSettings
 from api.store import Upload
 from api.uploads import files_of, read_form, to_uploads
 from api.urls import callback_params
-from shared.errors import InvalidRequest, UnsupportedMedia
+from shared.errors import InvalidRequest, SimsearchError, UnsupportedMedia
 from shared.queueing import BATCH_CHUNK_TASK, EXPAND_TASK, INDEX_QUEUE
 from shared.schemas import IMAGE_ID, JobAccepted, JobInput, JobType
 
@@ -57,7 +58,7 @@ async def search_batch(
     """Search with many queries in one job: uploaded `files` (up to 1,000), `{"image_ids": [...]}`,
     or `{"all": true}` (each image against the collection, itself excluded). Progress counts
     queries; `GET /v1/jobs/{id}/results?offset=&limit=` pages the answers (or `format=jsonl`)."""
-    await searchable(store, collection, settings, k)
+    info = await searchable(store, collection, settings, k)
     params = {"collection": collection, "k": k, "min_similarity": min_similarity}
     job_id = uuid.uuid4().hex
     kind = media_type(request.headers.get("content-type"))
@@ -66,6 +67,7 @@ async def search_batch(
         params |= callback_params(body.callback_url or callback_url, settings)
         params["filter"] = checked_filter(body.filter)
         if body.all:
+            within_budget(k, info.image_count, settings)
             spec = {"kind": "collection"}
             await store.create_job_with_sources(job_id, collection, params, [], [(spec, None)], JobType.batch_search)
             await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE)
@@ -82,6 +84,19 @@ async def search_batch(
         uploads = await to_uploads(files, {}, settings)
     else:
         raise UnsupportedMedia('send query images as multipart "files", or JSON {"image_ids"} or {"all": true}')
+    within_budget(k, len(uploads), settings)
     await store.create_job(job_id, JobType.batch_search, collection, params, uploads)
     await queue.send_chunks(BATCH_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
+
+
+def within_budget(k: int, queries: int, settings: ApiSettings) -> None:
+    """Refuse a batch whose answers would outgrow MAX_BATCH_MATCHES (they stay in Redis for the job's life)."""
+    if k * queries > settings.max_batch_matches:
+        most = max(1, settings.max_batch_matches // max(1, queries))
+        cap = settings.max_batch_matches
+        detail = (
+            f"k={k} for {queries} queries is {k * queries:,} matches, over MAX_BATCH_MATCHES={cap:,};"
+            f" ask for k <= {most}, or fewer queries per batch"
+        )
+        raise SimsearchError(detail, code="batch_too_large", status_code=413)

@@ -18,6 +18,7 @@ from tests.integration.services import small_stack
 
 # A direct search for each of 305 rows sends more than the default 200 requests a second.
 ENV = {"EMBEDDING_MODEL": "efficientnet-lite0", "EMBEDDING_WEIGHTS": "imagenet", "RATE_LIMIT_PER_SECOND": "0"}
+ENV["MAX_BATCH_MATCHES"] = "1000"  # the smallest budget: 305 images x k=3 fit, x k=4 do not
 PLANTED = [3, 50, 120, 200, 299]
 
 
@@ -135,6 +136,18 @@ def test_batch_search_of_all_matches_direct_searches(base: str, ids: dict[str, s
             assert row["image_id"] not in [m["image_id"] for m in row["matches"]]
         bad = client.post("/v1/collections/dups/search/batch", json={"image_ids": ["nope"]})
         assert bad.status_code == 422 and bad.json()["error"] == "validation_error"
+
+
+def test_a_batch_over_the_match_budget_is_refused_before_it_runs(base: str, ids: dict[str, str]) -> None:
+    """k x queries is bounded (MAX_BATCH_MATCHES): one `all` batch at k=1000 once put 330 MB in
+    Redis for a week. `all` counts the collection's images as its queries."""
+    with httpx.Client(base_url=base, timeout=60) as client:
+        resp = client.post("/v1/collections/dups/search/batch", params={"k": 4}, json={"all": True})
+        assert resp.status_code == 413 and resp.json()["error"] == "batch_too_large", resp.text
+        assert "1,220 matches" in resp.json()["detail"] and "k <= 3" in resp.json()["detail"]
+        ids_list = list(ids.values())[:200]  # 200 x k=6 = 1,200
+        many = client.post("/v1/collections/dups/search/batch", params={"k": 6}, json={"image_ids": ids_list})
+        assert many.status_code == 413 and many.json()["error"] == "batch_too_large"
 
 
 def test_cli_batch_search_of_a_folder(base: str, ids: dict[str, str], tmp_path: Path) -> None:
