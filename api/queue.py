@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 from celery import Celery
 
-from shared.queueing import DEADLINE_QUEUE, SEARCH_DEADLINE_TASK, SEARCH_SHARD_TASK, celery_config
+from shared.queueing import DEADLINE_QUEUE, SEARCH_DEADLINE_TASK, SEARCH_SHARD_TASK, celery_config, chunk_priority
 from shared.shards import shard_queue
 
 
@@ -19,23 +19,27 @@ class TaskQueue:
             task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},
         )
 
-    async def send(self, name: str, args: list, queue: str) -> None:
+    async def send(self, name: str, args: list, queue: str, priority: int = 0) -> None:
         # kombu's publish is blocking I/O; keep it off the event loop.
-        await anyio.to_thread.run_sync(lambda: self.celery.send_task(name, args=args, queue=queue))
+        await anyio.to_thread.run_sync(lambda: self.celery.send_task(name, args=args, queue=queue, priority=priority))
 
-    async def send_many(self, name: str, batches: list[list], queue: str) -> None:
+    async def send_many(self, name: str, batches: list[list], queue: str, priorities: list[int] | None = None) -> None:
         def publish() -> None:
             with self.celery.producer_or_acquire() as producer:
-                for args in batches:
-                    self.celery.send_task(name, args=args, queue=queue, producer=producer)
+                for n, args in enumerate(batches):
+                    priority = priorities[n] if priorities else 0
+                    self.celery.send_task(name, args=args, queue=queue, producer=producer, priority=priority)
 
         await anyio.to_thread.run_sync(publish)
 
-    async def send_chunks(self, name: str, job_id: str, collection: str, total: int, size: int, queue: str) -> None:
+    async def send_chunks(
+        self, name: str, job_id: str, collection: str, total: int, size: int, queue: str, open_jobs: int = 0
+    ) -> None:
         """One task per chunk of item indices: chunks spread a job over every worker, and each is
-        one forward pass."""
+        one forward pass. Their priorities sink with the owner's open jobs and the chunk's place
+        (shared.queueing.chunk_priority), so one tenant's big job does not hold the queue."""
         chunks = [[job_id, collection, list(range(i, min(i + size, total)))] for i in range(0, total, size)]
-        await self.send_many(name, chunks, queue)
+        await self.send_many(name, chunks, queue, [chunk_priority(open_jobs, n) for n in range(len(chunks))])
 
     async def send_fan_out(self, job_id: str, collection: str, shards: int, timeout_s: float) -> None:
         """A search's shard tasks (one per shard queue) and its deadline, on one connection."""

@@ -34,6 +34,8 @@ class ApiSettings(ModelSettings):
     # A batch search's answers live in Redis for the job's life: k x queries is bounded (about 110
     # bytes a match; 1,000,000 matches ~ 110 MB). `all` counts the collection's images as queries.
     max_batch_matches: int = Field(default=1_000_000, ge=1000)
+    # Jobs one API key (or client address, when open) may have open at once; 0: no limit.
+    max_open_jobs_per_key: int = Field(default=100, ge=0)
     max_wait_seconds: float = Field(default=30.0, ge=0, le=300)
     redis_timeout_s: float = Field(default=3.0, gt=0)
     # JSON list of {"name", "sha256", "collections", "scopes"}; empty = the service runs open (and says so).

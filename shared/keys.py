@@ -118,6 +118,7 @@ WEBHOOKS_DUE = "ss:webhooks"  # zset: job id -> when its callback should next be
 # a job leaves it when it finishes. The watchdog (worker/watchdog.py) re-drives jobs gone quiet.
 OPEN_JOBS = "ss:jobs:open"
 WATCHDOG_LOCK = "ss:jobs:watchdog"  # one watchdog pass at a time across workers
+OWNERS_OPEN = "ss:owners:open"  # hash: requester -> its open jobs (fair shares and MAX_OPEN_JOBS_PER_KEY)
 
 JOB_DONE_CHANNEL_PREFIX = "ss:jobdone:"
 

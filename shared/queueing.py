@@ -52,6 +52,18 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, A
     }
 
 
+# Fair shares of the bulk queue (issue 21): a job's chunks carry a priority (0 first) that grows
+# with how many jobs its owner already has open and with the chunk's place in the job, so one
+# tenant's backlog sinks below another tenant's first chunks instead of queueing in front of them.
+PRIORITY_STEPS = list(range(10))
+FRONT_CHUNKS = 4  # chunks of a job at its owner's own level before the rest sinks a level at a time
+
+
+def chunk_priority(open_jobs: int, chunk_number: int) -> int:
+    """0 (first) to 9: the owner's open jobs, plus one per FRONT_CHUNKS chunks into the job."""
+    return min(PRIORITY_STEPS[-1], max(0, open_jobs) + chunk_number // FRONT_CHUNKS)
+
+
 def broker_transport_options(visibility_timeout_s: int) -> dict[str, Any]:
     """An unacknowledged message comes back after `visibility_timeout_s` unless its worker keeps
     refreshing it (`worker.heartbeat`): a live worker keeps long tasks, a dead one's come back
@@ -63,4 +75,7 @@ def broker_transport_options(visibility_timeout_s: int) -> dict[str, Any]:
         "unacked_restore_interval": max(1, visibility_timeout_s // 6),
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": 10,
+        # Message priorities on Redis: one list per step (`index`, `index:1` … `index:9`), read 0 first.
+        "priority_steps": PRIORITY_STEPS,
+        "sep": ":",
     }

@@ -29,6 +29,7 @@ from shared.queueing import (
     SEARCH_SHARD_TASK,
     SEARCH_TASK,
     WEBHOOK_TASK,
+    chunk_priority,
 )
 from shared.schemas import JobStatus, JobType
 from shared.shards import shard_queue
@@ -195,21 +196,24 @@ def expand(self: Task, job_id: str, collection: str, source: int) -> None:
     rt = runtime_of(self.app)
     size = rt.settings.index_chunk_size
 
-    def sender(job_type: JobType) -> expanding.SendChunks:
+    def sender(ctx: JobContext) -> expanding.SendChunks:
         # The listed items are queries of a batch search, or images to index.
-        task = BATCH_CHUNK_TASK if job_type is JobType.batch_search else INDEX_CHUNK_TASK
+        task = BATCH_CHUNK_TASK if ctx.job.type is JobType.batch_search else INDEX_CHUNK_TASK
+        base = int(ctx.job.params.get("priority") or 0)  # the owner's open jobs when it was created
 
         def send_chunks(first: int, count: int) -> None:
             with self.app.producer_or_acquire() as producer:
                 for start in range(first, first + count, size):
                     chunk = list(range(start, min(start + size, first + count)))
-                    self.app.send_task(task, [job_id, collection, chunk], queue=INDEX_QUEUE, producer=producer)
+                    priority = chunk_priority(base, start // size)  # fair shares (shared.queueing)
+                    args = [job_id, collection, chunk]
+                    self.app.send_task(task, args, queue=INDEX_QUEUE, producer=producer, priority=priority)
 
         return send_chunks
 
     limits, meta_max = rt.settings.archive_limits, rt.settings.metadata_max_bytes_per_image
     # expand_source ends its source whatever fails short of Redis (the rest as one failed item).
-    run(self, job_id, [], lambda ctx: expanding.expand_source(ctx, source, sender(ctx.job.type), limits, meta_max))
+    run(self, job_id, [], lambda ctx: expanding.expand_source(ctx, source, sender(ctx), limits, meta_max))
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)

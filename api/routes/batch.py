@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.auth import principal_of
+from api.auth import Requester, principal_of
 from api.bodies import checked_filter, form_filter, parse_body, searchable
 from api.deps import CallbackUrl, CollectionName, MinSimilarity, QueueDep, SettingsDep, StoreDep, TopK
+from api.fairness import admit
 from api.limits import media_type
 from api.settings import ApiSettings
 from api.store import Upload
@@ -51,6 +52,7 @@ async def search_batch(
     store: StoreDep,
     queue: QueueDep,
     settings: SettingsDep,
+    requester: Requester,
     k: TopK = 10,
     min_similarity: MinSimilarity = None,
     callback_url: CallbackUrl = None,
@@ -59,7 +61,14 @@ async def search_batch(
     or `{"all": true}` (each image against the collection, itself excluded). Progress counts
     queries; `GET /v1/jobs/{id}/results?offset=&limit=` pages the answers (or `format=jsonl`)."""
     info = await searchable(store, collection, settings, k)
-    params = {"collection": collection, "k": k, "min_similarity": min_similarity}
+    open_jobs = await admit(store.redis, settings, requester)
+    params = {
+        "collection": collection,
+        "k": k,
+        "min_similarity": min_similarity,
+        "owner": requester,
+        "priority": open_jobs,
+    }
     job_id = uuid.uuid4().hex
     kind = media_type(request.headers.get("content-type"))
     if kind == "application/json":
@@ -70,7 +79,7 @@ async def search_batch(
             within_budget(k, info.image_count, settings)
             spec = {"kind": "collection"}
             await store.create_job_with_sources(job_id, collection, params, [], [(spec, None)], JobType.batch_search)
-            await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE)
+            await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE, open_jobs)
             return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
         ids = body.image_ids or []
         uploads = [Upload(JobInput(filename=i, image_id=i, size=0, stored=True), None) for i in ids]
@@ -86,7 +95,8 @@ async def search_batch(
         raise UnsupportedMedia('send query images as multipart "files", or JSON {"image_ids"} or {"all": true}')
     within_budget(k, len(uploads), settings)
     await store.create_job(job_id, JobType.batch_search, collection, params, uploads)
-    await queue.send_chunks(BATCH_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
+    size = settings.index_chunk_size
+    await queue.send_chunks(BATCH_CHUNK_TASK, job_id, collection, len(uploads), size, INDEX_QUEUE, open_jobs)
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
 
 

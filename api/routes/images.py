@@ -13,6 +13,7 @@ from api.auth import Requester, principal_of
 from api.bodies import text_filter
 from api.compat import require_current_model
 from api.deps import CallbackUrl, CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
+from api.fairness import admit
 from api.uploads import files_of, parse_metadata, read_form, split_archives, to_uploads
 from api.urls import callback_params
 from shared import filters
@@ -49,13 +50,20 @@ async def index_images(
     store: StoreDep,
     queue: QueueDep,
     settings: SettingsDep,
+    requester: Requester,
     callback_url: CallbackUrl = None,
 ) -> JobAccepted:
     """Queue a batch of images for indexing; poll the returned job for progress and result.
     Archives (.zip, .tar, .tar.gz) among the files are expanded by a worker: each member is an
     item named by its path in the archive, and the job's total grows as they are listed."""
     require_current_model(await store.collection(collection), settings)
-    params = {"collection": collection, **callback_params(callback_url, settings)}
+    open_jobs = await admit(store.redis, settings, requester)
+    params = {
+        "collection": collection,
+        "owner": requester,
+        "priority": open_jobs,
+        **callback_params(callback_url, settings),
+    }
     form = await read_form(request, settings)
     files = files_of(form, "files")
     if not files:
@@ -70,9 +78,11 @@ async def index_images(
             await store.create_job_with_sources(job_id, collection, params, uploads, archives)
         else:
             await store.create_job(job_id, JobType.index, collection, params, uploads)
-    await queue.send_chunks(INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE)
+    size = settings.index_chunk_size
+    await queue.send_chunks(INDEX_CHUNK_TASK, job_id, collection, len(uploads), size, INDEX_QUEUE, open_jobs)
     if archives:
-        await queue.send_many(EXPAND_TASK, [[job_id, collection, n] for n in range(len(archives))], INDEX_QUEUE)
+        expansions = [[job_id, collection, n] for n in range(len(archives))]
+        await queue.send_many(EXPAND_TASK, expansions, INDEX_QUEUE, [open_jobs] * len(archives))
     log.info("index job queued", extra={"job_id": job_id, "collection": collection, "items": len(uploads)})
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
 

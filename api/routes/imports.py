@@ -14,10 +14,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.auth import principal_of
+from api.auth import Requester, principal_of
 from api.bodies import parse_body
 from api.compat import require_current_model
 from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
+from api.fairness import admit
 from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form
@@ -69,12 +70,19 @@ IMPORT_DOC = {
 
 @router.post("", status_code=202, response_model=JobAccepted, openapi_extra=IMPORT_DOC)
 async def import_images(
-    collection: CollectionName, request: Request, store: StoreDep, queue: QueueDep, settings: SettingsDep
+    collection: CollectionName,
+    request: Request,
+    store: StoreDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    requester: Requester,
 ) -> JobAccepted:
     """Index images from URLs or a bucket; poll the job (its total grows while a file or bucket is
     listed). Items that cannot be fetched fail with `fetch_failed`, `blocked_address`,
     `too_large`, `timeout` or `invalid_image`."""
     require_current_model(await store.collection(collection), settings)
+    open_jobs = await admit(store.redis, settings, requester)
+    fair = {"owner": requester, "priority": open_jobs}  # fair shares (api/fairness.py)
     kind = media_type(request.headers.get("content-type"))
     job_id = uuid.uuid4().hex
     callback = request.query_params.get("callback_url")
@@ -82,19 +90,19 @@ async def import_images(
         await store.create_collection(collection, settings.default_shards)
     if kind == "application/json":
         body = parse_body(ImportRequest, await request.body())
-        params = {"collection": collection, **callback_params(body.callback_url or callback, settings)}
+        params = {"collection": collection, **callback_params(body.callback_url or callback, settings), **fair}
         if body.source is not None:
             spec = {"kind": "bucket", "url": _bucket(body.source, settings.import_buckets)}
             await store.create_job_with_sources(job_id, collection, params, [], [(spec, None)])
-            await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE)
+            await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE, open_jobs)
             return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
         uploads = _url_uploads(body.urls or [], settings.max_import_urls, settings.metadata_max_bytes_per_image)
         await store.create_job(job_id, JobType.index, collection, params, uploads)
         await queue.send_chunks(
-            INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE
+            INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE, open_jobs
         )
         return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
-    params = {"collection": collection, **callback_params(callback, settings)}
+    params = {"collection": collection, **callback_params(callback, settings), **fair}
     with tempfile.TemporaryDirectory(prefix="simsearch-import-") as folder:
         path = Path(folder) / "urls"
         if kind in TEXT_TYPES:
@@ -112,7 +120,7 @@ async def import_images(
             raise UnsupportedMedia("send JSON {urls|source}, a text/plain or text/csv list, or a multipart 'file'")
         spec = {"kind": "urls", "filename": "urls"}
         await store.create_job_with_sources(job_id, collection, params, [], [(spec, path)])
-    await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE)
+    await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE, open_jobs)
     log.info("import job queued", extra={"job_id": job_id, "collection": collection})
     return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
 

@@ -65,12 +65,17 @@ class JobLifecycle:
             fields["sources"] = str(sources)
         if params.get("callback_url"):
             fields["callback_url"] = params["callback_url"]
+        owner = params.get("owner")
+        if owner:
+            fields["owner"] = owner  # FINISH_JOB counts it out of its owner's open jobs
         calls = [
             Call("hset", (keys.job(job_id),), {"mapping": fields}),
             Call("expire", (keys.job(job_id), self.job_ttl_s)),
             Call("hincrby", (keys.JOB_COUNTS, f"{job_type.value}:created", 1)),
             Call("zadd", (keys.OPEN_JOBS, {job_id: time.time()})),  # open until it finishes (watchdog)
         ]
+        if owner:
+            calls.append(Call("hincrby", (keys.OWNERS_OPEN, owner, 1)))
         if inputs:
             mapping = {str(i): inp.model_dump_json() for i, inp in enumerate(inputs)}
             calls += [
@@ -175,7 +180,7 @@ class JobLifecycle:
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
         args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), job_id, time.time()]
-        job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE, keys.OPEN_JOBS]
+        job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE, keys.OPEN_JOBS, keys.OWNERS_OPEN]
         (done,) = yield _one(ScriptCall("finish_job", job_keys, [*args, *FINAL_STATUSES]))
         return int(done) == 1
 

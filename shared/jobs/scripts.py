@@ -76,10 +76,11 @@ end
 return 0
 """
 
-# KEYS: job, job counts, webhooks due, open jobs. ARGV: status, result JSON, finished_at, done channel,
-# job id, now (epoch seconds), then every final status. The first finisher wins; a redelivered
-# duplicate cannot overwrite a final status. A job with a callback becomes due for delivery in the
-# same step, so a finisher that dies right after cannot lose the notification.
+# KEYS: job, job counts, webhooks due, open jobs, owners' open counts. ARGV: status, result JSON,
+# finished_at, done channel, job id, now (epoch seconds), then every final status. The first
+# finisher wins; a redelivered duplicate cannot overwrite a final status. A job with a callback
+# becomes due for delivery in the same step, so a finisher that dies right after cannot lose the
+# notification; the winner also counts the job out of its owner's open jobs.
 FINISH_JOB = """
 redis.call('ZREM', KEYS[4], ARGV[5])
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -88,6 +89,10 @@ for i = 7, #ARGV do
   if status == ARGV[i] then return 0 end
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'finished_at', ARGV[3])
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and tonumber(redis.call('HINCRBY', KEYS[5], owner, -1)) <= 0 then
+  redis.call('HDEL', KEYS[5], owner)
+end
 redis.call('HINCRBY', KEYS[2], redis.call('HGET', KEYS[1], 'type') .. ':' .. ARGV[1], 1)
 if not redis.call('HGET', KEYS[1], 'started_at') then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[3])

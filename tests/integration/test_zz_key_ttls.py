@@ -8,12 +8,14 @@ import pytest
 import redis
 
 from shared import keys
-from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE
+from shared.queueing import INDEX_QUEUE, PRIORITY_STEPS, SEARCH_QUEUE
 
 DATA_PREFIXES = ("ss:c:",)
 DATA_KEYS = {"ss:collections", "ss:seq"}
-METRIC_KEYS = {"ss:metrics:jobs"}  # Prometheus counters: they must outlive any job
-BROKER = {INDEX_QUEUE, SEARCH_QUEUE, "unacked", "unacked_index", "unacked_mutex"}
+METRIC_KEYS = {"ss:metrics:jobs", keys.OWNERS_OPEN}  # counters that must outlive any job
+# Celery's queues, each with its priority lists (`index:1` … `index:9`), and kombu's bookkeeping.
+BROKER = {f"{q}:{p}" for q in (INDEX_QUEUE, SEARCH_QUEUE) for p in PRIORITY_STEPS[1:]}
+BROKER |= {INDEX_QUEUE, SEARCH_QUEUE, "unacked", "unacked_index", "unacked_mutex"}
 # Our own queues: due callbacks leave when settled; open jobs when they finish, or when the
 # watchdog finds them expired.
 QUEUES = {keys.WEBHOOKS_DUE, keys.OPEN_JOBS}
