@@ -8,6 +8,8 @@ priority levels of the same queue, and Bob's first chunk is read before them.
 
 from __future__ import annotations
 
+import time
+
 from redis.asyncio import Redis
 
 from api.settings import ApiSettings
@@ -16,8 +18,13 @@ from shared.errors import SimsearchError
 
 
 async def admit(redis: Redis, settings: ApiSettings, requester: str) -> int:
-    """The requester's open jobs (its next job's priority base); 429 past MAX_OPEN_JOBS_PER_KEY."""
-    open_jobs = int(await redis.hget(keys.OWNERS_OPEN, requester) or 0)
+    """The requester's open jobs (its next job's priority base); 429 past MAX_OPEN_JOBS_PER_KEY.
+    Jobs that expired unfinished are dropped by age first, so the count cannot drift up."""
+    key = keys.owner_open(requester)
+    pipe = redis.pipeline(transaction=False)
+    pipe.zremrangebyscore(key, "-inf", time.time() - settings.job_ttl_seconds)
+    pipe.zcard(key)
+    _, open_jobs = await pipe.execute()
     if settings.max_open_jobs_per_key and open_jobs >= settings.max_open_jobs_per_key:
         detail = (
             f"{open_jobs} jobs of yours are still open (MAX_OPEN_JOBS_PER_KEY={settings.max_open_jobs_per_key});"

@@ -118,7 +118,14 @@ WEBHOOKS_DUE = "ss:webhooks"  # zset: job id -> when its callback should next be
 # a job leaves it when it finishes. The watchdog (worker/watchdog.py) re-drives jobs gone quiet.
 OPEN_JOBS = "ss:jobs:open"
 WATCHDOG_LOCK = "ss:jobs:watchdog"  # one watchdog pass at a time across workers
-OWNERS_OPEN = "ss:owners:open"  # hash: requester -> its open jobs (fair shares and MAX_OPEN_JOBS_PER_KEY)
+OWNER_OPEN_PREFIX = "ss:owner:"
+
+
+def owner_open(owner: str) -> str:
+    """zset: the requester's open jobs -> when each was created. A job leaves it when it finishes,
+    or, expired unfinished, by its age (pruned when counted): no count can drift up for good."""
+    return f"{OWNER_OPEN_PREFIX}{owner}:open"
+
 
 JOB_DONE_CHANNEL_PREFIX = "ss:jobdone:"
 

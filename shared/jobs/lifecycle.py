@@ -75,7 +75,10 @@ class JobLifecycle:
             Call("zadd", (keys.OPEN_JOBS, {job_id: time.time()})),  # open until it finishes (watchdog)
         ]
         if owner:
-            calls.append(Call("hincrby", (keys.OWNERS_OPEN, owner, 1)))
+            calls += [
+                Call("zadd", (keys.owner_open(owner), {job_id: time.time()})),
+                Call("expire", (keys.owner_open(owner), self.job_ttl_s)),
+            ]
         if inputs:
             mapping = {str(i): inp.model_dump_json() for i, inp in enumerate(inputs)}
             calls += [
@@ -180,7 +183,7 @@ class JobLifecycle:
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
         args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), job_id, time.time()]
-        job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE, keys.OPEN_JOBS, keys.OWNERS_OPEN]
+        job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE, keys.OPEN_JOBS]
         (done,) = yield _one(ScriptCall("finish_job", job_keys, [*args, *FINAL_STATUSES]))
         return int(done) == 1
 

@@ -76,7 +76,7 @@ end
 return 0
 """
 
-# KEYS: job, job counts, webhooks due, open jobs, owners' open counts. ARGV: status, result JSON,
+# KEYS: job, job counts, webhooks due, open jobs. ARGV: status, result JSON,
 # finished_at, done channel, job id, now (epoch seconds), then every final status. The first
 # finisher wins; a redelivered duplicate cannot overwrite a final status. A job with a callback
 # becomes due for delivery in the same step, so a finisher that dies right after cannot lose the
@@ -90,8 +90,9 @@ for i = 7, #ARGV do
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'finished_at', ARGV[3])
 local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and tonumber(redis.call('HINCRBY', KEYS[5], owner, -1)) <= 0 then
-  redis.call('HDEL', KEYS[5], owner)
+if owner then
+  -- The owner's open-jobs set (shared.keys.owner_open), named from the job's own record.
+  redis.call('ZREM', 'ss:owner:' .. owner .. ':open', ARGV[5])
 end
 redis.call('HINCRBY', KEYS[2], redis.call('HGET', KEYS[1], 'type') .. ':' .. ARGV[1], 1)
 if not redis.call('HGET', KEYS[1], 'started_at') then

@@ -93,7 +93,9 @@ def test_another_tenants_small_work_is_not_queued_behind_a_big_backlog(stack: tu
 def test_a_key_past_its_open_jobs_quota_gets_429(stack: tuple[str, str]) -> None:
     base, url = stack
     client = redis.Redis.from_url(url)
-    client.hset(keys.OWNERS_OPEN, "key:bob", 6)  # bob has six jobs open
+    now = time.time()
+    client.zadd(keys.owner_open("key:bob"), {f"fake{i}": now for i in range(6)})  # bob has six jobs open
+    client.zadd(keys.owner_open("key:bob"), {"expired": now - 8 * 24 * 3600})  # one expired long ago: not counted
     try:
         with _as(base, BOB) as bob:
             resp = bob.post(
@@ -107,7 +109,7 @@ def test_a_key_past_its_open_jobs_quota_gets_429(stack: tuple[str, str]) -> None
                 )
                 assert ok.status_code == 202
     finally:
-        client.hset(keys.OWNERS_OPEN, "key:bob", 0)
+        client.delete(keys.owner_open("key:bob"))
 
 
 def test_finished_jobs_leave_their_owners_count(stack: tuple[str, str]) -> None:
@@ -119,4 +121,4 @@ def test_finished_jobs_leave_their_owners_count(stack: tuple[str, str]) -> None:
                 files=[("files", (f"c{i}.jpg", photo_bytes(27000 + i), "image/jpeg"))],
             )
             assert wait_job(bob, resp.json()["job_id"])["status"] == "succeeded"
-    assert int(redis.Redis.from_url(url).hget(keys.OWNERS_OPEN, "key:bob") or 0) == 0
+    assert redis.Redis.from_url(url).zcard(keys.owner_open("key:bob")) == 0

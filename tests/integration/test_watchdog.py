@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,12 +26,21 @@ from worker.watchdog import WatchdogPolicy, sweep
 POLICY = WatchdogPolicy(stall_s=60, max_redrives=2, chunk=2)
 
 
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis of these tests' own: a sweep sees every open job, and the session's Redis holds
+    other tests' jobs, some left open on purpose."""
+    service, url = start_redis(tmp_path_factory.mktemp("watchdog-redis"))
+    yield url
+    service.stop()
+
+
 def _age(client: redis.Redis, job_id: str, seconds: float) -> None:
     client.zadd(keys.OPEN_JOBS, {job_id: time.time() - seconds}, xx=True)
 
 
-def test_a_quiet_job_gets_its_unrecorded_chunks_again_then_finishes(redis_url: str) -> None:
-    h = Harness(redis_url, PixelEmbedder())
+def test_a_quiet_job_gets_its_unrecorded_chunks_again_then_finishes(own_redis: str) -> None:
+    h = Harness(own_redis, PixelEmbedder())
     files = [(f"w{i}.jpg", photo_bytes(25000 + i, size=(32, 32))) for i in range(5)]
     job_id = h.submit(f"wd-{uuid.uuid4().hex[:6]}", files)
     assert h.client.zscore(keys.OPEN_JOBS, job_id) is not None  # open from its creation
@@ -53,8 +63,8 @@ def test_a_quiet_job_gets_its_unrecorded_chunks_again_then_finishes(redis_url: s
     assert h.client.zscore(keys.OPEN_JOBS, job_id) is None  # finished: no longer watched
 
 
-def test_work_that_never_comes_back_fails_as_lost_and_the_job_ends(redis_url: str) -> None:
-    h = Harness(redis_url, PixelEmbedder())
+def test_work_that_never_comes_back_fails_as_lost_and_the_job_ends(own_redis: str) -> None:
+    h = Harness(own_redis, PixelEmbedder())
     files = [(f"l{i}.jpg", photo_bytes(25100 + i, size=(32, 32))) for i in range(3)]
     job_id = h.submit(f"lost-{uuid.uuid4().hex[:6]}", files)
     indexing.index_chunk(h.context(job_id), [0])
@@ -71,8 +81,8 @@ def test_work_that_never_comes_back_fails_as_lost_and_the_job_ends(redis_url: st
     assert job.result["created"] and h.client.zscore(keys.OPEN_JOBS, job_id) is None
 
 
-def test_a_lost_search_is_sent_again_and_a_vanished_job_is_forgotten(redis_url: str) -> None:
-    h = Harness(redis_url, PixelEmbedder())
+def test_a_lost_search_is_sent_again_and_a_vanished_job_is_forgotten(own_redis: str) -> None:
+    h = Harness(own_redis, PixelEmbedder())
     job_id = uuid.uuid4().hex
     h.jobs.create(job_id, JobType.search, "coll", {"k": 3, "image_id": "a" * 32}, [])
     _age(h.client, job_id, 61)

@@ -12,7 +12,7 @@ from shared.queueing import INDEX_QUEUE, PRIORITY_STEPS, SEARCH_QUEUE
 
 DATA_PREFIXES = ("ss:c:",)
 DATA_KEYS = {"ss:collections", "ss:seq"}
-METRIC_KEYS = {"ss:metrics:jobs", keys.OWNERS_OPEN}  # counters that must outlive any job
+METRIC_KEYS = {"ss:metrics:jobs"}  # Prometheus counters: they must outlive any job
 # Celery's queues, each with its priority lists (`index:1` … `index:9`), and kombu's bookkeeping.
 BROKER = {f"{q}:{p}" for q in (INDEX_QUEUE, SEARCH_QUEUE) for p in PRIORITY_STEPS[1:]}
 BROKER |= {INDEX_QUEUE, SEARCH_QUEUE, "unacked", "unacked_index", "unacked_mutex"}
