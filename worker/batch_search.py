@@ -90,7 +90,7 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> int:
     answers: dict[int, list[tuple[str, float]]] = {}
     for index, vec in vectors.items():
         own = {queries[index]["own"]} if queries[index]["own"] else set()
-        answers[index] = search_excluding(replica.index, vec, own, params.k, None, mask) if replica else []
+        answers[index] = search_excluding(replica.index, vec, own, params.k, mask) if replica else []
     rows = result_rows(ctx, queries, answers, threshold)
     outcomes += [ok(index, by_index[index], ItemStatus.created) for index in answers]  # type: ignore[arg-type]
     if rows:

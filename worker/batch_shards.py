@@ -38,7 +38,7 @@ def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:
             answer["threshold"] = threshold.model_dump(exclude_none=True)
         for q, vec in zip(queries, matrix, strict=True):
             own = {q["own"]} if q["own"] else set()
-            hits = search_excluding(replica.index, vec, own, params.k, None, mask)
+            hits = search_excluding(replica.index, vec, own, params.k, mask)
             answers[str(q["index"])] = [[i, s] for i, s in hits]
     key = keys.batch_answers(ctx.job_id, first)
     answered = ctx.store.record_shard(ctx.job_id, shard, answer, ctx.jobs.lifecycle.job_ttl_s, key)

@@ -45,9 +45,10 @@ def merge_hits(answers: list[list], k: int) -> list[tuple[str, float]]:
     return sorted(((h[0], float(h[1])) for hits in answers for h in hits), key=lambda h: (-h[1], h[0]))[:k]
 
 
-def search_excluding(index, query: np.ndarray, skip: set[str], k: int, min_similarity, mask):
-    """The index's k best, the `skip` ids (the query's own images) left out (asked for that many more)."""
-    hits = index.search(query, k + len(skip), min_similarity, mask=mask)
+def search_excluding(index, query: np.ndarray, skip: set[str], k: int, mask):
+    """The index's k best, the `skip` ids (the query's own images) left out (asked for that many more).
+    No threshold here: callers apply it with `above`, which also tells them what the closest was."""
+    hits = index.search(query, k + len(skip), mask=mask)
     return [h for h in hits if h[0] not in skip][:k]
 
 
@@ -130,7 +131,7 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
     mask = row_mask(ctx, replica, params, clustering)
     threshold = ctx.replicas.threshold(replica, params)
     # Searching by a stored image means "more like this one": the image itself is not a match.
-    found = search_excluding(replica.index, query, excluded(params), params.k, None, mask)
+    found = search_excluding(replica.index, query, excluded(params), params.k, mask)
     hits = above(found, threshold)
     names = ctx.store.filenames(collection, [i for i, _ in hits])
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
@@ -265,7 +266,7 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
         threshold = ctx.replicas.threshold(replica, params)
         if threshold is not None:
             answer["threshold"] = threshold.model_dump(exclude_none=True)
-        found = search_excluding(replica.index, query, excluded(params), params.k, None, mask)
+        found = search_excluding(replica.index, query, excluded(params), params.k, mask)
         answer["hits"] = [[i, sim] for i, sim in above(found, threshold)]
         answer["size"] = len(replica.index)
         if clustering is not None:
