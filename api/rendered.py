@@ -41,6 +41,10 @@ class RenderedJobs:
             return await asyncio.shield(running[1])
         return await self._read(store, job_id)
 
+    def forget(self, job_id: str) -> None:
+        """Drop the job's view from this process (it was deleted)."""
+        self._cache.pop(job_id, None)
+
     async def _read(self, store: Any, job_id: str) -> Rendered | None:
         started = time.monotonic()
         future: asyncio.Future[Rendered | None] = asyncio.get_running_loop().create_future()

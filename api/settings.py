@@ -36,6 +36,12 @@ class ApiSettings(ModelSettings):
     max_batch_matches: int = Field(default=1_000_000, ge=1000)
     # Jobs one API key (or client address, when open) may have open at once; 0: no limit.
     max_open_jobs_per_key: int = Field(default=100, ge=0)
+    # Items (files, URLs, queries) of one key's open jobs not yet done; a request that would pass
+    # it gets 429 too_many_items. Archive and bucket members count as they are listed. 0: no limit.
+    max_queued_items_per_key: int = Field(default=100_000, ge=0)
+    # Bytes one key's batch-search results may hold in Redis before its next batch search gets
+    # 429 too_many_results (DELETE /v1/jobs/{id} frees them at once, else they expire). 0: no limit.
+    max_result_bytes_per_key: int = Field(default=1 << 30, ge=0)
     max_wait_seconds: float = Field(default=30.0, ge=0, le=300)
     redis_timeout_s: float = Field(default=3.0, gt=0)
     # JSON list of {"name", "sha256", "collections", "scopes"}; empty = the service runs open (and says so).

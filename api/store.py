@@ -102,6 +102,16 @@ class ApiStore:
         fields = [str(i) for i in range(offset, offset + limit)]
         return await self.redis.hmget(keys.job_results(job_id), fields) if fields else []
 
+    async def delete_job(self, job_id: str) -> None:
+        """A finished job, its results, its place in its owner's result bytes and any pending callback."""
+        owner = await self.redis.hget(keys.job(job_id), "owner")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(*keys.job_keys(job_id))
+        pipe.zrem(keys.WEBHOOKS_DUE, job_id)
+        if owner:
+            pipe.zrem(keys.owner_results(owner.decode()), job_id)
+        await pipe.execute()
+
     async def get_job(self, job_id: str) -> JobView | None:
         return await self.jobs.get(job_id)
 

@@ -113,6 +113,19 @@ def job_batches(job_id: str) -> str:
     return f"ss:job:{job_id}:batches"  # hash: "<source>:<n>" -> first item index; "done:<source>"
 
 
+def job_keys(job_id: str) -> list[str]:
+    """A job's own keys (DELETE /v1/jobs/{id}); the rest of a batch's chunk keys expire alone."""
+    return [
+        job(job_id),
+        job_inputs(job_id),
+        job_items(job_id),
+        job_attempts(job_id),
+        job_errors(job_id),
+        job_results(job_id),
+        job_batches(job_id),
+    ]
+
+
 WEBHOOKS_DUE = "ss:webhooks"  # zset: job id -> when its callback should next be tried
 # zset: job id -> when it last showed life (created, started, an item recorded, a batch listed);
 # a job leaves it when it finishes. The watchdog (worker/watchdog.py) re-drives jobs gone quiet.
@@ -125,6 +138,12 @@ def owner_open(owner: str) -> str:
     """zset: the requester's open jobs -> when each was created. A job leaves it when it finishes,
     or, expired unfinished, by its age (pruned when counted): no count can drift up for good."""
     return f"{OWNER_OPEN_PREFIX}{owner}:open"
+
+
+def owner_results(owner: str) -> str:
+    """zset: the requester's batch searches -> bytes their results hold (reserved from k x queries
+    when created, measured when the job ends); jobs gone are pruned when counted (api/fairness.py)."""
+    return f"{OWNER_OPEN_PREFIX}{owner}:results"
 
 
 JOB_DONE_CHANNEL_PREFIX = "ss:jobdone:"

@@ -150,4 +150,6 @@ def finish_batch_search(ctx: JobContext) -> None:
     if (partial := ctx.store.partial_chunks(ctx.job_id)) and status is JobStatus.succeeded:
         status = JobStatus.partial
         summary["chunks_missing_shards"] = partial
+    if owner := ctx.job.params.get("owner"):
+        ctx.store.settle_results(ctx.job_id, owner, ctx.jobs.lifecycle.job_ttl_s)
     ctx.jobs.finish(ctx.job_id, status, summary)

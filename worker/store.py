@@ -331,6 +331,16 @@ class WorkerStore:
         pipe.expire(keys.job_results(job_id), ttl_s)
         pipe.execute()
 
+    def settle_results(self, job_id: str, owner: str, ttl_s: int) -> int:
+        """Replace the reservation of a finished batch search's results (api/fairness.py) by the
+        bytes they hold in Redis."""
+        size = int(self.redis.memory_usage(keys.job_results(job_id), samples=0) or 0)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(keys.owner_results(owner), {job_id: size})
+        pipe.expire(keys.owner_results(owner), ttl_s)
+        pipe.execute()
+        return size
+
     def vector_ids(self, collection: str) -> list[str]:
         return [_s(k) for k in self.redis.hkeys(keys.vectors(collection))]  # type: ignore[misc]
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from api.auth import Requester, principal_of
 from api.bodies import checked_filter, form_filter, parse_body, searchable
 from api.deps import CallbackUrl, CollectionName, MinSimilarity, QueueDep, SettingsDep, StoreDep, TopK
-from api.fairness import admit
+from api.fairness import admit, reserve_results
 from api.limits import media_type
 from api.settings import ApiSettings
 from api.store import Upload
@@ -61,7 +61,8 @@ async def search_batch(
     or `{"all": true}` (each image against the collection, itself excluded). Progress counts
     queries; `GET /v1/jobs/{id}/results?offset=&limit=` pages the answers (or `format=jsonl`)."""
     info = await searchable(store, collection, settings, k)
-    open_jobs = await admit(store.redis, settings, requester)
+    admission = await admit(store.redis, settings, requester, results=True)
+    open_jobs = admission.open_jobs
     params = {
         "collection": collection,
         "k": k,
@@ -77,6 +78,8 @@ async def search_batch(
         params["filter"] = checked_filter(body.filter)
         if body.all:
             within_budget(k, info.image_count, settings)
+            admission.take(info.image_count)
+            await reserve_results(store.redis, settings, requester, job_id, k * info.image_count)
             spec = {"kind": "collection"}
             await store.create_job_with_sources(job_id, collection, params, [], [(spec, None)], JobType.batch_search)
             await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE, open_jobs)
@@ -94,6 +97,8 @@ async def search_batch(
     else:
         raise UnsupportedMedia('send query images as multipart "files", or JSON {"image_ids"} or {"all": true}')
     within_budget(k, len(uploads), settings)
+    admission.take(len(uploads))
+    await reserve_results(store.redis, settings, requester, job_id, k * len(uploads))
     await store.create_job(job_id, JobType.batch_search, collection, params, uploads)
     size = settings.index_chunk_size
     await queue.send_chunks(BATCH_CHUNK_TASK, job_id, collection, len(uploads), size, INDEX_QUEUE, open_jobs)

@@ -57,7 +57,8 @@ async def index_images(
     Archives (.zip, .tar, .tar.gz) among the files are expanded by a worker: each member is an
     item named by its path in the archive, and the job's total grows as they are listed."""
     require_current_model(await store.collection(collection), settings)
-    open_jobs = await admit(store.redis, settings, requester)
+    admission = await admit(store.redis, settings, requester)
+    open_jobs = admission.open_jobs
     params = {
         "collection": collection,
         "owner": requester,
@@ -71,6 +72,7 @@ async def index_images(
     with tempfile.TemporaryDirectory(prefix="simsearch-upload-") as folder:
         images, archives = await split_archives(files, Path(folder))
         uploads = await to_uploads(images, parse_metadata(form, settings), settings)
+        admission.take(len(uploads))
         job_id = uuid.uuid4().hex
         if settings.default_shards > 1:  # a new collection gets the deployment's shards (else: 1, implicit)
             await store.create_collection(collection, settings.default_shards)

@@ -81,7 +81,8 @@ async def import_images(
     listed). Items that cannot be fetched fail with `fetch_failed`, `blocked_address`,
     `too_large`, `timeout` or `invalid_image`."""
     require_current_model(await store.collection(collection), settings)
-    open_jobs = await admit(store.redis, settings, requester)
+    admission = await admit(store.redis, settings, requester)
+    open_jobs = admission.open_jobs
     fair = {"owner": requester, "priority": open_jobs}  # fair shares (api/fairness.py)
     kind = media_type(request.headers.get("content-type"))
     job_id = uuid.uuid4().hex
@@ -97,6 +98,7 @@ async def import_images(
             await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE, open_jobs)
             return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
         uploads = _url_uploads(body.urls or [], settings.max_import_urls, settings.metadata_max_bytes_per_image)
+        admission.take(len(uploads))
         await store.create_job(job_id, JobType.index, collection, params, uploads)
         await queue.send_chunks(
             INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE, open_jobs

@@ -9,7 +9,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.auth import Principal, job_not_found, principal_of
 from api.deps import RenderedDep, SettingsDep, StoreDep, WaiterDep
-from shared.errors import NotFound
+from shared.errors import Conflict, NotFound
 from shared.schemas import JOB_ID, JobType, JobView
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(principal_of)])
@@ -41,6 +41,21 @@ async def get_job(
             # every waiter it woke), not the cached one.
             view = await rendered.get(store, job_id, fresh_after=waiter.noticed(job_id) if woke else None) or view
     return Response(view.body, media_type="application/json")
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response)
+async def delete_job(job_id: str, store: StoreDep, principal: Principal, rendered: RenderedDep) -> Response:
+    """Remove a finished job and its results now (they would expire after JOB_TTL_SECONDS): frees
+    the key's result bytes (MAX_RESULT_BYTES_PER_KEY) and cancels a callback not yet delivered.
+    A job still running answers 409 job_running."""
+    job = await store.get_job(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None or (principal is not None and not principal.may_use(job.collection)):
+        raise job_not_found(job_id)
+    if not job.status.final:
+        raise Conflict(f"job {job_id!r} is {job.status.value}; delete it once it has finished", code="job_running")
+    await store.delete_job(job_id)
+    rendered.forget(job_id)
+    return Response(status_code=204)
 
 
 RESULTS_PAGE = 1000

@@ -1,6 +1,7 @@
 """Fair shares with one worker (issue 21): while alice has five whole-collection batch searches
 queued, bob's one-image upload and his search each finish within 10 s; a key past
-MAX_OPEN_JOBS_PER_KEY gets 429 until one of its jobs ends."""
+MAX_OPEN_JOBS_PER_KEY, MAX_QUEUED_ITEMS_PER_KEY or MAX_RESULT_BYTES_PER_KEY gets 429 until its
+jobs progress, end or are deleted."""
 
 from __future__ import annotations
 
@@ -19,14 +20,16 @@ from tests.images import photo_bytes
 from tests.integration.client_helpers import wait_job
 from tests.integration.services import start_api, start_redis, start_worker
 
-ALICE, BOB = "ssk_alice_fair_key", "ssk_bob_fair_key"
+ALICE, BOB, CAROL = "ssk_alice_fair_key", "ssk_bob_fair_key", "ssk_carol_fair_key"
 KEYS = json.dumps(
     [
         {"name": "alice", "sha256": hash_key(ALICE), "collections": ["alice-*"]},
         {"name": "bob", "sha256": hash_key(BOB), "collections": ["bob-*"]},
+        {"name": "carol", "sha256": hash_key(CAROL), "collections": ["carol-*"]},
     ]
 )
 IMAGES = 600
+QUEUED_ITEMS, RESULT_BYTES = 2000, 2_000_000  # alice's 600 + 1,500 queries fit one after another
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
     workdir: Path = tmp_path_factory.mktemp("fair")
     redis_service, url = start_redis(workdir)
     worker = start_worker(url, workdir, "fair")
-    env = {"API_KEYS": KEYS, "RATE_LIMIT_PER_SECOND": "0", "MAX_OPEN_JOBS_PER_KEY": "6"}
+    env = {
+        "API_KEYS": KEYS,
+        "RATE_LIMIT_PER_SECOND": "0",
+        "MAX_OPEN_JOBS_PER_KEY": "6",
+        "MAX_QUEUED_ITEMS_PER_KEY": str(QUEUED_ITEMS),
+        "MAX_RESULT_BYTES_PER_KEY": str(RESULT_BYTES),
+    }
     api, base = start_api(url, workdir, **env)
     try:
         yield base, url
@@ -122,3 +131,86 @@ def test_finished_jobs_leave_their_owners_count(stack: tuple[str, str]) -> None:
             )
             assert wait_job(bob, resp.json()["job_id"])["status"] == "succeeded"
     assert redis.Redis.from_url(url).zcard(keys.owner_open("key:bob")) == 0
+
+
+def _files(n: int, seed: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"q{seed + i}.jpg", photo_bytes(seed + i, size=(40, 32)), "image/jpeg")) for i in range(n)]
+
+
+def test_a_key_past_its_queued_items_quota_gets_429(stack: tuple[str, str]) -> None:
+    base, url = stack
+    client = redis.Redis.from_url(url)
+    # carol has a job open with 1,990 items of which none is done (written as the API writes one)
+    client.hset(keys.job("carolbusy"), mapping={"total": 1990, "done": 0})
+    client.zadd(keys.owner_open("key:carol"), {"carolbusy": time.time()})
+    try:
+        with _as(base, CAROL) as carol:
+            over = carol.post("/v1/collections/carol-q/images", files=_files(11, 31000))
+            assert over.status_code == 429 and over.json()["error"] == "too_many_items", over.text
+            assert "1,990 items of yours are queued and this request adds 11" in over.json()["detail"]
+            assert "MAX_QUEUED_ITEMS_PER_KEY=2,000" in over.json()["detail"]
+            urls = carol.post(
+                "/v1/collections/carol-q/imports", json={"urls": [f"https://e.com/{i}.jpg" for i in range(11)]}
+            )
+            assert urls.status_code == 429 and urls.json()["error"] == "too_many_items"
+            fits = carol.post("/v1/collections/carol-q/images", files=_files(10, 31000))
+            assert fits.status_code == 202  # exactly up to the quota
+            assert wait_job(carol, fits.json()["job_id"])["status"] == "succeeded"
+            client.hset(keys.job("carolbusy"), "done", 1000)  # her big job progresses: room again
+            assert carol.post("/v1/collections/carol-q/images", files=_files(11, 31100)).status_code == 202
+    finally:
+        client.delete(keys.job("carolbusy"))
+        client.zrem(keys.owner_open("key:carol"), "carolbusy")
+
+
+def test_batch_results_count_against_their_key_until_deleted(stack: tuple[str, str]) -> None:
+    base, url = stack
+    client = redis.Redis.from_url(url)
+    spent = keys.owner_results("key:carol")
+    with _as(base, CAROL) as carol, _as(base, BOB) as bob:
+        seed = carol.post("/v1/collections/carol-r/images", files=_files(12, 32000))
+        assert wait_job(carol, seed.json()["job_id"])["status"] == "succeeded"
+        ids = [i["image_id"] for i in carol.get("/v1/collections/carol-r/images").json()["images"]]
+        assert len(ids) == 12
+        # k=1000 for 12 queries reserves 12,000 matches (~1.3 MB) until the job has measured its rows
+        first = carol.post("/v1/collections/carol-r/search/batch", params={"k": 1000}, json={"image_ids": ids})
+        assert first.status_code == 202, first.text
+        first_id = first.json()["job_id"]
+        assert client.zscore(spent, first_id) == 12 * 1000 * 110
+        assert wait_job(carol, first_id)["status"] == "succeeded"
+        measured = client.zscore(spent, first_id)
+        assert measured == client.memory_usage(keys.job_results(first_id), samples=0)
+        assert 0 < measured < 100_000  # 12 rows of 12 matches, not the reservation
+
+        # Another finished batch of hers holding 1.99 MB: her next batch search is refused ...
+        client.hset(keys.job("carolbig"), mapping={"type": "batch_search", "owner": "key:carol"})
+        client.zadd(spent, {"carolbig": 1_990_000})
+        try:
+            refused = carol.post("/v1/collections/carol-r/search/batch", json={"image_ids": ids[:1]})
+            assert refused.status_code == 429 and refused.json()["error"] == "too_many_results", refused.text
+            assert "MAX_RESULT_BYTES_PER_KEY=2.0 MB" in refused.json()["detail"]
+            assert refused.headers["retry-after"] == "60"
+            # ... while another key's is not, and neither are her uploads
+            bob_ok = bob.post("/v1/collections/bob-r/images", files=_files(1, 32100))
+            assert bob_ok.status_code == 202 and wait_job(bob, bob_ok.json()["job_id"])["status"] == "succeeded"
+            bob_ids = [i["image_id"] for i in bob.get("/v1/collections/bob-r/images").json()["images"]]
+            both = bob.post("/v1/collections/bob-r/search/batch", json={"image_ids": bob_ids})
+            assert both.status_code == 202
+            # Deleting her first batch frees its bytes at once; its results are gone
+            assert carol.delete(f"/v1/jobs/{first_id}").status_code == 204
+            assert carol.get(f"/v1/jobs/{first_id}").status_code == 404
+            assert carol.get(f"/v1/jobs/{first_id}/results").status_code == 404
+            assert client.exists(keys.job_results(first_id)) == 0 and client.zscore(spent, first_id) is None
+            assert bob.delete(f"/v1/jobs/{both.json()['job_id']}").status_code in (204, 409)  # bob's own: allowed
+            assert bob.delete("/v1/jobs/carolbig").status_code == 404  # hers: unknown to bob
+            client.delete(keys.job("carolbig"))  # her big one expires: pruned when next counted
+            again = carol.post("/v1/collections/carol-r/search/batch", json={"image_ids": ids[:1]})
+            assert again.status_code == 202, again.text
+            assert client.zscore(spent, "carolbig") is None
+            running = carol.delete(f"/v1/jobs/{again.json()['job_id']}")
+            assert running.status_code in (204, 409)
+            if running.status_code == 409:
+                assert running.json()["error"] == "job_running"
+        finally:
+            client.delete(keys.job("carolbig"))
+            client.zrem(spent, "carolbig")
