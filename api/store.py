@@ -11,16 +11,18 @@ import anyio
 from redis.asyncio import Redis
 
 from api.turns import Turns
-from shared import filters, keys, scripts, vectors
+from shared import filters, keys, vectors
 from shared.blobs_async import AsyncBlobStore
+from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
+from shared.collections import ops
 from shared.filters import Filter
 from shared.jobs import AsyncJobs, JobLifecycle
+from shared.jobs.runner import AsyncRunner
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.schemas import (
     CollectionInfo,
     ImageRecord,
     JobInput,
-    JobStatus,
     JobType,
     JobView,
     rendition_key,
@@ -38,10 +40,6 @@ def _passing(node: Filter, raw: list[bytes | None]) -> list[bytes]:
     return [r for r in raw if r and filters.matches(node, json.loads(r).get("metadata"))]
 
 
-def _s(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class ApiStore:
     def __init__(
         self, client: Redis, blobs: AsyncBlobStore, job_ttl_s: int, log_maxlen: int, tombstone_ttl_s: int = 86400
@@ -52,10 +50,7 @@ class ApiStore:
         self.tombstone_ttl_s = tombstone_ttl_s
         self.log_maxlen = log_maxlen
         self.jobs = AsyncJobs(client, JobLifecycle(job_ttl_s), JOB_SCRIPTS)
-        self._delete_image = client.register_script(scripts.DELETE_IMAGE)
-        self._begin_reembed = client.register_script(scripts.BEGIN_REEMBED)
-        self._abort_reembed = client.register_script(scripts.ABORT_REEMBED)
-        self._create_collection = client.register_script(scripts.CREATE_COLLECTION)
+        self.data = AsyncRunner(client, COLLECTION_SCRIPTS)  # collection storage (shared.collections.ops)
         self._scans = Turns()  # filtered listings: one at a time per requester (api/turns.py)
 
     async def ping(self) -> bool:
@@ -120,54 +115,41 @@ class ApiStore:
         return bool(await self.redis.sismember(keys.COLLECTIONS, name))
 
     async def collections(self) -> list[CollectionInfo]:
-        names = sorted(_s(n) for n in await self.redis.smembers(keys.COLLECTIONS))
+        names = await self.data.run(ops.names())
         return [info for name in names if (info := await self.collection(name)) is not None]
 
     async def collection(self, name: str) -> CollectionInfo | None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.sismember(keys.COLLECTIONS, name)
-        pipe.hgetall(keys.collection(name))
-        pipe.hlen(keys.images(name))
-        member, raw, count = await pipe.execute()
-        if not member:
+        found = await self.data.run(ops.listed(name))
+        if found is None:
             return None
-        fields = {_s(k): _s(v) for k, v in raw.items()}
-        shards = int(fields.get("shards") or 1)
-        counts = [int(fields.get(f"count:{i}") or 0) for i in range(shards)] if shards > 1 else [int(count)]
+        header, count = found
         return CollectionInfo(
             name=name,
-            image_count=int(count),
-            model=fields.get("model"),
-            dimension=int(fields["dim"]) if fields.get("dim") else None,
-            created_at=fields.get("created_at"),
-            shards=shards,
-            shard_counts=counts,
+            image_count=count,
+            model=header.model,
+            dimension=header.dim,
+            created_at=header.created_at,
+            shards=header.shards,
+            shard_counts=list(header.shard_counts) or [count],
         )
 
     async def put_query(self, job_id: str, collection: str, image_id: str) -> bool:
         """Store a stored image's vector as a fanned-out search's query (float32, as the worker
         would): the shards then need no dispatching worker. False if the image is gone."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hget(keys.vectors(collection), image_id)
-        pipe.hget(keys.collection(collection), "dim")
-        raw, dim = await pipe.execute()
+        raw, dim = await self.data.run(ops.stored_vector(collection, image_id))
         if not raw or not dim:
             return False
-        query = vectors.decode(raw, int(dim)).astype("<f4").tobytes()
+        query = vectors.decode(raw, dim).astype("<f4").tobytes()
         await self.redis.set(keys.job_query(job_id), query, ex=self.job_ttl_s)
         return True
 
     async def create_collection(self, name: str, shards: int) -> tuple[bool, int]:
         """Create an empty collection with `shards` shards: (created, the shards it has)."""
-        existed = await self.collection_exists(name)
-        have = await self._create_collection(
-            keys=[keys.COLLECTIONS, keys.collection(name)], args=[name, shards, utcnow()]
-        )
-        return (not existed and int(have) == shards), int(have)
+        return await self.data.run(ops.create(name, shards, utcnow()))
 
     async def image(self, collection: str, image_id: str) -> ImageRecord | None:
-        raw = await self.redis.hget(keys.images(collection), image_id)
-        return ImageRecord.model_validate_json(raw) if raw else None
+        (record,) = await self.data.run(ops.records(collection, [image_id]))
+        return record
 
     async def rendition(self, collection: str, image_id: str) -> bytes | None:
         record = await self.image(collection, image_id)
@@ -180,14 +162,7 @@ class ApiStore:
 
     async def image_page(self, collection: str, offset: int, limit: int) -> tuple[int, list[ImageRecord]]:
         """Images in the order they were added."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zcard(keys.order(collection))
-        pipe.zrange(keys.order(collection), offset, offset + limit - 1)
-        total, ids = await pipe.execute()
-        if not ids:
-            return total, []
-        raw = await self.redis.hmget(keys.images(collection), ids)
-        return total, [ImageRecord.model_validate_json(r) for r in raw if r]
+        return await self.data.run(ops.page(collection, offset, limit))
 
     async def filtered_page(
         self, collection: str, node: Filter, offset: int, limit: int, requester: str = "", batch: int = 5000
@@ -208,95 +183,59 @@ class ApiStore:
             if not ids:
                 return total, page
             start += len(ids)
-            raw = await self.redis.hmget(keys.images(collection), ids)
+            raw = await self.data.run(ops.raw_records(collection, ids))
             passed = await anyio.to_thread.run_sync(_passing, node, raw)
             wanted = passed[max(0, offset - total) : max(0, offset + limit - total)]
             page.extend(ImageRecord.model_validate_json(r) for r in wanted)
             total += len(passed)
 
     async def existing(self, collection: str, image_ids: list[str]) -> list[str]:
-        if not image_ids:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for image_id in image_ids:
-            pipe.hexists(keys.images(collection), image_id)
-        return [i for i, there in zip(image_ids, await pipe.execute(), strict=True) if there]
+        return await self.data.run(ops.existing(collection, image_ids))
 
     async def image_ids(self, collection: str) -> list[str]:
-        return sorted(_s(i) for i in await self.redis.hkeys(keys.images(collection)))
+        return await self.data.run(ops.image_ids(collection))
 
     async def image_exists(self, collection: str, image_id: str) -> bool:
-        return bool(await self.redis.hexists(keys.images(collection), image_id))
+        return bool(await self.data.run(ops.existing(collection, [image_id])))
 
     async def delete_image(self, collection: str, image_id: str) -> bool:
         """Delete now; index jobs created before this call will not bring the image back, also
         when the image is not stored yet because its job is still queued (then False: 404)."""
-        deleted = await self._delete_image(
-            keys=keys.delete_image_keys(collection, image_id),
-            args=[image_id, self.log_maxlen, self.tombstone_ttl_s],
-        )
-        if deleted == 0:
+        deleted = await self.data.run(ops.delete_image(collection, image_id, self.log_maxlen, self.tombstone_ttl_s))
+        if deleted is None:
             return False
-        key = rendition_key(collection, ImageRecord.model_validate_json(deleted))
-        if key is not None:
+        if (key := rendition_key(collection, deleted)) is not None:
             await self.blobs.delete([key])
         return True
 
     async def begin_reembed(self, collection: str, job_id: str, embedding: str) -> list[str] | str:
-        """Mark the collection as re-embedding for this job and return the ids to re-embed, or the
-        id of a re-embed still running. One script: two concurrent requests cannot both start, and
-        an image added before the mark is in the list while one added after it is seen by the
-        job's swap."""
-        final = [s.value for s in JobStatus if s.final]
-        out = await self._begin_reembed(
-            keys=[keys.collection(collection), keys.images(collection), keys.staged_vectors(collection)],
-            args=[job_id, embedding, keys.job(""), *final],
-        )
-        if int(out[0]) == -1:
-            return _s(out[1])
-        return sorted(_s(i) for i in out[1:])
+        """The ids to re-embed, or the id of a re-embed still running (one script: two requests
+        cannot both start)."""
+        return await self.data.run(ops.begin_reembed(collection, job_id, embedding))
 
     async def abort_reembed(self, collection: str, job_id: str) -> None:
         """Let go of a re-embed that will not run (nothing to do, or it could not be queued)."""
-        await self._abort_reembed(keys=[keys.collection(collection), keys.staged_vectors(collection)], args=[job_id])
+        await self.data.run(ops.abort_reembed(collection, job_id))
 
     # -- export ---------------------------------------------------------------------------------
     async def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
-        return await self.redis.hscan(keys.vectors(collection), cursor, count=count)
+        return await self.data.run(ops.scan_vectors(collection, cursor, count))
 
     async def vector_ids(self, collection: str) -> list[str]:
-        return sorted(_s(k) for k in await self.redis.hkeys(keys.vectors(collection)))
+        return await self.data.run(ops.vector_ids(collection))
 
     async def vectors(self, collection: str, ids: list[str]) -> list[bytes | None]:
-        return await self.redis.hmget(keys.vectors(collection), ids) if ids else []
+        return await self.data.run(ops.raw_vectors(collection, ids))
 
     async def filenames(self, collection: str, ids: list[str]) -> list[str]:
-        if not ids:
-            return []
-        raw = await self.redis.hmget(keys.images(collection), ids)
-        return [ImageRecord.model_validate_json(r).filename if r else "" for r in raw]
+        return await self.data.run(ops.filenames(collection, ids))
 
     # -- clusters ---------------------------------------------------------------------------
     async def clustering(self, collection: str) -> dict[str, Any] | None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(keys.clustering(collection), "summary", "version", "job_id")
-        pipe.hget(keys.collection(collection), "version")
-        (summary, version, job_id), current = await pipe.execute()
-        if summary is None:
-            return None
-        # Any add or delete since the clustering bumps the collection's version.
-        return {**json.loads(summary), "job_id": _s(job_id), "stale": int(version or 0) != int(current or 0)}
+        found = await self.data.run(ops.clustering(collection))
+        return None if found is None else {**found.summary, "job_id": found.job_id, "stale": found.stale}
 
     async def cluster_page(
         self, collection: str, cluster: int, offset: int, limit: int
     ) -> tuple[int, list[ImageRecord]]:
-        key = keys.cluster_members(collection, cluster)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(key)
-        pipe.lrange(key, offset, offset + limit - 1)
-        total, ids = await pipe.execute()
-        if not ids:
-            return total, []
-        raw = await self.redis.hmget(keys.images(collection), ids)
-        # Images deleted since the clustering are skipped (the clustering is stale then).
-        return total, [ImageRecord.model_validate_json(r) for r in raw if r]
+        return await self.data.run(ops.cluster_page(collection, cluster, offset, limit))

@@ -69,22 +69,6 @@ def snapshot_lock(name: str, part: str = "") -> str:
     return snapshot(name, part) + ":lock"  # one worker writes a collection's snapshot at a time
 
 
-def delete_image_keys(name: str, image_id: str) -> list[str]:
-    """The KEYS of `scripts.DELETE_IMAGE`, in order."""
-    return [
-        images(name),
-        vectors(name),
-        thumbnails(name),
-        log(name),
-        collection(name),
-        labels(name),
-        order(name),
-        staged_vectors(name),
-        SEQUENCE,
-        tombstone(name, image_id),
-    ]
-
-
 def job(job_id: str) -> str:
     return f"ss:job:{job_id}"  # hash: the job record
 

@@ -26,9 +26,12 @@ from pathlib import Path
 
 import redis
 
-from shared import keys, scripts
+from shared import keys
 from shared.ann import AnnIndex, AnnParams, FetchVectors
 from shared.blobs import BlobStore
+from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
+from shared.collections import ops
+from shared.jobs.runner import SyncRunner
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class Snapshots:
         self.blobs = blobs
         self.every = every  # log entries applied since the newest snapshot before writing another
         self.lock_ttl_s = lock_ttl_s
-        self._publish = client.register_script(scripts.PUBLISH_SNAPSHOT)
+        self.data = SyncRunner(client, COLLECTION_SCRIPTS)
 
     def latest(self, collection: str, part: str = "") -> SnapshotInfo | None:
         raw = {_s(k): _s(v) for k, v in self.redis.hgetall(keys.snapshot(collection, part)).items()}
@@ -102,7 +105,7 @@ class Snapshots:
         newest = self.latest(collection, part)
         if newest is None or newest.dim != index.dim:  # none yet, or one of the vectors before a re-embed
             return True
-        collection_version = int(self.redis.hget(keys.collection(collection), "version") or 0)
+        collection_version = self.data.run(ops.version(collection))
         # A snapshot from beyond the collection's version is from before Redis lost writes.
         return version - newest.version >= self.every or newest.version > collection_version
 
@@ -131,18 +134,16 @@ class Snapshots:
                 size = path.stat().st_size
                 self.blobs.put_file(info.key, path)
             try:
-                stale = self._publish(
-                    keys=[keys.snapshot(collection, part), keys.collection(collection)],
-                    args=[info.key, info.version, info.last_id, info.model, info.dim, info.count],
-                )
+                fields = [info.key, info.version, info.last_id, info.model, info.dim, info.count]
+                stale = self.data.run(ops.publish_snapshot(collection, part, fields))
             except BaseException:
                 self.blobs.delete([info.key])  # not published: nothing will ever name it
                 raise
             if stale is None:  # a newer one was published meanwhile
                 self.blobs.delete([info.key])
                 return None
-            if _s(stale):
-                self.blobs.delete([_s(stale)])
+            if stale:
+                self.blobs.delete([stale])
             log.info(
                 "snapshot of %s at version %d: %d vectors, %.0f MB in %.1fs",
                 collection,

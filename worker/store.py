@@ -13,8 +13,12 @@ import redis
 
 from shared import keys, scripts, vectors
 from shared.blobs import BlobStore
+from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
+from shared.collections import CollectionHeader, ops
+from shared.collections.ops import Embedding
 from shared.errors import Conflict
 from shared.jobs.lifecycle import FINAL_STATUSES
+from shared.jobs.runner import SyncRunner
 from shared.schemas import ImageRecord, rendition_key, utcnow
 
 log = logging.getLogger(__name__)
@@ -27,15 +31,6 @@ class NewImage:
     record: ImageRecord  # with the adding job's id: it names the rendition's blob
     vector: np.ndarray | None  # None: the image was found in the collection; only confirm it
     rendition: bytes = b""
-
-
-@dataclass(frozen=True)
-class Embedding:
-    """Who made a vector: the model name, its full identity (model@input size) and dimension."""
-
-    model: str
-    id: str
-    dim: int
 
 
 @dataclass(frozen=True)
@@ -65,21 +60,13 @@ class WorkerStore:
         self.data_ttl_s = data_ttl_s
         # One thread: a chunk's renditions are written while its forward pass runs (put_many fans out).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="renditions")
-        self._add_images = client.register_script(scripts.ADD_IMAGES)
+        self.data = SyncRunner(client, COLLECTION_SCRIPTS)  # collection storage (shared.collections.ops)
         self._record_shard = client.register_script(scripts.RECORD_SHARD)
         self._write_batch_merge = client.register_script(scripts.WRITE_BATCH_MERGE)
-        self._stage = client.register_script(scripts.STAGE_VECTORS)
-        self._swap = client.register_script(scripts.SWAP_VECTORS)
-        self._abort = client.register_script(scripts.ABORT_REEMBED)
 
     # -- images -----------------------------------------------------------------------------
     def existing_ids(self, collection: str, image_ids: list[str]) -> set[str]:
-        if not image_ids:
-            return set()
-        pipe = self.redis.pipeline(transaction=False)
-        for image_id in image_ids:
-            pipe.hexists(keys.images(collection), image_id)
-        return {i for i, there in zip(image_ids, pipe.execute(), strict=True) if there}
+        return set(self.data.run(ops.existing(collection, image_ids)))
 
     def write_renditions(self, collection: str, images: list[NewImage]) -> Future[dict[str, bytes]]:
         """Start writing the images' renditions to the blob store, in the background (a chunk's
@@ -125,67 +112,41 @@ class WorkerStore:
         # Claim check: the rendition is in the blob store before any record names it.
         writing = writing or self.write_renditions(collection, [i for i in images if i.vector is not None])
         written = writing.result()
-        args: list[Any] = [embedding.model, embedding.id, embedding.dim, self.log_maxlen, job_seq]
-        args += [collection, utcnow(), self.data_ttl_s]
-        for img in images:
-            vector = b"" if img.vector is None else vectors.encode(img.vector)
-            args += [img.record.image_id, img.record.model_dump_json(), vector, b""]
-        out = self._add_images(
-            keys=[
-                keys.COLLECTIONS,
-                keys.collection(collection),
-                keys.images(collection),
-                keys.vectors(collection),
-                keys.thumbnails(collection),
-                keys.log(collection),
-                keys.order(collection),
-                keys.staged_vectors(collection),
-                *(keys.tombstone(collection, img.record.image_id) for img in images),
-            ],
-            args=args,
+        items = [ops.AddItem(img.record, b"" if img.vector is None else vectors.encode(img.vector)) for img in images]
+        other, flags = self.data.run(
+            ops.add_images(collection, embedding, job_seq, items, self.log_maxlen, self.data_ttl_s, utcnow())
         )
-        flags = [int(flag) for flag in out[1:]]
         named = {rendition_key(collection, img.record) for img, flag in zip(images, flags, strict=False) if flag == 1}
         self.blobs.delete([k for k in written if k not in named])  # not stored: nothing will name them
-        if int(out[0]) == -2:
-            self.blobs.delete(list(written))
+        if other is not None:
             raise Conflict(
-                f"collection {collection!r} was built with model {_s(out[1])!r}; this worker runs {embedding.model!r}",
+                f"collection {collection!r} was built with model {other!r}; this worker runs {embedding.model!r}",
                 code="model_mismatch",
             )
         return flags
 
-    def collection_model(self, collection: str) -> tuple[str | None, int | None]:
-        model, dim, _ = self.collection_header(collection)
-        return model, dim
+    def header(self, collection: str) -> CollectionHeader:
+        return self.data.run(ops.header(collection))
 
     def collection_header(self, collection: str) -> tuple[str | None, int | None, int]:
         """(model, dimension, version) of the collection."""
-        model, dim, version = self.redis.hmget(keys.collection(collection), "model", "dim", "version")
-        return _s(model), (int(dim) if dim else None), int(version or 0)
+        header = self.header(collection)
+        return header.model, header.dim, header.version
 
     def stored_vector(self, collection: str, image_id: str) -> np.ndarray | None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hget(keys.vectors(collection), image_id)
-        pipe.hget(keys.collection(collection), "dim")
-        raw, dim = pipe.execute()
-        return vectors.decode(raw, int(dim)) if raw and dim else None
+        raw, dim = self.data.run(ops.stored_vector(collection, image_id))
+        return vectors.decode(raw, dim) if raw and dim else None
 
     def filenames(self, collection: str, ids: list[str]) -> list[str]:
-        if not ids:
-            return []
-        raw = self.redis.hmget(keys.images(collection), ids)
-        return [ImageRecord.model_validate_json(r).filename if r else "" for r in raw]
+        return self.data.run(ops.filenames(collection, ids))
 
     def metadata_of(self, collection: str, ids: list[str]) -> list[Any]:
         """Each image's user metadata (None when it has none or is gone): what filters read."""
-        raw = self.redis.hmget(keys.images(collection), ids) if ids else []
-        return [json.loads(r).get("metadata") if r else None for r in raw]
+        return self.data.run(ops.metadata_of(collection, ids))
 
     # -- re-embedding -----------------------------------------------------------------------
     def records(self, collection: str, image_ids: list[str]) -> list[ImageRecord | None]:
-        raw = self.redis.hmget(keys.images(collection), image_ids) if image_ids else []
-        return [ImageRecord.model_validate_json(r) if r else None for r in raw]
+        return self.data.run(ops.records(collection, image_ids))
 
     def renditions(self, collection: str, image_ids: list[str]) -> list[bytes | None]:
         """The stored renditions (None for images no longer in the collection)."""
@@ -201,63 +162,38 @@ class WorkerStore:
 
     def reembed_target(self, collection: str) -> tuple[str | None, str | None]:
         """(job id, embedding id) of the re-embed the collection is going through, if any."""
-        job, embedding = self.redis.hmget(keys.collection(collection), "reembed_job", "reembed_embedding")
-        return _s(job), _s(embedding)
+        header = self.header(collection)
+        return header.reembed_job, header.reembed_embedding
 
     def stage_vectors(self, collection: str, job_id: str, image_ids: list[str], new_vectors: np.ndarray) -> int:
         """Stage new vectors for the collection's re-embed `job_id`; -1 if that is not its re-embed."""
-        args: list[Any] = [self.data_ttl_s, job_id]
-        for image_id, vector in zip(image_ids, new_vectors, strict=True):
-            args += [image_id, vectors.encode(vector)]
-        stage_keys = [keys.images(collection), keys.staged_vectors(collection), keys.collection(collection)]
-        return int(self._stage(keys=stage_keys, args=args))
+        pairs = [(i, vectors.encode(v)) for i, v in zip(image_ids, new_vectors, strict=True)]
+        return self.data.run(ops.stage_vectors(collection, job_id, pairs, self.data_ttl_s))
 
     def unstaged_ids(self, collection: str) -> list[str]:
         """Images without a staged vector (added during the re-embed by another embedding)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hkeys(keys.images(collection))
-        pipe.hkeys(keys.staged_vectors(collection))
-        live, staged = pipe.execute()
-        return sorted(_s(i) for i in set(live) - set(staged))
+        return self.data.run(ops.unstaged_ids(collection))
 
     def swap_vectors(self, collection: str, job_id: str, embedding: Embedding, failed_ids: list[str]) -> SwapResult:
-        out = self._swap(
-            keys=[
-                keys.collection(collection),
-                keys.images(collection),
-                keys.vectors(collection),
-                keys.staged_vectors(collection),
-                keys.thumbnails(collection),
-                keys.labels(collection),
-                keys.order(collection),
-                keys.log(collection),
-            ],
-            args=[job_id, embedding.model, embedding.id, embedding.dim, self.log_maxlen, *failed_ids],
-        )
-        code = int(out[0])
-        return SwapResult(swapped=code in (1, 2), ours=code != -1, dropped=[_s(i) for i in out[1:]])
+        code, dropped = self.data.run(ops.swap_vectors(collection, job_id, embedding, failed_ids, self.log_maxlen))
+        return SwapResult(swapped=code in (1, 2), ours=code != -1, dropped=dropped)
 
     def abort_reembed(self, collection: str, job_id: str) -> bool:
-        keys_ = [keys.collection(collection), keys.staged_vectors(collection)]
-        return int(self._abort(keys=keys_, args=[job_id])) == 1
+        return self.data.run(ops.abort_reembed(collection, job_id))
 
     # -- the change log (what replicas replay) ----------------------------------------------
     def log_position(self, collection: str) -> tuple[str, int]:
         """(id of the log's last entry or '0-0', the collection's version), read atomically."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xrevrange(keys.log(collection), count=1)
-        pipe.hget(keys.collection(collection), "version")
-        tail, version = pipe.execute()
-        return (_s(tail[0][0]) if tail else "0-0"), int(version or 0)
+        return self.data.run(ops.log_position(collection))
 
     def log_after(self, collection: str, last_id: str, count: int) -> list[StreamEntry]:
         return self.redis.xrange(keys.log(collection), min=f"({last_id}", count=count)
 
     def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
-        return self.redis.hscan(keys.vectors(collection), cursor, count=count)
+        return self.data.run(ops.scan_vectors(collection, cursor, count))
 
     def collection_shards(self, collection: str) -> int:
-        return int(self.redis.hget(keys.collection(collection), "shards") or 1)
+        return self.header(collection).shards
 
     # -- fanned-out searches ----------------------------------------------------------------
     def put_query(self, job_id: str, query: np.ndarray, ttl_s: int) -> None:
@@ -342,17 +278,17 @@ class WorkerStore:
         return size
 
     def vector_ids(self, collection: str) -> list[str]:
-        return [_s(k) for k in self.redis.hkeys(keys.vectors(collection))]  # type: ignore[misc]
+        return self.data.run(ops.vector_ids(collection, ordered=False))
 
     def vector_count(self, collection: str) -> int:
         return int(self.redis.hlen(keys.vectors(collection)))
 
     def raw_vectors(self, collection: str, ids: list[str]) -> list[bytes | None]:
-        return self.redis.hmget(keys.vectors(collection), ids) if ids else []
+        return self.data.run(ops.raw_vectors(collection, ids))
 
     # -- clusters ---------------------------------------------------------------------------
     def collection_version(self, collection: str) -> int:
-        return int(self.redis.hget(keys.collection(collection), "version") or 0)
+        return self.data.run(ops.version(collection))
 
     def save_clustering(
         self,

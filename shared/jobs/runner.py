@@ -1,4 +1,5 @@
-"""Runs the lifecycle's operations on a Redis client: `Jobs` (sync, workers), `AsyncJobs` (API).
+"""Runs sans-I/O operations on a Redis client: `SyncRunner` (workers), `AsyncRunner` (API), and
+on them `Jobs`/`AsyncJobs` for the job lifecycle (collections: `shared.collections`).
 
 An operation is a generator that yields `Batch`es of commands and receives their replies, so
 the logic exists once and each runner only knows how to execute a batch.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -34,14 +35,15 @@ class Batch:
     transaction: bool = False
 
 
-Op = Generator[Batch, list[Any], Any]
+T = TypeVar("T")
+Op = Generator[Batch, list[Any], T]
 
 
 def _single(batch: Batch) -> bool:
     return len(batch.calls) == 1 and not batch.transaction
 
 
-def drive(op: Op, execute: Callable[[Batch], list[Any]]) -> Any:
+def drive(op: Op[T], execute: Callable[[Batch], list[Any]]) -> T:
     try:
         batch = next(op)
         while True:
@@ -50,14 +52,13 @@ def drive(op: Op, execute: Callable[[Batch], list[Any]]) -> Any:
         return stop.value
 
 
-class Jobs:
-    """`Jobs(client, lifecycle).record_items(...)` runs `lifecycle.record_items(...)` and returns
-    its value."""
-
-    def __init__(self, client: redis.Redis, lifecycle: Any, scripts: Mapping[str, str]) -> None:
+class SyncRunner:
+    def __init__(self, client: redis.Redis, scripts: Mapping[str, str]) -> None:
         self.redis = client
-        self.lifecycle = lifecycle
         self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
+
+    def run(self, op: Op[T]) -> T:
+        return drive(op, self._execute)
 
     def _execute(self, batch: Batch) -> list[Any]:
         if _single(batch):  # one round trip, not three (a pipeline checks SCRIPT EXISTS first)
@@ -72,18 +73,14 @@ class Jobs:
             return self._scripts[call.name](keys=call.keys, args=call.args, client=client)
         return getattr(client, call.method)(*call.args, **call.kwargs)
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        make_op = getattr(self.lifecycle, name)
-        return lambda *args, **kwargs: drive(make_op(*args, **kwargs), self._execute)
 
-
-class AsyncJobs:
-    """The same operations on an asyncio client: `await AsyncJobs(...).get(job_id)`."""
-
-    def __init__(self, client: AsyncRedis, lifecycle: Any, scripts: Mapping[str, str]) -> None:
+class AsyncRunner:
+    def __init__(self, client: AsyncRedis, scripts: Mapping[str, str]) -> None:
         self.redis = client
-        self.lifecycle = lifecycle
         self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
+
+    async def run(self, op: Op[T]) -> T:
+        return await self._drive(op)
 
     async def _execute(self, batch: Batch) -> list[Any]:
         if _single(batch):
@@ -99,13 +96,34 @@ class AsyncJobs:
                 getattr(pipe, call.method)(*call.args, **call.kwargs)
         return await pipe.execute()
 
-    async def _drive(self, op: Op) -> Any:
+    async def _drive(self, op: Op[T]) -> T:
         try:
             batch = next(op)
             while True:
                 batch = op.send(await self._execute(batch))
         except StopIteration as stop:
             return stop.value
+
+
+class Jobs(SyncRunner):
+    """`Jobs(client, lifecycle).record_items(...)` runs `lifecycle.record_items(...)` and returns
+    its value."""
+
+    def __init__(self, client: redis.Redis, lifecycle: Any, scripts: Mapping[str, str]) -> None:
+        super().__init__(client, scripts)
+        self.lifecycle = lifecycle
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        make_op = getattr(self.lifecycle, name)
+        return lambda *args, **kwargs: drive(make_op(*args, **kwargs), self._execute)
+
+
+class AsyncJobs(AsyncRunner):
+    """The same operations on an asyncio client: `await AsyncJobs(...).get(job_id)`."""
+
+    def __init__(self, client: AsyncRedis, lifecycle: Any, scripts: Mapping[str, str]) -> None:
+        super().__init__(client, scripts)
+        self.lifecycle = lifecycle
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         make_op = getattr(self.lifecycle, name)

@@ -15,9 +15,10 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from api.store import ApiStore, Upload
-from shared import keys, scripts
+from shared import keys
 from shared.blobs import BlobStore, open_blob_store
 from shared.blobs_async import AsyncBlobStore
+from shared.collections import ops
 from shared.imaging import content_id
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
@@ -63,7 +64,6 @@ class Harness:
         self.blobs: BlobStore = open_blob_store(f"file://{tempfile.mkdtemp(prefix='blobs-')}", fsync=False)
         self.store = WorkerStore(self.client, self.blobs, log_maxlen, TTL)
         self.replicas = ReplicaSet(self.store, batch=50)
-        self._delete = self.client.register_script(scripts.DELETE_IMAGE)
         self.log_maxlen = log_maxlen
 
     def context(self, job_id: str, embedder: PixelEmbedder | None = None) -> JobContext:
@@ -89,8 +89,7 @@ class Harness:
         return self.run_index(self.submit(collection, files), len(files), **kw)
 
     def delete(self, collection: str, image_id: str) -> bool:
-        args = [image_id, self.log_maxlen, TTL]
-        return self._delete(keys=keys.delete_image_keys(collection, image_id), args=args) != 0
+        return self.store.data.run(ops.delete_image(collection, image_id, self.log_maxlen, TTL)) is not None
 
     def rendition(self, collection: str, image_id: str) -> bytes | None:
         return self.store.renditions(collection, [image_id])[0]

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from bench.spread import synthetic
-from shared import keys, scripts
+from shared import keys
 from shared.ann import AnnParams
+from shared.collections import lua as scripts
 from shared.schemas import ImageRecord, utcnow
 from shared.shards import shard_of
 from tests.integration.inprocess import Harness, PixelEmbedder

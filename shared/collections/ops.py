@@ -1,0 +1,275 @@
+"""Every read and write of collection data in Redis, written once as sans-I/O operations (like
+`shared.jobs.lifecycle`): the API runs them on its asyncio client, the workers on their sync
+one (`shared.jobs.runner`). Blob work (renditions) stays with the stores that own the blob client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared import keys
+from shared.collections import scripts
+from shared.collections.header import DIM, VERSION, CollectionHeader
+from shared.jobs.runner import Batch, Call, Op
+from shared.schemas import ImageRecord, JobStatus
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _one(call: Any) -> Batch:
+    return Batch([call])
+
+
+# -- the header ---------------------------------------------------------------------------------
+def header(name: str) -> Op[CollectionHeader]:
+    (raw,) = yield _one(Call("hgetall", (keys.collection(name),)))
+    return CollectionHeader.parse(raw)
+
+
+def listed(name: str) -> Op[tuple[CollectionHeader, int] | None]:
+    """(header, image count) of a listed collection, or None."""
+    member, raw, count = yield Batch(
+        [
+            Call("sismember", (keys.COLLECTIONS, name)),
+            Call("hgetall", (keys.collection(name),)),
+            Call("hlen", (keys.images(name),)),
+        ]
+    )
+    return (CollectionHeader.parse(raw), int(count)) if member else None
+
+
+def names() -> Op[list[str]]:
+    (raw,) = yield _one(Call("smembers", (keys.COLLECTIONS,)))
+    return sorted(_text(n) or "" for n in raw)
+
+
+def version(name: str) -> Op[int]:
+    (raw,) = yield _one(Call("hget", (keys.collection(name), VERSION)))
+    return int(raw or 0)
+
+
+def create(name: str, shards: int, now: str) -> Op[tuple[bool, int]]:
+    """(created, the shards it has): one that exists keeps what it has."""
+    member, have = yield Batch(
+        [Call("sismember", (keys.COLLECTIONS, name)), scripts.CREATE_COLLECTION.call(name, args=[name, shards, now])]
+    )
+    return (not member and int(have) == shards), int(have)
+
+
+# -- images -------------------------------------------------------------------------------------
+def records(collection: str, image_ids: Sequence[str]) -> Op[list[ImageRecord | None]]:
+    if not image_ids:
+        return []
+    (raw,) = yield _one(Call("hmget", (keys.images(collection), list(image_ids))))
+    return [ImageRecord.model_validate_json(r) if r else None for r in raw]
+
+
+def raw_records(collection: str, image_ids: Sequence[str]) -> Op[list[bytes | None]]:
+    if not image_ids:
+        return []
+    (raw,) = yield _one(Call("hmget", (keys.images(collection), list(image_ids))))
+    return raw
+
+
+def filenames(collection: str, image_ids: Sequence[str]) -> Op[list[str]]:
+    found = yield from records(collection, image_ids)
+    return [r.filename if r else "" for r in found]
+
+
+def metadata_of(collection: str, image_ids: Sequence[str]) -> Op[list[Any]]:
+    """Each image's user metadata (None when it has none or is gone): what filters read."""
+    raw = yield from raw_records(collection, image_ids)
+    return [json.loads(r).get("metadata") if r else None for r in raw]
+
+
+def existing(collection: str, image_ids: Sequence[str]) -> Op[list[str]]:
+    """The ids among `image_ids` the collection holds, in their order."""
+    if not image_ids:
+        return []
+    there = yield Batch([Call("hexists", (keys.images(collection), i)) for i in image_ids])
+    return [i for i, present in zip(image_ids, there, strict=True) if present]
+
+
+def image_ids(collection: str) -> Op[list[str]]:
+    (raw,) = yield _one(Call("hkeys", (keys.images(collection),)))
+    return sorted(_text(i) or "" for i in raw)
+
+
+def page(collection: str, offset: int, limit: int) -> Op[tuple[int, list[ImageRecord]]]:
+    """Images in the order they were added."""
+    total, ids = yield Batch(
+        [Call("zcard", (keys.order(collection),)), Call("zrange", (keys.order(collection), offset, offset + limit - 1))]
+    )
+    found = yield from records(collection, ids)
+    return total, [r for r in found if r]
+
+
+def delete_image(collection: str, image_id: str, log_maxlen: int, tombstone_ttl_s: int) -> Op[ImageRecord | None]:
+    """Delete now (the caller deletes its rendition): see `lua.DELETE_IMAGE` for why a tombstone is
+    left also when the image is not stored yet."""
+    (deleted,) = yield _one(
+        scripts.DELETE_IMAGE.call(collection, image_id, args=[image_id, log_maxlen, tombstone_ttl_s])
+    )
+    return None if deleted == 0 else ImageRecord.model_validate_json(deleted)
+
+
+# -- vectors ------------------------------------------------------------------------------------
+def stored_vector(collection: str, image_id: str) -> Op[tuple[bytes | None, int | None]]:
+    """(the image's vector bytes, the collection's dimension), read together."""
+    raw, dim = yield Batch(
+        [Call("hget", (keys.vectors(collection), image_id)), Call("hget", (keys.collection(collection), DIM))],
+        transaction=True,
+    )
+    return raw, (int(dim) if dim else None)
+
+
+def vector_ids(collection: str, ordered: bool = True) -> Op[list[str]]:
+    """Ids with a vector, sorted, or (`ordered=False`, cheaper at a million) in Redis's order."""
+    (raw,) = yield _one(Call("hkeys", (keys.vectors(collection),)))
+    found = [_text(k) or "" for k in raw]
+    return sorted(found) if ordered else found
+
+
+def raw_vectors(collection: str, image_ids: Sequence[str]) -> Op[list[bytes | None]]:
+    if not image_ids:
+        return []
+    (raw,) = yield _one(Call("hmget", (keys.vectors(collection), list(image_ids))))
+    return raw
+
+
+def scan_vectors(collection: str, cursor: int, count: int) -> Op[tuple[int, dict[bytes, bytes]]]:
+    (out,) = yield _one(Call("hscan", (keys.vectors(collection), cursor), {"count": count}))
+    return out
+
+
+# -- re-embedding -------------------------------------------------------------------------------
+def begin_reembed(collection: str, job_id: str, embedding: str) -> Op[list[str] | str]:
+    """Mark the collection as re-embedding for this job and return the ids to re-embed, or the id
+    of a re-embed still running (see `lua.BEGIN_REEMBED`)."""
+    final = [s.value for s in JobStatus if s.final]
+    (out,) = yield _one(scripts.BEGIN_REEMBED.call(collection, args=[job_id, embedding, keys.job(""), *final]))
+    if int(out[0]) == -1:
+        return _text(out[1]) or ""
+    return sorted(_text(i) or "" for i in out[1:])
+
+
+def abort_reembed(collection: str, job_id: str) -> Op[bool]:
+    """Let go of a re-embed that will not swap (nothing to do, could not be queued, or failed)."""
+    (out,) = yield _one(scripts.ABORT_REEMBED.call(collection, args=[job_id]))
+    return int(out) == 1
+
+
+def unstaged_ids(collection: str) -> Op[list[str]]:
+    """Images without a staged vector (added during the re-embed by another embedding)."""
+    live, staged = yield Batch(
+        [Call("hkeys", (keys.images(collection),)), Call("hkeys", (keys.staged_vectors(collection),))],
+        transaction=True,
+    )
+    return sorted(_text(i) or "" for i in set(live) - set(staged))
+
+
+# -- the change log -----------------------------------------------------------------------------
+def log_position(collection: str) -> Op[tuple[str, int]]:
+    """(id of the log's last entry or '0-0', the collection's version), read atomically."""
+    tail, version_ = yield Batch(
+        [
+            Call("xrevrange", (keys.log(collection),), {"count": 1}),
+            Call("hget", (keys.collection(collection), VERSION)),
+        ],
+        transaction=True,
+    )
+    return (_text(tail[0][0]) or "0-0" if tail else "0-0"), int(version_ or 0)
+
+
+# -- clusters -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClusteringSummary:
+    summary: dict[str, Any]
+    job_id: str | None
+    stale: bool  # an add or delete since (each bumps the collection's version)
+
+
+def clustering(collection: str) -> Op[ClusteringSummary | None]:
+    (summary, version_, job_id), current = yield Batch(
+        [
+            Call("hmget", (keys.clustering(collection), "summary", "version", "job_id")),
+            Call("hget", (keys.collection(collection), VERSION)),
+        ]
+    )
+    if summary is None:
+        return None
+    return ClusteringSummary(json.loads(summary), _text(job_id), int(version_ or 0) != int(current or 0))
+
+
+def cluster_page(collection: str, cluster: int, offset: int, limit: int) -> Op[tuple[int, list[ImageRecord]]]:
+    key = keys.cluster_members(collection, cluster)
+    total, ids = yield Batch([Call("llen", (key,)), Call("lrange", (key, offset, offset + limit - 1))])
+    found = yield from records(collection, ids)
+    # Images deleted since the clustering are skipped (the clustering is stale then).
+    return total, [r for r in found if r]
+
+
+# -- writes of the workers ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Embedding:
+    """Who made the vectors being written: the model name, its full identity (model@input size)
+    and the dimension."""
+
+    model: str
+    id: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class AddItem:
+    record: ImageRecord
+    vector: bytes  # b"": the image was found in the collection; only confirm it
+
+
+def add_images(
+    collection: str,
+    embedding: Embedding,
+    job_seq: int,
+    items: Sequence[AddItem],
+    log_maxlen: int,
+    staged_ttl_s: int,
+    now: str,
+) -> Op[tuple[str | None, list[int]]]:
+    """(the collection's other model, if it holds one: nothing written; else None, and per image
+    1 created, 0 already there, 2 deleted after the job was queued). See `lua.ADD_IMAGES`."""
+    args: list[Any] = [embedding.model, embedding.id, embedding.dim, log_maxlen, job_seq, collection, now, staged_ttl_s]
+    for item in items:
+        args += [item.record.image_id, item.record.model_dump_json(), item.vector, b""]
+    ids = [item.record.image_id for item in items]
+    (out,) = yield _one(scripts.ADD_IMAGES.call(collection, ids, args=args))
+    if int(out[0]) == -2:
+        return _text(out[1]), []
+    return None, [int(flag) for flag in out[1:]]
+
+
+def stage_vectors(collection: str, job_id: str, pairs: Sequence[tuple[str, bytes]], ttl_s: int) -> Op[int]:
+    """Stage new vectors for the collection's re-embed `job_id`; -1 if that is not its re-embed."""
+    args: list[Any] = [ttl_s, job_id, *(x for pair in pairs for x in pair)]
+    (out,) = yield _one(scripts.STAGE_VECTORS.call(collection, args=args))
+    return int(out)
+
+
+def swap_vectors(
+    collection: str, job_id: str, embedding: Embedding, failed_ids: Sequence[str], log_maxlen: int
+) -> Op[tuple[int, list[str]]]:
+    """(code, ids dropped): see `lua.SWAP_VECTORS`."""
+    args = [job_id, embedding.model, embedding.id, embedding.dim, log_maxlen, *failed_ids]
+    (out,) = yield _one(scripts.SWAP_VECTORS.call(collection, args=args))
+    return int(out[0]), [_text(i) or "" for i in out[1:]]
+
+
+def publish_snapshot(collection: str, part: str, fields: Sequence[Any]) -> Op[str | None]:
+    """The blob key no longer named (to delete; '' for none), or None when ours was not newer.
+    `fields`: blob key, version, last log id, model, dim, count (see `lua.PUBLISH_SNAPSHOT`)."""
+    (out,) = yield _one(scripts.PUBLISH_SNAPSHOT.call(collection, part, args=list(fields)))
+    return None if out is None else _text(out)
