@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from shared.errors import SimsearchError
+from shared.keys import rate
 
 
 class ApiKey(BaseModel):
@@ -98,8 +99,7 @@ def job_not_found(job_id: str) -> SimsearchError:
 
 
 def rate_key(subject: str) -> str:
-    # Fixed one-second windows in Redis, so every API replica counts against the same limit.
-    return f"ss:rl:{subject}:{int(time.time())}"
+    return rate(subject, int(time.time()))
 
 
 async def check_rate(redis: Redis, subject: str, per_second: int) -> None:

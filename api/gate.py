@@ -40,6 +40,7 @@ from api.metrics import RequestMetrics
 from api.netaddr import client_address, parse_networks
 from api.settings import ApiSettings
 from shared.errors import SimsearchError
+from shared.keys import auth_failures
 
 # Liveness/readiness probes: never limited, and /healthz must not depend on Redis.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -52,7 +53,7 @@ def needs_key(path: str) -> bool:
 
 
 def failure_key(address: str) -> str:
-    return f"ss:authfail:{address}"
+    return auth_failures(address)
 
 
 def _locked_out(address: str, ttl: int) -> RateLimited:

@@ -13,8 +13,7 @@ SEQUENCE = "ss:seq"
 
 
 def collection(name: str) -> str:
-    # hash: name, model, dim, created_at, version (= the number of the last log entry),
-    # reembed_job / reembed_embedding while a re-embed runs
+    # hash: the collection's header; its fields, and their one parser: shared.collections.header
     return f"ss:c:{name}"
 
 
@@ -27,7 +26,7 @@ def order(name: str) -> str:
 
 
 def vectors(name: str) -> str:
-    return f"ss:c:{name}:vectors"  # hash: image_id -> float32 bytes (L2-normalised)
+    return f"ss:c:{name}:vectors"  # hash: image_id -> float16 bytes, L2-normalised (shared.vectors)
 
 
 def staged_vectors(name: str) -> str:
@@ -154,6 +153,11 @@ def source_blob(job_id: str, source: int) -> str:
     return f"uploads/{job_id}/source-{source}"  # an archive or URL list, until it is expanded
 
 
+def rendition_image_id(blob_key: str) -> str:
+    """The image a `rendition_blob` key names."""
+    return blob_key.split("/")[2]
+
+
 def rendition_blob(collection: str, image_id: str, generation: str) -> str:
     # One key per add of an image (generation = the adding job), so a delete removes exactly the
     # rendition of the record it deleted, never that of a later re-add.
@@ -184,3 +188,20 @@ def batch_answers(job_id: str, first: int) -> str:
 
 def batch_partial(job_id: str) -> str:
     return f"ss:job:{job_id}:partial"  # set: first indices of chunks merged without every shard
+
+
+def callback_lock(job_id: str) -> str:
+    return f"{job(job_id)}:callback-lock"  # one delivery attempt of a job's webhook at a time
+
+
+def rate(subject: str, second: int) -> str:
+    # Fixed one-second windows, so every API replica counts against the same limit.
+    return f"ss:rl:{subject}:{second}"
+
+
+def auth_failures(address: str) -> str:
+    return f"ss:authfail:{address}"  # failed authentications from one client address (a minute)
+
+
+# Celery's (kombu's) index of unacknowledged messages: the heartbeat keeps its workers' entries fresh.
+CELERY_UNACKED_INDEX = "unacked_index"

@@ -211,8 +211,8 @@ def _add_batch(ctx: JobContext, source: int, number: int, batch: list[Item], sen
         return True
     inputs = [inp for inp, _ in batch]
     try:
-        blobs = {keys.upload_blob(ctx.job_id, i): data for i, (_, data) in zip(indices, batch, strict=True) if data}
-        ctx.store.blobs.put_many({k: v for k, v in blobs.items() if int(k.rsplit("/", 1)[1]) in todo})
+        owed = zip(indices, batch, strict=True)
+        ctx.store.blobs.put_many({keys.upload_blob(ctx.job_id, i): data for i, (_, data) in owed if data and i in todo})
     except (RedisConnectionError, RedisTimeoutError):
         raise
     except Exception as exc:  # the blob store refused: this batch's items fail, its indices are still owed

@@ -16,11 +16,10 @@ import time
 import redis
 from celery.worker import state
 
+from shared import keys
 from shared.logs import RepeatedFailure
 
 log = logging.getLogger(__name__)
-
-UNACKED_INDEX = "unacked_index"  # kombu's default key (no global_keyprefix)
 
 
 def held_delivery_tags() -> list[str]:
@@ -47,7 +46,7 @@ def refresh(client: redis.Redis, tags: list[str], now: float | None = None) -> i
     if not tags:
         return 0
     now = time.time() if now is None else now
-    return int(client.zadd(UNACKED_INDEX, dict.fromkeys(tags, now), xx=True, ch=True))
+    return int(client.zadd(keys.CELERY_UNACKED_INDEX, dict.fromkeys(tags, now), xx=True, ch=True))
 
 
 class Heartbeat(threading.Thread):

@@ -16,6 +16,7 @@ import logging
 
 import numpy as np
 
+from shared import keys
 from shared.jobs import final_status
 from shared.schemas import ItemStatus, JobInput, JobStatus
 from worker.context import JobContext, Outcome, failed_item, ok
@@ -126,7 +127,7 @@ def _swap_when_complete(ctx: JobContext, target: Embedding, may_stage: bool) -> 
         swap = ctx.store.swap_vectors(ctx.collection, ctx.job_id, target, broken)
         dropped += swap.dropped
         if swap.dropped:  # their records are gone: so go their renditions
-            ctx.store.blobs.delete([k for k in broken_blobs if k.split("/")[2] in swap.dropped])
+            ctx.store.blobs.delete([k for k in broken_blobs if keys.rendition_image_id(k) in swap.dropped])
         if swap.swapped:
             return dropped, recovered
         if not swap.ours:

@@ -58,7 +58,7 @@ def claim_due(client: redis.Redis, now: float | None = None) -> list[str]:
 def deliver(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookPolicy, job_id: str) -> str:
     """One delivery attempt; returns the callback's status afterwards. One attempt per job at a
     time: a delivery whose lease ran out while it waited in the queue does not POST twice."""
-    lock = client.lock(f"{keys.job(job_id)}:callback-lock", timeout=LEASE_S, blocking=False)
+    lock = client.lock(keys.callback_lock(job_id), timeout=LEASE_S, blocking=False)
     if not lock.acquire():
         return "busy"
     try:
