@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 from celery import Celery
 
-from shared.queueing import DEADLINE_QUEUE, SEARCH_DEADLINE_TASK, SEARCH_SHARD_TASK, celery_config, chunk_priority
-from shared.shards import shard_queue
+from shared.fanout import fan_out_messages, publish
+from shared.queueing import celery_config, chunk_priority
 
 
 class TaskQueue:
@@ -43,21 +43,8 @@ class TaskQueue:
 
     async def send_fan_out(self, job_id: str, collection: str, shards: int, timeout_s: float) -> None:
         """A search's shard tasks (one per shard queue) and its deadline, on one connection."""
-
-        def publish() -> None:
-            with self.celery.producer_or_acquire() as producer:
-                for shard in range(shards):
-                    args = [job_id, collection, shard, shards]
-                    self.celery.send_task(SEARCH_SHARD_TASK, args=args, queue=shard_queue(shard), producer=producer)
-                self.celery.send_task(
-                    SEARCH_DEADLINE_TASK,
-                    args=[job_id, collection, shards],
-                    queue=DEADLINE_QUEUE,
-                    countdown=timeout_s,
-                    producer=producer,
-                )
-
-        await anyio.to_thread.run_sync(publish)
+        messages = fan_out_messages(job_id, collection, shards, timeout_s)
+        await anyio.to_thread.run_sync(publish, self.celery, messages)
 
     def close(self) -> None:
         self.celery.close()

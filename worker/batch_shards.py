@@ -10,11 +10,12 @@ hash by query index (the fuller merge overwrites), progress is recorded once per
 
 from __future__ import annotations
 
-from shared import filters, keys
+from shared import fanout, filters, keys
+from shared.fanout import BatchShardAnswer
 from shared.schemas import ItemOutcome, ItemStatus
 from worker.batch_search import batch_params, finish_batch_search, result_rows
 from worker.context import JobContext, failed
-from worker.searching import merge_hits, merged_threshold, search_excluding
+from worker.searching import search_excluding
 
 
 def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:
@@ -27,19 +28,16 @@ def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:
     queries, matrix = chunk
     params = batch_params(ctx)
     replica = ctx.replicas.sync(ctx.collection, shard, shards)
-    answers: dict[str, list] = {}
-    answer: dict = {"answers": answers}
+    answer = BatchShardAnswer()
     if replica is not None and len(replica.index):
         mask = None
         if params.filter is not None:
             mask = ctx.replicas.filter_mask(ctx.collection, replica, filters.parse(params.filter))
         # Unfiltered k best: the merge applies the highest shard threshold and says what the closest was.
-        if (threshold := ctx.replicas.threshold(replica, params)) is not None:
-            answer["threshold"] = threshold.model_dump(exclude_none=True)
+        answer.threshold = ctx.replicas.threshold(replica, params)
         for q, vec in zip(queries, matrix, strict=True):
             own = {q["own"]} if q["own"] else set()
-            hits = search_excluding(replica.index, vec, own, params.k, mask)
-            answers[str(q["index"])] = [[i, s] for i, s in hits]
+            answer.answers[str(q["index"])] = search_excluding(replica.index, vec, own, params.k, mask)
     key = keys.batch_answers(ctx.job_id, first)
     answered = ctx.store.record_shard(ctx.job_id, shard, answer, ctx.jobs.lifecycle.job_ttl_s, key)
     if answered == shards:
@@ -71,30 +69,25 @@ def _merge_once(ctx: JobContext, first: int, shards: int) -> bool | None:
         return None
     queries, _ = chunk
     answers = ctx.store.batch_answers(ctx.job_id, first)
-    missing = sorted(set(range(shards)) - set(answers))
     by_index = {q["index"]: q for q in queries}
     ttl = ctx.jobs.lifecycle.job_ttl_s
-    if not answers:
+    try:
+        merged = fanout.merge(answers, shards, batch_params(ctx).k, by_index)
+    except fanout.ShardsUnavailable as exc:
         if not ctx.store.write_batch_merge(ctx.job_id, first, 0, {}, False, ttl):
             return False
-        detail = f"none of the {shards} shards answered within the shard timeout (no live worker serves them?)"
-        code = "shards_unavailable"
-        outcomes = [failed(i, q["query"], q["image_id"] or "", code, detail) for i, q in by_index.items()]
+        outcomes = [failed(i, q["query"], q["image_id"] or "", exc.code, exc.detail) for i, q in by_index.items()]
         ctx.store.drop_batch_chunk(ctx.job_id, first)  # failed for good: a late shard finds nothing to merge
     else:
-        k = batch_params(ctx).k
-        shard_answers = [a["answers"] for a in answers.values()]
-        merged = {index: merge_hits([a.get(str(index), []) for a in shard_answers], k) for index in by_index}
-        threshold = merged_threshold([a.get("threshold") for a in answers.values()])
-        extra = {"missing_shards": missing} if missing else {}
-        rows = result_rows(ctx, by_index, merged, threshold, **extra)
-        if not ctx.store.write_batch_merge(ctx.job_id, first, len(answers), rows, bool(missing), ttl):
+        extra = {"missing_shards": merged.missing} if merged.missing else {}
+        rows = result_rows(ctx, by_index, merged.hits, merged.threshold, **extra)
+        if not ctx.store.write_batch_merge(ctx.job_id, first, len(answers), rows, bool(merged.missing), ttl):
             return False
         outcomes = [
             (ItemOutcome(index=i, filename=q["query"], image_id=q["image_id"] or "", status=ItemStatus.created), None)
             for i, q in by_index.items()
         ]
-        if not missing:
+        if not merged.missing:
             ctx.store.drop_batch_chunk(ctx.job_id, first)  # else: a late shard may still merge a fuller answer
     if ctx.jobs.record_items(ctx.job_id, outcomes) == 1:
         finish_batch_search(ctx)

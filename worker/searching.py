@@ -6,8 +6,9 @@ import logging
 
 import numpy as np
 
-from shared import filters, keys
+from shared import fanout, filters, keys
 from shared.errors import Conflict, NotFound, SimsearchError
+from shared.fanout import ShardAnswer
 from shared.imaging import decode_image, to_model_input
 from shared.schemas import (
     Example,
@@ -38,11 +39,6 @@ def excluded(params: SearchParams) -> set[str]:
 def above(hits: list[tuple[str, float]], threshold: Threshold | None) -> list[tuple[str, float]]:
     """The hits that reach the threshold (all of them without one)."""
     return hits if threshold is None else [h for h in hits if h[1] >= threshold.value]
-
-
-def merge_hits(answers: list[list], k: int) -> list[tuple[str, float]]:
-    """Shards' k best merged: the same order one replica of everything gives (similarity, then id)."""
-    return sorted(((h[0], float(h[1])) for hits in answers for h in hits), key=lambda h: (-h[1], h[0]))[:k]
 
 
 def search_excluding(index, query: np.ndarray, skip: set[str], k: int, mask):
@@ -250,7 +246,7 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
     if ctx.job.status is JobStatus.queued:  # the API sent the shards directly (search by a stored id)
         ctx.jobs.mark_running(ctx.job_id)
     replica = ctx.replicas.sync(ctx.collection, shard, shards)
-    answer: dict = {"hits": [], "size": 0, "served_by": ctx.served_by}
+    answer = ShardAnswer(served_by=ctx.served_by)
     if replica is not None and len(replica.index):
         clustering = _clustering(ctx.store, replica, ctx.collection)
         if clustering is not None and clustering[1].shape[1] != query.shape[0]:
@@ -261,27 +257,18 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
             _fail(ctx, params, exc)
             return
         if mask is not None:
-            answer["passed"] = int(mask.sum())
+            answer.passed = int(mask.sum())
         # Each shard calibrates on its own part; the merge applies the highest (worker/calibration.py).
-        threshold = ctx.replicas.threshold(replica, params)
-        if threshold is not None:
-            answer["threshold"] = threshold.model_dump(exclude_none=True)
+        answer.threshold = ctx.replicas.threshold(replica, params)
         found = search_excluding(replica.index, query, excluded(params), params.k, mask)
-        answer["hits"] = [[i, sim] for i, sim in above(found, threshold)]
-        answer["size"] = len(replica.index)
+        answer.hits = above(found, answer.threshold)
+        answer.size = len(replica.index)
         if clustering is not None:
-            answer["query_cluster"] = int(np.argmax(clustering[1] @ query))
-        answer["best"] = found[0][1] if found else None
+            answer.query_cluster = int(np.argmax(clustering[1] @ query))
+        answer.best = found[0][1] if found else None
     answered = ctx.store.record_shard(ctx.job_id, shard, answer, ctx.jobs.lifecycle.job_ttl_s)
     if answered == shards:
         finish_fanned_out(ctx, params, shards)
-
-
-def merged_threshold(thresholds: list[dict | None]) -> Threshold | None:
-    """One threshold for the shards' answers: the highest any shard applied. A shard holds part of
-    the collection, so its nearest neighbours are farther than the whole's; the highest is closest."""
-    found = [Threshold.model_validate(t) for t in thresholds if t]
-    return max(found, key=lambda t: t.value) if found else None
 
 
 def finish_at_deadline(ctx: JobContext, shards: int) -> None:
@@ -295,27 +282,27 @@ def finish_at_deadline(ctx: JobContext, shards: int) -> None:
 
 def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> None:
     answers = ctx.store.shard_answers(ctx.job_id)
-    if not answers:
-        detail = f"none of the {shards} shards answered within the shard timeout (no live worker serves them?)"
-        _fail(ctx, params, SimsearchError(detail, code="shards_unavailable", status_code=503))
+    try:
+        merged = fanout.merge(answers, shards, params.k)
+    except fanout.ShardsUnavailable as exc:
+        _fail(ctx, params, exc)
         ctx.store.drop_fan_out(ctx.job_id)
         return
-    threshold = merged_threshold([a.get("threshold") for a in answers.values()])
-    hits = above(merge_hits([a["hits"] for a in answers.values()], params.k), threshold)
+    threshold, missing = merged.threshold, merged.missing
+    hits = above(merged.hits[0], threshold)
     names = ctx.store.filenames(ctx.collection, [i for i, _ in hits])
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
-    missing = sorted(set(range(shards)) - set(answers))
-    size = sum(a["size"] for a in answers.values())
+    size = sum(a.size for a in answers.values())
     message, closest = None, None
     if not matches:
-        bests = [a["best"] for a in answers.values() if a.get("best") is not None]
+        bests = [a.best for a in answers.values() if a.best is not None]
         closest = round(max(bests), 6) if bests else None
         message = no_match_message(closest, threshold) if size else "The collection is empty"
     if missing:
         note = f"shards {missing} did not answer within the shard timeout; matches are from the others"
         message = f"{message}; {note}" if message else note
-    clusters = [a["query_cluster"] for a in answers.values() if a.get("query_cluster") is not None]
-    passed = [a["passed"] for a in answers.values() if "passed" in a]
+    clusters = [a.query_cluster for a in answers.values() if a.query_cluster is not None]
+    passed = [a.passed for a in answers.values() if a.passed is not None]
     model = ctx.store.collection_header(ctx.collection)[0] or ""  # a search-only worker has no model
     result = SearchResult(
         matches=matches,
@@ -324,7 +311,7 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
         closest=closest,
         collection_size=size,
         model=model,
-        served_by=",".join(sorted({a["served_by"] for a in answers.values() if a.get("served_by")})) or None,
+        served_by=",".join(sorted({a.served_by for a in answers.values() if a.served_by})) or None,
         query_cluster=clusters[0] if clusters else None,
         filter_matches=sum(passed) if passed else None,
         # An unsharded collection answered through its shard queue reads like one answered inline.

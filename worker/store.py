@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import redis
 
-from shared import keys, scripts, vectors
+from shared import keys, vectors
 from shared.blobs import BlobStore
 from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
 from shared.collections import CollectionHeader, ops
 from shared.collections.ops import Embedding
 from shared.errors import Conflict
-from shared.jobs.lifecycle import FINAL_STATUSES
+from shared.fanout import FanOutStore
 from shared.jobs.runner import SyncRunner
 from shared.schemas import ImageRecord, rendition_key, utcnow
 
@@ -48,11 +48,11 @@ def _f32(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
-class WorkerStore:
+class WorkerStore(FanOutStore):
     def __init__(
         self, client: redis.Redis, blobs: BlobStore, log_maxlen: int, data_ttl_s: int, worker: str = "worker"
     ) -> None:
-        self.redis = client
+        super().__init__(client)  # the fan-out's keys (shared.fanout)
         self.blobs = blobs
         self.worker = worker
         self.log_maxlen = log_maxlen
@@ -61,8 +61,6 @@ class WorkerStore:
         # One thread: a chunk's renditions are written while its forward pass runs (put_many fans out).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="renditions")
         self.data = SyncRunner(client, COLLECTION_SCRIPTS)  # collection storage (shared.collections.ops)
-        self._record_shard = client.register_script(scripts.RECORD_SHARD)
-        self._write_batch_merge = client.register_script(scripts.WRITE_BATCH_MERGE)
 
     # -- images -----------------------------------------------------------------------------
     def existing_ids(self, collection: str, image_ids: list[str]) -> set[str]:
@@ -194,71 +192,6 @@ class WorkerStore:
 
     def collection_shards(self, collection: str) -> int:
         return self.header(collection).shards
-
-    # -- fanned-out searches ----------------------------------------------------------------
-    def put_query(self, job_id: str, query: np.ndarray, ttl_s: int) -> None:
-        self.redis.set(keys.job_query(job_id), _f32(query), ex=ttl_s)
-
-    def query(self, job_id: str) -> np.ndarray | None:
-        raw = self.redis.get(keys.job_query(job_id))
-        return np.frombuffer(raw, dtype="<f4").copy() if raw else None
-
-    def record_shard(self, job_id: str, shard: int, answer: dict[str, Any], ttl_s: int, key: str | None = None) -> int:
-        """Store one shard's answer (in `key`: a batch chunk's answers); how many shards have
-        answered (-1: the job already ended)."""
-        return int(
-            self._record_shard(
-                keys=[key or keys.job_shards(job_id), keys.job(job_id)],
-                args=[shard, json.dumps(answer), ttl_s, *FINAL_STATUSES],
-            )
-        )
-
-    # -- sharded batch search: a chunk's queries, stored once for every shard ----------------------
-    def put_batch_chunk(self, job_id: str, first: int, rows: list[dict[str, Any]], matrix: np.ndarray, ttl_s: int):
-        key = keys.batch_chunk(job_id, first)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"rows": json.dumps(rows), "vectors": np.ascontiguousarray(matrix, "<f4").tobytes()})
-        pipe.expire(key, ttl_s)
-        pipe.execute()
-
-    def batch_chunk(self, job_id: str, first: int) -> tuple[list[dict[str, Any]], np.ndarray] | None:
-        raw_rows, raw_vectors = self.redis.hmget(keys.batch_chunk(job_id, first), ["rows", "vectors"])
-        if raw_rows is None or raw_vectors is None:
-            return None
-        rows = json.loads(raw_rows)
-        return rows, np.frombuffer(raw_vectors, dtype="<f4").reshape(len(rows), -1).copy()
-
-    def batch_answers(self, job_id: str, first: int) -> dict[int, dict[str, Any]]:
-        raw = self.redis.hgetall(keys.batch_answers(job_id, first))
-        return {int(k): json.loads(v) for k, v in raw.items()}
-
-    def write_batch_merge(
-        self, job_id: str, first: int, merged: int, rows: dict[str, str], partial: bool, ttl_s: int
-    ) -> bool:
-        """Write a chunk's merged rows (and whether it lacks a shard) unless the chunk is gone or
-        more shards answered since the `merged` ones were read: then another merge owns it."""
-        pairs = [x for field, row in rows.items() for x in (field, row)]
-        chunk_keys = [
-            keys.batch_chunk(job_id, first),
-            keys.batch_answers(job_id, first),
-            keys.job_results(job_id),
-            keys.batch_partial(job_id),
-        ]
-        return bool(self._write_batch_merge(keys=chunk_keys, args=[merged, ttl_s, int(partial), first, *pairs]))
-
-    def partial_chunks(self, job_id: str) -> int:
-        return int(self.redis.scard(keys.batch_partial(job_id)))
-
-    def drop_batch_chunk(self, job_id: str, first: int) -> None:
-        self.redis.delete(keys.batch_chunk(job_id, first), keys.batch_answers(job_id, first))
-
-    def drop_fan_out(self, job_id: str) -> None:
-        """A fanned-out search ended: its query and shard answers are no longer needed."""
-        self.redis.delete(keys.job_query(job_id), keys.job_shards(job_id))
-
-    def shard_answers(self, job_id: str) -> dict[int, dict[str, Any]]:
-        raw = self.redis.hgetall(keys.job_shards(job_id))
-        return {int(k): json.loads(v) for k, v in raw.items()}
 
     def put_results(self, job_id: str, rows: dict[str, str], ttl_s: int) -> None:
         """A batch search's answers by query index (the same values if a chunk runs twice)."""

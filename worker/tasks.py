@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from shared.fanout import fan_out_messages, publish
 from shared.queueing import (
     BATCH_CHUNK_TASK,
     BATCH_DEADLINE_TASK,
     BATCH_SHARD_TASK,
     CLUSTER_TASK,
-    DEADLINE_QUEUE,
     DUPLICATES_TASK,
     EXPAND_TASK,
     INDEX_CHUNK_TASK,
@@ -32,7 +33,6 @@ from shared.queueing import (
     chunk_priority,
 )
 from shared.schemas import JobStatus, JobType
-from shared.shards import shard_queue
 from worker import (
     batch_search,
     batch_shards,
@@ -50,6 +50,7 @@ from worker.outages import OUTAGE, through_outages
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Every task is idempotent (content-addressed ids, HSETNX progress, first-finisher-wins), so a
 # message redelivered after a worker died, or a body run again after a Redis outage, is safe.
@@ -59,10 +60,10 @@ log = logging.getLogger(__name__)
 TASK = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "acks_on_timeout": False}
 
 
-def outage_safe(task: Task, step: Callable[[], None]) -> None:
+def outage_safe(task: Task, step: Callable[[], T]) -> T:
     """Run a task's whole body (sends included), again after each Redis outage it meets."""
     rt: WorkerRuntime = runtime_of(task.app)
-    through_outages(rt.store.redis, step, rt.settings.redis_outage_wait_s, f"{task.name} {task.request.id}")
+    return through_outages(rt.store.redis, step, rt.settings.redis_outage_wait_s, f"{task.name} {task.request.id}")
 
 
 def finish_single(ctx: JobContext) -> None:
@@ -105,11 +106,13 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-def run(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], None]) -> None:
-    outage_safe(task, lambda: _run_once(task, job_id, indices, body))
+def run(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], T]) -> T | None:
+    """The job body's value; None if it could not run (the job is gone or unreadable) or raised
+    (its items are then failed)."""
+    return outage_safe(task, lambda: _run_once(task, job_id, indices, body))
 
 
-def _run_once(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], None]) -> None:
+def _run_once(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], T]) -> T | None:
     rt: WorkerRuntime = runtime_of(task.app)
     try:
         ctx = rt.context(job_id, served_by=task.request.hostname)
@@ -118,12 +121,12 @@ def _run_once(task: Task, job_id: str, indices: list[int], body: Callable[[JobCo
     except Exception as exc:  # the job record itself is unreadable: nothing can run, so end it
         log.exception("job %s cannot be loaded", job_id)
         rt.jobs.finish(job_id, JobStatus.failed, {"error": "invalid_job", "detail": _why(exc)})
-        return
+        return None
     if ctx is None:
         log.warning("job %s expired before it ran", job_id)
-        return
+        return None
     try:
-        body(ctx)
+        return body(ctx)
     except OUTAGE:
         raise
     except SoftTimeLimitExceeded:
@@ -131,6 +134,7 @@ def _run_once(task: Task, job_id: str, indices: list[int], body: Callable[[JobCo
     except Exception as exc:
         log.exception("a %s task of job %s failed", ctx.job.type.value, job_id)
         fail_remaining(ctx, indices, "internal_error", _why(exc))
+    return None
 
 
 @app.task(name=INDEX_CHUNK_TASK, **TASK)
@@ -146,24 +150,14 @@ def reembed_chunk(self: Task, job_id: str, collection: str, indices: list[int]) 
 @app.task(name=SEARCH_TASK, **TASK)
 def search(self: Task, job_id: str, collection: str) -> None:
     rt = runtime_of(self.app)
-    fan_out: list[int] = []
-    run(self, job_id, [0], lambda ctx: fan_out.append(searching.run_search_job(ctx, rt.settings.served_shards)))
-    shards = fan_out[0] if fan_out else 0
+    shards = run(self, job_id, [0], lambda ctx: searching.run_search_job(ctx, rt.settings.served_shards))
     if not shards:
         maintain(rt, collection)
         return
-
     # A sharded collection: each shard's workers answer from their replica; the last to answer
     # merges. The deadline ends the search as `partial` if a shard has no live worker.
-    def send() -> None:
-        for shard in range(shards):
-            self.app.send_task(SEARCH_SHARD_TASK, [job_id, collection, shard, shards], queue=shard_queue(shard))
-        countdown = rt.settings.shard_timeout_s
-        self.app.send_task(
-            SEARCH_DEADLINE_TASK, [job_id, collection, shards], queue=DEADLINE_QUEUE, countdown=countdown
-        )
-
-    outage_safe(self, send)
+    messages = fan_out_messages(job_id, collection, shards, rt.settings.shard_timeout_s)
+    outage_safe(self, lambda: publish(self.app, messages))
 
 
 @app.task(name=SEARCH_SHARD_TASK, **TASK)
@@ -229,27 +223,12 @@ def webhook(self: Task, job_id: str) -> None:
 @app.task(name=BATCH_CHUNK_TASK, **TASK)
 def search_batch_chunk(self: Task, job_id: str, collection: str, indices: list[int]) -> None:
     rt = runtime_of(self.app)
-    fan_out: list[int] = []
-    run(self, job_id, indices, lambda ctx: fan_out.append(batch_search.search_batch_chunk(ctx, indices)))
-    shards = fan_out[0] if fan_out else 0
+    shards = run(self, job_id, indices, lambda ctx: batch_search.search_batch_chunk(ctx, indices))
     if not shards:
         return
-
     # A sharded collection: the chunk's queries are stored; each shard answers them all.
-    def send() -> None:
-        with self.app.producer_or_acquire() as producer:
-            for shard in range(shards):
-                args = [job_id, collection, indices, shard, shards]
-                self.app.send_task(BATCH_SHARD_TASK, args, queue=shard_queue(shard), producer=producer)
-            self.app.send_task(
-                BATCH_DEADLINE_TASK,
-                [job_id, collection, indices, shards],
-                queue=DEADLINE_QUEUE,
-                countdown=rt.settings.shard_timeout_s,
-                producer=producer,
-            )
-
-    outage_safe(self, send)
+    messages = fan_out_messages(job_id, collection, shards, rt.settings.shard_timeout_s, indices)
+    outage_safe(self, lambda: publish(self.app, messages))
 
 
 @app.task(name=BATCH_SHARD_TASK, **TASK)
