@@ -15,6 +15,7 @@ from shared import filters, keys, vectors
 from shared.blobs_async import AsyncBlobStore
 from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
 from shared.collections import ops
+from shared.fanout import f32_bytes
 from shared.filters import Filter
 from shared.jobs import AsyncJobs, JobLifecycle
 from shared.jobs.runner import AsyncRunner
@@ -139,7 +140,7 @@ class ApiStore:
         raw, dim = await self.data.run(ops.stored_vector(collection, image_id))
         if not raw or not dim:
             return False
-        query = vectors.decode(raw, dim).astype("<f4").tobytes()
+        query = f32_bytes(vectors.decode(raw, dim))
         await self.redis.set(keys.job_query(job_id), query, ex=self.job_ttl_s)
         return True
 

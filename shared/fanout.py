@@ -178,7 +178,8 @@ return 1
 """
 
 
-def _f32(matrix: np.ndarray) -> bytes:
+def f32_bytes(matrix: np.ndarray) -> bytes:
+    """Vectors as a fanned-out search stores its queries (float32, for every shard to read)."""
     return np.ascontiguousarray(matrix, dtype="<f4").tobytes()
 
 
@@ -202,7 +203,7 @@ class FanOutStore:
 
     # -- a search: its query vector, stored once for every shard --------------------------------
     def put_query(self, job_id: str, query: np.ndarray, ttl_s: int) -> None:
-        self.redis.set(keys.job_query(job_id), _f32(query), ex=ttl_s)
+        self.redis.set(keys.job_query(job_id), f32_bytes(query), ex=ttl_s)
 
     def query(self, job_id: str) -> np.ndarray | None:
         raw = self.redis.get(keys.job_query(job_id))
@@ -220,7 +221,7 @@ class FanOutStore:
     def put_batch_chunk(self, job_id: str, first: int, rows: list[dict[str, Any]], matrix: np.ndarray, ttl_s: int):
         key = keys.batch_chunk(job_id, first)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"rows": json.dumps(rows), "vectors": _f32(matrix)})
+        pipe.hset(key, mapping={"rows": json.dumps(rows), "vectors": f32_bytes(matrix)})
         pipe.expire(key, ttl_s)
         pipe.execute()
 

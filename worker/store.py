@@ -17,7 +17,7 @@ from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
 from shared.collections import CollectionHeader, ops
 from shared.collections.ops import Embedding
 from shared.errors import Conflict
-from shared.fanout import FanOutStore
+from shared.fanout import FanOutStore, f32_bytes
 from shared.jobs.runner import SyncRunner
 from shared.schemas import ImageRecord, rendition_key, utcnow
 
@@ -42,10 +42,6 @@ class SwapResult:
 
 def _s(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _f32(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
 class WorkerStore(FanOutStore):
@@ -251,7 +247,7 @@ class WorkerStore(FanOutStore):
                 "version": version,
                 "created_at": summary["created_at"],
                 "summary": json.dumps(summary),
-                "centroids": _f32(centroids),
+                "centroids": f32_bytes(centroids),
                 "dim": centroids.shape[1],
             },
         )
