@@ -14,6 +14,7 @@ import numpy as np
 from shared import filters, keys
 from shared.errors import Conflict, SimsearchError
 from shared.jobs import final_status
+from shared.jobs.params import BatchSearchParams
 from shared.schemas import ItemError, ItemStatus, JobInput, JobStatus, SearchParams, Threshold
 from worker.calibration import no_match_message
 from worker.context import JobContext, Outcome, failed_item, ok
@@ -47,8 +48,7 @@ def _vectors(ctx: JobContext, indices: list[int], inputs: list) -> tuple[dict[in
 
 
 def batch_params(ctx: JobContext) -> SearchParams:
-    keep = ("k", "min_similarity", "filter")
-    return SearchParams.model_validate({k: v for k, v in ctx.job.params.items() if k in keep})
+    return ctx.job.params_of(BatchSearchParams).search()
 
 
 def search_batch_chunk(ctx: JobContext, indices: list[int]) -> int:
@@ -150,6 +150,6 @@ def finish_batch_search(ctx: JobContext) -> None:
     if (partial := ctx.store.partial_chunks(ctx.job_id)) and status is JobStatus.succeeded:
         status = JobStatus.partial
         summary["chunks_missing_shards"] = partial
-    if owner := ctx.job.params.get("owner"):
+    if owner := ctx.job.params.owner:
         ctx.store.settle_results(ctx.job_id, owner, ctx.jobs.lifecycle.job_ttl_s)
     ctx.jobs.finish(ctx.job_id, status, summary)

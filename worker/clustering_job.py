@@ -8,16 +8,18 @@ from collections.abc import Callable
 import numpy as np
 
 from shared.errors import SimsearchError
-from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobStatus, utcnow
+from shared.jobs.params import ClusterParams
+from shared.schemas import ItemOutcome, ItemStatus, utcnow
 from worker.clustering import cluster
-from worker.context import JobContext
+from worker.context import JobContext, end_single
 from worker.threads import all_cores
 
 log = logging.getLogger(__name__)
 
 
 def run_cluster_job(ctx: JobContext) -> None:
-    store, jobs, job_id, collection, params = ctx.store, ctx.jobs, ctx.job_id, ctx.collection, ctx.job.params
+    store, jobs, job_id, collection = ctx.store, ctx.jobs, ctx.job_id, ctx.collection
+    params = ctx.job.params_of(ClusterParams)
     jobs.mark_running(job_id)
     outcome = ItemOutcome(index=0, filename="", image_id="", status=ItemStatus.created)
     try:
@@ -29,7 +31,7 @@ def run_cluster_job(ctx: JobContext) -> None:
             raise SimsearchError("clustering needs at least 3 images", code="too_few_images", status_code=409)
         try:
             with all_cores():
-                result = cluster(rows, params.get("k"), params.get("k_min", 2), params.get("k_max", 10), n=len(ids))
+                result = cluster(rows, params.k, params.k_min, params.k_max, n=len(ids))
         except ValueError as exc:
             raise SimsearchError(str(exc), code="invalid_k", status_code=400) from exc
         summary = {
@@ -54,12 +56,9 @@ def run_cluster_job(ctx: JobContext) -> None:
                 members[int(result.labels[row])].append(ids[row])
         store.save_clustering(collection, job_id, summary, labels, members, result.centroids, version)
     except SimsearchError as exc:
-        error = ItemError(index=0, error=exc.code, detail=exc.detail)
-        jobs.record_items(job_id, [(outcome.model_copy(update={"status": ItemStatus.failed}), error)])
-        jobs.finish(job_id, JobStatus.failed, {"error": exc.code, "detail": exc.detail})
+        end_single(ctx, outcome, exc)
         return
-    jobs.record_items(job_id, [(outcome, None)])
-    jobs.finish(job_id, JobStatus.succeeded, {**summary, "stale": False})
+    end_single(ctx, outcome, {**summary, "stale": False})
 
 
 def _source(ctx: JobContext) -> tuple[list[str], Callable[[np.ndarray], np.ndarray]]:

@@ -4,11 +4,13 @@ arguments. Also the outcome helpers every job kind uses."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from shared.errors import SimsearchError
 from shared.jobs import Jobs
 from shared.jobs.lifecycle import JobRecord
 from shared.models.base import Embedder
-from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobInput
+from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobInput, JobStatus
 from worker.replica import ReplicaSet
 from worker.sources import Sources
 from worker.store import Embedding, WorkerStore
@@ -59,3 +61,21 @@ def failed_item(index: int, inp: JobInput | ItemError | None, code: str, detail:
 
 def ok(index: int, inp: JobInput, status: ItemStatus) -> Outcome:
     return ItemOutcome(index=index, filename=inp.filename, image_id=inp.image_id, status=status), None
+
+
+def end_single(ctx: JobContext, outcome: ItemOutcome, result: dict[str, Any] | SimsearchError) -> None:
+    """End a one-item job (search, cluster, duplicates): its item recorded, then the job finished,
+    failed with the error's code and detail when `result` is one."""
+    if isinstance(result, SimsearchError):
+        error = ItemError(
+            index=outcome.index,
+            filename=outcome.filename or None,
+            image_id=outcome.image_id or None,
+            error=result.code,
+            detail=result.detail,
+        )
+        ctx.jobs.record_items(ctx.job_id, [(outcome.model_copy(update={"status": ItemStatus.failed}), error)])
+        ctx.jobs.finish(ctx.job_id, JobStatus.failed, {"error": result.code, "detail": result.detail})
+        return
+    ctx.jobs.record_items(ctx.job_id, [(outcome, None)])
+    ctx.jobs.finish(ctx.job_id, JobStatus.succeeded, result)

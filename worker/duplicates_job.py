@@ -11,8 +11,9 @@ import numpy as np
 
 from shared import vectors
 from shared.errors import SimsearchError
-from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobStatus
-from worker.context import JobContext
+from shared.jobs.params import DuplicatesParams
+from shared.schemas import ItemOutcome, ItemStatus
+from worker.context import JobContext, end_single
 from worker.duplicates import duplicate_groups
 from worker.threads import all_cores
 
@@ -33,7 +34,7 @@ def _blocks(ctx: JobContext, dim: int) -> Iterator[tuple[list[str], np.ndarray]]
 
 
 def run_duplicates_job(ctx: JobContext) -> None:
-    params, jobs, job_id = ctx.job.params, ctx.jobs, ctx.job_id
+    params, jobs, job_id = ctx.job.params_of(DuplicatesParams), ctx.jobs, ctx.job_id
     jobs.mark_running(job_id)
     outcome = ItemOutcome(index=0, filename="", image_id="", status=ItemStatus.created)
     started = time.perf_counter()
@@ -42,17 +43,15 @@ def run_duplicates_job(ctx: JobContext) -> None:
         if not dim:
             raise SimsearchError(f"collection {ctx.collection!r} is empty", code="empty_collection", status_code=409)
         with all_cores():
-            read, groups = duplicate_groups(_blocks(ctx, dim), dim, params["min_similarity"], params["k"])
+            read, groups = duplicate_groups(_blocks(ctx, dim), dim, params.min_similarity, params.k)
     except SimsearchError as exc:
-        error = ItemError(index=0, error=exc.code, detail=exc.detail)
-        jobs.record_items(job_id, [(outcome.model_copy(update={"status": ItemStatus.failed}), error)])
-        jobs.finish(job_id, JobStatus.failed, {"error": exc.code, "detail": exc.detail})
+        end_single(ctx, outcome, exc)
         return
-    shown = groups[: params["max_groups"]]
+    shown = groups[: params.max_groups]
     names = ctx.store.filenames(ctx.collection, [m for _, members in shown for m, _ in members])
     named = iter(names)
     result = {
-        "min_similarity": params["min_similarity"],
+        "min_similarity": params.min_similarity,
         "images": read,
         "group_count": len(groups),
         "images_in_groups": sum(len(m) for _, m in groups),
@@ -67,5 +66,4 @@ def run_duplicates_job(ctx: JobContext) -> None:
         ],
     }
     log.info("found duplicate groups", extra={"collection": ctx.collection, "groups": len(groups), "images": read})
-    jobs.record_items(job_id, [(outcome, None)])
-    jobs.finish(job_id, JobStatus.succeeded, result)
+    end_single(ctx, outcome, result)

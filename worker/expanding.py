@@ -23,12 +23,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.imaging import content_id
-from shared.schemas import ItemError, JobInput, JobType
+from shared.jobs.params import ArchiveSource, BucketSource, CollectionSource, SourceSpec, source_name
+from shared.schemas import ItemError, JobInput
 from shared.urlcheck import FetchError, check_url
 from worker.archives import ArchiveLimits, members
-from worker.batch_search import finish_batch_search
 from worker.context import JobContext
-from worker.indexing import finish_index_job
+from worker.kinds import finish
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _batches(items: Iterable[Item], size: int, max_bytes: int = BATCH_BYTES) -> 
 def expand_source(ctx: JobContext, source: int, send_chunks: SendChunks, limits: ArchiveLimits, meta_max: int) -> None:
     """List the source into its job, then mark it done. Whatever goes wrong short of Redis
     itself, the source ends (the rest of it as one failed item): a job never waits forever."""
-    spec = ctx.job.params["sources"][source]
+    spec = ctx.job.params.sources[source]
     if ctx.jobs.source_finished(ctx.job_id, source):  # a redelivered message of a finished expansion
         _end_source(ctx, source)
         return
@@ -129,11 +129,11 @@ def expand_source(ctx: JobContext, source: int, send_chunks: SendChunks, limits:
         except Exception as exc:  # a reader bug, or the soft time limit
             log.exception("expanding source %d of job %s stopped", source, ctx.job_id)
             code = "expand_timeout" if isinstance(exc, SoftTimeLimitExceeded) else "expand_failed"
-            name = spec.get("filename") or spec.get("url") or "(source)"
+            name = source_name(spec)
             # A fresh batch number: the one that failed may hold a reservation already.
             if not _add_batch(ctx, source, number + 1, [_rejected(name, code, repr(exc)[:300])], send_chunks):
                 return
-    log.info("expanded a source", extra={"job_id": ctx.job_id, "kind": spec["kind"], "items": added})
+    log.info("expanded a source", extra={"job_id": ctx.job_id, "kind": spec.kind, "items": added})
     _end_source(ctx, source)
 
 
@@ -141,24 +141,27 @@ def _end_source(ctx: JobContext, source: int) -> None:
     if ctx.jobs.source_done(ctx.job_id, source) == 1:
         # The source's end completed the job (its chunks were all answered first): end it as
         # the kind of job it is -- a growing job is an import or a whole-collection batch search.
-        (finish_batch_search if ctx.job.type is JobType.batch_search else finish_index_job)(ctx)
+        finish(ctx)
     ctx.store.blobs.delete([keys.source_blob(ctx.job_id, source)])
 
 
-def _items(ctx: JobContext, source: int, spec: dict, tmp: Path, limits: ArchiveLimits, meta_max: int) -> Iterator[Item]:
+def _items(
+    ctx: JobContext, source: int, spec: SourceSpec, tmp: Path, limits: ArchiveLimits, meta_max: int
+) -> Iterator[Item]:
     path = tmp / "source"
-    if spec["kind"] == "collection":  # a batch search of every image against the collection
+    if isinstance(spec, CollectionSource):  # a batch search of every image against the collection
         _listing(ctx, source, path, lambda: ((i, 0) for i in ctx.store.vector_ids(ctx.collection)))
         with path.open("r", encoding="utf-8") as fh:
             for line in fh:
                 image_id = line.split("\t", 1)[0]
                 yield JobInput(filename=image_id, image_id=image_id, size=0, stored=True), None
         return
-    if spec["kind"] == "bucket":
+    if isinstance(spec, BucketSource):
+        url = spec.url
         try:
-            _listing(ctx, source, path, lambda: ctx.sources.buckets.list_images(spec["url"]))  # type: ignore[union-attr]
+            _listing(ctx, source, path, lambda: ctx.sources.buckets.list_images(url))  # type: ignore[union-attr]
         except FetchError as exc:
-            yield _rejected(spec["url"], exc.code, exc.detail)
+            yield _rejected(url, exc.code, exc.detail)
             return
         with path.open("r", encoding="utf-8") as fh:
             for line in fh:
@@ -166,9 +169,9 @@ def _items(ctx: JobContext, source: int, spec: dict, tmp: Path, limits: ArchiveL
                 yield JobInput(filename=url.split("/", 3)[-1][:1024], image_id="", size=int(size), url=url), None
         return
     if not ctx.store.blobs.get_file(keys.source_blob(ctx.job_id, source), path):
-        yield _rejected(spec.get("filename") or "(source)", "upload_expired", "the uploaded file is gone")
+        yield _rejected(source_name(spec), "upload_expired", "the uploaded file is gone")
         return
-    if spec["kind"] == "archive":
+    if isinstance(spec, ArchiveSource):
         yield from archive_items(path, limits)
     else:
         with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:

@@ -18,6 +18,7 @@ import numpy as np
 
 from shared import keys
 from shared.jobs import final_status
+from shared.jobs.params import ReembedParams
 from shared.schemas import ItemStatus, JobInput, JobStatus
 from worker.context import JobContext, Outcome, failed_item, ok
 from worker.indexing import Pending, guarded, prepare_item
@@ -30,8 +31,8 @@ BATCH = 32
 
 
 def target_embedding(ctx: JobContext) -> Embedding:
-    params = ctx.job.params
-    return Embedding(params["model"], params.get("embedding") or ctx.embedding.id, int(params["dim"]))
+    params = ctx.job.params_of(ReembedParams)
+    return Embedding(params.model, params.embedding or ctx.embedding.id, params.dim)
 
 
 def _embed_and_stage(ctx: JobContext, pending: list[Pending]) -> list[Outcome]:

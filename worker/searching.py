@@ -12,7 +12,6 @@ from shared.fanout import ShardAnswer
 from shared.imaging import decode_image, to_model_input
 from shared.schemas import (
     Example,
-    ItemError,
     ItemOutcome,
     ItemStatus,
     JobStatus,
@@ -23,7 +22,7 @@ from shared.schemas import (
 )
 from shared.shards import serves
 from worker.calibration import no_match_message
-from worker.context import JobContext
+from worker.context import JobContext, end_single
 from worker.replica import Replica
 from worker.store import WorkerStore
 
@@ -176,7 +175,7 @@ def run_search_job(ctx: JobContext, served: frozenset[int] | None = None) -> int
     """Answer the search here, or prepare it for the shards: returns the number of shards to fan
     out to (0 when answered here: an unsharded collection on a worker serving shard 0)."""
     ctx.jobs.mark_running(ctx.job_id)
-    params = SearchParams.model_validate(ctx.job.params)
+    params = ctx.job.params_of(SearchParams)
     shards = ctx.store.collection_shards(ctx.collection)
     if shards > 1 or not serves(served, 0):
         return _prepare_fan_out(ctx, params, shards)
@@ -186,14 +185,9 @@ def run_search_job(ctx: JobContext, served: frozenset[int] | None = None) -> int
         result.served_by = ctx.served_by
         log.info("answered a search", extra={"collection": ctx.collection, "matches": len(result.matches)})
     except SimsearchError as exc:
-        error = ItemError(
-            index=0, filename=params.filename, image_id=params.image_id, error=exc.code, detail=exc.detail
-        )
-        ctx.jobs.record_items(ctx.job_id, [(outcome.model_copy(update={"status": ItemStatus.failed}), error)])
-        ctx.jobs.finish(ctx.job_id, JobStatus.failed, {"error": exc.code, "detail": exc.detail})
+        end_single(ctx, outcome, exc)
     else:
-        ctx.jobs.record_items(ctx.job_id, [(outcome, None)])
-        ctx.jobs.finish(ctx.job_id, JobStatus.succeeded, result.model_dump(mode="json", exclude_none=True))
+        end_single(ctx, outcome, result.model_dump(mode="json", exclude_none=True))
     finally:
         ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])
     return 0
@@ -206,10 +200,7 @@ def _outcome(params: SearchParams) -> ItemOutcome:
 
 
 def _fail(ctx: JobContext, params: SearchParams, exc: SimsearchError) -> None:
-    error = ItemError(index=0, filename=params.filename, image_id=params.image_id, error=exc.code, detail=exc.detail)
-    failed = _outcome(params).model_copy(update={"status": ItemStatus.failed})
-    ctx.jobs.record_items(ctx.job_id, [(failed, error)])
-    ctx.jobs.finish(ctx.job_id, JobStatus.failed, {"error": exc.code, "detail": exc.detail})
+    end_single(ctx, _outcome(params), exc)
 
 
 # -- sharded collections: the query is embedded once, here; each shard answers from its replica --
@@ -237,7 +228,7 @@ def _prepare_fan_out(ctx: JobContext, params: SearchParams, shards: int) -> int:
 def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
     """One shard's part of a search: its top k from this worker's replica of that shard. The last
     shard to answer merges the answers and ends the job."""
-    params = SearchParams.model_validate(ctx.job.params)
+    params = ctx.job.params_of(SearchParams)
     if ctx.job.status.final:  # ended (deadline, failure): shed it
         return
     query = ctx.store.query(ctx.job_id)
@@ -277,7 +268,7 @@ def finish_at_deadline(ctx: JobContext, shards: int) -> None:
     view = ctx.jobs.get(ctx.job_id)
     if view is None or view.status.final:
         return
-    finish_fanned_out(ctx, SearchParams.model_validate(ctx.job.params), shards)
+    finish_fanned_out(ctx, ctx.job.params_of(SearchParams), shards)
 
 
 def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> None:

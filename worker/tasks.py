@@ -40,6 +40,7 @@ from worker import (
     duplicates_job,
     expanding,
     indexing,
+    kinds,
     reembedding,
     searching,
     webhooks,
@@ -66,24 +67,6 @@ def outage_safe(task: Task, step: Callable[[], T]) -> T:
     return through_outages(rt.store.redis, step, rt.settings.redis_outage_wait_s, f"{task.name} {task.request.id}")
 
 
-def finish_single(ctx: JobContext) -> None:
-    """A one-item job (search, cluster) whose body raised: fail it with its item's error."""
-    job = ctx.jobs.get(ctx.job_id)
-    error = job.errors[0] if job and job.errors else None
-    result = {"error": error.error, "detail": error.detail} if error else {"error": "internal_error", "detail": ""}
-    ctx.jobs.finish(ctx.job_id, JobStatus.failed, result)
-
-
-FINISHERS: dict[JobType, Callable[[JobContext], None]] = {
-    JobType.index: indexing.finish_index_job,
-    JobType.reembed: reembedding.finish_reembed_job,
-    JobType.search: finish_single,
-    JobType.cluster: finish_single,
-    JobType.duplicates: finish_single,
-    JobType.batch_search: batch_search.finish_batch_search,
-}
-
-
 def fail_remaining(ctx: JobContext, indices: list[int], code: str, detail: str) -> None:
     """Fail the items of `indices` not yet recorded, then finish the job if that completes it."""
     todo = ctx.jobs.unrecorded(ctx.job_id, indices)
@@ -94,7 +77,7 @@ def fail_remaining(ctx: JobContext, indices: list[int], code: str, detail: str) 
     if complete != 1:
         return
     try:
-        FINISHERS[ctx.job.type](ctx)
+        kinds.finish(ctx)
     except OUTAGE:
         raise
     except Exception as exc:
@@ -193,7 +176,7 @@ def expand(self: Task, job_id: str, collection: str, source: int) -> None:
     def sender(ctx: JobContext) -> expanding.SendChunks:
         # The listed items are queries of a batch search, or images to index.
         task = BATCH_CHUNK_TASK if ctx.job.type is JobType.batch_search else INDEX_CHUNK_TASK
-        base = int(ctx.job.params.get("priority") or 0)  # the owner's open jobs when it was created
+        base = ctx.job.params.priority  # the owner's open jobs when it was created
 
         def send_chunks(first: int, count: int) -> None:
             with self.app.producer_or_acquire() as producer:

@@ -87,7 +87,7 @@ def unrecorded(jobs: Jobs, view: JobView) -> list[int]:
 def open_sources(client: redis.Redis, view: JobView, jobs: Jobs) -> list[int]:
     """The job's sources (archives, URL files, buckets, a collection) not yet fully listed."""
     record = jobs.load(view.job_id)
-    count = len(record.params.get("sources") or []) if record is not None else 0
+    count = len(record.params.sources) if record is not None else 0
     done = client.hkeys(keys.job_batches(view.job_id))
     finished = {int(k.split(b":", 1)[1]) for k in done if k.startswith(b"done:")}
     return [s for s in range(count) if s not in finished]

@@ -11,17 +11,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared import keys
+from shared.jobs.params import JobParams, parse_params
 from shared.jobs.records import index_result, job_params, job_seq, new_job_fields, parse_job
 from shared.jobs.runner import Batch, Call, Op, ScriptCall
 from shared.schemas import ItemError, ItemOutcome, JobInput, JobStatus, JobType, utcnow
 
 log = logging.getLogger(__name__)
 
+P = TypeVar("P", bound=BaseModel)
 FINAL_STATUSES = [s.value for s in JobStatus if s.final]
 Outcome = tuple[ItemOutcome, ItemError | None]
 
@@ -33,9 +35,15 @@ class JobRecord:
     job_id: str
     type: JobType
     collection: str
-    params: dict[str, Any]
+    params: JobParams  # typed by the job's kind (shared.jobs.params)
     seq: int  # the global sequence number at creation: orders the job against deletes
     status: JobStatus  # as loaded, when the task started
+
+    def params_of(self, kind: type[P]) -> P:
+        """The params as the model its job kind has (a task of one kind run on another's job: TypeError)."""
+        if not isinstance(self.params, kind):
+            raise TypeError(f"job {self.job_id} is a {self.type.value} job, not one with {kind.__name__}")
+        return self.params
 
 
 def _one(call: Call) -> Batch:
@@ -102,7 +110,8 @@ class JobLifecycle:
         if not raw:
             return None
         view = parse_job(job_id, raw, [])
-        return JobRecord(job_id, view.type, view.collection, job_params(raw), job_seq(raw), view.status)
+        params = parse_params(view.type, job_params(raw))
+        return JobRecord(job_id, view.type, view.collection, params, job_seq(raw), view.status)
 
     def counts(self, job_id: str) -> Op:
         """(total, failed)."""

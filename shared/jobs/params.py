@@ -1,0 +1,104 @@
+"""What each kind of job carries in its record's `params`: one typed model per job type, and
+the sources a growing job expands (a union on `kind`). The API writes them, the workers read them
+back through `JobRecord.params`; both see the same JSON as before.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.schemas import JobType, SearchParams
+
+
+class CollectionSource(BaseModel):
+    """Every image of the collection as a query (a whole-collection batch search)."""
+
+    kind: Literal["collection"] = "collection"
+
+
+class BucketSource(BaseModel):
+    kind: Literal["bucket"] = "bucket"
+    url: str  # s3://bucket/prefix
+
+
+class UrlListSource(BaseModel):
+    kind: Literal["urls"] = "urls"
+    filename: str = "urls"  # the uploaded list, kept as the job's source blob
+
+
+class ArchiveSource(BaseModel):
+    kind: Literal["archive"] = "archive"
+    filename: str  # the archive's (sanitised) upload name
+
+
+SourceSpec = Annotated[CollectionSource | BucketSource | UrlListSource | ArchiveSource, Field(discriminator="kind")]
+
+
+def source_name(spec: SourceSpec) -> str:
+    """How items that stand for the whole source are named (an expansion that failed)."""
+    return getattr(spec, "filename", None) or getattr(spec, "url", None) or "(source)"
+
+
+class JobParams(BaseModel):
+    # Records written by an older release may carry fields since dropped: read, not refused.
+    model_config = ConfigDict(extra="ignore")
+
+    collection: str | None = None
+    owner: str | None = None  # the requester whose quotas and priority the job counts against
+    priority: int = 0  # the owner's open jobs when it was created (shared.queueing)
+    callback_url: str | None = None
+    sources: list[SourceSpec] = []
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
+class IndexParams(JobParams):
+    pass
+
+
+class SearchJobParams(SearchParams, JobParams):
+    pass
+
+
+class BatchSearchParams(JobParams):
+    k: int = 10
+    min_similarity: float | None = None
+    filter: dict[str, Any] | None = None
+
+    def search(self) -> SearchParams:
+        return SearchParams(k=self.k, min_similarity=self.min_similarity, filter=self.filter)
+
+
+class ClusterParams(JobParams):
+    k: int | None = None
+    k_min: int = 2
+    k_max: int = 10
+
+
+class DuplicatesParams(JobParams):
+    min_similarity: float
+    k: int
+    max_groups: int
+
+
+class ReembedParams(JobParams):
+    model: str
+    dim: int
+    embedding: str | None = None
+
+
+PARAMS: dict[JobType, type[JobParams]] = {
+    JobType.index: IndexParams,
+    JobType.search: SearchJobParams,
+    JobType.batch_search: BatchSearchParams,
+    JobType.cluster: ClusterParams,
+    JobType.duplicates: DuplicatesParams,
+    JobType.reembed: ReembedParams,
+}
+
+
+def parse_params(job_type: JobType, raw: dict[str, Any]) -> JobParams:
+    return PARAMS[job_type].model_validate(raw)
