@@ -6,9 +6,9 @@ sequence of Redis command batches without doing I/O; `runner` executes those on 
 (worker) or asynchronous (API) client. Both services use the same operations.
 """
 
+from shared.jobs.clients import AsyncJobs, Jobs
 from shared.jobs.lifecycle import JobLifecycle
 from shared.jobs.records import final_status, index_result, job_params, new_job_fields, parse_job
-from shared.jobs.runner import AsyncJobs, Jobs
 
 __all__ = [
     "AsyncJobs",

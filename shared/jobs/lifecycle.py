@@ -19,7 +19,7 @@ from shared import keys
 from shared.jobs.params import JobParams, parse_params
 from shared.jobs.records import index_result, job_params, job_seq, new_job_fields, parse_job
 from shared.jobs.runner import Batch, Call, Op, ScriptCall
-from shared.schemas import ItemError, ItemOutcome, JobInput, JobStatus, JobType, utcnow
+from shared.schemas import ItemError, ItemOutcome, JobInput, JobStatus, JobType, JobView, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class JobLifecycle:
         params: dict[str, Any],
         inputs: list[JobInput],
         sources: int = 0,
-    ) -> Op:
+    ) -> Op[int]:
         """Write the job and its inputs (their bytes are in the blob store already) before anything
         is queued. Returns its seq. `sources`: archives, URL files, buckets whose items workers
         will add (`reserve_batch`); the job cannot complete before each is `source_done`."""
@@ -97,14 +97,14 @@ class JobLifecycle:
         return seq
 
     # -- read -----------------------------------------------------------------------------------
-    def get(self, job_id: str) -> Op:
+    def get(self, job_id: str) -> Op[JobView | None]:
         """The job as clients see it, or None."""
         raw, errors = yield Batch(
             [Call("hgetall", (keys.job(job_id),)), Call("lrange", (keys.job_errors(job_id), 0, 999))]
         )
         return parse_job(job_id, raw, errors) if raw else None
 
-    def load(self, job_id: str) -> Op:
+    def load(self, job_id: str) -> Op[JobRecord | None]:
         """The job as a worker runs it (a `JobRecord`), or None once it has expired."""
         (raw,) = yield _one(Call("hgetall", (keys.job(job_id),)))
         if not raw:
@@ -113,27 +113,27 @@ class JobLifecycle:
         params = parse_params(view.type, job_params(raw))
         return JobRecord(job_id, view.type, view.collection, params, job_seq(raw), view.status)
 
-    def counts(self, job_id: str) -> Op:
+    def counts(self, job_id: str) -> Op[tuple[int, int]]:
         """(total, failed)."""
         ((total, failed),) = yield _one(Call("hmget", (keys.job(job_id), "total", "failed")))
         return int(total or 0), int(failed or 0)
 
-    def inputs(self, job_id: str, indices: list[int]) -> Op:
+    def inputs(self, job_id: str, indices: list[int]) -> Op[list[JobInput | ItemError]]:
         """Per index: its `JobInput`, or an `ItemError` when the record is gone or unreadable (one
         bad record fails its item, not the chunk)."""
         (raw,) = yield _one(Call("hmget", (keys.job_inputs(job_id), [str(i) for i in indices])))
         return [_parse_input(i, r) for i, r in zip(indices, raw, strict=True)]
 
-    def unrecorded(self, job_id: str, indices: list[int]) -> Op:
+    def unrecorded(self, job_id: str, indices: list[int]) -> Op[list[int]]:
         (raw,) = yield _one(Call("hmget", (keys.job_items(job_id), [str(i) for i in indices])))
         return [i for i, r in zip(indices, raw, strict=True) if r is None]
 
-    def index_result(self, job_id: str) -> Op:
+    def index_result(self, job_id: str) -> Op[dict[str, Any]]:
         (raw,) = yield _one(Call("hgetall", (keys.job_items(job_id),)))
         return index_result(raw)
 
     # -- run ------------------------------------------------------------------------------------
-    def mark_running(self, job_id: str) -> Op:
+    def mark_running(self, job_id: str) -> Op[bool]:
         (changed,) = yield _one(
             ScriptCall(
                 "mark_running",
@@ -143,17 +143,17 @@ class JobLifecycle:
         )
         return bool(changed)
 
-    def touch(self, job_id: str) -> Op:
+    def touch(self, job_id: str) -> Op[None]:
         """The job shows life without recording anything (a long listing): not stalled."""
         yield _one(Call("zadd", (keys.OPEN_JOBS, {job_id: time.time()}), {"xx": True}))
 
-    def count_attempt(self, job_id: str, what: str) -> Op:
+    def count_attempt(self, job_id: str, what: str) -> Op[int]:
         """How many times this chunk or item has been started (this time included)."""
         key = keys.job_attempts(job_id)
         count, _ = yield Batch([Call("hincrby", (key, what, 1)), Call("expire", (key, self.job_ttl_s))], True)
         return int(count)
 
-    def record_items(self, job_id: str, outcomes: list[Outcome]) -> Op:
+    def record_items(self, job_id: str, outcomes: list[Outcome]) -> Op[int]:
         """Returns 1 when every item of the job is now accounted for, 0 if not, -1 if the job is gone."""
         args: list[Any] = [self.job_ttl_s, job_id, time.time()]
         for outcome, error in outcomes:
@@ -163,7 +163,7 @@ class JobLifecycle:
         return int(complete)
 
     # -- growing jobs (items listed by a worker) -------------------------------------------------
-    def reserve_batch(self, job_id: str, source: int, number: int, size: int) -> Op:
+    def reserve_batch(self, job_id: str, source: int, number: int, size: int) -> Op[tuple[int, bool] | None]:
         """(first index, fresh) for batch `number` of `source`: fresh is False when a redelivered
         expansion reserved it before (same indices). None if the job is gone."""
         job_keys = [keys.job(job_id), keys.job_batches(job_id), keys.OPEN_JOBS]
@@ -174,22 +174,22 @@ class JobLifecycle:
         start = int(start)
         return (start, True) if start >= 0 else (-start - 1, False)
 
-    def add_inputs(self, job_id: str, first: int, inputs: list[JobInput]) -> Op:
+    def add_inputs(self, job_id: str, first: int, inputs: list[JobInput]) -> Op[None]:
         mapping = {str(first + i): inp.model_dump_json() for i, inp in enumerate(inputs)}
         key = keys.job_inputs(job_id)
         yield Batch([Call("hset", (key,), {"mapping": mapping}), Call("expire", (key, self.job_ttl_s))])
 
-    def source_finished(self, job_id: str, source: int) -> Op:
+    def source_finished(self, job_id: str, source: int) -> Op[bool]:
         (flag,) = yield _one(Call("hexists", (keys.job_batches(job_id), f"done:{source}")))
         return bool(flag)
 
-    def source_done(self, job_id: str, source: int) -> Op:
+    def source_done(self, job_id: str, source: int) -> Op[int]:
         """Returns 1 when this completes the job (then the caller finishes it)."""
         (complete,) = yield _one(ScriptCall("source_done", [keys.job(job_id), keys.job_batches(job_id)], [str(source)]))
         return int(complete)
 
     # -- finish ---------------------------------------------------------------------------------
-    def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op:
+    def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op[bool]:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
         args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), job_id, time.time()]
         job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE, keys.OPEN_JOBS]

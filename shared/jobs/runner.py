@@ -1,5 +1,5 @@
-"""Runs sans-I/O operations on a Redis client: `SyncRunner` (workers), `AsyncRunner` (API), and
-on them `Jobs`/`AsyncJobs` for the job lifecycle (collections: `shared.collections`).
+"""Runs sans-I/O operations on a Redis client: `SyncRunner` (workers), `AsyncRunner` (API); the
+job lifecycle's typed clients on them: `shared.jobs.clients` (collections: `shared.collections`).
 
 An operation is a generator that yields `Batch`es of commands and receives their replies, so
 the logic exists once and each runner only knows how to execute a batch.
@@ -103,28 +103,3 @@ class AsyncRunner:
                 batch = op.send(await self._execute(batch))
         except StopIteration as stop:
             return stop.value
-
-
-class Jobs(SyncRunner):
-    """`Jobs(client, lifecycle).record_items(...)` runs `lifecycle.record_items(...)` and returns
-    its value."""
-
-    def __init__(self, client: redis.Redis, lifecycle: Any, scripts: Mapping[str, str]) -> None:
-        super().__init__(client, scripts)
-        self.lifecycle = lifecycle
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        make_op = getattr(self.lifecycle, name)
-        return lambda *args, **kwargs: drive(make_op(*args, **kwargs), self._execute)
-
-
-class AsyncJobs(AsyncRunner):
-    """The same operations on an asyncio client: `await AsyncJobs(...).get(job_id)`."""
-
-    def __init__(self, client: AsyncRedis, lifecycle: Any, scripts: Mapping[str, str]) -> None:
-        super().__init__(client, scripts)
-        self.lifecycle = lifecycle
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        make_op = getattr(self.lifecycle, name)
-        return lambda *args, **kwargs: self._drive(make_op(*args, **kwargs))
