@@ -34,6 +34,9 @@ oversampled candidate list; if too few pass it is evaluated over all ids and tre
 
 Snapshots (`save` / `load`) hold the ids, the labels and the serialised faiss index (or the exact
 matrix), so a restarted worker loads one and replays the log after it instead of rebuilding.
+
+The package: params (tuning), ivf (the faiss index), rows (ids, labels, vectors; upsert, remove),
+search and masks, training, snapshot (save / load), bulk (a whole collection at once).
 """
 
 from shared.ann.bulk import BULK_BLOCK, BulkBuild
