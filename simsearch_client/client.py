@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict, Unpack
 
 import httpx
 
@@ -20,6 +20,7 @@ __all__ = [
     "FINAL_STATUSES",
     "LOOKUP_BATCH",
     "JobTimeout",
+    "SearchOptions",
     "SimsearchClient",
     "SimsearchConnectionError",
     "SimsearchError",
@@ -31,7 +32,18 @@ LOOKUP_BATCH = 10_000  # the API's limit of ids per lookup request
 MAX_LONG_POLL = 30.0  # the API caps ?wait= at 30 seconds
 USER_AGENT = "simsearch-client/0.1"
 
+SEARCH_TIMEOUT = 600.0  # seconds a search waits for its job by default
+
 JobCallback = Callable[[dict[str, Any]], None]
+
+
+class SearchOptions(TypedDict, total=False):
+    """What every kind of search takes besides its query and `k`, by keyword."""
+
+    min_similarity: float | None  # drop matches below it (None: the collection's calibrated threshold)
+    cluster: int | None  # only matches from this cluster
+    timeout: float  # seconds to wait for the search job (SEARCH_TIMEOUT)
+    filter: dict[str, Any] | None  # only matches whose metadata passes it, e.g. {"label": "cat"}
 
 
 class SimsearchError(Exception):
@@ -260,14 +272,7 @@ class SimsearchClient:
         return job["result"]
 
     def search(
-        self,
-        collection: str,
-        image: bytes | str | os.PathLike[str],
-        k: int = 10,
-        min_similarity: float | None = None,
-        cluster: int | None = None,
-        timeout: float = 600.0,
-        filter: dict[str, Any] | None = None,
+        self, collection: str, image: bytes | str | os.PathLike[str], k: int = 10, **options: Unpack[SearchOptions]
     ) -> dict[str, Any]:
         """Search with an image (bytes, or a path to read); waits and returns the job's result:
         `{"matches": [{"image_id", "filename", "similarity"}], "message"?, "collection_size", ...}`.
@@ -276,40 +281,19 @@ class SimsearchClient:
             name, data = "query", image
         else:
             name, data = Path(image).name, Path(image).read_bytes()
-        accepted = self._json(
-            "POST",
-            f"/v1/collections/{collection}/search",
-            params=self._search_params(k, min_similarity, cluster),
-            files={"file": (name, data, "application/octet-stream")},
-            data={"filter": json.dumps(filter)} if filter is not None else None,
-        )
-        return self._search_result(accepted, timeout)
+        filter = options.get("filter")
+        form = {"filter": json.dumps(filter)} if filter is not None else None
+        return self._search(collection, k, options, files={"file": (name, data, "application/octet-stream")}, data=form)
 
     def search_by_id(
-        self,
-        collection: str,
-        image_id: str,
-        k: int = 10,
-        min_similarity: float | None = None,
-        cluster: int | None = None,
-        timeout: float = 600.0,
-        filter: dict[str, Any] | None = None,
+        self, collection: str, image_id: str, k: int = 10, **options: Unpack[SearchOptions]
     ) -> dict[str, Any]:
         """Search with an image already in the collection (it is left out of its own matches)."""
-        return self._search_json(collection, {"image_id": image_id}, k, min_similarity, cluster, timeout, filter)
+        return self._search_json(collection, {"image_id": image_id}, k, options)
 
-    def search_by_url(
-        self,
-        collection: str,
-        url: str,
-        k: int = 10,
-        min_similarity: float | None = None,
-        cluster: int | None = None,
-        timeout: float = 600.0,
-        filter: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def search_by_url(self, collection: str, url: str, k: int = 10, **options: Unpack[SearchOptions]) -> dict[str, Any]:
         """Search with an image the server fetches from `url` (public addresses only)."""
-        return self._search_json(collection, {"url": url}, k, min_similarity, cluster, timeout, filter)
+        return self._search_json(collection, {"url": url}, k, options)
 
     def search_examples(
         self,
@@ -317,10 +301,7 @@ class SimsearchClient:
         positive: Sequence[str | dict[str, Any]],
         negative: Sequence[str | dict[str, Any]] = (),
         k: int = 10,
-        min_similarity: float | None = None,
-        cluster: int | None = None,
-        timeout: float = 600.0,
-        filter: dict[str, Any] | None = None,
+        **options: Unpack[SearchOptions],
     ) -> dict[str, Any]:
         """More like `positive`, less like `negative`: stored image ids, or `{"image_id" | "url",
         "weight"}` objects. No example is among the matches."""
@@ -331,7 +312,20 @@ class SimsearchClient:
         body: dict[str, Any] = {"positive": [example(e) for e in positive]}
         if negative:
             body["negative"] = [example(e) for e in negative]
-        return self._search_json(collection, body, k, min_similarity, cluster, timeout, filter)
+        return self._search_json(collection, body, k, options)
+
+    def _search_json(self, collection: str, body: dict[str, Any], k: int, options: SearchOptions) -> dict[str, Any]:
+        if (filter := options.get("filter")) is not None:
+            body = {**body, "filter": filter}
+        return self._search(collection, k, options, json=body)
+
+    def _search(self, collection: str, k: int, options: SearchOptions, **request: Any) -> dict[str, Any]:
+        """Post one search (its query in `request`: an upload or a JSON body) and wait for its result."""
+        if unknown := options.keys() - SearchOptions.__optional_keys__:
+            raise TypeError(f"unexpected search options: {', '.join(sorted(unknown))}")
+        params = self._search_params(k, options.get("min_similarity"), options.get("cluster"))
+        accepted = self._json("POST", f"/v1/collections/{collection}/search", params=params, **request)
+        return self._search_result(accepted, options.get("timeout", SEARCH_TIMEOUT))
 
     def search_batch(
         self,
@@ -366,22 +360,6 @@ class SimsearchClient:
             for line in response.iter_lines():
                 if line:
                     yield json.loads(line)
-
-    def _search_json(
-        self,
-        collection: str,
-        body: dict[str, Any],
-        k: int,
-        min_similarity: float | None,
-        cluster: int | None,
-        timeout: float,
-        filter: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        params = self._search_params(k, min_similarity, cluster)
-        if filter is not None:
-            body = {**body, "filter": filter}
-        accepted = self._json("POST", f"/v1/collections/{collection}/search", params=params, json=body)
-        return self._search_result(accepted, timeout)
 
     def duplicates(
         self,
