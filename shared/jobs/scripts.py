@@ -7,11 +7,24 @@ from __future__ import annotations
 # the open-jobs set (XX: a finished job, gone from it, is never put back); FINISH_JOB takes it out.
 # The watchdog (worker/watchdog.py) re-drives the jobs that went quiet there.
 
+# A job is complete when every item it has is recorded and every source of items is listed.
+_COMPLETE = """
+local function complete(job)
+  local done = tonumber(redis.call('HGET', job, 'done') or '0')
+  local total = tonumber(redis.call('HGET', job, 'total') or '0')
+  local sources = tonumber(redis.call('HGET', job, 'sources') or '0')
+  if done >= total and sources <= 0 then return 1 end
+  return 0
+end
+"""
+
 # KEYS: job, items, errors, open jobs. ARGV: ttl, job id, now, then triplets (index, outcome JSON,
 # error JSON or ""). HSETNX makes a redelivered task's second report of an item a no-op, so progress
 # counts each item exactly once. Returns -1 if the job record is gone, else 1 when every item is
 # accounted for.
-RECORD_ITEMS = """
+RECORD_ITEMS = (
+    _COMPLETE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local ttl = tonumber(ARGV[1])
 redis.call('ZADD', KEYS[4], 'XX', ARGV[3], ARGV[2])
@@ -26,12 +39,9 @@ for i = 4, #ARGV, 3 do
   end
 end
 redis.call('EXPIRE', KEYS[2], ttl)
-local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
-local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
-local sources = tonumber(redis.call('HGET', KEYS[1], 'sources') or '0')
-if done >= total and sources <= 0 then return 1 end
-return 0
+return complete(KEYS[1])
 """
+)
 
 # A job whose items are still being listed (an archive, a URL file, a bucket) grows by batches.
 # KEYS: job, batches, open jobs. ARGV: batch key (source:number), items, ttl, job id, now. Returns
@@ -51,7 +61,9 @@ return start
 
 # KEYS: job, batches. ARGV: source. One source is fully listed (once, however often this runs).
 # Returns 1 when that completes the job (every source listed, every item recorded), else 0.
-SOURCE_DONE = """
+SOURCE_DONE = (
+    _COMPLETE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[2], 'done:' .. ARGV[1], 1) == 1 then
   redis.call('HINCRBY', KEYS[1], 'sources', -1)
@@ -59,12 +71,9 @@ if redis.call('HSETNX', KEYS[2], 'done:' .. ARGV[1], 1) == 1 then
   local ttl = redis.call('TTL', KEYS[1])
   if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 end
-local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
-local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
-local sources = tonumber(redis.call('HGET', KEYS[1], 'sources') or '0')
-if done >= total and sources <= 0 then return 1 end
-return 0
+return complete(KEYS[1])
 """
+)
 
 # KEYS: job, open jobs. ARGV: from status, to status, started_at, job id, now.
 MARK_RUNNING = """
