@@ -16,16 +16,13 @@ import redis
 
 from shared import keys
 from shared.blobs import BlobStore
+from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
+from shared.collections import ops
+from shared.jobs.runner import SyncRunner
 from shared.schemas import ImageRecord, rendition_key
 from shared.settings import CommonSettings
 
 MIGRATED = "migrated"
-# KEYS: images. ARGV: pairs (image_id, record JSON). A record deleted meanwhile stays deleted.
-SET_IF_PRESENT = """
-for i = 1, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-"""
 
 
 def migrate_collection(client: redis.Redis, blobs: BlobStore, collection: str, batch: int) -> int:
@@ -45,8 +42,7 @@ def migrate_collection(client: redis.Redis, blobs: BlobStore, collection: str, b
                 blobs.put(rendition_key(collection, record), chunk[image_id.encode()])
                 updates[image_id] = record.model_dump_json()
         if updates:
-            args = [x for pair in updates.items() for x in pair]
-            client.register_script(SET_IF_PRESENT)(keys=[keys.images(collection)], args=args)
+            SyncRunner(client, COLLECTION_SCRIPTS).run(ops.replace_records(collection, updates))
             moved += len(updates)
         if ids:
             client.hdel(keys.thumbnails(collection), *ids)

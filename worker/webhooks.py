@@ -24,6 +24,7 @@ import redis
 from shared import keys
 from shared.fetch import Fetcher, sign
 from shared.jobs import Jobs
+from shared.jobs.scripts import CLAIM_DUE
 from shared.logs import RepeatedFailure
 from shared.schemas import utcnow
 from shared.urlcheck import BlockedAddress, FetchError
@@ -33,13 +34,6 @@ log = logging.getLogger(__name__)
 LEASE_S = 120  # a claimed delivery not settled by then is claimed again
 CLAIM_BATCH = 100
 BACKOFF_MAX_S = 300
-
-# KEYS: due set. ARGV: now, lease until, batch. Due entries, each pushed to the lease time.
-CLAIM_DUE = """
-local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
-for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], job) end
-return due
-"""
 
 
 @dataclass(frozen=True)

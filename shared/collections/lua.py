@@ -224,3 +224,11 @@ redis.call('HSET', KEYS[2], 'shards', ARGV[2], 'name', ARGV[1], 'created_at', AR
 redis.call('SADD', KEYS[1], ARGV[1])
 return tonumber(ARGV[2])
 """
+
+# KEYS: images. ARGV: pairs (image_id, record JSON). Records replaced in place (a migration); a
+# record deleted meanwhile stays deleted.
+REPLACE_RECORDS = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+"""

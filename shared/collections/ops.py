@@ -273,3 +273,8 @@ def publish_snapshot(collection: str, part: str, fields: Sequence[Any]) -> Op[st
     `fields`: blob key, version, last log id, model, dim, count (see `lua.PUBLISH_SNAPSHOT`)."""
     (out,) = yield _one(scripts.PUBLISH_SNAPSHOT.call(collection, part, args=list(fields)))
     return None if out is None else _text(out)
+
+
+def replace_records(collection: str, records: dict[str, str]) -> Op[None]:
+    """Rewrite records of images still in the collection (a migration): see `lua.REPLACE_RECORDS`."""
+    yield _one(scripts.REPLACE_RECORDS.call(collection, args=[x for pair in records.items() for x in pair]))

@@ -85,8 +85,19 @@ PUBLISH_SNAPSHOT = Script(
     lambda c, part="": [keys.snapshot(c, part), keys.collection(c)],
 )
 
+REPLACE_RECORDS = Script("replace_records", lua.REPLACE_RECORDS, lambda c: [keys.images(c)])
+
 SCRIPTS = {
     s.name: s.source
-    for s in (ADD_IMAGES, DELETE_IMAGE, STAGE_VECTORS, SWAP_VECTORS, ABORT_REEMBED, BEGIN_REEMBED, CREATE_COLLECTION)
+    for s in (
+        ADD_IMAGES,
+        DELETE_IMAGE,
+        STAGE_VECTORS,
+        SWAP_VECTORS,
+        ABORT_REEMBED,
+        BEGIN_REEMBED,
+        CREATE_COLLECTION,
+        PUBLISH_SNAPSHOT,
+        REPLACE_RECORDS,
+    )
 }
-SCRIPTS[PUBLISH_SNAPSHOT.name] = PUBLISH_SNAPSHOT.source

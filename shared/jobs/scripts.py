@@ -115,6 +115,14 @@ redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
 
+# Webhook deliveries due (FINISH_JOB adds a job with a callback). KEYS: due set. ARGV: now, lease
+# until, batch. Due entries, each pushed to the lease time (a delivery not settled by then is due again).
+CLAIM_DUE = """
+local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
+for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], job) end
+return due
+"""
+
 SCRIPTS = {
     "record_items": RECORD_ITEMS,
     "mark_running": MARK_RUNNING,
