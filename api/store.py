@@ -222,9 +222,6 @@ class ApiStore:
             pipe.hexists(keys.images(collection), image_id)
         return [i for i, there in zip(image_ids, await pipe.execute(), strict=True) if there]
 
-    async def image_ids(self, collection: str) -> list[str]:
-        return sorted(_s(i) for i in await self.redis.hkeys(keys.images(collection)))
-
     async def image_exists(self, collection: str, image_id: str) -> bool:
         return bool(await self.redis.hexists(keys.images(collection), image_id))
 
