@@ -7,7 +7,6 @@ lag by at most `ttl_s`; long polls (`?wait=`) take the normal route."""
 
 from __future__ import annotations
 
-import re
 import time
 from urllib.parse import parse_qs
 
@@ -18,11 +17,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.auth import GATE_PASSED, PRINCIPAL, job_not_found
 from api.errors import send_error
 from api.metrics import RequestMetrics
+from api.paths import JOB, JOB_ROUTE
 from shared.errors import SimsearchError
-
-PREFIX = "/v1/jobs/"
-# Job ids are uuid4().hex: anything else cannot exist, so it costs no Redis read.
-JOB_ID = re.compile(r"[0-9a-f]{32}")
+from shared.schemas import JOB_ID  # uuid4().hex: anything else cannot exist, so it costs no Redis read
 
 
 class JobPollCache:
@@ -31,15 +28,15 @@ class JobPollCache:
         self.metrics = metrics
 
     def _plain_poll(self, scope: Scope) -> str | None:
-        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(PREFIX):
+        if scope["type"] != "http" or scope["method"] != "GET":
             return None
-        job_id = scope["path"][len(PREFIX) :]
-        if not job_id or "/" in job_id:
+        route = JOB_ROUTE.match(scope["path"])
+        if route is None:
             return None
         query = parse_qs(scope.get("query_string", b"").decode())
         if query.get("wait", ["0"])[0] not in ("0", "0.0", ""):
             return None
-        return job_id
+        return route["job_id"]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         job_id = self._plain_poll(scope)
@@ -71,7 +68,7 @@ class JobPollCache:
             status = 200
             await self._send(send, status, body)
         # This path runs in front of the metrics middleware (which would cost more than the poll).
-        self.metrics.record("GET", "/v1/jobs/{job_id}", status, time.perf_counter() - started)
+        self.metrics.record("GET", JOB, status, time.perf_counter() - started)
 
     @staticmethod
     async def _send(send: Send, status: int, body: bytes) -> None:

@@ -38,18 +38,16 @@ from api.errors import send_error
 from api.limits import route_path
 from api.metrics import RequestMetrics
 from api.netaddr import client_address, parse_networks
+from api.paths import METRICS, PROBES, V1
 from api.settings import ApiSettings
 from shared.errors import SimsearchError
 from shared.keys import auth_failures
 
-# Liveness/readiness probes: never limited, and /healthz must not depend on Redis.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-METRICS_PATH = "/metrics"
 FAILURE_WINDOW_S = 60
 
 
 def needs_key(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/") or path == METRICS_PATH
+    return path in (V1, METRICS) or path.startswith(f"{V1}/")
 
 
 def failure_key(address: str) -> str:
@@ -105,7 +103,7 @@ class AccessGate:
         self.trusted = parse_networks(settings.trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) in OPEN_PATHS:
+        if scope["type"] != "http" or route_path(scope) in PROBES:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import send_error
+from api.paths import BATCH_ROUTE, IMPORT_ROUTE, LOOKUP_ROUTE, UPLOAD_ROUTES
 from shared.errors import PayloadTooLarge
-
-# Routes whose body is a multipart upload (files): these get the general request cap.
-UPLOAD_ROUTES = (
-    re.compile(r"^/v1/collections/[^/]+/images$"),
-    re.compile(r"^/v1/collections/[^/]+/search$"),
-    re.compile(r"^/v1/collections/[^/]+/search/batch$"),
-)
-BATCH_ROUTE = re.compile(r"^/v1/collections/[^/]+/search/batch$")
-LOOKUP_ROUTE = re.compile(r"^/v1/collections/[^/]+/images/lookup$")
-IMPORT_ROUTE = re.compile(r"^/v1/collections/[^/]+/imports$")
 
 
 def route_path(scope: Scope) -> str:

@@ -46,8 +46,6 @@ class HttpMetrics:
     @staticmethod
     def _route(scope: Scope) -> str:
         # The router records the matched route in the scope; the gallery's files share one label.
-        if "metrics_route" in scope:  # answered by the poll fast path, before routing
-            return scope["metrics_route"]
         route = scope.get("route")
         return getattr(route, "path", None) or ("static" if scope.get("root_path") is not None else "unmatched")
 

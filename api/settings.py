@@ -10,7 +10,6 @@ from pydantic_settings import NoDecode
 
 from api.auth import ApiKey
 from api.netaddr import parse_networks
-from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.settings import ModelSettings
 
 
@@ -24,12 +23,8 @@ class ApiSettings(ModelSettings):
     max_import_urls: int = Field(default=1000, ge=1, le=100_000)  # per JSON import; files take 1,000,000
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_files_per_request: int = Field(default=1000, ge=1)
-    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
-    # Metadata is copied onto every file of the same name and lives in Redis with the image.
-    metadata_max_bytes_per_image: int = Field(default=16 * 1024, ge=64)
     metadata_max_bytes_per_request: int = Field(default=1024 * 1024, ge=1024)
     metadata_max_depth: int = Field(default=16, ge=1, le=64)
-    index_chunk_size: int = Field(default=32, ge=1, le=512)
     max_k: int = Field(default=1000, ge=1)
     # A batch search's answers live in Redis for the job's life: k x queries is bounded (about 110
     # bytes a match; 1,000,000 matches ~ 110 MB). `all` counts the collection's images as queries.

@@ -193,9 +193,6 @@ class ApiStore:
     async def existing(self, collection: str, image_ids: list[str]) -> list[str]:
         return await self.data.run(ops.existing(collection, image_ids))
 
-    async def image_ids(self, collection: str) -> list[str]:
-        return await self.data.run(ops.image_ids(collection))
-
     async def image_exists(self, collection: str, image_id: str) -> bool:
         return bool(await self.data.run(ops.existing(collection, [image_id])))
 

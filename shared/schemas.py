@@ -94,12 +94,23 @@ class Progress(BaseModel):
     failed: int
 
 
+class CallbackStatus(StrEnum):
+    """Where a job's completion callback stands (see `CallbackState`)."""
+
+    # Stored as the job hash's `callback_status`: FINISH_JOB (shared/jobs/scripts.py) sets
+    # `pending`, worker/webhooks.py settles it; no field yet reads as `waiting`.
+    waiting = "waiting"
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
 class CallbackState(BaseModel):
     """A job's completion callback: `waiting` until the job ends, then `pending` (being tried),
     `delivered` (a 2xx answer) or `failed` (gave up; `last_error` says why)."""
 
     url: str
-    status: str = "waiting"
+    status: CallbackStatus = CallbackStatus.waiting
     attempts: int = 0
     last_error: str | None = None
     delivered_at: str | None = None

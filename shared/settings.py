@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.blobs import BlobSettings
+from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.shards import MAX_SHARDS
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "simsearch"
 
 
 class CommonSettings(BlobSettings):
@@ -63,12 +67,18 @@ class CommonSettings(BlobSettings):
 
 
 class ModelSettings(CommonSettings):
-    """The embedding model: workers run it, the API checks collections against it."""
+    """The embedding model: workers run it, the API checks collections against it; and the limits
+    on what is indexed, which the API applies to uploads and the workers to what they fetch."""
 
     embedding_model: str = "resnet50"
     # The model's input side in pixels; None = the model's default. Part of a collection's
     # embedding identity: set it to the same value for the API and the workers.
     input_size: int | None = Field(default=None, ge=32, le=1024)
+    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    # Metadata is copied onto every file of the same name and lives in Redis with the image.
+    metadata_max_bytes_per_image: int = Field(default=16 * 1024, ge=64)
+    # Items per task: of an upload or URL list (API), of what a source expands to (workers).
+    index_chunk_size: int = Field(default=32, ge=1, le=512)
 
     @property
     def model_input_size(self) -> int:
@@ -89,6 +99,16 @@ class ModelSettings(CommonSettings):
         if value not in MODELS:
             raise ValueError(f"unknown EMBEDDING_MODEL {value!r}; choose one of {sorted(MODELS)}")
         return value
+
+
+class ModelCaches(BaseSettings):
+    """Where model weights are cached, from the environment when asked: for the models' own code,
+    which runs without a service's settings (the worker's CACHE_DIR defaults to the first)."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
+
+    simsearch_cache_dir: Path = DEFAULT_CACHE_DIR  # converted EfficientNet-Lite0 weights, OpenVINO models
+    keras_home: Path = Path.home() / ".keras"  # Keras's own: its models/ holds the ResNet50 ImageNet weights
 
 
 def embedding_id(model: str, input_size: int) -> str:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 
 from shared.ann import AnnParams
 from shared.fetch import FetchPolicy
-from shared.imaging import DEFAULT_MAX_PIXELS
-from shared.settings import ModelSettings
+from shared.settings import DEFAULT_CACHE_DIR, ModelSettings
 from shared.shards import MAX_SHARDS, parse_shards
 from worker.archives import ArchiveLimits
 from worker.sources import BucketSettings
@@ -20,14 +18,14 @@ from worker.threads import cpus
 class WorkerSettings(ModelSettings):
     # 'imagenet', a weights file path, or 'random' (benchmarks and plumbing tests only; never implied).
     embedding_weights: str = "imagenet"
-    cache_dir: Path = Path(os.environ.get("SIMSEARCH_CACHE_DIR", Path.home() / ".cache" / "simsearch"))
+    # CACHE_DIR, else SIMSEARCH_CACHE_DIR (the name the models' own code reads: shared.settings.ModelCaches).
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR, validation_alias=AliasChoices("cache_dir", "simsearch_cache_dir"))
     # auto | tensorflow | openvino (see worker/inference.py); auto | int8 | bf16 | f32.
     inference_backend: str = "auto"
     inference_precision: str = "auto"
     # Threads for the forward pass; 0 = the CPUs this process may use.
     inference_threads: int = Field(default=0, ge=0)
     worker_concurrency: int = Field(default=1, ge=1)
-    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     task_time_limit_s: int = Field(default=600, ge=10)
     process_start_timeout_s: float = Field(default=300, ge=4)
     replica_batch: int = Field(default=2000, ge=10)
@@ -73,12 +71,10 @@ class WorkerSettings(ModelSettings):
     fetch_total_timeout_s: float = Field(default=60.0, gt=0)
     fetch_per_host: int = Field(default=4, ge=1, le=64)
     fetch_concurrency: int = Field(default=8, ge=1, le=64)
-    index_chunk_size: int = Field(default=32, ge=1, le=512)  # chunks of expanded sources
     # Archives: guards against bombs (worker/archives.py).
     archive_max_members: int = Field(default=100_000, ge=1)
     archive_max_expanded_bytes: int = Field(default=8 << 30, ge=1 << 20)
     archive_max_ratio: float = Field(default=200.0, gt=1)
-    metadata_max_bytes_per_image: int = Field(default=16 * 1024, ge=64)
     # Bucket imports: which buckets, and how to reach them (None: the AWS chain).
     import_s3_endpoint_url: str | None = None
     import_s3_region: str | None = None

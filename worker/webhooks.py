@@ -26,7 +26,7 @@ from shared.fetch import Fetcher, sign
 from shared.jobs import Jobs
 from shared.jobs.scripts import CLAIM_DUE
 from shared.logs import RepeatedFailure
-from shared.schemas import utcnow
+from shared.schemas import CallbackStatus, utcnow
 from shared.urlcheck import BlockedAddress, FetchError
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,11 @@ def deliver(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookPo
 
 def _attempt(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookPolicy, job_id: str) -> str:
     view = jobs.get(job_id)
-    if view is None or view.callback is None or view.callback.status != "pending":
+    if view is None or view.callback is None or view.callback.status != CallbackStatus.pending:
         client.zrem(keys.WEBHOOKS_DUE, job_id)  # expired, or settled by an earlier attempt
         return view.callback.status if view and view.callback else "gone"
     if not policy.secret:
-        return _settle(client, job_id, "failed", "this worker has no WEBHOOK_SECRET to sign with")
+        return _settle(client, job_id, CallbackStatus.failed, "this worker has no WEBHOOK_SECRET to sign with")
     attempt = int(client.hincrby(keys.job(job_id), "callback_attempts", 1))
     body = view.model_copy(update={"callback": None}).model_dump_json().encode()
     stamp = str(int(time.time()))
@@ -83,7 +83,7 @@ def _attempt(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookP
     try:
         status = fetcher.post_json(view.callback.url, body, headers)
         if 200 <= status < 300:
-            return _settle(client, job_id, "delivered", None)
+            return _settle(client, job_id, CallbackStatus.delivered, None)
         error = f"HTTP {status}"
         retry = status >= 500 or status in (408, 429)
     except BlockedAddress as exc:
@@ -97,18 +97,18 @@ def _attempt(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookP
         error = f"{type(exc).__name__}: {exc}"[:300]
     if not retry or attempt >= policy.max_attempts:
         log.warning("callback for job %s failed for good after %d attempts: %s", job_id, attempt, error)
-        return _settle(client, job_id, "failed", error)
+        return _settle(client, job_id, CallbackStatus.failed, error)
     wait = min(policy.backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S)
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.job(job_id), "callback_error", error)
     pipe.zadd(keys.WEBHOOKS_DUE, {job_id: time.time() + wait})
     pipe.execute()
-    return "pending"
+    return CallbackStatus.pending
 
 
-def _settle(client: redis.Redis, job_id: str, status: str, error: str | None) -> str:
+def _settle(client: redis.Redis, job_id: str, status: CallbackStatus, error: str | None) -> str:
     pipe = client.pipeline(transaction=True)
-    fields = {"callback_status": status, "callback_at": utcnow()}
+    fields = {"callback_status": status.value, "callback_at": utcnow()}
     if error:
         fields["callback_error"] = error
     pipe.hset(keys.job(job_id), mapping=fields)

@@ -3,28 +3,25 @@ answered a chunk at a time; results read a page at a time from `GET /v1/jobs/{id
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.auth import Requester, principal_of
+from api import paths
+from api.auth import principal_of
 from api.bodies import checked_filter, form_filter, parse_body, searchable
-from api.deps import CallbackUrl, CollectionName, MinSimilarity, QueueDep, SettingsDep, StoreDep, TopK
-from api.fairness import admit, reserve_results
+from api.deps import CallbackUrl, CollectionName, MinSimilarity, TopK
+from api.jobs_submit import Submitter
 from api.limits import media_type
 from api.settings import ApiSettings
 from api.store import Upload
 from api.uploads import files_of, read_form, to_uploads
-from api.urls import callback_params
 from shared.errors import InvalidRequest, SimsearchError, UnsupportedMedia
-from shared.queueing import BATCH_CHUNK_TASK, EXPAND_TASK, INDEX_QUEUE
+from shared.queueing import BATCH_CHUNK_TASK
 from shared.schemas import IMAGE_ID, JobAccepted, JobInput, JobType
 
-router = APIRouter(
-    prefix="/v1/collections/{collection}/search/batch", tags=["search"], dependencies=[Depends(principal_of)]
-)
+router = APIRouter(prefix=paths.SEARCH_BATCH, tags=["search"], dependencies=[Depends(principal_of)])
 
 MAX_IDS = 10_000
 
@@ -49,10 +46,7 @@ class BatchRequest(BaseModel):
 async def search_batch(
     collection: CollectionName,
     request: Request,
-    store: StoreDep,
-    queue: QueueDep,
-    settings: SettingsDep,
-    requester: Requester,
+    jobs: Submitter,
     k: TopK = 10,
     min_similarity: MinSimilarity = None,
     callback_url: CallbackUrl = None,
@@ -60,36 +54,25 @@ async def search_batch(
     """Search with many queries in one job: uploaded `files` (up to 1,000), `{"image_ids": [...]}`,
     or `{"all": true}` (each image against the collection, itself excluded). Progress counts
     queries; `GET /v1/jobs/{id}/results?offset=&limit=` pages the answers (or `format=jsonl`)."""
-    info = await searchable(store, collection, settings, k)
-    admission = await admit(store.redis, settings, requester, results=True)
-    open_jobs = admission.open_jobs
-    params = {
-        "collection": collection,
-        "k": k,
-        "min_similarity": min_similarity,
-        "owner": requester,
-        "priority": open_jobs,
-    }
-    job_id = uuid.uuid4().hex
+    settings = jobs.settings
+    info = await searchable(jobs.store, collection, settings, k)
+    job = await jobs.admit(collection, {"k": k, "min_similarity": min_similarity}, results=True)
     kind = media_type(request.headers.get("content-type"))
     if kind == "application/json":
         body = parse_body(BatchRequest, await request.body())
-        params |= callback_params(body.callback_url or callback_url, settings)
-        params["filter"] = checked_filter(body.filter)
+        job.call_back(body.callback_url or callback_url)
+        job.params["filter"] = checked_filter(body.filter)
         if body.all:
             within_budget(k, info.image_count, settings)
-            admission.take(info.image_count)
-            await reserve_results(store.redis, settings, requester, job_id, k * info.image_count)
-            spec = {"kind": "collection"}
-            await store.create_job_with_sources(job_id, collection, params, [], [(spec, None)], JobType.batch_search)
-            await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE, open_jobs)
-            return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
+            job.take(info.image_count)
+            await job.reserve_results(k * info.image_count)
+            return await job.submit(JobType.batch_search, sources=[({"kind": "collection"}, None)])
         ids = body.image_ids or []
         uploads = [Upload(JobInput(filename=i, image_id=i, size=0, stored=True), None) for i in ids]
     elif kind == "multipart/form-data":
-        params |= callback_params(callback_url, settings)
+        job.call_back(callback_url)
         form = await read_form(request, settings)
-        params["filter"] = form_filter(form)
+        job.params["filter"] = form_filter(form)
         files = files_of(form, "files")
         if not files:
             raise InvalidRequest("the form has no 'files' parts", code="no_files")
@@ -97,12 +80,9 @@ async def search_batch(
     else:
         raise UnsupportedMedia('send query images as multipart "files", or JSON {"image_ids"} or {"all": true}')
     within_budget(k, len(uploads), settings)
-    admission.take(len(uploads))
-    await reserve_results(store.redis, settings, requester, job_id, k * len(uploads))
-    await store.create_job(job_id, JobType.batch_search, collection, params, uploads)
-    size = settings.index_chunk_size
-    await queue.send_chunks(BATCH_CHUNK_TASK, job_id, collection, len(uploads), size, INDEX_QUEUE, open_jobs)
-    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
+    job.take(len(uploads))
+    await job.reserve_results(k * len(uploads))
+    return await job.submit(JobType.batch_search, uploads, chunks=BATCH_CHUNK_TASK)
 
 
 def within_budget(k: int, queries: int, settings: ApiSettings) -> None:

@@ -1,21 +1,20 @@
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api import paths
 from api.auth import principal_of
-from api.deps import CollectionName, QueueDep, StoreDep
+from api.deps import CollectionName, StoreDep
+from api.jobs_submit import Submitter
 from api.routes.images import MAX_OFFSET
 from shared.errors import NotFound
 from shared.queueing import CLUSTER_TASK, INDEX_QUEUE
 from shared.schemas import ImageRecord, JobAccepted, JobType
 
-router = APIRouter(
-    prefix="/v1/collections/{collection}/clusters", tags=["clusters"], dependencies=[Depends(principal_of)]
-)
+router = APIRouter(prefix=paths.CLUSTERS, tags=["clusters"], dependencies=[Depends(principal_of)])
 
 
 class ClusterRequest(BaseModel):
@@ -41,16 +40,14 @@ class ClusterPage(BaseModel):
 
 @router.post("", status_code=202, response_model=JobAccepted)
 async def cluster_collection(
-    collection: CollectionName, store: StoreDep, queue: QueueDep, request: ClusterRequest | None = None
+    collection: CollectionName, jobs: Submitter, request: ClusterRequest | None = None
 ) -> JobAccepted:
     """Cluster the collection (MiniBatch K-means; K by silhouette score when `k` is null)."""
-    if not await store.collection_exists(collection):
+    if not await jobs.store.collection_exists(collection):
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
     params = (request or ClusterRequest()).model_dump()
-    job_id = uuid.uuid4().hex
-    await store.create_job(job_id, JobType.cluster, collection, {"collection": collection, **params}, [])
-    await queue.send(CLUSTER_TASK, [job_id, collection], INDEX_QUEUE)
-    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=1)
+    job = jobs.new(collection, {"collection": collection, **params})
+    return await job.submit(JobType.cluster, task=(CLUSTER_TASK, INDEX_QUEUE))
 
 
 async def _clustering_or_404(store: Any, collection: str) -> dict[str, Any]:

@@ -1,20 +1,20 @@
 from __future__ import annotations
 
-import uuid
-
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api import paths
 from api.auth import Principal, principal_of
-from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
+from api.deps import CollectionName, SettingsDep, StoreDep
+from api.jobs_submit import Submitter
 from api.store import Upload
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.models.registry import MODELS
-from shared.queueing import INDEX_QUEUE, REEMBED_CHUNK_TASK
+from shared.queueing import REEMBED_CHUNK_TASK
 from shared.schemas import CollectionInfo, JobAccepted, JobInput, JobType
 from shared.shards import MAX_SHARDS
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"], dependencies=[Depends(principal_of)])
+router = APIRouter(prefix=paths.COLLECTIONS, tags=["collections"], dependencies=[Depends(principal_of)])
 
 
 @router.get("", response_model=list[CollectionInfo])
@@ -60,9 +60,7 @@ async def get_collection(collection: CollectionName, store: StoreDep) -> Collect
 
 
 @router.post("/{collection}/reembed", status_code=202, response_model=JobAccepted)
-async def reembed_collection(
-    collection: CollectionName, store: StoreDep, queue: QueueDep, settings: SettingsDep
-) -> JobAccepted:
+async def reembed_collection(collection: CollectionName, jobs: Submitter) -> JobAccepted:
     """Recompute every vector with the model this deployment runs (from the stored renditions).
 
     The collection keeps serving its current vectors until the job swaps the new ones in at once.
@@ -70,28 +68,25 @@ async def reembed_collection(
     final embedding too; while a switch to another model runs, new images are refused (409) as
     before. Only images whose rendition cannot be decoded leave (the job's `dropped`).
     """
+    store, settings = jobs.store, jobs.settings
     info = await store.collection(collection)
     if info is None:
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
     if not info.image_count:
         raise Conflict("the collection is empty: its first image sets its model", code="nothing_to_reembed")
     spec = MODELS[settings.embedding_model]
-    job_id = uuid.uuid4().hex
-    ids = await store.begin_reembed(collection, job_id, settings.embedding)
+    params = {"collection": collection, "model": spec.name, "dim": spec.dim, "embedding": settings.embedding}
+    job = jobs.new(collection, params)
+    ids = await store.begin_reembed(collection, job.job_id, settings.embedding)
     if isinstance(ids, str):
         raise Conflict(f"re-embed job {ids} is still running for this collection", code="reembed_running")
     if not ids:
-        await store.abort_reembed(collection, job_id)
+        await store.abort_reembed(collection, job.job_id)
         raise Conflict("the collection is empty: its first image sets its model", code="nothing_to_reembed")
     uploads = [Upload(JobInput(filename="", image_id=i, size=0), None) for i in ids]
-    params = {"collection": collection, "model": spec.name, "dim": spec.dim, "embedding": settings.embedding}
     try:
-        await store.create_job(job_id, JobType.reembed, collection, params, uploads)
-        await queue.send_chunks(
-            REEMBED_CHUNK_TASK, job_id, collection, len(ids), settings.index_chunk_size, INDEX_QUEUE
-        )
+        return await job.submit(JobType.reembed, uploads, chunks=REEMBED_CHUNK_TASK)
     except BaseException:
         # A job that cannot run must not hold the collection's re-embed mark for a week.
-        await store.abort_reembed(collection, job_id)
+        await store.abort_reembed(collection, job.job_id)
         raise
-    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(ids))

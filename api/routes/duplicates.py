@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import paths
 from api.auth import principal_of
-from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
-from api.urls import callback_params
+from api.deps import CollectionName
+from api.jobs_submit import Submitter
 from shared.errors import NotFound
 from shared.queueing import DUPLICATES_TASK, INDEX_QUEUE
 from shared.schemas import JobAccepted, JobType
 
-router = APIRouter(
-    prefix="/v1/collections/{collection}/duplicates", tags=["duplicates"], dependencies=[Depends(principal_of)]
-)
+router = APIRouter(prefix=paths.DUPLICATES, tags=["duplicates"], dependencies=[Depends(principal_of)])
 
 
 class DuplicatesRequest(BaseModel):
@@ -28,17 +25,12 @@ class DuplicatesRequest(BaseModel):
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
-async def find_duplicates(
-    collection: CollectionName, body: DuplicatesRequest, store: StoreDep, queue: QueueDep, settings: SettingsDep
-) -> JobAccepted:
+async def find_duplicates(collection: CollectionName, body: DuplicatesRequest, jobs: Submitter) -> JobAccepted:
     """Group near-duplicate images: connected components of the k-nearest-neighbour graph whose
     edges reach `min_similarity`, largest first, each member with its similarity to the group's
     representative (its best-connected member)."""
-    if not await store.collection_exists(collection):
+    if not await jobs.store.collection_exists(collection):
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
-    params = {"collection": collection, **body.model_dump(exclude={"callback_url"})}
-    params |= callback_params(body.callback_url, settings)
-    job_id = uuid.uuid4().hex
-    await store.create_job(job_id, JobType.duplicates, collection, params, [])
-    await queue.send(DUPLICATES_TASK, [job_id, collection], INDEX_QUEUE)
-    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=1)
+    job = jobs.new(collection, {"collection": collection, **body.model_dump(exclude={"callback_url"})})
+    job.call_back(body.callback_url)
+    return await job.submit(JobType.duplicates, task=(DUPLICATES_TASK, INDEX_QUEUE))

@@ -5,12 +5,13 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
+from api import paths
 from api.auth import principal_of
 from api.deps import CollectionName, StoreDep
 from api.export import csv_rows, npy_zip
 from shared.errors import Conflict, NotFound
 
-router = APIRouter(prefix="/v1/collections/{collection}", tags=["export"], dependencies=[Depends(principal_of)])
+router = APIRouter(prefix=paths.COLLECTION, tags=["export"], dependencies=[Depends(principal_of)])
 
 
 @router.get("/export", response_class=StreamingResponse)

@@ -4,19 +4,20 @@ import asyncio
 
 from fastapi import APIRouter
 
+from api import paths
 from api.deps import SettingsDep, StoreDep
 from shared.errors import ServiceUnavailable
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get(paths.HEALTHZ)
 async def healthz() -> dict[str, str]:
     """The process is up (it does not touch Redis)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(paths.READYZ)
 async def readyz(store: StoreDep, settings: SettingsDep) -> dict[str, str]:
     """Ready to take work: Redis answers."""
     try:

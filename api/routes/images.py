@@ -2,27 +2,26 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import paths
 from api.auth import Requester, principal_of
 from api.bodies import text_filter
 from api.compat import require_current_model
-from api.deps import CallbackUrl, CollectionName, ImageId, QueueDep, SettingsDep, StoreDep
-from api.fairness import admit
+from api.deps import CallbackUrl, CollectionName, ImageId, StoreDep
+from api.jobs_submit import Submitter
 from api.uploads import files_of, parse_metadata, read_form, split_archives, to_uploads
-from api.urls import callback_params
 from shared import filters
 from shared.errors import InvalidRequest, NotFound
-from shared.queueing import EXPAND_TASK, INDEX_CHUNK_TASK, INDEX_QUEUE
+from shared.queueing import INDEX_CHUNK_TASK
 from shared.schemas import IMAGE_ID, ImageRecord, JobAccepted, JobType
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/collections/{collection}/images", tags=["images"], dependencies=[Depends(principal_of)])
+router = APIRouter(prefix=paths.IMAGES, tags=["images"], dependencies=[Depends(principal_of)])
 
 UPLOAD_DOC = {
     "requestBody": {
@@ -45,26 +44,15 @@ UPLOAD_DOC = {
 
 @router.post("", status_code=202, response_model=JobAccepted, openapi_extra=UPLOAD_DOC)
 async def index_images(
-    collection: CollectionName,
-    request: Request,
-    store: StoreDep,
-    queue: QueueDep,
-    settings: SettingsDep,
-    requester: Requester,
-    callback_url: CallbackUrl = None,
+    collection: CollectionName, request: Request, jobs: Submitter, callback_url: CallbackUrl = None
 ) -> JobAccepted:
     """Queue a batch of images for indexing; poll the returned job for progress and result.
     Archives (.zip, .tar, .tar.gz) among the files are expanded by a worker: each member is an
     item named by its path in the archive, and the job's total grows as they are listed."""
-    require_current_model(await store.collection(collection), settings)
-    admission = await admit(store.redis, settings, requester)
-    open_jobs = admission.open_jobs
-    params = {
-        "collection": collection,
-        "owner": requester,
-        "priority": open_jobs,
-        **callback_params(callback_url, settings),
-    }
+    settings = jobs.settings
+    require_current_model(await jobs.store.collection(collection), settings)
+    job = await jobs.admit(collection)
+    job.call_back(callback_url)
     form = await read_form(request, settings)
     files = files_of(form, "files")
     if not files:
@@ -72,21 +60,11 @@ async def index_images(
     with tempfile.TemporaryDirectory(prefix="simsearch-upload-") as folder:
         images, archives = await split_archives(files, Path(folder))
         uploads = await to_uploads(images, parse_metadata(form, settings), settings)
-        admission.take(len(uploads))
-        job_id = uuid.uuid4().hex
-        if settings.default_shards > 1:  # a new collection gets the deployment's shards (else: 1, implicit)
-            await store.create_collection(collection, settings.default_shards)
-        if archives:
-            await store.create_job_with_sources(job_id, collection, params, uploads, archives)
-        else:
-            await store.create_job(job_id, JobType.index, collection, params, uploads)
-    size = settings.index_chunk_size
-    await queue.send_chunks(INDEX_CHUNK_TASK, job_id, collection, len(uploads), size, INDEX_QUEUE, open_jobs)
-    if archives:
-        expansions = [[job_id, collection, n] for n in range(len(archives))]
-        await queue.send_many(EXPAND_TASK, expansions, INDEX_QUEUE, [open_jobs] * len(archives))
-    log.info("index job queued", extra={"job_id": job_id, "collection": collection, "items": len(uploads)})
-    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
+        job.take(len(uploads))
+        await jobs.provision(collection)
+        accepted = await job.submit(JobType.index, uploads, archives, chunks=INDEX_CHUNK_TASK)
+    log.info("index job queued", extra={"job_id": job.job_id, "collection": collection, "items": len(uploads)})
+    return accepted
 
 
 # Redis takes 64-bit indices: a larger offset would be a Redis error (500), not an empty page.
@@ -129,7 +107,7 @@ async def list_images(
     return ImagePage(total=total, offset=offset, limit=limit, images=images)
 
 
-@router.post("/lookup")
+@router.post(paths.LOOKUP)
 async def lookup_images(collection: CollectionName, body: LookupRequest, store: StoreDep) -> dict[str, list[str]]:
     """Which of these ids the collection holds (ids are SHA-256 of the bytes, first 32 hex digits):
     lets a client skip files that are already indexed without uploading them."""

@@ -7,30 +7,28 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.auth import Requester, principal_of
+from api import paths
+from api.auth import principal_of
 from api.bodies import parse_body
 from api.compat import require_current_model
-from api.deps import CollectionName, QueueDep, SettingsDep, StoreDep
-from api.fairness import admit
+from api.deps import CollectionName
+from api.jobs_submit import Submitter
 from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form
-from api.urls import MAX_URL_LENGTH, callback_params, valid_url
+from api.urls import MAX_URL_LENGTH, valid_url
 from shared.errors import InvalidRequest, SimsearchError, UnsupportedMedia
-from shared.queueing import EXPAND_TASK, INDEX_CHUNK_TASK, INDEX_QUEUE
+from shared.queueing import INDEX_CHUNK_TASK
 from shared.schemas import JobAccepted, JobInput, JobType
 
 log = logging.getLogger(__name__)
-router = APIRouter(
-    prefix="/v1/collections/{collection}/imports", tags=["imports"], dependencies=[Depends(principal_of)]
-)
+router = APIRouter(prefix=paths.IMPORTS, tags=["imports"], dependencies=[Depends(principal_of)])
 
 TEXT_TYPES = ("text/plain", "text/csv", "text/uri-list")
 
@@ -69,42 +67,26 @@ IMPORT_DOC = {
 
 
 @router.post("", status_code=202, response_model=JobAccepted, openapi_extra=IMPORT_DOC)
-async def import_images(
-    collection: CollectionName,
-    request: Request,
-    store: StoreDep,
-    queue: QueueDep,
-    settings: SettingsDep,
-    requester: Requester,
-) -> JobAccepted:
+async def import_images(collection: CollectionName, request: Request, jobs: Submitter) -> JobAccepted:
     """Index images from URLs or a bucket; poll the job (its total grows while a file or bucket is
     listed). Items that cannot be fetched fail with `fetch_failed`, `blocked_address`,
     `too_large`, `timeout` or `invalid_image`."""
-    require_current_model(await store.collection(collection), settings)
-    admission = await admit(store.redis, settings, requester)
-    open_jobs = admission.open_jobs
-    fair = {"owner": requester, "priority": open_jobs}  # fair shares (api/fairness.py)
+    settings = jobs.settings
+    require_current_model(await jobs.store.collection(collection), settings)
+    job = await jobs.admit(collection)
     kind = media_type(request.headers.get("content-type"))
-    job_id = uuid.uuid4().hex
     callback = request.query_params.get("callback_url")
-    if settings.default_shards > 1:
-        await store.create_collection(collection, settings.default_shards)
+    await jobs.provision(collection)
     if kind == "application/json":
         body = parse_body(ImportRequest, await request.body())
-        params = {"collection": collection, **callback_params(body.callback_url or callback, settings), **fair}
+        job.call_back(body.callback_url or callback)
         if body.source is not None:
             spec = {"kind": "bucket", "url": _bucket(body.source, settings.import_buckets)}
-            await store.create_job_with_sources(job_id, collection, params, [], [(spec, None)])
-            await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE, open_jobs)
-            return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
+            return await job.submit(JobType.index, sources=[(spec, None)])
         uploads = _url_uploads(body.urls or [], settings.max_import_urls, settings.metadata_max_bytes_per_image)
-        admission.take(len(uploads))
-        await store.create_job(job_id, JobType.index, collection, params, uploads)
-        await queue.send_chunks(
-            INDEX_CHUNK_TASK, job_id, collection, len(uploads), settings.index_chunk_size, INDEX_QUEUE, open_jobs
-        )
-        return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=len(uploads))
-    params = {"collection": collection, **callback_params(callback, settings), **fair}
+        job.take(len(uploads))
+        return await job.submit(JobType.index, uploads, chunks=INDEX_CHUNK_TASK)
+    job.call_back(callback)
     with tempfile.TemporaryDirectory(prefix="simsearch-import-") as folder:
         path = Path(folder) / "urls"
         if kind in TEXT_TYPES:
@@ -120,11 +102,9 @@ async def import_images(
                     out.write(block)
         else:
             raise UnsupportedMedia("send JSON {urls|source}, a text/plain or text/csv list, or a multipart 'file'")
-        spec = {"kind": "urls", "filename": "urls"}
-        await store.create_job_with_sources(job_id, collection, params, [], [(spec, path)])
-    await queue.send(EXPAND_TASK, [job_id, collection, 0], INDEX_QUEUE, open_jobs)
-    log.info("import job queued", extra={"job_id": job_id, "collection": collection})
-    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=0)
+        accepted = await job.submit(JobType.index, sources=[({"kind": "urls", "filename": "urls"}, path)])
+    log.info("import job queued", extra={"job_id": job.job_id, "collection": collection})
+    return accepted
 
 
 def _url_uploads(urls: list[str | UrlItem], limit: int, metadata_max: int) -> list[Upload]:

@@ -7,12 +7,13 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 
+from api import paths
 from api.auth import Principal, job_not_found, principal_of
 from api.deps import RenderedDep, SettingsDep, StoreDep, WaiterDep
 from shared.errors import Conflict, NotFound
 from shared.schemas import JOB_ID, JobType, JobView
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(principal_of)])
+router = APIRouter(prefix=paths.JOBS, tags=["jobs"], dependencies=[Depends(principal_of)])
 
 
 @router.get("/{job_id}", response_model=JobView, response_model_exclude_none=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from api import paths
 from api.auth import metrics_reader
 from api.deps import StoreDep
 from api.metrics import render
@@ -11,7 +12,7 @@ router = APIRouter(tags=["operations"])
 
 
 # With API keys configured: a key with the `metrics` scope (the figures name every tenant's collections).
-@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_reader)])
+@router.get(paths.METRICS, response_class=Response, dependencies=[Depends(metrics_reader)])
 async def metrics(request: Request, store: StoreDep) -> Response:
     """Prometheus exposition: HTTP, jobs, queues, collections, and every worker's embedding figures."""
     return Response(await render(request.app.state.metrics_registry, store.redis), media_type=CONTENT_TYPE_LATEST)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import anyio
@@ -8,19 +7,21 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.datastructures import FormData
 
+from api import paths
 from api.auth import principal_of
 from api.bodies import checked_filter, form_filter, parse_body, searchable
-from api.deps import CallbackUrl, CollectionName, MinSimilarity, QueueDep, SettingsDep, StoreDep, TopK
+from api.deps import CallbackUrl, CollectionName, MinSimilarity, StoreDep, TopK
+from api.jobs_submit import Submitter
 from api.limits import media_type
 from api.store import Upload
 from api.uploads import files_of, read_form
-from api.urls import MAX_URL_LENGTH, callback_params, valid_url
+from api.urls import MAX_URL_LENGTH, valid_url
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMedia
 from shared.imaging import content_id, safe_filename, sniff_format
 from shared.queueing import SEARCH_QUEUE, SEARCH_TASK
 from shared.schemas import IMAGE_ID, Example, JobAccepted, JobInput, JobType, SearchParams
 
-router = APIRouter(prefix="/v1/collections/{collection}/search", tags=["search"], dependencies=[Depends(principal_of)])
+router = APIRouter(prefix=paths.SEARCH, tags=["search"], dependencies=[Depends(principal_of)])
 
 
 MAX_EXAMPLES = 100
@@ -94,9 +95,7 @@ async def _query_upload(form: FormData, settings) -> Upload:
 async def search(
     collection: CollectionName,
     request: Request,
-    store: StoreDep,
-    queue: QueueDep,
-    settings: SettingsDep,
+    jobs: Submitter,
     k: TopK = 10,
     min_similarity: MinSimilarity = None,
     cluster: int | None = Query(None, ge=0, description="only matches from this cluster"),
@@ -105,6 +104,7 @@ async def search(
     """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`).
     A `filter` (JSON body field, or form field next to the upload) keeps only matches whose
     metadata passes it: `{"label": "cat"}`, `{"year": {"$gte": 2020}}`, `$in`, `$exists`, `$or`..."""
+    store, queue, settings = jobs.store, jobs.queue, jobs.settings
     info = await searchable(store, collection, settings, k)
     content_type = media_type(request.headers.get("content-type"))
     if cluster is not None:
@@ -134,9 +134,10 @@ async def search(
         uploads.append(upload)
     else:
         raise UnsupportedMedia('send the query as multipart \'file\' or as JSON {"image_id"} or {"url"}')
-    job_id = uuid.uuid4().hex
-    job_params = {**params.model_dump(mode="json"), **callback_params(callback_url, settings)}
-    await store.create_job(job_id, JobType.search, collection, job_params, uploads)
+    job = jobs.new(collection, params.model_dump(mode="json"))
+    job.call_back(callback_url)
+    await job.create(JobType.search, uploads)
+    job_id = job.job_id
     # A sharded collection searched by a stored image: its vector is the query, so the shards are
     # asked at once (one hop, as an unsharded search; bench/shards.py measured the two-hop way,
     # through a dispatching worker, at 2.3x the unsharded p50). An uploaded query needs a worker
@@ -145,4 +146,4 @@ async def search(
         await queue.send_fan_out(job_id, collection, info.shards, settings.shard_timeout_s)
     else:
         await queue.send(SEARCH_TASK, [job_id, collection], SEARCH_QUEUE)
-    return JobAccepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", total=1)
+    return job.accepted(total=1)

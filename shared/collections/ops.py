@@ -95,11 +95,6 @@ def existing(collection: str, image_ids: Sequence[str]) -> Op[list[str]]:
     return [i for i, present in zip(image_ids, there, strict=True) if present]
 
 
-def image_ids(collection: str) -> Op[list[str]]:
-    (raw,) = yield _one(Call("hkeys", (keys.images(collection),)))
-    return sorted(_text(i) or "" for i in raw)
-
-
 def page(collection: str, offset: int, limit: int) -> Op[tuple[int, list[ImageRecord]]]:
     """Images in the order they were added."""
     total, ids = yield Batch(

@@ -8,6 +8,7 @@ from typing import Any
 
 from shared.schemas import (
     CallbackState,
+    CallbackStatus,
     ItemError,
     ItemOutcome,
     ItemStatus,
@@ -70,7 +71,7 @@ def _callback(fields: Mapping[str | None, str | None]) -> CallbackState | None:
         return None
     return CallbackState(
         url=url,
-        status=fields.get("callback_status") or "waiting",
+        status=CallbackStatus(fields.get("callback_status") or CallbackStatus.waiting),
         attempts=int(fields.get("callback_attempts") or 0),
         last_error=fields.get("callback_error"),
         delivered_at=fields.get("callback_at"),

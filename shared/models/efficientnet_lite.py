@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.models.base import Network, NetworkEmbedder, TensorFlowRunner
+from shared.settings import ModelCaches
 
 if TYPE_CHECKING:
     import keras
@@ -270,7 +271,7 @@ def assign_state_dict(model: keras.Model, state: Mapping[str, np.ndarray]) -> No
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SIMSEARCH_CACHE_DIR") or Path.home() / ".cache" / "simsearch")
+    return ModelCaches().simsearch_cache_dir
 
 
 def imagenet_checkpoint_path() -> Path:

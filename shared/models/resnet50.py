@@ -13,6 +13,7 @@ import numpy as np
 
 from shared.errors import ModelWeightsUnavailable
 from shared.models.base import Network
+from shared.settings import ModelCaches
 
 NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + NOTOP_FILE
@@ -28,7 +29,7 @@ HOW_TO_PROVIDE = (
 
 
 def keras_cache_file() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / NOTOP_FILE
+    return ModelCaches().keras_home / "models" / NOTOP_FILE
 
 
 def _md5(path: Path) -> str:

@@ -1,0 +1,129 @@
+"""What every job-creating route shares: admission (fair shares, api/fairness.py) and the params
+every job carries (owner, priority, callback), then create the job -> queue its work -> 202 with
+`JobAccepted`. A route checks and parses its own request in between."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends
+
+from api.auth import Requester
+from api.deps import QueueDep, SettingsDep, StoreDep
+from api.fairness import Admission, admit, reserve_results
+from api.paths import job_url
+from api.queue import TaskQueue
+from api.settings import ApiSettings
+from api.store import ApiStore, Upload
+from api.urls import callback_params
+from shared.queueing import EXPAND_TASK, INDEX_QUEUE
+from shared.schemas import JobAccepted, JobType
+
+Source = tuple[dict[str, Any], Path | None]  # (spec, file to store or None): see ApiStore.create_job_with_sources
+
+
+@dataclass
+class Submission:
+    """One job on its way in: its id, params and, when it was admitted, the requester's admission."""
+
+    submitter: JobSubmitter
+    collection: str
+    params: dict[str, Any]
+    admission: Admission | None = None
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def priority(self) -> int:
+        """The priority level its tasks start at: the requester's open jobs (0 when not admitted)."""
+        return self.admission.open_jobs if self.admission is not None else 0
+
+    def call_back(self, url: str | None) -> None:
+        """POST the job to `url` when it ends (400 when callbacks are off or the URL is bad)."""
+        self.params |= callback_params(url, self.submitter.settings)
+
+    def take(self, items: int) -> None:
+        """429 when `items` more would pass the requester's queued-items quota."""
+        assert self.admission is not None, "only an admitted job counts items"
+        self.admission.take(items)
+
+    async def reserve_results(self, matches: int) -> None:
+        """A batch search's results, counted against its requester before they exist."""
+        s = self.submitter
+        await reserve_results(s.store.redis, s.settings, s.requester, self.job_id, matches)
+
+    async def create(
+        self, job_type: JobType, uploads: list[Upload] | None = None, sources: list[Source] | None = None
+    ) -> None:
+        store = self.submitter.store
+        if sources:
+            await store.create_job_with_sources(
+                self.job_id, self.collection, self.params, uploads or [], sources, job_type
+            )
+        else:
+            await store.create_job(self.job_id, job_type, self.collection, self.params, uploads or [])
+
+    def accepted(self, total: int) -> JobAccepted:
+        return JobAccepted(job_id=self.job_id, status_url=job_url(self.job_id), total=total)
+
+    async def submit(
+        self,
+        job_type: JobType,
+        uploads: list[Upload] | None = None,
+        sources: list[Source] | None = None,
+        *,
+        chunks: str | None = None,
+        task: tuple[str, str] | None = None,
+    ) -> JobAccepted:
+        """Create the job, then queue its work: `chunks`, that task over the uploads a chunk at a
+        time; each of `sources` to expand; `task`, one (name, queue) task for the whole job."""
+        uploads, sources = uploads or [], sources or []
+        await self.create(job_type, uploads, sources)
+        queue, args = self.submitter.queue, [self.job_id, self.collection]
+        if chunks is not None:
+            size = self.submitter.settings.index_chunk_size
+            await queue.send_chunks(chunks, *args, len(uploads), size, INDEX_QUEUE, self.priority)
+        if sources:
+            expansions = [[*args, n] for n in range(len(sources))]
+            await queue.send_many(EXPAND_TASK, expansions, INDEX_QUEUE, [self.priority] * len(sources))
+        if task is not None:
+            name, queue_name = task
+            await queue.send(name, args, queue_name, self.priority)
+        # The total the job starts with (shared/jobs/lifecycle.py): its items, else 0 while its
+        # sources are listed, else 1 (the job is one piece of work).
+        return self.accepted(len(uploads) or (0 if sources else 1))
+
+
+@dataclass(frozen=True)
+class JobSubmitter:
+    """The clients a job-creating route needs, and who is asking (a request's dependency)."""
+
+    store: ApiStore
+    queue: TaskQueue
+    settings: ApiSettings
+    requester: str
+
+    def new(self, collection: str, params: dict[str, Any]) -> Submission:
+        """A job that takes no part in fair shares (no quota, priority 0)."""
+        return Submission(self, collection, params)
+
+    async def admit(self, collection: str, params: dict[str, Any] | None = None, results: bool = False) -> Submission:
+        """A job of the requester's: 429 past its quotas (`results`: a batch search, which also
+        holds results); its params name the collection, `params`, its owner and its priority."""
+        admission = await admit(self.store.redis, self.settings, self.requester, results=results)
+        fair = {"owner": self.requester, "priority": admission.open_jobs}
+        return Submission(self, collection, {"collection": collection, **(params or {}), **fair}, admission)
+
+    async def provision(self, collection: str) -> None:
+        """A new collection gets the deployment's shards (else: 1, implicit, with its first image)."""
+        if self.settings.default_shards > 1:
+            await self.store.create_collection(collection, self.settings.default_shards)
+
+
+def job_submitter(store: StoreDep, queue: QueueDep, settings: SettingsDep, requester: Requester) -> JobSubmitter:
+    return JobSubmitter(store, queue, settings, requester)
+
+
+Submitter = Annotated[JobSubmitter, Depends(job_submitter)]
