@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Self
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from shared.blobs import BlobSettings
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.shards import MAX_SHARDS
-
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "simsearch"
 
 
 class CommonSettings(BlobSettings):
@@ -99,16 +96,6 @@ class ModelSettings(CommonSettings):
         if value not in MODELS:
             raise ValueError(f"unknown EMBEDDING_MODEL {value!r}; choose one of {sorted(MODELS)}")
         return value
-
-
-class ModelCaches(BaseSettings):
-    """Where model weights are cached, from the environment when asked: for the models' own code,
-    which runs without a service's settings (the worker's CACHE_DIR defaults to the first)."""
-
-    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
-
-    simsearch_cache_dir: Path = DEFAULT_CACHE_DIR  # converted EfficientNet-Lite0 weights, OpenVINO models
-    keras_home: Path = Path.home() / ".keras"  # Keras's own: its models/ holds the ResNet50 ImageNet weights
 
 
 def embedding_id(model: str, input_size: int) -> str:

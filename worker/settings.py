@@ -8,7 +8,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 
 from shared.ann import AnnParams
 from shared.fetch import FetchPolicy
-from shared.settings import DEFAULT_CACHE_DIR, ModelSettings
+from shared.models.caches import DEFAULT_CACHE_DIR
+from shared.settings import ModelSettings
 from shared.shards import MAX_SHARDS, parse_shards
 from worker.archives import ArchiveLimits
 from worker.sources import BucketSettings
@@ -18,7 +19,7 @@ from worker.threads import cpus
 class WorkerSettings(ModelSettings):
     # 'imagenet', a weights file path, or 'random' (benchmarks and plumbing tests only; never implied).
     embedding_weights: str = "imagenet"
-    # CACHE_DIR, else SIMSEARCH_CACHE_DIR (the name the models' own code reads: shared.settings.ModelCaches).
+    # CACHE_DIR, else SIMSEARCH_CACHE_DIR (the name the models' own code reads: shared.models.caches.ModelCaches).
     cache_dir: Path = Field(DEFAULT_CACHE_DIR, validation_alias=AliasChoices("cache_dir", "simsearch_cache_dir"))
     # auto | tensorflow | openvino (see worker/inference.py); auto | int8 | bf16 | f32.
     inference_backend: str = "auto"

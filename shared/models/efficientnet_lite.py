@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.models.base import Network, NetworkEmbedder, TensorFlowRunner
-from shared.settings import ModelCaches
+from shared.models.caches import ModelCaches
 
 if TYPE_CHECKING:
     import keras

@@ -13,7 +13,7 @@ import numpy as np
 
 from shared.errors import ModelWeightsUnavailable
 from shared.models.base import Network
-from shared.settings import ModelCaches
+from shared.models.caches import ModelCaches
 
 NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + NOTOP_FILE
