@@ -34,7 +34,7 @@ def purity(labels: np.ndarray, truth: list[str]) -> float:
 def embed_folder(data: Path, model: str, weights: str) -> tuple[np.ndarray, list[str]]:
     from shared.imaging import decode_image, to_model_input
     from shared.models.registry import get_model_spec
-    from worker.inference import build_embedder
+    from worker.model.inference import build_embedder
     from worker.runtime import _configure_tensorflow
 
     _configure_tensorflow(2)
@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=5, help="row orders tried per size")
     args = parser.parse_args()
 
-    from worker.clustering import cluster
+    from worker.analysis.clustering import cluster
 
     if args.scale:
         from shared.models.base import l2_normalise

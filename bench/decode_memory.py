@@ -4,7 +4,7 @@ Each way runs in a fresh process that prepares the images one after another and 
 until the end, the way an index chunk does before its one forward pass:
 
   (a) old: `decode_image` per item, keeping the `DecodedImage` and the upload bytes; model input and
-      rendition are made at the end (today's worker/indexing.py)
+      rendition are made at the end (today's worker/ingest/indexing.py)
   (b) new: `prepare_image` per item, keeping only the `PreparedImage`
 
     python bench/decode_memory.py                       # 12 RGB PNGs of 7000x7000

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from spread import synthetic  # noqa: E402
 
-from worker.duplicates import duplicate_groups  # noqa: E402
+from worker.analysis.duplicates import duplicate_groups  # noqa: E402
 
 
 def planted_copies(originals: np.ndarray, target: float, rng: np.random.Generator) -> np.ndarray:

@@ -31,7 +31,7 @@ from spread import synthetic_chunks  # noqa: E402
 
 from shared.ann import AnnIndex, AnnParams  # noqa: E402
 from shared.filters import matches, parse  # noqa: E402
-from worker.metadata_index import MetadataIndex  # noqa: E402
+from worker.search.metadata_index import MetadataIndex  # noqa: E402
 
 K = 10
 FILTERS = {

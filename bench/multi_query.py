@@ -4,7 +4,7 @@
 
 Embeds the 3,000 labelled photos with EfficientNet-Lite0 (ImageNet weights; cached under /tmp by
 bench/spread.py), then ranks the collection exactly with the worker's own combination
-(`worker.searching.combine`: normalise(mean_w(positive) - 0.5 * mean_w(negative)), examples
+(`worker.search.searching.combine`: normalise(mean_w(positive) - 0.5 * mean_w(negative)), examples
 excluded) and counts dogs in the top 10, for `--queries` random draws of P cats and N dogs:
 the cats alone, the cats with the dogs as negatives, and the first version's plain sums
 (sum(positive) - sum(negative)) as the baseline. Then the hard case: every cat whose own top 10
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from spread import embed_animals  # noqa: E402
 
-from worker.searching import combine  # noqa: E402
+from worker.search.searching import combine  # noqa: E402
 
 
 def top10(matrix: np.ndarray, query: np.ndarray, skip: set[int]) -> list[int]:

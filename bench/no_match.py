@@ -113,7 +113,7 @@ def calibration_cost(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), dim: int
 
     from bench.spread import synthetic
     from shared.ann import AnnIndex, AnnParams
-    from worker.calibration import calibrate
+    from worker.search.calibration import calibrate
 
     out = {}
     for n in sizes:

@@ -54,7 +54,7 @@ def measure(kind: str, model: str, weights: str, blobs: list[bytes], threads: in
     side = 512 if kind == "notebook" else spec.default_input_size
     network = spec.build(weights, side, cache_dir)
     if kind == "chosen":
-        from worker.inference import build_embedder
+        from worker.model.inference import build_embedder
 
         embedder = build_embedder(network, "auto", "auto", cache_dir, threads)
         backend = f"{embedder.runner.backend}/{embedder.runner.precision}"

@@ -13,7 +13,7 @@ What the API and the workers both need lives here, and nothing in it imports wor
 - the fan-out's Redis keys (`FanOutStore`, the worker's store inherits it) with their two scripts.
 
 The steps (answer a shard, merge when the last one answered or at the deadline) are the workers':
-worker/searching.py for a search, worker/batch_shards.py for a batch chunk.
+worker/search/searching.py for a search, worker/search/batch_shards.py for a batch chunk.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def publish(app: Celery, messages: list[TaskMessage]) -> None:
 
 # -- the shards' answers ------------------------------------------------------------------------
 class _Answer(BaseModel):
-    # The threshold the shard calibrated on its part of the collection (worker/calibration.py).
+    # The threshold the shard calibrated on its part of the collection (worker/search/calibration.py).
     threshold: Threshold | None = None
 
     def hits_of(self, query: int) -> list[Hit]:

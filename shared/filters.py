@@ -11,7 +11,7 @@ A field holding a list matches when any element does (`{"tags": "outdoor"}`). Co
 typed: 1 equals 1.0 but not "1" or true, and a string bound never matches a number. $ne and $nin
 also match images without the field. `parse` validates a filter and names the offending field in
 its error (the API's 422); `matches` is the reference evaluation of one image's metadata; workers
-evaluate the same semantics over columns (worker/metadata_index.py).
+evaluate the same semantics over columns (worker/search/metadata_index.py).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def job_keys(job_id: str) -> list[str]:
 
 WEBHOOKS_DUE = "ss:webhooks"  # zset: job id -> when its callback should next be tried
 # zset: job id -> when it last showed life (created, started, an item recorded, a batch listed);
-# a job leaves it when it finishes. The watchdog (worker/watchdog.py) re-drives jobs gone quiet.
+# a job leaves it when it finishes. The watchdog (worker/upkeep/watchdog.py) re-drives jobs gone quiet.
 OPEN_JOBS = "ss:jobs:open"
 WATCHDOG_LOCK = "ss:jobs:watchdog"  # one watchdog pass at a time across workers
 OWNER_OPEN_PREFIX = "ss:owner:"

@@ -66,7 +66,7 @@ def chunk_priority(open_jobs: int, chunk_number: int) -> int:
 
 def broker_transport_options(visibility_timeout_s: int) -> dict[str, Any]:
     """An unacknowledged message comes back after `visibility_timeout_s` unless its worker keeps
-    refreshing it (`worker.heartbeat`): a live worker keeps long tasks, a dead one's come back
+    refreshing it (`worker.upkeep.heartbeat`): a live worker keeps long tasks, a dead one's come back
     within about this long. kombu's defaults would sweep for them only every 100 s (interval x
     throttle) and let a crashed sweeper's lock block sweeps for 300 s (a sweep takes milliseconds).
     Delivery times are compared across hosts: keep the workers' clocks in sync (NTP)."""

@@ -98,7 +98,7 @@ class CallbackStatus(StrEnum):
     """Where a job's completion callback stands (see `CallbackState`)."""
 
     # Stored as the job hash's `callback_status`: FINISH_JOB (shared/jobs/scripts.py) sets
-    # `pending`, worker/webhooks.py settles it; no field yet reads as `waiting`.
+    # `pending`, worker/upkeep/webhooks.py settles it; no field yet reads as `waiting`.
     waiting = "waiting"
     pending = "pending"
     delivered = "delivered"
@@ -180,7 +180,7 @@ class SearchParams(BaseModel):
 
 class Threshold(BaseModel):
     """The similarity a match had to reach, and where that number came from: the request's
-    `min_similarity`, the collection's calibration (worker/calibration.py), or the model's floor."""
+    `min_similarity`, the collection's calibration (worker/search/calibration.py), or the model's floor."""
 
     value: float
     source: Literal["request", "collection", "model"]

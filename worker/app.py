@@ -21,11 +21,11 @@ from shared.logs import configure_logging, current_job
 from shared.models.registry import get_model_spec
 from shared.queueing import DEADLINE_QUEUE, INDEX_QUEUE, SEARCH_QUEUE, WEBHOOK_QUEUE, WEBHOOK_TASK, celery_config
 from shared.shards import shard_queue
-from worker.heartbeat import Heartbeat
 from worker.runtime import WorkerRuntime
 from worker.settings import WorkerSettings
-from worker.watchdog import Watchdog, WatchdogPolicy
-from worker.webhooks import Dispatcher
+from worker.upkeep.heartbeat import Heartbeat
+from worker.upkeep.watchdog import Watchdog, WatchdogPolicy
+from worker.upkeep.webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _start_heartbeat(**_: Any) -> None:
         send = lambda job_id: app.send_task(WEBHOOK_TASK, [job_id], queue=WEBHOOK_QUEUE)  # noqa: E731
         app.dispatcher = Dispatcher(client, send)  # type: ignore[attr-defined]
         app.dispatcher.start()  # type: ignore[attr-defined]
-        # ... and watch for jobs whose work was lost (worker/watchdog.py).
+        # ... and watch for jobs whose work was lost (worker/upkeep/watchdog.py).
         jobs = Jobs(client, JobLifecycle(settings.job_ttl_seconds), JOB_SCRIPTS)
         policy = WatchdogPolicy(settings.stall_s, settings.watchdog_max_redrives, settings.index_chunk_size)
         resend = lambda task, args, queue: app.send_task(task, args, queue=queue)  # noqa: E731

@@ -11,8 +11,8 @@ from shared.jobs import Jobs
 from shared.jobs.lifecycle import JobRecord
 from shared.models.base import Embedder
 from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobInput, JobStatus
-from worker.replica import ReplicaSet
-from worker.sources import Sources
+from worker.ingest.sources import Sources
+from worker.search.replica import ReplicaSet
 from worker.store import Embedding, WorkerStore
 
 Outcome = tuple[ItemOutcome, ItemError | None]

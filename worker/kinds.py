@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from shared.schemas import JobStatus, JobType
-from worker import batch_search, indexing, reembedding
 from worker.context import JobContext
+from worker.ingest import indexing, reembedding
+from worker.search import batch_search
 
 
 def finish_single(ctx: JobContext) -> None:

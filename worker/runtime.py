@@ -15,15 +15,15 @@ from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.models.base import NetworkEmbedder
 from shared.models.registry import get_model_spec
-from worker.calibration import NoMatchPolicy
 from worker.context import JobContext
-from worker.inference import build_embedder
-from worker.replica import ReplicaSet
+from worker.ingest.sources import Buckets, Sources
+from worker.model.inference import build_embedder
+from worker.model.threads import limit_search_threads
+from worker.search.calibration import NoMatchPolicy
+from worker.search.replica import ReplicaSet
+from worker.search.snapshots import Snapshots
 from worker.settings import WorkerSettings
-from worker.snapshots import Snapshots
-from worker.sources import Buckets, Sources
 from worker.store import WorkerStore
-from worker.threads import limit_search_threads
 
 log = logging.getLogger(__name__)
 

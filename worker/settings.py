@@ -11,9 +11,9 @@ from shared.fetch import FetchPolicy
 from shared.models.caches import DEFAULT_CACHE_DIR
 from shared.settings import ModelSettings
 from shared.shards import MAX_SHARDS, parse_shards
-from worker.archives import ArchiveLimits
-from worker.sources import BucketSettings
-from worker.threads import cpus
+from worker.ingest.archives import ArchiveLimits
+from worker.ingest.sources import BucketSettings
+from worker.model.threads import cpus
 
 
 class WorkerSettings(ModelSettings):
@@ -21,7 +21,7 @@ class WorkerSettings(ModelSettings):
     embedding_weights: str = "imagenet"
     # CACHE_DIR, else SIMSEARCH_CACHE_DIR (the name the models' own code reads: shared.models.caches.ModelCaches).
     cache_dir: Path = Field(DEFAULT_CACHE_DIR, validation_alias=AliasChoices("cache_dir", "simsearch_cache_dir"))
-    # auto | tensorflow | openvino (see worker/inference.py); auto | int8 | bf16 | f32.
+    # auto | tensorflow | openvino (see worker/model/inference.py); auto | int8 | bf16 | f32.
     inference_backend: str = "auto"
     inference_precision: str = "auto"
     # Threads for the forward pass; 0 = the CPUs this process may use.
@@ -40,11 +40,11 @@ class WorkerSettings(ModelSettings):
     # the cores (bench/shards.py: 4 shard workers on 2 cores, p50 69 ms with teams, 22 ms without).
     search_threads: int = Field(default=1, ge=1)
     # A search without min_similarity refuses matches below the collection's calibrated threshold
-    # (worker/calibration.py). Never with EMBEDDING_WEIGHTS=random: such similarities mean nothing.
+    # (worker/search/calibration.py). Never with EMBEDDING_WEIGHTS=random: such similarities mean nothing.
     # A task that loses Redis (store and broker) waits this long for it, then runs again
-    # (worker/outages.py); kept under the task's soft time limit.
+    # (worker/upkeep/outages.py); kept under the task's soft time limit.
     redis_outage_wait_s: float = Field(default=300.0, ge=1)
-    # The job watchdog (worker/watchdog.py): a job quiet this long has its unfinished work sent
+    # The job watchdog (worker/upkeep/watchdog.py): a job quiet this long has its unfinished work sent
     # again (0: 1.5 x TASK_TIME_LIMIT_S + 60, so never work a live task is still on), at most
     # WATCHDOG_MAX_REDRIVES times before the rest of it fails with `work_lost`.
     job_stall_s: float = Field(default=0, ge=0)
@@ -72,7 +72,7 @@ class WorkerSettings(ModelSettings):
     fetch_total_timeout_s: float = Field(default=60.0, gt=0)
     fetch_per_host: int = Field(default=4, ge=1, le=64)
     fetch_concurrency: int = Field(default=8, ge=1, le=64)
-    # Archives: guards against bombs (worker/archives.py).
+    # Archives: guards against bombs (worker/ingest/archives.py).
     archive_max_members: int = Field(default=100_000, ge=1)
     archive_max_expanded_bytes: int = Field(default=8 << 30, ge=1 << 20)
     archive_max_ratio: float = Field(default=200.0, gt=1)
@@ -81,7 +81,7 @@ class WorkerSettings(ModelSettings):
     import_s3_region: str | None = None
     import_s3_access_key_id: str | None = None
     import_s3_secret_access_key: SecretStr | None = None
-    # Completion callbacks (worker/webhooks.py; WEBHOOK_SECRET is a common setting).
+    # Completion callbacks (worker/upkeep/webhooks.py; WEBHOOK_SECRET is a common setting).
     webhook_max_attempts: int = Field(default=6, ge=1, le=20)
     webhook_backoff_s: float = Field(default=2.0, gt=0)
 

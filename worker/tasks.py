@@ -33,22 +33,15 @@ from shared.queueing import (
     chunk_priority,
 )
 from shared.schemas import JobStatus, JobType
-from worker import (
-    batch_search,
-    batch_shards,
-    clustering_job,
-    duplicates_job,
-    expanding,
-    indexing,
-    kinds,
-    reembedding,
-    searching,
-    webhooks,
-)
+from worker import kinds
+from worker.analysis import clustering_job, duplicates_job
 from worker.app import app, runtime_of
 from worker.context import JobContext, failed_item
-from worker.outages import OUTAGE, through_outages
+from worker.ingest import expanding, indexing, reembedding
 from worker.runtime import WorkerRuntime
+from worker.search import batch_search, batch_shards, searching
+from worker.upkeep import webhooks
+from worker.upkeep.outages import OUTAGE, through_outages
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

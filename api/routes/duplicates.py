@@ -1,4 +1,4 @@
-"""Near-duplicate groups of a collection (worker/duplicates.py): a job, like clustering."""
+"""Near-duplicate groups of a collection (worker/analysis/duplicates.py): a job, like clustering."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # Every script that shows a job alive (started, an item recorded, a batch listed) moves its time in
 # the open-jobs set (XX: a finished job, gone from it, is never put back); FINISH_JOB takes it out.
-# The watchdog (worker/watchdog.py) re-drives the jobs that went quiet there.
+# The watchdog (worker/upkeep/watchdog.py) re-drives the jobs that went quiet there.
 
 # A job is complete when every item it has is recorded and every source of items is listed.
 _COMPLETE = """

@@ -97,7 +97,7 @@ class ModelSpec:
     # with missing weights fails at start with a clear message instead of on its first task.
     prepare: Callable[[str, Path], None] = lambda weights, cache_dir: None
     # The similarity below which a match is "not similar" in a collection too small to calibrate
-    # on (worker/calibration.py), measured on the model's ImageNet weights; None: not measured.
+    # on (worker/search/calibration.py), measured on the model's ImageNet weights; None: not measured.
     no_match_floor: float | None = None
 
 

@@ -14,8 +14,8 @@ import logging
 import os
 import time
 
-from worker import indexing
 from worker.app import app  # noqa: F401 - what `celery -A` loads
+from worker.ingest import indexing
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from shared.imaging import content_id
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.schemas import JobInput, JobType, JobView
-from worker import indexing, reembedding
 from worker.context import JobContext
-from worker.replica import ReplicaSet
+from worker.ingest import indexing, reembedding
+from worker.search.replica import ReplicaSet
 from worker.store import WorkerStore
 
 TTL = 3600

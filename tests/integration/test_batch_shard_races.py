@@ -16,8 +16,8 @@ from shared.blobs_file import FileBlobStore
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS
 from shared.schemas import JobInput, JobType
-from worker import batch_shards
 from worker.context import JobContext
+from worker.search import batch_shards
 from worker.store import WorkerStore
 
 SHARDS = 2
@@ -174,7 +174,7 @@ def test_a_worker_dying_while_storing_a_chunk_loses_no_failure(client: redis.Red
     from types import SimpleNamespace
 
     from shared import vectors
-    from worker import batch_search
+    from worker.search import batch_search
 
     ctx = _ctx(client, tmp_path, 2, embedder=SimpleNamespace(name="m"))
     client.hset(keys.collection("coll"), mapping={"model": "m", "dim": 4, "shards": SHARDS})

@@ -10,8 +10,9 @@ import uuid
 from shared.schemas import JobType
 from tests.images import photo_bytes
 from tests.integration.inprocess import Harness, PixelEmbedder
-from worker import batch_search, expanding
-from worker.archives import ArchiveLimits
+from worker.ingest import expanding
+from worker.ingest.archives import ArchiveLimits
+from worker.search import batch_search
 
 
 def test_a_whole_collection_batch_ending_at_its_source_ends_as_a_batch_search(redis_url: str) -> None:

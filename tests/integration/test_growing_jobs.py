@@ -17,8 +17,8 @@ from shared.fetch import Fetcher, FetchPolicy
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS
 from shared.schemas import ItemOutcome, ItemStatus, JobInput, JobStatus, JobType
-from worker import webhooks
-from worker.webhooks import WebhookPolicy, claim_due, deliver
+from worker.upkeep import webhooks
+from worker.upkeep.webhooks import WebhookPolicy, claim_due, deliver
 
 
 @pytest.fixture

@@ -210,7 +210,7 @@ def _worker_rss_mb(name: str) -> float:
 
 
 def test_a_zip_bomb_is_refused_without_the_worker_growing(open_api: str) -> None:
-    # One member expands to 1 GiB of zeros (~1 MB compressed); worker/archives.py refuses it from
+    # One member expands to 1 GiB of zeros (~1 MB compressed); worker/ingest/archives.py refuses it from
     # its header, and caps every read besides (tests/unit/test_archives.py).
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:

@@ -170,7 +170,7 @@ def test_reembed_chunks_failed_elsewhere_are_recovered_not_dropped(redis_url: st
     h.index(name, files)
     job_id = h.begin_reembed(name, embedding_id(target.name, target.input_size))
     ctx_other, ctx_target = h.context(job_id, other), h.context(job_id, target)
-    from worker import reembedding
+    from worker.ingest import reembedding
 
     reembedding.reembed_chunk(ctx_other, [0, 1, 2, 3])
     reembedding.reembed_chunk(ctx_target, [4, 5, 6, 7])
@@ -188,7 +188,7 @@ def test_a_finisher_with_the_wrong_embedding_gives_up_without_damage(redis_url: 
     h.index(name, files)
     before = h.client.hgetall(keys.vectors(name))
     job_id = h.begin_reembed(name, embedding_id(target.name, target.input_size))
-    from worker import reembedding
+    from worker.ingest import reembedding
 
     reembedding.reembed_chunk(h.context(job_id, target), [0, 1, 2, 3])
     reembedding.reembed_chunk(h.context(job_id, old), [4, 5, 6, 7])  # ends the job, on the old worker
@@ -206,7 +206,7 @@ def test_a_finisher_redelivered_after_its_swap_reports_success(redis_url: str, n
     h = Harness(redis_url, embedder)
     h.index(name, photos(12000, 5))
     job_id = h.begin_reembed(name, embedding_id(embedder.name, embedder.input_size))
-    from worker import reembedding
+    from worker.ingest import reembedding
 
     ctx = h.context(job_id)
     reembedding.reembed_chunk(ctx, [0, 1, 2, 3, 4])
@@ -228,7 +228,7 @@ def test_a_finisher_that_raises_releases_the_collection(redis_url: str, name: st
     def boom() -> None:
         raise RuntimeError("model crashed")
 
-    from worker import reembedding
+    from worker.ingest import reembedding
 
     reembedding.reembed_chunk(h.context(job_id), [0, 1, 2])
     with pytest.raises(RuntimeError, match="model crashed"):  # the last chunk, then its finisher, fail

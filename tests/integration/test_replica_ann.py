@@ -18,8 +18,8 @@ from shared.collections import lua as scripts
 from shared.schemas import ImageRecord, utcnow
 from shared.shards import shard_of
 from tests.integration.inprocess import Harness, PixelEmbedder
-from worker.replica import ReplicaSet
-from worker.snapshots import Snapshots
+from worker.search.replica import ReplicaSet
+from worker.search.snapshots import Snapshots
 from worker.store import Embedding, NewImage
 
 DIM = 256

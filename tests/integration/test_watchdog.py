@@ -20,8 +20,8 @@ from tests.images import photo_bytes
 from tests.integration.client_helpers import submit_images, wait_job
 from tests.integration.inprocess import Harness, PixelEmbedder
 from tests.integration.services import start_api, start_redis, start_worker
-from worker import indexing
-from worker.watchdog import WatchdogPolicy, sweep
+from worker.ingest import indexing
+from worker.upkeep.watchdog import WatchdogPolicy, sweep
 
 POLICY = WatchdogPolicy(stall_s=60, max_redrives=2, chunk=2)
 

@@ -1,4 +1,5 @@
-"""Archive members, read within limits (worker/archives.py) and turned into items (worker/expanding.py)."""
+"""Archive members, read within limits (worker/ingest/archives.py) and turned into items
+(worker/ingest/expanding.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from worker.archives import ArchiveLimits, member_name, members
-from worker.expanding import url_lines
+from worker.ingest.archives import ArchiveLimits, member_name, members
+from worker.ingest.expanding import url_lines
 
 
 def _zip(path: Path, members_: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> Path:

@@ -1,4 +1,4 @@
-"""The calibrated "no similar images" threshold (worker/calibration.py), without services."""
+"""The calibrated "no similar images" threshold (worker/search/calibration.py), without services."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from bench.spread import synthetic
 from shared.ann import AnnIndex, AnnParams
 from shared.schemas import Example, SearchParams, Threshold
-from worker.calibration import (
+from worker.search.calibration import (
     MIN_IMAGES,
     PERCENTILE,
     NoMatchPolicy,
@@ -50,7 +50,7 @@ def test_nearest_similarities_leave_each_image_out_in_exact_mode() -> None:
 
 def test_nearest_similarities_span_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows past the first block are compared too, and each sample's own row is skipped there."""
-    import worker.calibration as calibration
+    import worker.search.calibration as calibration
 
     monkeypatch.setattr(calibration, "BLOCK", 64)
     vecs = synthetic(300, 32, seed=2)

@@ -3,7 +3,7 @@ import pytest
 
 from shared.index import VectorIndex
 from shared.models.base import l2_normalise
-from worker.clustering import cluster
+from worker.analysis.clustering import cluster
 
 
 def _blobs(k: int, per: int, dim: int, seed: int, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +48,7 @@ def test_search_mask_restricts_matches() -> None:
 
 
 def test_the_k_sweep_is_bounded() -> None:
-    from worker.clustering import MAX_CANDIDATES, candidate_ks
+    from worker.analysis.clustering import MAX_CANDIDATES, candidate_ks
 
     ks = candidate_ks(2, 100)
     assert len(ks) <= MAX_CANDIDATES and ks[0] == 2 and ks[-1] == 100
@@ -83,7 +83,7 @@ def test_auto_k_finds_the_three_animals_whatever_the_row_order(tmp_path) -> None
 
     from shared.imaging import decode_image, to_model_input
     from shared.models.registry import get_model_spec
-    from worker.inference import build_embedder
+    from worker.model.inference import build_embedder
 
     photos = sorted((Path(__file__).parents[2] / "shared" / "models" / "calibration").glob("*.jpg"))
     network = get_model_spec("efficientnet-lite0").build("imagenet", 256, tmp_path)

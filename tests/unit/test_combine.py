@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared.errors import SimsearchError
-from worker.searching import NEGATIVE_SCALE, combine
+from worker.search.searching import NEGATIVE_SCALE, combine
 
 
 def unit(v) -> np.ndarray:

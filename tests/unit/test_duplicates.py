@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker import duplicates
-from worker.duplicates import duplicate_groups
+from worker.analysis import duplicates
+from worker.analysis.duplicates import duplicate_groups
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

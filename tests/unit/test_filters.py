@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.filters import InvalidFilter, matches, parse
-from worker.metadata_index import MetadataIndex
+from worker.search.metadata_index import MetadataIndex
 
 
 class Order:
@@ -228,7 +228,7 @@ def test_huge_integers_neither_crash_the_columns_nor_pass_as_filter_values():
 
 
 def test_a_field_no_image_has_costs_no_scan_and_columns_are_capped():
-    from worker import metadata_index
+    from worker.search import metadata_index
 
     docs = {f"i{n}": {"label": "cat", "n": n} for n in range(10)}
     scans = []
@@ -262,7 +262,7 @@ def test_filter_text_errors_are_422():
 
 
 def test_a_filter_reading_more_fields_than_are_held_still_runs():
-    from worker import metadata_index
+    from worker.search import metadata_index
 
     many = metadata_index.MAX_COLUMNS + 10
     docs = {"a": {f"f{n}": n for n in range(many)}, "b": {"f3": 3}}

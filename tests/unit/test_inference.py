@@ -10,8 +10,8 @@ import pytest
 from shared.imaging import decode_image, to_model_input
 from shared.models.base import NetworkEmbedder, TensorFlowRunner
 from shared.models.registry import get_model_spec
-from worker import inference
-from worker.inference import select_backend
+from worker.model import inference
+from worker.model.inference import select_backend
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

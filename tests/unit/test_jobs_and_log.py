@@ -2,7 +2,7 @@ import json
 
 from shared.jobs import final_status, index_result, new_job_fields, parse_job
 from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobStatus, JobType
-from worker.replica import fold_log, stream_id_key
+from worker.search.replica import fold_log, stream_id_key
 
 
 def test_job_record_round_trip() -> None:

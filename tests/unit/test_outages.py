@@ -1,4 +1,4 @@
-"""Waiting out a Redis outage in place (worker/outages.py), without services."""
+"""Waiting out a Redis outage in place (worker/upkeep/outages.py), without services."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from worker.outages import through_outages, wait_for_redis
+from worker.upkeep.outages import through_outages, wait_for_redis
 
 
 class FlakyRedis:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, numpy, sklearn.cluster
 from threadpoolctl import threadpool_info
-from worker.threads import all_cores, cpus, limit_search_threads
+from worker.model.threads import all_cores, cpus, limit_search_threads
 from shared.ann import _faiss
 
 def counts():

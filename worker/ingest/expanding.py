@@ -26,8 +26,8 @@ from shared.imaging import content_id
 from shared.jobs.params import ArchiveSource, BucketSource, CollectionSource, SourceSpec, source_name
 from shared.schemas import ItemError, JobInput
 from shared.urlcheck import FetchError, check_url
-from worker.archives import ArchiveLimits, members
 from worker.context import JobContext
+from worker.ingest.archives import ArchiveLimits, members
 from worker.kinds import finish
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def _listing(ctx: JobContext, source: int, path: Path, entries: Callable[[], Ite
         for n, (name, size) in enumerate(entries(), 1):
             out.write(f"{name}\t{size}\n")
             if n % 10_000 == 0:
-                ctx.jobs.touch(ctx.job_id)  # a million-object listing is long, not stalled (worker/watchdog.py)
+                ctx.jobs.touch(ctx.job_id)  # a million-object listing is long, not stalled (worker/upkeep/watchdog.py)
     ctx.store.blobs.put_file(key, path)
 
 

@@ -1,4 +1,4 @@
-"""Batch search of a sharded collection: a chunk's queries are embedded once (worker.batch_search
+"""Batch search of a sharded collection: a chunk's queries are embedded once (worker.search.batch_search
 stores their vectors), every shard answers all of them from its replica, and the last shard to
 answer merges the chunk: each query's k best over the shards, in the order one replica of
 everything would give. SHARD_TIMEOUT_S after the fan-out a deadline merges whatever answered, and
@@ -13,9 +13,9 @@ from __future__ import annotations
 from shared import fanout, filters, keys
 from shared.fanout import BatchShardAnswer
 from shared.schemas import ItemOutcome, ItemStatus
-from worker.batch_search import batch_params, finish_batch_search, result_rows
 from worker.context import JobContext, failed
-from worker.searching import search_excluding
+from worker.search.batch_search import batch_params, finish_batch_search, result_rows
+from worker.search.searching import search_excluding
 
 
 def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:

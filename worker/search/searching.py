@@ -21,9 +21,9 @@ from shared.schemas import (
     Threshold,
 )
 from shared.shards import serves
-from worker.calibration import no_match_message
 from worker.context import JobContext, end_single
-from worker.replica import Replica
+from worker.search.calibration import no_match_message
+from worker.search.replica import Replica
 from worker.store import WorkerStore
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
             return
         if mask is not None:
             answer.passed = int(mask.sum())
-        # Each shard calibrates on its own part; the merge applies the highest (worker/calibration.py).
+        # Each shard calibrates on its own part; the merge applies the highest (worker/search/calibration.py).
         answer.threshold = ctx.replicas.threshold(replica, params)
         found = search_excluding(replica.index, query, excluded(params), params.k, mask)
         answer.hits = above(found, answer.threshold)

@@ -10,9 +10,9 @@ import numpy as np
 from shared.errors import SimsearchError
 from shared.jobs.params import ClusterParams
 from shared.schemas import ItemOutcome, ItemStatus, utcnow
-from worker.clustering import cluster
+from worker.analysis.clustering import cluster
 from worker.context import JobContext, end_single
-from worker.threads import all_cores
+from worker.model.threads import all_cores
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ before it read them (the replica fell behind the log's cap), and it rebuilds fro
 
 A replica's index is a `shared.ann.AnnIndex`: exact float32 rows for small collections, an IVF
 index of 4-bit codes with exact re-ranking from the float16 vectors in Redis for large ones. A
-replica that must be built starts from the newest snapshot (`worker.snapshots`) when there is one
+replica that must be built starts from the newest snapshot (`worker.search.snapshots`) when there is one
 and replays the log after it; otherwise it is built from the vectors in one pass.
 """
 
@@ -29,9 +29,9 @@ from shared.ann import AnnIndex, AnnParams, FetchVectors
 from shared.filters import Filter
 from shared.schemas import SearchParams, Threshold
 from shared.shards import shard_of
-from worker.calibration import NoMatchPolicy, calibrate, requested, stale
-from worker.metadata_index import MetadataIndex
-from worker.snapshots import Snapshots
+from worker.search.calibration import NoMatchPolicy, calibrate, requested, stale
+from worker.search.metadata_index import MetadataIndex
+from worker.search.snapshots import Snapshots
 from worker.store import StreamEntry, WorkerStore
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Replica:
     shard: int = 0  # which shard of the collection this replica holds (of `shards`)
     shards: int = 1
     metadata: MetadataIndex | None = None  # built by the first filtered search (filter_mask)
-    # (version, threshold) of the last no-match calibration (worker/calibration.py)
+    # (version, threshold) of the last no-match calibration (worker/search/calibration.py)
     calibration: tuple[int, Threshold | None] | None = None
 
     @property

@@ -21,7 +21,7 @@ from shared.jobs import final_status
 from shared.jobs.params import ReembedParams
 from shared.schemas import ItemStatus, JobInput, JobStatus
 from worker.context import JobContext, Outcome, failed_item, ok
-from worker.indexing import Pending, guarded, prepare_item
+from worker.ingest.indexing import Pending, guarded, prepare_item
 from worker.store import Embedding
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared import models
 from shared.imaging import decode_image, to_model_input
 from shared.models.base import Network, NetworkEmbedder, Runner, TensorFlowRunner, l2_normalise
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorflow", "openvino")
 PRECISIONS = ("auto", "int8", "bf16", "f32")
-CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "shared" / "models" / "calibration"
+CALIBRATION_DIR = Path(models.__file__).resolve().parent / "calibration"  # shipped with the model code
 CACHE_LAYOUT = "v1"
 
 

@@ -16,10 +16,10 @@ from shared.errors import Conflict, SimsearchError
 from shared.jobs import final_status
 from shared.jobs.params import BatchSearchParams
 from shared.schemas import ItemError, ItemStatus, JobInput, JobStatus, SearchParams, Threshold
-from worker.calibration import no_match_message
 from worker.context import JobContext, Outcome, failed_item, ok
-from worker.indexing import PASS_THROUGH, Pending, drop_uploads, prepare_item
-from worker.searching import above, search_excluding
+from worker.ingest.indexing import PASS_THROUGH, Pending, drop_uploads, prepare_item
+from worker.search.calibration import no_match_message
+from worker.search.searching import above, search_excluding
 
 
 def _vectors(ctx: JobContext, indices: list[int], inputs: list) -> tuple[dict[int, np.ndarray], list[Outcome]]:

@@ -1,7 +1,7 @@
 """No job stays `running` forever, whatever was lost.
 
 Tasks are idempotent and their messages are redelivered when a worker dies, and a task that loses
-Redis waits for it (worker/outages.py); still, a message can be lost outright (Redis restored from
+Redis waits for it (worker/upkeep/outages.py); still, a message can be lost outright (Redis restored from
 an older file, a broker key deleted, a bug). Every open job is in `ss:jobs:open` with the time it
 last showed life. A job quiet for `stall_s` -- longer than any task may run, so never one a live
 worker is still on -- gets its unfinished work sent again: the chunks of its unrecorded items, its

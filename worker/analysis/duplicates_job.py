@@ -13,9 +13,9 @@ from shared import vectors
 from shared.errors import SimsearchError
 from shared.jobs.params import DuplicatesParams
 from shared.schemas import ItemOutcome, ItemStatus
+from worker.analysis.duplicates import duplicate_groups
 from worker.context import JobContext, end_single
-from worker.duplicates import duplicate_groups
-from worker.threads import all_cores
+from worker.model.threads import all_cores
 
 log = logging.getLogger(__name__)
 

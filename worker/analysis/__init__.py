@@ -1,0 +1,1 @@
+"""Whole-collection analyses: clustering and near-duplicate groups, and their jobs."""

@@ -1,0 +1,1 @@
+"""Running the network: inference backends chosen by measurement, and the numeric libraries' threads."""

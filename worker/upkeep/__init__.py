@@ -1,0 +1,2 @@
+"""What keeps work alive around the tasks: Redis outages ridden out, the job watchdog, the
+heartbeat, webhook deliveries."""
