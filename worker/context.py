@@ -8,14 +8,12 @@ from typing import Any
 
 from shared.errors import SimsearchError
 from shared.jobs import Jobs
-from shared.jobs.lifecycle import JobRecord
+from shared.jobs.lifecycle import JobRecord, Outcome
 from shared.models.base import Embedder
 from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobInput, JobStatus
 from worker.ingest.sources import Sources
 from worker.search.replica import ReplicaSet
 from worker.store import Embedding, WorkerStore
-
-Outcome = tuple[ItemOutcome, ItemError | None]
 
 
 @dataclass(frozen=True)
