@@ -19,6 +19,7 @@ from api.queue import TaskQueue
 from api.settings import ApiSettings
 from api.store import ApiStore, Upload
 from api.urls import callback_params
+from shared.jobs.kinds import KINDS
 from shared.queueing import EXPAND_TASK, INDEX_QUEUE
 from shared.schemas import JobAccepted, JobType
 
@@ -57,6 +58,9 @@ class Submission:
     async def create(
         self, job_type: JobType, uploads: list[Upload] | None = None, sources: list[Source] | None = None
     ) -> None:
+        # Written as the kind's workers will read them: a route's slip is a 500 here, not a
+        # job that fails on every worker later.
+        KINDS[job_type].params.model_validate({**self.params, "sources": [spec for spec, _ in sources or []]})
         store = self.submitter.store
         if sources:
             await store.create_job_with_sources(
@@ -69,28 +73,21 @@ class Submission:
         return JobAccepted(job_id=self.job_id, status_url=job_url(self.job_id), total=total)
 
     async def submit(
-        self,
-        job_type: JobType,
-        uploads: list[Upload] | None = None,
-        sources: list[Source] | None = None,
-        *,
-        chunks: str | None = None,
-        task: tuple[str, str] | None = None,
+        self, job_type: JobType, uploads: list[Upload] | None = None, sources: list[Source] | None = None
     ) -> JobAccepted:
-        """Create the job, then queue its work: `chunks`, that task over the uploads a chunk at a
-        time; each of `sources` to expand; `task`, one (name, queue) task for the whole job."""
+        """Create the job, then queue its work as its kind runs it (shared.jobs.kinds): the uploads
+        a chunk at a time, each of `sources` to expand, or one task for the whole job."""
         uploads, sources = uploads or [], sources or []
         await self.create(job_type, uploads, sources)
-        queue, args = self.submitter.queue, [self.job_id, self.collection]
-        if chunks is not None:
+        kind, queue, args = KINDS[job_type], self.submitter.queue, [self.job_id, self.collection]
+        if kind.chunked:
             size = self.submitter.settings.index_chunk_size
-            await queue.send_chunks(chunks, *args, len(uploads), size, INDEX_QUEUE, self.priority)
+            await queue.send_chunks(kind.task, *args, len(uploads), size, kind.queue, self.priority)
+        else:
+            await queue.send(kind.task, args, kind.queue, self.priority)
         if sources:
             expansions = [[*args, n] for n in range(len(sources))]
             await queue.send_many(EXPAND_TASK, expansions, INDEX_QUEUE, [self.priority] * len(sources))
-        if task is not None:
-            name, queue_name = task
-            await queue.send(name, args, queue_name, self.priority)
         # The total the job starts with (shared/jobs/lifecycle.py): its items, else 0 while its
         # sources are listed, else 1 (the job is one piece of work).
         return self.accepted(len(uploads) or (0 if sources else 1))

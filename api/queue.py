@@ -24,6 +24,9 @@ class TaskQueue:
         await anyio.to_thread.run_sync(lambda: self.celery.send_task(name, args=args, queue=queue, priority=priority))
 
     async def send_many(self, name: str, batches: list[list], queue: str, priorities: list[int] | None = None) -> None:
+        if not batches:
+            return
+
         def publish() -> None:
             with self.celery.producer_or_acquire() as producer:
                 for n, args in enumerate(batches):

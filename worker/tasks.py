@@ -16,6 +16,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared.fanout import fan_out_messages, publish
+from shared.jobs.kinds import KINDS
 from shared.queueing import (
     BATCH_CHUNK_TASK,
     BATCH_DEADLINE_TASK,
@@ -24,7 +25,6 @@ from shared.queueing import (
     DUPLICATES_TASK,
     EXPAND_TASK,
     INDEX_CHUNK_TASK,
-    INDEX_QUEUE,
     REEMBED_CHUNK_TASK,
     SEARCH_DEADLINE_TASK,
     SEARCH_SHARD_TASK,
@@ -32,8 +32,8 @@ from shared.queueing import (
     WEBHOOK_TASK,
     chunk_priority,
 )
-from shared.schemas import JobStatus, JobType
-from worker import kinds
+from shared.schemas import JobStatus
+from worker import finishers
 from worker.analysis import clustering_job, duplicates_job
 from worker.app import app, runtime_of
 from worker.context import JobContext, failed_item
@@ -70,7 +70,7 @@ def fail_remaining(ctx: JobContext, indices: list[int], code: str, detail: str) 
     if complete != 1:
         return
     try:
-        kinds.finish(ctx)
+        finishers.finish(ctx)
     except OUTAGE:
         raise
     except Exception as exc:
@@ -168,7 +168,7 @@ def expand(self: Task, job_id: str, collection: str, source: int) -> None:
 
     def sender(ctx: JobContext) -> expanding.SendChunks:
         # The listed items are queries of a batch search, or images to index.
-        task = BATCH_CHUNK_TASK if ctx.job.type is JobType.batch_search else INDEX_CHUNK_TASK
+        task, queue = KINDS[ctx.job.type].task, KINDS[ctx.job.type].queue
         base = ctx.job.params.priority  # the owner's open jobs when it was created
 
         def send_chunks(first: int, count: int) -> None:
@@ -177,7 +177,7 @@ def expand(self: Task, job_id: str, collection: str, source: int) -> None:
                     chunk = list(range(start, min(start + size, first + count)))
                     priority = chunk_priority(base, start // size)  # fair shares (shared.queueing)
                     args = [job_id, collection, chunk]
-                    self.app.send_task(task, args, queue=INDEX_QUEUE, producer=producer, priority=priority)
+                    self.app.send_task(task, args, queue=queue, producer=producer, priority=priority)
 
         return send_chunks
 

@@ -18,7 +18,6 @@ from api.settings import ApiSettings
 from api.store import Upload
 from api.uploads import files_of, read_form, to_uploads
 from shared.errors import InvalidRequest, SimsearchError, UnsupportedMedia
-from shared.queueing import BATCH_CHUNK_TASK
 from shared.schemas import IMAGE_ID, JobAccepted, JobInput, JobType
 
 router = APIRouter(prefix=paths.SEARCH_BATCH, tags=["search"], dependencies=[Depends(principal_of)])
@@ -82,7 +81,7 @@ async def search_batch(
     within_budget(k, len(uploads), settings)
     job.take(len(uploads))
     await job.reserve_results(k * len(uploads))
-    return await job.submit(JobType.batch_search, uploads, chunks=BATCH_CHUNK_TASK)
+    return await job.submit(JobType.batch_search, uploads)
 
 
 def within_budget(k: int, queries: int, settings: ApiSettings) -> None:

@@ -11,7 +11,6 @@ from api.deps import CollectionName, StoreDep
 from api.jobs_submit import Submitter
 from api.routes.images import MAX_OFFSET
 from shared.errors import NotFound
-from shared.queueing import CLUSTER_TASK, INDEX_QUEUE
 from shared.schemas import ImageRecord, JobAccepted, JobType
 
 router = APIRouter(prefix=paths.CLUSTERS, tags=["clusters"], dependencies=[Depends(principal_of)])
@@ -47,7 +46,7 @@ async def cluster_collection(
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
     params = (request or ClusterRequest()).model_dump()
     job = jobs.new(collection, {"collection": collection, **params})
-    return await job.submit(JobType.cluster, task=(CLUSTER_TASK, INDEX_QUEUE))
+    return await job.submit(JobType.cluster)
 
 
 async def _clustering_or_404(store: Any, collection: str) -> dict[str, Any]:

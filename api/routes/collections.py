@@ -10,7 +10,6 @@ from api.jobs_submit import Submitter
 from api.store import Upload
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.models.registry import MODELS
-from shared.queueing import REEMBED_CHUNK_TASK
 from shared.schemas import CollectionInfo, JobAccepted, JobInput, JobType
 from shared.shards import MAX_SHARDS
 
@@ -85,7 +84,7 @@ async def reembed_collection(collection: CollectionName, jobs: Submitter) -> Job
         raise Conflict("the collection is empty: its first image sets its model", code="nothing_to_reembed")
     uploads = [Upload(JobInput(filename="", image_id=i, size=0), None) for i in ids]
     try:
-        return await job.submit(JobType.reembed, uploads, chunks=REEMBED_CHUNK_TASK)
+        return await job.submit(JobType.reembed, uploads)
     except BaseException:
         # A job that cannot run must not hold the collection's re-embed mark for a week.
         await store.abort_reembed(collection, job.job_id)

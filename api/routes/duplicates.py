@@ -10,7 +10,6 @@ from api.auth import principal_of
 from api.deps import CollectionName
 from api.jobs_submit import Submitter
 from shared.errors import NotFound
-from shared.queueing import DUPLICATES_TASK, INDEX_QUEUE
 from shared.schemas import JobAccepted, JobType
 
 router = APIRouter(prefix=paths.DUPLICATES, tags=["duplicates"], dependencies=[Depends(principal_of)])
@@ -33,4 +32,4 @@ async def find_duplicates(collection: CollectionName, body: DuplicatesRequest, j
         raise NotFound(f"no collection {collection!r}", code="collection_not_found")
     job = jobs.new(collection, {"collection": collection, **body.model_dump(exclude={"callback_url"})})
     job.call_back(body.callback_url)
-    return await job.submit(JobType.duplicates, task=(DUPLICATES_TASK, INDEX_QUEUE))
+    return await job.submit(JobType.duplicates)

@@ -17,7 +17,6 @@ from api.jobs_submit import Submitter
 from api.uploads import files_of, parse_metadata, read_form, split_archives, to_uploads
 from shared import filters
 from shared.errors import InvalidRequest, NotFound
-from shared.queueing import INDEX_CHUNK_TASK
 from shared.schemas import IMAGE_ID, ImageRecord, JobAccepted, JobType
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ async def index_images(
         uploads = await to_uploads(images, parse_metadata(form, settings), settings)
         job.take(len(uploads))
         await jobs.provision(collection)
-        accepted = await job.submit(JobType.index, uploads, archives, chunks=INDEX_CHUNK_TASK)
+        accepted = await job.submit(JobType.index, uploads, archives)
     log.info("index job queued", extra={"job_id": job.job_id, "collection": collection, "items": len(uploads)})
     return accepted
 

@@ -24,7 +24,6 @@ from api.store import Upload
 from api.uploads import files_of, read_form
 from api.urls import MAX_URL_LENGTH, valid_url
 from shared.errors import InvalidRequest, SimsearchError, UnsupportedMedia
-from shared.queueing import INDEX_CHUNK_TASK
 from shared.schemas import JobAccepted, JobInput, JobType
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ async def import_images(collection: CollectionName, request: Request, jobs: Subm
             return await job.submit(JobType.index, sources=[(spec, None)])
         uploads = _url_uploads(body.urls or [], settings.max_import_urls, settings.metadata_max_bytes_per_image)
         job.take(len(uploads))
-        return await job.submit(JobType.index, uploads, chunks=INDEX_CHUNK_TASK)
+        return await job.submit(JobType.index, uploads)
     job.call_back(callback)
     with tempfile.TemporaryDirectory(prefix="simsearch-import-") as folder:
         path = Path(folder) / "urls"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from shared import keys
-from shared.jobs.params import JobParams, parse_params
+from shared.jobs.kinds import JobParams, parse_params
 from shared.jobs.records import index_result, job_params, job_seq, new_job_fields, parse_job
 from shared.jobs.runner import Batch, Call, Op, ScriptCall
 from shared.schemas import ItemError, ItemOutcome, JobInput, JobStatus, JobType, JobView, utcnow
@@ -35,7 +35,7 @@ class JobRecord:
     job_id: str
     type: JobType
     collection: str
-    params: JobParams  # typed by the job's kind (shared.jobs.params)
+    params: JobParams  # typed by the job's kind (shared.jobs.kinds)
     seq: int  # the global sequence number at creation: orders the job against deletes
     status: JobStatus  # as loaded, when the task started
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from shared.errors import SimsearchError
-from shared.jobs.params import ClusterParams
+from shared.jobs.kinds import ClusterParams
 from shared.schemas import ItemOutcome, ItemStatus, utcnow
 from worker.analysis.clustering import cluster
 from worker.context import JobContext, end_single

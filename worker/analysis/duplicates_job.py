@@ -11,7 +11,7 @@ import numpy as np
 
 from shared import vectors
 from shared.errors import SimsearchError
-from shared.jobs.params import DuplicatesParams
+from shared.jobs.kinds import DuplicatesParams
 from shared.schemas import ItemOutcome, ItemStatus
 from worker.analysis.duplicates import duplicate_groups
 from worker.context import JobContext, end_single

@@ -23,12 +23,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.imaging import content_id
-from shared.jobs.params import ArchiveSource, BucketSource, CollectionSource, SourceSpec, source_name
+from shared.jobs.kinds import ArchiveSource, BucketSource, CollectionSource, SourceSpec, source_name
 from shared.schemas import ItemError, JobInput
 from shared.urlcheck import FetchError, check_url
 from worker.context import JobContext
+from worker.finishers import finish
 from worker.ingest.archives import ArchiveLimits, members
-from worker.kinds import finish
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from shared import keys
 from shared.jobs import final_status
-from shared.jobs.params import ReembedParams
+from shared.jobs.kinds import ReembedParams
 from shared.schemas import ItemStatus, JobInput, JobStatus
 from worker.context import JobContext, Outcome, failed_item, ok
 from worker.ingest.indexing import Pending, guarded, prepare_item

@@ -14,7 +14,7 @@ import numpy as np
 from shared import filters, keys
 from shared.errors import Conflict, SimsearchError
 from shared.jobs import final_status
-from shared.jobs.params import BatchSearchParams
+from shared.jobs.kinds import BatchSearchParams
 from shared.schemas import ItemError, ItemStatus, JobInput, JobStatus, SearchParams, Threshold
 from worker.context import JobContext, Outcome, failed_item, ok
 from worker.ingest.indexing import PASS_THROUGH, Pending, drop_uploads, prepare_item

@@ -21,29 +21,17 @@ import redis
 
 from shared import keys
 from shared.jobs import Jobs, final_status
+from shared.jobs.kinds import KINDS
 from shared.logs import RepeatedFailure
 from shared.queueing import (
-    BATCH_CHUNK_TASK,
-    CLUSTER_TASK,
-    DUPLICATES_TASK,
     EXPAND_TASK,
-    INDEX_CHUNK_TASK,
     INDEX_QUEUE,
-    REEMBED_CHUNK_TASK,
-    SEARCH_QUEUE,
-    SEARCH_TASK,
 )
 from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobStatus, JobType, JobView
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, list, str], None]  # (task name, args, queue)
-CHUNKED = {JobType.index: INDEX_CHUNK_TASK, JobType.reembed: REEMBED_CHUNK_TASK, JobType.batch_search: BATCH_CHUNK_TASK}
-SINGLE = {
-    JobType.search: (SEARCH_TASK, SEARCH_QUEUE),
-    JobType.cluster: (CLUSTER_TASK, INDEX_QUEUE),
-    JobType.duplicates: (DUPLICATES_TASK, INDEX_QUEUE),
-}
 SCAN = 10_000  # item records read at a time when looking for the unrecorded ones
 
 
@@ -96,16 +84,15 @@ def open_sources(client: redis.Redis, view: JobView, jobs: Jobs) -> list[int]:
 def redrive(client: redis.Redis, jobs: Jobs, view: JobView, send: Send, chunk: int) -> None:
     """Send the job's unfinished work again; every task is idempotent, so work that was only
     slow, not lost, is done once all the same."""
-    job_id, collection = view.job_id, view.collection
-    if view.type in SINGLE:
-        task, queue = SINGLE[view.type]
-        send(task, [job_id, collection], queue)
+    job_id, collection, kind = view.job_id, view.collection, KINDS[view.type]
+    if not kind.chunked:
+        send(kind.task, [job_id, collection], kind.queue)
         return
     for source in open_sources(client, view, jobs):
         send(EXPAND_TASK, [job_id, collection, source], INDEX_QUEUE)
     todo = unrecorded(jobs, view)
     for start in range(0, len(todo), chunk):
-        send(CHUNKED[view.type], [job_id, collection, todo[start : start + chunk]], INDEX_QUEUE)
+        send(kind.task, [job_id, collection, todo[start : start + chunk]], kind.queue)
 
 
 def give_up(client: redis.Redis, jobs: Jobs, view: JobView, policy: WatchdogPolicy) -> None:
@@ -132,7 +119,7 @@ def give_up(client: redis.Redis, jobs: Jobs, view: JobView, policy: WatchdogPoli
         result = jobs.index_result(job_id)
     else:
         result = {"error": "work_lost", "detail": detail}
-    status = JobStatus.failed if view.type in SINGLE else final_status(total, failures)
+    status = final_status(total, failures) if KINDS[view.type].chunked else JobStatus.failed
     jobs.finish(job_id, status, result)
 
 

@@ -1,14 +1,26 @@
-"""What each kind of job carries in its record's `params`: one typed model per job type, and
-the sources a growing job expands (a union on `kind`). The API writes them, the workers read them
-back through `JobRecord.params`; both see the same JSON as before.
+"""The kinds of job, in one table: what each carries in its record's `params` (a typed model per
+job type, and the sources a growing job expands: a union on `kind`) and the task that runs its
+work. The API submits and the watchdog re-drives through it; workers read params back through
+`JobRecord.params` and end jobs through `worker/finishers.py`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.queueing import (
+    BATCH_CHUNK_TASK,
+    CLUSTER_TASK,
+    DUPLICATES_TASK,
+    INDEX_CHUNK_TASK,
+    INDEX_QUEUE,
+    REEMBED_CHUNK_TASK,
+    SEARCH_QUEUE,
+    SEARCH_TASK,
+)
 from shared.schemas import JobType, SearchParams
 
 
@@ -90,15 +102,23 @@ class ReembedParams(JobParams):
     embedding: str | None = None
 
 
-PARAMS: dict[JobType, type[JobParams]] = {
-    JobType.index: IndexParams,
-    JobType.search: SearchJobParams,
-    JobType.batch_search: BatchSearchParams,
-    JobType.cluster: ClusterParams,
-    JobType.duplicates: DuplicatesParams,
-    JobType.reembed: ReembedParams,
+@dataclass(frozen=True)
+class Kind:
+    params: type[JobParams]
+    task: str  # the task that runs a chunk of its items, or (single) the whole job
+    queue: str
+    chunked: bool  # items in chunks of INDEX_CHUNK_SIZE; else one task, one item
+
+
+KINDS: dict[JobType, Kind] = {
+    JobType.index: Kind(IndexParams, INDEX_CHUNK_TASK, INDEX_QUEUE, chunked=True),
+    JobType.reembed: Kind(ReembedParams, REEMBED_CHUNK_TASK, INDEX_QUEUE, chunked=True),
+    JobType.batch_search: Kind(BatchSearchParams, BATCH_CHUNK_TASK, INDEX_QUEUE, chunked=True),
+    JobType.search: Kind(SearchJobParams, SEARCH_TASK, SEARCH_QUEUE, chunked=False),
+    JobType.cluster: Kind(ClusterParams, CLUSTER_TASK, INDEX_QUEUE, chunked=False),
+    JobType.duplicates: Kind(DuplicatesParams, DUPLICATES_TASK, INDEX_QUEUE, chunked=False),
 }
 
 
 def parse_params(job_type: JobType, raw: dict[str, Any]) -> JobParams:
-    return PARAMS[job_type].model_validate(raw)
+    return KINDS[job_type].params.model_validate(raw)

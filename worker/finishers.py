@@ -1,6 +1,6 @@
 """The job kinds a worker ends: each job type's finisher in one table, used by the tasks (a last
 chunk recorded, items failed) and by growing jobs (a source's end completing the job), so a job
-always ends as the kind it is. Params per kind: `shared.jobs.params`."""
+always ends as the kind it is. Params per kind: `shared.jobs.kinds`."""
 
 from __future__ import annotations
 
