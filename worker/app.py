@@ -31,7 +31,20 @@ log = logging.getLogger(__name__)
 
 settings = WorkerSettings()
 
-app = Celery("simsearch", include=["worker.tasks"])
+
+class SimsearchCelery(Celery):
+    """The Celery app, holding what a process builds once: the pool process's runtime (model,
+    stores, replicas) and the main process's daemon threads."""
+
+    runtime: WorkerRuntime | None = None
+    daemons: list[Heartbeat | Dispatcher | Watchdog]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemons = []
+
+
+app = SimsearchCelery("simsearch", include=["worker.tasks"])
 app.conf.update(
     celery_config(settings.redis_url, visibility_timeout_s=settings.task_visibility_timeout_s),
     # Searches and embedding are shared; a shard's searches go to the workers serving it.
@@ -52,17 +65,15 @@ app.conf.update(
     task_soft_time_limit=settings.task_time_limit_s - max(5, settings.task_time_limit_s // 10),
     worker_hijack_root_logger=False,
 )
-app.runtime = None  # type: ignore[attr-defined]
-app.heartbeat = None  # type: ignore[attr-defined]
-app.dispatcher = None  # type: ignore[attr-defined]
-app.watchdog = None  # type: ignore[attr-defined]
 
 
 def runtime_of(celery_app: Celery) -> WorkerRuntime:
     # Built lazily too, for pools that do not fork (solo, threads) and so send no process-init signal.
-    if celery_app.runtime is None:  # type: ignore[attr-defined]
-        celery_app.runtime = WorkerRuntime.start(settings)  # type: ignore[attr-defined]
-    return celery_app.runtime  # type: ignore[attr-defined]
+    if not isinstance(celery_app, SimsearchCelery):
+        raise TypeError(f"tasks run on simsearch's Celery app, not {celery_app!r}")
+    if celery_app.runtime is None:
+        celery_app.runtime = WorkerRuntime.start(settings)
+    return celery_app.runtime
 
 
 @signals.setup_logging.connect
@@ -101,25 +112,20 @@ def _start_runtime(**_: Any) -> None:
 def _start_heartbeat(**_: Any) -> None:
     # In the main process, which holds the messages (the pool's children only run them).
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=30)
-    app.heartbeat = Heartbeat(client, settings.heartbeat_interval_s)  # type: ignore[attr-defined]
-    app.heartbeat.start()  # type: ignore[attr-defined]
+    app.daemons.append(Heartbeat(client, settings.heartbeat_interval_s))
     if settings.worker_embeds:  # the workers that deliver callbacks also hand them out
         send = lambda job_id: app.send_task(WEBHOOK_TASK, [job_id], queue=WEBHOOK_QUEUE)  # noqa: E731
-        app.dispatcher = Dispatcher(client, send)  # type: ignore[attr-defined]
-        app.dispatcher.start()  # type: ignore[attr-defined]
+        app.daemons.append(Dispatcher(client, send))
         # ... and watch for jobs whose work was lost (worker/upkeep/watchdog.py).
         jobs = Jobs(client, JobLifecycle(settings.job_ttl_seconds), JOB_SCRIPTS)
         policy = WatchdogPolicy(settings.stall_s, settings.watchdog_max_redrives, settings.index_chunk_size)
         resend = lambda task, args, queue: app.send_task(task, args, queue=queue)  # noqa: E731
-        app.watchdog = Watchdog(client, jobs, resend, policy, settings.watchdog_interval_s)  # type: ignore[attr-defined]
-        app.watchdog.start()  # type: ignore[attr-defined]
+        app.daemons.append(Watchdog(client, jobs, resend, policy, settings.watchdog_interval_s))
+    for daemon in app.daemons:
+        daemon.start()
 
 
 @signals.worker_shutdown.connect
 def _stop_heartbeat(**_: Any) -> None:
-    if app.heartbeat is not None:  # type: ignore[attr-defined]
-        app.heartbeat.stop()  # type: ignore[attr-defined]
-    if app.dispatcher is not None:  # type: ignore[attr-defined]
-        app.dispatcher.stop()  # type: ignore[attr-defined]
-    if app.watchdog is not None:  # type: ignore[attr-defined]
-        app.watchdog.stop()  # type: ignore[attr-defined]
+    for daemon in app.daemons:
+        daemon.stop()
