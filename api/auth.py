@@ -26,7 +26,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from shared.errors import SimsearchError
+from shared.errors import Forbidden, RateLimited, SimsearchError, Unauthorized
 from shared.keys import rate
 
 
@@ -38,22 +38,6 @@ class ApiKey(BaseModel):
 
     def may_use(self, collection: str) -> bool:
         return any(fnmatch.fnmatchcase(collection, pattern) for pattern in self.collections)
-
-
-class Unauthorized(SimsearchError):
-    status_code = 401
-    code = "unauthorized"
-
-
-class Forbidden(SimsearchError):
-    status_code = 403
-    code = "forbidden"
-
-
-class RateLimited(SimsearchError):
-    status_code = 429
-    code = "rate_limited"
-    headers = {"Retry-After": "1"}  # noqa: RUF012 - windows are one second long
 
 
 # Where the gate leaves its findings in the ASGI scope's per-request "state".

@@ -28,8 +28,6 @@ from api.auth import (
     PRINCIPAL,
     REQUESTER,
     ApiKey,
-    RateLimited,
-    Unauthorized,
     authenticate,
     check_rate,
     rate_key,
@@ -40,7 +38,7 @@ from api.metrics import RequestMetrics
 from api.netaddr import client_address, parse_networks
 from api.paths import METRICS, PROBES, V1
 from api.settings import ApiSettings
-from shared.errors import SimsearchError
+from shared.errors import RateLimited, SimsearchError, Unauthorized
 from shared.keys import auth_failures
 
 FAILURE_WINDOW_S = 60

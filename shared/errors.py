@@ -45,6 +45,16 @@ class InvalidRequest(SimsearchError):
     code = "invalid_request"
 
 
+class Unauthorized(SimsearchError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(SimsearchError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(SimsearchError):
     status_code = 404
     code = "not_found"
@@ -53,6 +63,12 @@ class NotFound(SimsearchError):
 class Conflict(SimsearchError):
     status_code = 409
     code = "conflict"
+
+
+class RateLimited(SimsearchError):
+    status_code = 429
+    code = "rate_limited"
+    headers = {"Retry-After": "1"}  # noqa: RUF012 - rate windows are one second long
 
 
 class PayloadTooLarge(SimsearchError):
