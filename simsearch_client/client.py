@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, TypedDict, Unpack
+from typing import IO, Any, TypedDict
 
 import httpx
 
@@ -38,7 +38,7 @@ JobCallback = Callable[[dict[str, Any]], None]
 
 
 class SearchOptions(TypedDict, total=False):
-    """What every kind of search takes besides its query and `k`, by keyword."""
+    """What every kind of search takes besides its query and `k`."""
 
     min_similarity: float | None  # drop matches below it (None: the collection's calibrated threshold)
     cluster: int | None  # only matches from this cluster
@@ -272,7 +272,14 @@ class SimsearchClient:
         return job["result"]
 
     def search(
-        self, collection: str, image: bytes | str | os.PathLike[str], k: int = 10, **options: Unpack[SearchOptions]
+        self,
+        collection: str,
+        image: bytes | str | os.PathLike[str],
+        k: int = 10,
+        min_similarity: float | None = None,
+        cluster: int | None = None,
+        timeout: float = SEARCH_TIMEOUT,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Search with an image (bytes, or a path to read); waits and returns the job's result:
         `{"matches": [{"image_id", "filename", "similarity"}], "message"?, "collection_size", ...}`.
@@ -281,18 +288,36 @@ class SimsearchClient:
             name, data = "query", image
         else:
             name, data = Path(image).name, Path(image).read_bytes()
-        filter = options.get("filter")
         form = {"filter": json.dumps(filter)} if filter is not None else None
+        options = SearchOptions(min_similarity=min_similarity, cluster=cluster, timeout=timeout, filter=filter)
         return self._search(collection, k, options, files={"file": (name, data, "application/octet-stream")}, data=form)
 
     def search_by_id(
-        self, collection: str, image_id: str, k: int = 10, **options: Unpack[SearchOptions]
+        self,
+        collection: str,
+        image_id: str,
+        k: int = 10,
+        min_similarity: float | None = None,
+        cluster: int | None = None,
+        timeout: float = SEARCH_TIMEOUT,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Search with an image already in the collection (it is left out of its own matches)."""
+        options = SearchOptions(min_similarity=min_similarity, cluster=cluster, timeout=timeout, filter=filter)
         return self._search_json(collection, {"image_id": image_id}, k, options)
 
-    def search_by_url(self, collection: str, url: str, k: int = 10, **options: Unpack[SearchOptions]) -> dict[str, Any]:
+    def search_by_url(
+        self,
+        collection: str,
+        url: str,
+        k: int = 10,
+        min_similarity: float | None = None,
+        cluster: int | None = None,
+        timeout: float = SEARCH_TIMEOUT,
+        filter: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Search with an image the server fetches from `url` (public addresses only)."""
+        options = SearchOptions(min_similarity=min_similarity, cluster=cluster, timeout=timeout, filter=filter)
         return self._search_json(collection, {"url": url}, k, options)
 
     def search_examples(
@@ -301,7 +326,10 @@ class SimsearchClient:
         positive: Sequence[str | dict[str, Any]],
         negative: Sequence[str | dict[str, Any]] = (),
         k: int = 10,
-        **options: Unpack[SearchOptions],
+        min_similarity: float | None = None,
+        cluster: int | None = None,
+        timeout: float = SEARCH_TIMEOUT,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """More like `positive`, less like `negative`: stored image ids, or `{"image_id" | "url",
         "weight"}` objects. No example is among the matches."""
@@ -312,6 +340,7 @@ class SimsearchClient:
         body: dict[str, Any] = {"positive": [example(e) for e in positive]}
         if negative:
             body["negative"] = [example(e) for e in negative]
+        options = SearchOptions(min_similarity=min_similarity, cluster=cluster, timeout=timeout, filter=filter)
         return self._search_json(collection, body, k, options)
 
     def _search_json(self, collection: str, body: dict[str, Any], k: int, options: SearchOptions) -> dict[str, Any]:
@@ -321,8 +350,6 @@ class SimsearchClient:
 
     def _search(self, collection: str, k: int, options: SearchOptions, **request: Any) -> dict[str, Any]:
         """Post one search (its query in `request`: an upload or a JSON body) and wait for its result."""
-        if unknown := options.keys() - SearchOptions.__optional_keys__:
-            raise TypeError(f"unexpected search options: {', '.join(sorted(unknown))}")
         params = self._search_params(k, options.get("min_similarity"), options.get("cluster"))
         accepted = self._json("POST", f"/v1/collections/{collection}/search", params=params, **request)
         return self._search_result(accepted, options.get("timeout", SEARCH_TIMEOUT))
