@@ -63,6 +63,22 @@ def test_a_quiet_job_gets_its_unrecorded_chunks_again_then_finishes(own_redis: s
     assert h.client.zscore(keys.OPEN_JOBS, job_id) is None  # finished: no longer watched
 
 
+def test_a_job_whose_params_no_longer_fit_its_kind_still_ends(own_redis: str) -> None:
+    """Params that the kind's model refuses (a record from another release) make the job's tasks
+    fail; the watchdog must still end it, and must not stop its pass at that job."""
+    h = Harness(own_redis, PixelEmbedder())
+    bad = uuid.uuid4().hex
+    h.jobs.create(bad, JobType.index, "odd", {"sources": [{"kind": "floppy"}]}, [], sources=1)
+    good = h.submit(f"wd-{uuid.uuid4().hex[:6]}", [("g.jpg", photo_bytes(25300, size=(32, 32)))])
+    sent: list[tuple] = []
+    for _ in range(POLICY.max_redrives + 1):
+        _age(h.client, bad, 62)  # the older: swept first
+        _age(h.client, good, 61)
+        sweep(h.client, h.jobs, lambda *a: sent.append(a), POLICY)
+    assert h.jobs.get(bad).status.final  # given up, its source closed
+    assert any(args[0] == good for _, args, _ in sent)  # the pass went on to the next job
+
+
 def test_work_that_never_comes_back_fails_as_lost_and_the_job_ends(own_redis: str) -> None:
     h = Harness(own_redis, PixelEmbedder())
     files = [(f"l{i}.jpg", photo_bytes(25100 + i, size=(32, 32))) for i in range(3)]

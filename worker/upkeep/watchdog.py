@@ -11,6 +11,7 @@ fail with `work_lost` and the job ends. One worker at a time runs a pass (a Redi
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -48,21 +49,29 @@ def sweep(client: redis.Redis, jobs: Jobs, send: Send, policy: WatchdogPolicy, n
     touched = 0
     for raw in client.zrangebyscore(keys.OPEN_JOBS, "-inf", now - policy.stall_s, start=0, num=100):
         job_id = raw.decode() if isinstance(raw, bytes) else raw
-        view = jobs.get(job_id)
-        if view is None or view.status.final:  # expired, or finished without leaving the set
-            client.zrem(keys.OPEN_JOBS, job_id)
-            continue
-        redrives = int(client.hincrby(keys.job(job_id), "redrives", 1))
-        if redrives > policy.max_redrives and view.type is not JobType.reembed:
-            give_up(client, jobs, view, policy)
-        else:
-            log.warning(
-                "job %s quiet for %.0f s: sending its unfinished work again (%d)", job_id, policy.stall_s, redrives
-            )
-            redrive(client, jobs, view, send, policy.chunk)
+        try:
+            touched += _sweep_one(client, jobs, send, policy, job_id, now)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except Exception:  # one unreadable job must not stop the pass for every other
+            log.exception("watchdog: job %s could not be re-driven; trying it again next pass", job_id)
             client.zadd(keys.OPEN_JOBS, {job_id: now}, xx=True)
-        touched += 1
     return touched
+
+
+def _sweep_one(client: redis.Redis, jobs: Jobs, send: Send, policy: WatchdogPolicy, job_id: str, now: float) -> int:
+    view = jobs.get(job_id)
+    if view is None or view.status.final:  # expired, or finished without leaving the set
+        client.zrem(keys.OPEN_JOBS, job_id)
+        return 0
+    redrives = int(client.hincrby(keys.job(job_id), "redrives", 1))
+    if redrives > policy.max_redrives and view.type is not JobType.reembed:
+        give_up(client, jobs, view, policy)
+    else:
+        log.warning("job %s quiet for %.0f s: sending its unfinished work again (%d)", job_id, policy.stall_s, redrives)
+        redrive(client, jobs, view, send, policy.chunk)
+        client.zadd(keys.OPEN_JOBS, {job_id: now}, xx=True)
+    return 1
 
 
 def unrecorded(jobs: Jobs, view: JobView) -> list[int]:
@@ -74,8 +83,10 @@ def unrecorded(jobs: Jobs, view: JobView) -> list[int]:
 
 def open_sources(client: redis.Redis, view: JobView, jobs: Jobs) -> list[int]:
     """The job's sources (archives, URL files, buckets, a collection) not yet fully listed."""
-    record = jobs.load(view.job_id)
-    count = len(record.params.sources) if record is not None else 0
+    # The stored params as they are: a record whose params no longer fit its kind's model must
+    # still be driven to an end here.
+    raw = client.hget(keys.job(view.job_id), "params")
+    count = len(json.loads(raw or "{}").get("sources") or [])
     done = client.hkeys(keys.job_batches(view.job_id))
     finished = {int(k.split(b":", 1)[1]) for k in done if k.startswith(b"done:")}
     return [s for s in range(count) if s not in finished]
