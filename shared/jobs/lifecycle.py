@@ -192,6 +192,7 @@ class JobLifecycle:
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op[bool]:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
         args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), job_id, time.time()]
+        args.append(keys.owner_open("%s"))  # the owner is read from the record inside the script
         job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE, keys.OPEN_JOBS]
         (done,) = yield _one(ScriptCall("finish_job", job_keys, [*args, *FINAL_STATUSES]))
         return int(done) == 1

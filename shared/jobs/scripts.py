@@ -86,7 +86,8 @@ return 0
 """
 
 # KEYS: job, job counts, webhooks due, open jobs. ARGV: status, result JSON,
-# finished_at, done channel, job id, now (epoch seconds), then every final status. The first
+# finished_at, done channel, job id, now (epoch seconds), the owner's open-jobs key template,
+# then every final status. The first
 # finisher wins; a redelivered duplicate cannot overwrite a final status. A job with a callback
 # becomes due for delivery in the same step, so a finisher that dies right after cannot lose the
 # notification; the winner also counts the job out of its owner's open jobs.
@@ -94,14 +95,14 @@ FINISH_JOB = """
 redis.call('ZREM', KEYS[4], ARGV[5])
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   if status == ARGV[i] then return 0 end
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'finished_at', ARGV[3])
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner then
-  -- The owner's open-jobs set (shared.keys.owner_open), named from the job's own record.
-  redis.call('ZREM', 'ss:owner:' .. owner .. ':open', ARGV[5])
+  -- The owner's open-jobs set, named from the job's own record by shared.keys.owner_open's template.
+  redis.call('ZREM', string.format(ARGV[7], owner), ARGV[5])
 end
 redis.call('HINCRBY', KEYS[2], redis.call('HGET', KEYS[1], 'type') .. ':' .. ARGV[1], 1)
 if not redis.call('HGET', KEYS[1], 'started_at') then
