@@ -18,8 +18,8 @@ from shared.collections import ops
 from shared.fanout import f32_bytes
 from shared.filters import Filter
 from shared.jobs import AsyncJobs, JobLifecycle
-from shared.jobs.runner import AsyncRunner
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
+from shared.runner import AsyncRunner
 from shared.schemas import (
     CollectionInfo,
     ImageRecord,
@@ -113,7 +113,7 @@ class ApiStore:
 
     # -- collections ------------------------------------------------------------------------
     async def collection_exists(self, name: str) -> bool:
-        return bool(await self.redis.sismember(keys.COLLECTIONS, name))
+        return await self.data.run(ops.exists(name))
 
     async def collections(self) -> list[CollectionInfo]:
         names = await self.data.run(ops.names())
@@ -158,7 +158,8 @@ class ApiStore:
             return None
         key = rendition_key(collection, record)
         if key is None:  # indexed before renditions moved to the blob store
-            return await self.redis.hget(keys.thumbnails(collection), image_id)
+            (legacy,) = await self.data.run(ops.legacy_renditions(collection, [image_id]))
+            return legacy
         return await self.blobs.get(key)
 
     async def image_page(self, collection: str, offset: int, limit: int) -> tuple[int, list[ImageRecord]]:
@@ -180,7 +181,7 @@ class ApiStore:
     ) -> tuple[int, list[ImageRecord]]:
         total, page, start = 0, [], 0
         while True:
-            ids = await self.redis.zrange(keys.order(collection), start, start + batch - 1)
+            ids = await self.data.run(ops.order_ids(collection, start, batch))
             if not ids:
                 return total, page
             start += len(ids)

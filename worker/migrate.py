@@ -18,7 +18,7 @@ from shared import keys
 from shared.blobs import BlobStore
 from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
 from shared.collections import ops
-from shared.jobs.runner import SyncRunner
+from shared.runner import SyncRunner
 from shared.schemas import ImageRecord, rendition_key
 from shared.settings import CommonSettings
 

@@ -18,7 +18,7 @@ from shared.collections import CollectionHeader, ops
 from shared.collections.ops import Embedding
 from shared.errors import Conflict
 from shared.fanout import FanOutStore, f32_bytes
-from shared.jobs.runner import SyncRunner
+from shared.runner import SyncRunner
 from shared.schemas import ImageRecord, rendition_key, utcnow
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ class SwapResult:
     swapped: bool
     ours: bool  # False: the collection's re-embed is no longer this job's
     dropped: list[str]
-
-
-def _s(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class WorkerStore(FanOutStore):
@@ -148,7 +144,7 @@ class WorkerStore(FanOutStore):
         blob_keys = [rendition_key(collection, r) if r else None for r in records]
         found = iter(self.blobs.get_many([k for k in blob_keys if k]))
         legacy = [i for i, r, k in zip(image_ids, records, blob_keys, strict=True) if r and not k]
-        old = dict(zip(legacy, self.redis.hmget(keys.thumbnails(collection), legacy), strict=True)) if legacy else {}
+        old = dict(zip(legacy, self.data.run(ops.legacy_renditions(collection, legacy)), strict=True))
         return [next(found) if k else old.get(i) for i, k in zip(image_ids, blob_keys, strict=True)]
 
     def rendition_keys(self, collection: str, image_ids: list[str]) -> list[str]:
@@ -181,7 +177,7 @@ class WorkerStore(FanOutStore):
         return self.data.run(ops.log_position(collection))
 
     def log_after(self, collection: str, last_id: str, count: int) -> list[StreamEntry]:
-        return self.redis.xrange(keys.log(collection), min=f"({last_id}", count=count)
+        return self.data.run(ops.log_after(collection, last_id, count))
 
     def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
         return self.data.run(ops.scan_vectors(collection, cursor, count))
@@ -210,7 +206,7 @@ class WorkerStore(FanOutStore):
         return self.data.run(ops.vector_ids(collection, ordered=False))
 
     def vector_count(self, collection: str) -> int:
-        return int(self.redis.hlen(keys.vectors(collection)))
+        return self.data.run(ops.vector_count(collection))
 
     def raw_vectors(self, collection: str, ids: list[str]) -> list[bytes | None]:
         return self.data.run(ops.raw_vectors(collection, ids))
@@ -230,39 +226,23 @@ class WorkerStore(FanOutStore):
         version: int,
     ) -> None:
         """Replace the collection's clustering in one transaction: readers see the old or the new."""
-        old_k = int(self.redis.hget(keys.clustering(collection), "k") or 0)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(keys.labels(collection), *(keys.cluster_members(collection, c) for c in range(max(old_k, 1))))
-        items = list(labels.items())
-        for start in range(0, len(items), 5000):
-            pipe.hset(keys.labels(collection), mapping=dict(items[start : start + 5000]))
-        for cluster, ids in enumerate(members):
-            for start in range(0, len(ids), 5000):
-                pipe.rpush(keys.cluster_members(collection, cluster), *ids[start : start + 5000])
-        pipe.hset(
-            keys.clustering(collection),
-            mapping={
-                "job_id": job_id,
-                "k": summary["k"],
-                "version": version,
-                "created_at": summary["created_at"],
-                "summary": json.dumps(summary),
-                "centroids": f32_bytes(centroids),
-                "dim": centroids.shape[1],
-            },
-        )
-        pipe.execute()
+        fields = {
+            "job_id": job_id,
+            "k": summary["k"],
+            "version": version,
+            "created_at": summary["created_at"],
+            "summary": json.dumps(summary),
+            "centroids": f32_bytes(centroids),
+            "dim": centroids.shape[1],
+        }
+        self.data.run(ops.save_clustering(collection, fields, labels, members))
 
     def clustering_id(self, collection: str) -> str | None:
-        return _s(self.redis.hget(keys.clustering(collection), "job_id"))
+        return self.data.run(ops.clustering_id(collection))
 
     def clustering_state(self, collection: str) -> tuple[str, np.ndarray, dict[str, int]] | None:
-        job_id, k, dim, centroids = self.redis.hmget(keys.clustering(collection), "job_id", "k", "dim", "centroids")
-        if job_id is None:
-            return None
-        matrix = np.frombuffer(centroids, dtype="<f4").reshape(int(k), int(dim))
-        labels = {key.decode(): int(v) for key, v in self.redis.hgetall(keys.labels(collection)).items()}
-        return job_id.decode(), matrix, labels
+        state = self.data.run(ops.clustering_state(collection))
+        return None if state is None else (state.job_id, state.centroids, state.labels)
 
     # -- metrics ----------------------------------------------------------------------------
     def record_embedding(self, images: int, seconds: float, created: int) -> None:

@@ -18,7 +18,7 @@ from api.uploads import files_of, read_form
 from api.urls import MAX_URL_LENGTH, valid_url
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMedia
 from shared.imaging import content_id, safe_filename, sniff_format
-from shared.queueing import SEARCH_QUEUE, SEARCH_TASK
+from shared.jobs.kinds import KINDS
 from shared.schemas import IMAGE_ID, Example, JobAccepted, JobInput, JobType, SearchParams
 
 router = APIRouter(prefix=paths.SEARCH, tags=["search"], dependencies=[Depends(principal_of)])
@@ -145,5 +145,6 @@ async def search(
     if info.shards > 1 and params.image_id is not None and await store.put_query(job_id, collection, params.image_id):
         await queue.send_fan_out(job_id, collection, info.shards, settings.shard_timeout_s)
     else:
-        await queue.send(SEARCH_TASK, [job_id, collection], SEARCH_QUEUE)
+        kind = KINDS[JobType.search]
+        await queue.send(kind.task, [job_id, collection], kind.queue)
     return job.accepted(total=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shared.runner import text
+
 # The fields, as the Lua scripts (shared/collections/lua.py) write them:
 NAME = "name"
 CREATED_AT = "created_at"
@@ -17,10 +19,6 @@ COUNT_PREFIX = "count:"  # count:<i>, images in shard i (kept only for sharded c
 REEMBED_JOB = "reembed_job"  # while a re-embed runs: its job id ...
 REEMBED_EMBEDDING = "reembed_embedding"  # ... and the embedding it moves the collection to
 LAST_REEMBED_JOB = "last_reembed_job"  # the re-embed that swapped last (a redelivered finisher)
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class CollectionHeader:
 
     @classmethod
     def parse(cls, raw: Mapping[bytes | str, bytes | str]) -> CollectionHeader:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {text(k): text(v) for k, v in raw.items()}
         shards = int(fields.get(SHARDS) or 1)
         counts = tuple(int(fields.get(f"{COUNT_PREFIX}{i}") or 0) for i in range(shards)) if shards > 1 else ()
         return cls(

@@ -1,6 +1,6 @@
 """Every read and write of collection data in Redis, written once as sans-I/O operations (like
 `shared.jobs.lifecycle`): the API runs them on its asyncio client, the workers on their sync
-one (`shared.jobs.runner`). Blob work (renditions) stays with the stores that own the blob client.
+one (`shared.runner`). Blob work (renditions) stays with the stores that own the blob client.
 """
 
 from __future__ import annotations
@@ -10,15 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from shared import keys
 from shared.collections import scripts
 from shared.collections.header import DIM, VERSION, CollectionHeader
-from shared.jobs.runner import Batch, Call, Op
+from shared.runner import Batch, Call, Op, text
 from shared.schemas import ImageRecord, JobStatus
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _one(call: Any) -> Batch:
@@ -45,7 +43,7 @@ def listed(name: str) -> Op[tuple[CollectionHeader, int] | None]:
 
 def names() -> Op[list[str]]:
     (raw,) = yield _one(Call("smembers", (keys.COLLECTIONS,)))
-    return sorted(_text(n) or "" for n in raw)
+    return sorted(text(n) or "" for n in raw)
 
 
 def version(name: str) -> Op[int]:
@@ -126,7 +124,7 @@ def stored_vector(collection: str, image_id: str) -> Op[tuple[bytes | None, int 
 def vector_ids(collection: str, ordered: bool = True) -> Op[list[str]]:
     """Ids with a vector, sorted, or (`ordered=False`, cheaper at a million) in Redis's order."""
     (raw,) = yield _one(Call("hkeys", (keys.vectors(collection),)))
-    found = [_text(k) or "" for k in raw]
+    found = [text(k) or "" for k in raw]
     return sorted(found) if ordered else found
 
 
@@ -149,8 +147,8 @@ def begin_reembed(collection: str, job_id: str, embedding: str) -> Op[list[str] 
     final = [s.value for s in JobStatus if s.final]
     (out,) = yield _one(scripts.BEGIN_REEMBED.call(collection, args=[job_id, embedding, keys.job(""), *final]))
     if int(out[0]) == -1:
-        return _text(out[1]) or ""
-    return sorted(_text(i) or "" for i in out[1:])
+        return text(out[1]) or ""
+    return sorted(text(i) or "" for i in out[1:])
 
 
 def abort_reembed(collection: str, job_id: str) -> Op[bool]:
@@ -165,7 +163,7 @@ def unstaged_ids(collection: str) -> Op[list[str]]:
         [Call("hkeys", (keys.images(collection),)), Call("hkeys", (keys.staged_vectors(collection),))],
         transaction=True,
     )
-    return sorted(_text(i) or "" for i in set(live) - set(staged))
+    return sorted(text(i) or "" for i in set(live) - set(staged))
 
 
 # -- the change log -----------------------------------------------------------------------------
@@ -178,7 +176,7 @@ def log_position(collection: str) -> Op[tuple[str, int]]:
         ],
         transaction=True,
     )
-    return (_text(tail[0][0]) or "0-0" if tail else "0-0"), int(version_ or 0)
+    return (text(tail[0][0]) or "0-0" if tail else "0-0"), int(version_ or 0)
 
 
 # -- clusters -----------------------------------------------------------------------------------
@@ -198,7 +196,7 @@ def clustering(collection: str) -> Op[ClusteringSummary | None]:
     )
     if summary is None:
         return None
-    return ClusteringSummary(json.loads(summary), _text(job_id), int(version_ or 0) != int(current or 0))
+    return ClusteringSummary(json.loads(summary), text(job_id), int(version_ or 0) != int(current or 0))
 
 
 def cluster_page(collection: str, cluster: int, offset: int, limit: int) -> Op[tuple[int, list[ImageRecord]]]:
@@ -243,7 +241,7 @@ def add_images(
     ids = [item.record.image_id for item in items]
     (out,) = yield _one(scripts.ADD_IMAGES.call(collection, ids, args=args))
     if int(out[0]) == -2:
-        return _text(out[1]), []
+        return text(out[1]), []
     return None, [int(flag) for flag in out[1:]]
 
 
@@ -260,16 +258,101 @@ def swap_vectors(
     """(code, ids dropped): see `lua.SWAP_VECTORS`."""
     args = [job_id, embedding.model, embedding.id, embedding.dim, log_maxlen, *failed_ids]
     (out,) = yield _one(scripts.SWAP_VECTORS.call(collection, args=args))
-    return int(out[0]), [_text(i) or "" for i in out[1:]]
+    return int(out[0]), [text(i) or "" for i in out[1:]]
 
 
 def publish_snapshot(collection: str, part: str, fields: Sequence[Any]) -> Op[str | None]:
     """The blob key no longer named (to delete; '' for none), or None when ours was not newer.
     `fields`: blob key, version, last log id, model, dim, count (see `lua.PUBLISH_SNAPSHOT`)."""
     (out,) = yield _one(scripts.PUBLISH_SNAPSHOT.call(collection, part, args=list(fields)))
-    return None if out is None else _text(out)
+    return None if out is None else text(out)
 
 
 def replace_records(collection: str, records: dict[str, str]) -> Op[None]:
     """Rewrite records of images still in the collection (a migration): see `lua.REPLACE_RECORDS`."""
     yield _one(scripts.REPLACE_RECORDS.call(collection, args=[x for pair in records.items() for x in pair]))
+
+
+# -- more reads ---------------------------------------------------------------------------------
+def exists(name: str) -> Op[bool]:
+    (member,) = yield _one(Call("sismember", (keys.COLLECTIONS, name)))
+    return bool(member)
+
+
+def order_ids(collection: str, start: int, count: int) -> Op[list[bytes]]:
+    """Ids in the order they were added, `count` from `start` (a scan's next block)."""
+    (ids,) = yield _one(Call("zrange", (keys.order(collection), start, start + count - 1)))
+    return ids
+
+
+def legacy_renditions(collection: str, image_ids: Sequence[str]) -> Op[list[bytes | None]]:
+    """Renditions of images indexed before renditions moved to the blob store (`worker.migrate`)."""
+    if not image_ids:
+        return []
+    (raw,) = yield _one(Call("hmget", (keys.thumbnails(collection), list(image_ids))))
+    return raw
+
+
+def log_after(collection: str, last_id: str, count: int) -> Op[list[tuple[bytes, dict[bytes, bytes]]]]:
+    (entries,) = yield _one(Call("xrange", (keys.log(collection),), {"min": f"({last_id}", "count": count}))
+    return entries
+
+
+def vector_count(collection: str) -> Op[int]:
+    (n,) = yield _one(Call("hlen", (keys.vectors(collection),)))
+    return int(n)
+
+
+def snapshot_pointer(collection: str, part: str = "") -> Op[dict[str, str]]:
+    """The newest published replica snapshot's fields (blob key, version, log id, model, dim, count)."""
+    (raw,) = yield _one(Call("hgetall", (keys.snapshot(collection, part),)))
+    return {text(k) or "": text(v) or "" for k, v in raw.items()}
+
+
+# -- clusterings --------------------------------------------------------------------------------
+def clustering_id(collection: str) -> Op[str | None]:
+    (job_id,) = yield _one(Call("hget", (keys.clustering(collection), "job_id")))
+    return text(job_id)
+
+
+@dataclass(frozen=True)
+class ClusteringState:
+    job_id: str
+    centroids: np.ndarray
+    labels: dict[str, int]
+
+
+def clustering_state(collection: str) -> Op[ClusteringState | None]:
+    ((job_id, k, dim, centroids),) = yield _one(
+        Call("hmget", (keys.clustering(collection), "job_id", "k", "dim", "centroids"))
+    )
+    if job_id is None:
+        return None
+    (labels,) = yield _one(Call("hgetall", (keys.labels(collection),)))
+    matrix = np.frombuffer(centroids, dtype="<f4").reshape(int(k), int(dim))
+    return ClusteringState(text(job_id) or "", matrix, {text(key) or "": int(v) for key, v in labels.items()})
+
+
+def save_clustering(
+    collection: str,
+    fields: dict[str, Any],
+    labels: dict[str, int],
+    members: Sequence[Sequence[str]],
+) -> Op[None]:
+    """Replace the collection's clustering in one transaction: readers see the old or the new.
+    `fields`: the clustering hash (job_id, k, version, created_at, summary, centroids, dim)."""
+    (old_k,) = yield _one(Call("hget", (keys.clustering(collection), "k")))
+    calls = [
+        Call(
+            "delete",
+            (keys.labels(collection), *(keys.cluster_members(collection, c) for c in range(max(int(old_k or 0), 1)))),
+        )
+    ]
+    items = list(labels.items())
+    for start in range(0, len(items), 5000):
+        calls.append(Call("hset", (keys.labels(collection),), {"mapping": dict(items[start : start + 5000])}))
+    for cluster, ids in enumerate(members):
+        for start in range(0, len(ids), 5000):
+            calls.append(Call("rpush", (keys.cluster_members(collection, cluster), *ids[start : start + 5000])))
+    calls.append(Call("hset", (keys.clustering(collection),), {"mapping": fields}))
+    yield Batch(calls, transaction=True)

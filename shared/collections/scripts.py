@@ -9,7 +9,7 @@ from typing import Any
 
 from shared import keys
 from shared.collections import lua
-from shared.jobs.runner import ScriptCall
+from shared.runner import ScriptCall
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from shared.jobs.lifecycle import JobLifecycle, JobRecord, Outcome
-from shared.jobs.runner import AsyncRunner, SyncRunner
+from shared.runner import AsyncRunner, SyncRunner
 from shared.schemas import ItemError, JobInput, JobStatus, JobType, JobView
 
 

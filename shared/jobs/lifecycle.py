@@ -1,6 +1,6 @@
 """Every job operation, from creation to the final status, as a sans-I/O generator.
 
-Each method yields `Batch`es of Redis commands and gets their replies back; `shared.jobs.runner`
+Each method yields `Batch`es of Redis commands and gets their replies back; `shared.runner`
 executes them on the worker's sync client or the API's async client. Waiting for a job lives in
 the API (`api.waiter`), which reads through `get` here.
 """
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from shared import keys
 from shared.jobs.kinds import JobParams, parse_params
 from shared.jobs.records import index_result, job_params, job_seq, new_job_fields, parse_job
-from shared.jobs.runner import Batch, Call, Op, ScriptCall
+from shared.runner import Batch, Call, Op, ScriptCall
 from shared.schemas import ItemError, ItemOutcome, JobInput, JobStatus, JobType, JobView, utcnow
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from shared.ann import AnnIndex, AnnParams, FetchVectors
 from shared.blobs import BlobStore
 from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
 from shared.collections import ops
-from shared.jobs.runner import SyncRunner
+from shared.runner import SyncRunner
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,6 @@ class SnapshotInfo:
     count: int
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Snapshots:
     def __init__(self, client: redis.Redis, blobs: BlobStore, every: int, lock_ttl_s: int = 300) -> None:
         self.redis = client
@@ -59,7 +55,7 @@ class Snapshots:
         self.data = SyncRunner(client, COLLECTION_SCRIPTS)
 
     def latest(self, collection: str, part: str = "") -> SnapshotInfo | None:
-        raw = {_s(k): _s(v) for k, v in self.redis.hgetall(keys.snapshot(collection, part)).items()}
+        raw = self.data.run(ops.snapshot_pointer(collection, part))
         try:
             return SnapshotInfo(
                 key=raw["key"],

@@ -52,6 +52,11 @@ def drive(op: Op[T], execute: Callable[[Batch], list[Any]]) -> T:
         return stop.value
 
 
+def text(value: bytes | str | None) -> str | None:
+    """A Redis reply as text (clients return bytes unless told to decode)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class SyncRunner:
     def __init__(self, client: redis.Redis, scripts: Mapping[str, str]) -> None:
         self.redis = client
