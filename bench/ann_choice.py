@@ -17,7 +17,7 @@ HMGET of C fields, as the worker would do). Reported per candidate and search se
 and per candidate: build time, anonymous-RSS growth (index memory), snapshot size and save/load
 time, deleting 10k then adding 10k (native delete or tombstone), recall after that churn, and
 whether vectors added after the deletes are found ("added found": faiss 1.15's fast-scan
-remove_ids corrupts later adds -- shared/ann.py uses tombstones instead).
+remove_ids corrupts later adds -- shared/ann/ uses tombstones instead).
 
 The data are `bench.spread.synthetic` vectors (clusters spread like real EfficientNet-Lite0
 embeddings), generated once in chunks and kept as .npy files under /tmp (memory-mapped).

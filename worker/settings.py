@@ -30,7 +30,7 @@ class WorkerSettings(ModelSettings):
     task_time_limit_s: int = Field(default=600, ge=10)
     process_start_timeout_s: float = Field(default=300, ge=4)
     replica_batch: int = Field(default=2000, ge=10)
-    # Replicas (shared/ann.py, measured in bench/ann_choice.py): exact below ANN_THRESHOLD vectors,
+    # Replicas (shared/ann/, measured in bench/ann_choice.py): exact below ANN_THRESHOLD vectors,
     # above it an IVF index of 4-bit codes whose ANN_CANDIDATES best are re-ranked exactly.
     ann_threshold: int = Field(default=10_000, ge=1)
     ann_candidates: int = Field(default=100, ge=10, le=10_000)

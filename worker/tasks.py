@@ -2,7 +2,7 @@
 
 Whatever a task body raises ends its items as failed with a reason (and the job, once every item
 is accounted for): a job never stays `running` because of a bug. A lost Redis connection is
-waited out in place and the task runs again (worker/outages.py), because then the work is still
+waited out in place and the task runs again (worker/upkeep/outages.py), because then the work is still
 owed and nothing could be recorded anyway.
 """
 
@@ -50,7 +50,7 @@ T = TypeVar("T")
 # message redelivered after a worker died, or a body run again after a Redis outage, is safe.
 # A task killed at the hard time limit goes back to the queue (its redelivery runs item by item
 # with attempt counts) instead of being acked with its job left running. No `autoretry_for`: a
-# Celery retry publishes to the broker, which is the Redis that is down (worker/outages.py).
+# Celery retry publishes to the broker, which is the Redis that is down (worker/upkeep/outages.py).
 TASK = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "acks_on_timeout": False}
 
 

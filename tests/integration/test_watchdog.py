@@ -1,4 +1,4 @@
-"""No job stays `running` forever: the watchdog (worker/watchdog.py) sends a quiet job's unfinished
+"""No job stays `running` forever: the watchdog (worker/upkeep/watchdog.py) sends a quiet job's unfinished
 work again, and after a few tries fails what is left. Step by step on a real Redis, then end to end
 with a task message deleted from the broker before any worker saw it."""
 

@@ -1,4 +1,4 @@
-"""Near-duplicate groups (worker/duplicates.py) on synthetic vectors with planted copies."""
+"""Near-duplicate groups (worker/analysis/duplicates.py) on synthetic vectors with planted copies."""
 
 from __future__ import annotations
 
