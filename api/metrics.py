@@ -13,7 +13,9 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import keys
+from shared.collections import ops
 from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE
+from shared.runner import AsyncRunner
 
 
 class RequestMetrics:
@@ -89,12 +91,10 @@ async def redis_metrics(redis: Redis) -> list[Metric]:
     pipe.hgetall(keys.JOB_COUNTS)
     pipe.llen(INDEX_QUEUE)
     pipe.llen(SEARCH_QUEUE)
-    for name in names:
-        pipe.hlen(keys.images(name))
     for worker in workers:
         pipe.hgetall(worker)
-    jobs, index_depth, search_depth, *rest = await pipe.execute()
-    sizes, worker_stats = rest[: len(names)], rest[len(names) :]
+    jobs, index_depth, search_depth, *worker_stats = await pipe.execute()
+    sizes = await AsyncRunner(redis, {}).run(ops.image_counts(names))
 
     job_family = CounterMetricFamily(
         "simsearch_jobs", "Jobs created, and jobs by final status", labels=["type", "status"]

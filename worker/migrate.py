@@ -14,7 +14,6 @@ import argparse
 
 import redis
 
-from shared import keys
 from shared.blobs import BlobStore
 from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
 from shared.collections import ops
@@ -26,12 +25,13 @@ MIGRATED = "migrated"
 
 
 def migrate_collection(client: redis.Redis, blobs: BlobStore, collection: str, batch: int) -> int:
+    data = SyncRunner(client, COLLECTION_SCRIPTS)
     moved = 0
     cursor = 0
     while True:
-        cursor, chunk = client.hscan(keys.thumbnails(collection), cursor, count=batch)
+        cursor, chunk = data.run(ops.scan_legacy_renditions(collection, cursor, batch))
         ids = [k.decode() for k in chunk]
-        records = client.hmget(keys.images(collection), ids) if ids else []
+        records = data.run(ops.raw_records(collection, ids))
         updates: dict[str, str] = {}
         for image_id, raw in zip(ids, records, strict=True):
             if raw is None:
@@ -42,10 +42,9 @@ def migrate_collection(client: redis.Redis, blobs: BlobStore, collection: str, b
                 blobs.put(rendition_key(collection, record), chunk[image_id.encode()])
                 updates[image_id] = record.model_dump_json()
         if updates:
-            SyncRunner(client, COLLECTION_SCRIPTS).run(ops.replace_records(collection, updates))
+            data.run(ops.replace_records(collection, updates))
             moved += len(updates)
-        if ids:
-            client.hdel(keys.thumbnails(collection), *ids)
+        data.run(ops.drop_legacy_renditions(collection, ids))
         if cursor == 0:
             return moved
 
@@ -57,7 +56,7 @@ def main() -> None:
     settings = CommonSettings()
     client = redis.Redis.from_url(settings.redis_url)
     with settings.open_blob_store() as blobs:
-        for name in sorted(n.decode() for n in client.smembers(keys.COLLECTIONS)):
+        for name in SyncRunner(client, COLLECTION_SCRIPTS).run(ops.names()):
             print(f"{name}: {migrate_collection(client, blobs, name, args.batch)} renditions moved")
 
 

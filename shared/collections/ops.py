@@ -356,3 +356,21 @@ def save_clustering(
             calls.append(Call("rpush", (keys.cluster_members(collection, cluster), *ids[start : start + 5000])))
     calls.append(Call("hset", (keys.clustering(collection),), {"mapping": fields}))
     yield Batch(calls, transaction=True)
+
+
+def scan_legacy_renditions(collection: str, cursor: int, count: int) -> Op[tuple[int, dict[bytes, bytes]]]:
+    (out,) = yield _one(Call("hscan", (keys.thumbnails(collection), cursor), {"count": count}))
+    return out
+
+
+def drop_legacy_renditions(collection: str, image_ids: Sequence[str]) -> Op[None]:
+    if image_ids:
+        yield _one(Call("hdel", (keys.thumbnails(collection), *image_ids)))
+
+
+def image_counts(names: Sequence[str]) -> Op[list[int]]:
+    """Images per collection, in one round trip (metrics)."""
+    if not names:
+        return []
+    counts = yield Batch([Call("hlen", (keys.images(name),)) for name in names])
+    return [int(n) for n in counts]
