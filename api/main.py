@@ -27,6 +27,7 @@ from api.settings import ApiSettings
 from api.store import ApiStore
 from api.waiter import JobWaiter
 from shared.blobs_async import AsyncBlobStore
+from shared.broker import async_broker_redis
 from shared.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.store = ApiStore(
             client, blobs, settings.job_ttl_seconds, settings.log_maxlen, tombstone_ttl_s=settings.upload_ttl_seconds
         )
-        app.state.queue = TaskQueue(settings.redis_url, settings.task_visibility_timeout_s)
+        app.state.queue = TaskQueue(settings.broker, settings.task_visibility_timeout_s, settings.broker_master_name)
+        # Queue depths for /metrics (None: RabbitMQ, whose own metrics have them).
+        app.state.broker = async_broker_redis(
+            settings.broker, settings.broker_master_name, socket_timeout=settings.redis_timeout_s
+        )
         app.state.waiter = JobWaiter(listener)
         app.state.rendered = RenderedJobs()
         app.state.waiter.start()
@@ -73,6 +78,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             app.state.queue.close()
             await client.aclose()
             await listener.aclose()
+            if app.state.broker is not None:
+                await app.state.broker.aclose()
 
     # /docs and /redoc from the package's own copies of Swagger UI and ReDoc: no CDN, so they work offline.
     app = FastAPIOffline(title="simsearch", version="0.1.0", lifespan=lifespan)

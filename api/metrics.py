@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import keys
 from shared.collections import ops
-from shared.queueing import INDEX_QUEUE, SEARCH_QUEUE
+from shared.queueing import INDEX_QUEUE, PRIORITY_STEPS, SEARCH_QUEUE, priority_queue
 from shared.runner import AsyncRunner
 
 
@@ -84,16 +84,29 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def redis_metrics(redis: Redis) -> list[Metric]:
+async def queue_depths(broker: Redis | None) -> dict[str, int]:
+    """Tasks waiting per queue, over its priority lists (`index`, `index:1` … `index:9`); none
+    without a Redis broker (RabbitMQ reports its own)."""
+    if broker is None:
+        return {}
+    names = {q: [priority_queue(q, p) for p in PRIORITY_STEPS] for q in (INDEX_QUEUE, SEARCH_QUEUE)}
+    pipe = broker.pipeline(transaction=False)
+    for lists in names.values():
+        for name in lists:
+            pipe.llen(name)
+    lengths = iter(await pipe.execute())
+    return {q: sum(next(lengths) for _ in lists) for q, lists in names.items()}
+
+
+async def redis_metrics(redis: Redis, broker: Redis | None) -> list[Metric]:
     names = sorted(_s(n) for n in await redis.smembers(keys.COLLECTIONS))
     workers = [_s(k) async for k in redis.scan_iter(match=keys.WORKER_METRICS_PREFIX + "*", count=500)]
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(keys.JOB_COUNTS)
-    pipe.llen(INDEX_QUEUE)
-    pipe.llen(SEARCH_QUEUE)
     for worker in workers:
         pipe.hgetall(worker)
-    jobs, index_depth, search_depth, *worker_stats = await pipe.execute()
+    jobs, *worker_stats = await pipe.execute()
+    depths = await queue_depths(broker)
     sizes = await AsyncRunner(redis, {}).run(ops.image_counts(names))
 
     job_family = CounterMetricFamily(
@@ -103,8 +116,8 @@ async def redis_metrics(redis: Redis) -> list[Metric]:
         job_type, _, status = _s(field).partition(":")
         job_family.add_metric([job_type, status], float(count))
     queue = GaugeMetricFamily("simsearch_queue_depth", "Tasks waiting in a queue", labels=["queue"])
-    queue.add_metric([INDEX_QUEUE], float(index_depth))
-    queue.add_metric([SEARCH_QUEUE], float(search_depth))
+    for name, depth in depths.items():
+        queue.add_metric([name], float(depth))
     size = GaugeMetricFamily("simsearch_collection_images", "Images in a collection", labels=["collection"])
     for name, count in zip(names, sizes, strict=True):
         size.add_metric([name], float(count))
@@ -132,7 +145,7 @@ async def redis_metrics(redis: Redis) -> list[Metric]:
     return [job_family, queue, size, *per_worker.values()]
 
 
-async def render(registry: CollectorRegistry, redis: Redis) -> bytes:
+async def render(registry: CollectorRegistry, redis: Redis, broker: Redis | None) -> bytes:
     snapshot = CollectorRegistry()
-    snapshot.register(_Snapshot(await redis_metrics(redis)))
+    snapshot.register(_Snapshot(await redis_metrics(redis, broker)))
     return generate_latest(registry) + generate_latest(snapshot)

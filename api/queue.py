@@ -10,10 +10,10 @@ from shared.queueing import celery_config, chunk_priority
 
 
 class TaskQueue:
-    def __init__(self, redis_url: str, visibility_timeout_s: int) -> None:
+    def __init__(self, broker_url: str, visibility_timeout_s: int, master_name: str = "mymaster") -> None:
         self.celery = Celery("simsearch-api")
         self.celery.conf.update(
-            celery_config(redis_url, visibility_timeout_s),
+            celery_config(broker_url, visibility_timeout_s, master_name),
             # Fail fast (the client gets 503) rather than holding a request while Redis is away.
             broker_connection_timeout=3,
             task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.broker import transport_options
+
 INDEX_QUEUE = "index"
 SEARCH_QUEUE = "search"
 DEADLINE_QUEUE = "search.deadline"  # every worker, search-only ones too, ends overdue sharded searches
@@ -25,9 +27,9 @@ WEBHOOK_QUEUE = "webhooks"
 WEBHOOK_TASK = "simsearch.webhook"
 
 
-def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, Any]:
+def celery_config(broker_url: str, visibility_timeout_s: int = 30, master_name: str = "mymaster") -> dict[str, Any]:
     return {
-        "broker_url": redis_url,
+        "broker_url": broker_url,
         # JSON only: a pickled message from anyone who can write to Redis would be code execution.
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -47,7 +49,10 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, A
             BATCH_CHUNK_TASK: {"queue": INDEX_QUEUE},
             WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
         },
-        "broker_transport_options": broker_transport_options(visibility_timeout_s),
+        "broker_transport_options": {
+            **broker_transport_options(visibility_timeout_s),
+            **transport_options(broker_url, master_name),
+        },
         "broker_connection_retry_on_startup": True,
     }
 
@@ -57,6 +62,11 @@ def celery_config(redis_url: str, visibility_timeout_s: int = 30) -> dict[str, A
 # tenant's backlog sinks below another tenant's first chunks instead of queueing in front of them.
 PRIORITY_STEPS = list(range(10))
 FRONT_CHUNKS = 4  # chunks of a job at its owner's own level before the rest sinks a level at a time
+
+
+def priority_queue(queue: str, priority: int) -> str:
+    """The Redis list kombu keeps a queue's messages of one priority in (0: the queue's own name)."""
+    return f"{queue}:{priority}" if priority else queue
 
 
 def chunk_priority(open_jobs: int, chunk_number: int) -> int:

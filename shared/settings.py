@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.blobs import BlobSettings
+from shared.broker import broker_kind
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.shards import MAX_SHARDS
 
@@ -19,6 +20,10 @@ class CommonSettings(BlobSettings):
 
     environment: Literal["local", "test", "production"] = "local"
     redis_url: str = "redis://localhost:6379/0"
+    # Celery's broker (shared/broker.py): redis://, sentinel://host:port[;…] with BROKER_MASTER_NAME,
+    # or amqp://. Unset: REDIS_URL, one Redis for everything.
+    broker_url: str | None = None
+    broker_master_name: str = "mymaster"
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     upload_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     # Entries kept in each collection's change log. A replica that falls further behind than this
@@ -47,6 +52,17 @@ class CommonSettings(BlobSettings):
     # Buckets that imports may read (`{"source": "s3://bucket/prefix"}`), comma-separated; empty:
     # bucket imports are refused. The workers reach them with IMPORT_S3_* (worker settings).
     import_s3_buckets: str = ""
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str | None) -> str | None:
+        if value is not None:
+            broker_kind(value)
+        return value
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
 
     @property
     def import_buckets(self) -> frozenset[str]:

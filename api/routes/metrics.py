@@ -15,4 +15,7 @@ router = APIRouter(tags=["operations"])
 @router.get(paths.METRICS, response_class=Response, dependencies=[Depends(metrics_reader)])
 async def metrics(request: Request, store: StoreDep) -> Response:
     """Prometheus exposition: HTTP, jobs, queues, collections, and every worker's embedding figures."""
-    return Response(await render(request.app.state.metrics_registry, store.redis), media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        await render(request.app.state.metrics_registry, store.redis, request.app.state.broker),
+        media_type=CONTENT_TYPE_LATEST,
+    )
