@@ -63,7 +63,8 @@ class WorkerRuntime:
         worker = f"{socket.gethostname()}-{os.getpid()}"
         # Opened here, after fork: boto3 clients and thread pools do not survive one.
         blobs = settings.open_blob_store()
-        store = WorkerStore(client, blobs, settings.log_maxlen, settings.job_ttl_seconds, worker=worker)
+        replicas = (settings.redis_wait_replicas, settings.redis_wait_timeout_ms, settings.redis_outage_wait_s)
+        store = WorkerStore(client, blobs, settings.log_maxlen, settings.job_ttl_seconds, worker, replicas)
         runtime = cls(
             settings=settings,
             jobs=Jobs(client, JobLifecycle(settings.job_ttl_seconds), JOB_SCRIPTS),

@@ -48,6 +48,11 @@ class WorkerSettings(ModelSettings):
     # again (0: 1.5 x TASK_TIME_LIMIT_S + 60, so never work a live task is still on), at most
     # WATCHDOG_MAX_REDRIVES times before the rest of it fails with `work_lost`.
     job_stall_s: float = Field(default=0, ge=0)
+    # Redis replicates asynchronously: an image counts as created only once its add reached this
+    # many replicas (WAIT), within REDIS_WAIT_TIMEOUT_MS; short of that the chunk waits and runs
+    # again, like a Redis outage. 0: report at once (one Redis, or loss of the last writes accepted).
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1)
     watchdog_interval_s: float = Field(default=30.0, gt=0)
     watchdog_max_redrives: int = Field(default=3, ge=1)
     no_match_calibration: bool = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,13 @@ class SwapResult:
 
 class WorkerStore(FanOutStore):
     def __init__(
-        self, client: redis.Redis, blobs: BlobStore, log_maxlen: int, data_ttl_s: int, worker: str = "worker"
+        self,
+        client: redis.Redis,
+        blobs: BlobStore,
+        log_maxlen: int,
+        data_ttl_s: int,
+        worker: str = "worker",
+        replicas: tuple[int, int, float] = (0, 1000, 300.0),
     ) -> None:
         super().__init__(client)  # the fan-out's keys (shared.fanout)
         self.blobs = blobs
@@ -50,6 +57,9 @@ class WorkerStore(FanOutStore):
         self.log_maxlen = log_maxlen
         # Staged vectors and tombstones live as long as a job could (then they are moot).
         self.data_ttl_s = data_ttl_s
+        # Replicas an add must reach before its images count as stored, the WAIT's timeout (ms), and
+        # how long to keep waiting for them (s) before the task is handled as in a Redis outage.
+        self.replicas = replicas
         # One thread: a chunk's renditions are written while its forward pass runs (put_many fans out).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="renditions")
         self.data = SyncRunner(client, COLLECTION_SCRIPTS)  # collection storage (shared.collections.ops)
@@ -103,10 +113,25 @@ class WorkerStore(FanOutStore):
         writing = writing or self.write_renditions(collection, [i for i in images if i.vector is not None])
         written = writing.result()
         items = [ops.AddItem(img.record, b"" if img.vector is None else vectors.encode(img.vector)) for img in images]
-        other, flags = self.data.run(
-            ops.add_images(collection, embedding, job_seq, items, self.log_maxlen, self.data_ttl_s, utcnow())
+        add = ops.add_images(
+            collection, embedding, job_seq, items, self.log_maxlen, self.data_ttl_s, utcnow(), *self.replicas[:2]
         )
+        try:
+            other, flags = self.data.run(add)
+        except ops.ReplicationTimeout as short:
+            try:
+                self._await_replicas(short)
+            except ops.ReplicationTimeout:
+                writing.result()  # written and named now (on the primary): kept for the run that follows
+                raise
+            other, flags = short.result
+        # Images this job's item stored on an earlier run (redelivered, or after ReplicationTimeout)
+        # are its own: reported created, and their renditions kept.
+        flags, stored = self.data.run(ops.own_adds(collection, [img.record for img in images], flags))
+        # Renditions named by a record: this add's, and those of images stored before under the same
+        # key (the same bytes from another item of this job) -- never deleted below.
         named = {rendition_key(collection, img.record) for img, flag in zip(images, flags, strict=False) if flag == 1}
+        named |= {rendition_key(collection, record) for record in stored if record is not None}
         self.blobs.delete([k for k in written if k not in named])  # not stored: nothing will name them
         if other is not None:
             raise Conflict(
@@ -114,6 +139,18 @@ class WorkerStore(FanOutStore):
                 code="model_mismatch",
             )
         return flags
+
+    def _await_replicas(self, short: ops.ReplicationTimeout) -> None:
+        """Wait (backing off, at most the replicas' patience) until enough replicas hold the
+        primary's stream up to the add; else raise `short` again."""
+        wanted, _, patience_s = self.replicas
+        deadline, delay = time.monotonic() + patience_s, 0.05
+        while time.monotonic() < deadline:
+            if ops.replicas_at(self.redis.info("replication"), short.offset) >= wanted:
+                return
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+        raise short
 
     def header(self, collection: str) -> CollectionHeader:
         return self.data.run(ops.header(collection))

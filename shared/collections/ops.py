@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.collections import scripts
@@ -232,17 +233,77 @@ def add_images(
     log_maxlen: int,
     staged_ttl_s: int,
     now: str,
+    replicas: int = 0,
+    replicas_timeout_ms: int = 1000,
 ) -> Op[tuple[str | None, list[int]]]:
     """(the collection's other model, if it holds one: nothing written; else None, and per image
-    1 created, 0 already there, 2 deleted after the job was queued). See `lua.ADD_IMAGES`."""
+    1 created, 0 already there, 2 deleted after the job was queued). See `lua.ADD_IMAGES`.
+    `replicas`: the writes must have reached that many replicas (WAIT, on the same connection)
+    within the timeout, else `ReplicationTimeout`: Redis replicates asynchronously, and an add
+    reported before a replica has it is lost if the primary dies."""
     args: list[Any] = [embedding.model, embedding.id, embedding.dim, log_maxlen, job_seq, collection, now, staged_ttl_s]
     for item in items:
         args += [item.record.image_id, item.record.model_dump_json(), item.vector, b""]
     ids = [item.record.image_id for item in items]
-    (out,) = yield _one(scripts.ADD_IMAGES.call(collection, ids, args=args))
+    add = scripts.ADD_IMAGES.call(collection, ids, args=args)
+    if not replicas:
+        (out,) = yield _one(add)
+        return _added(out)
+    # WAIT and INFO on the add's own connection: WAIT counts the replicas that have this client's
+    # writes; the offset says how far a replica must get to hold them.
+    out, acked, info = yield Batch([add, Call("wait", (replicas, replicas_timeout_ms)), Call("info", ("replication",))])
+    if int(acked) < replicas:
+        detail = f"the add reached {acked} of {replicas} replicas within {replicas_timeout_ms} ms"
+        raise ReplicationTimeout(detail, collection, int(info["master_repl_offset"]), _added(out))
+    return _added(out)
+
+
+def _added(out: list[Any]) -> tuple[str | None, list[int]]:
     if int(out[0]) == -2:
         return text(out[1]), []
     return None, [int(flag) for flag in out[1:]]
+
+
+def replicas_at(info: dict[str, Any], offset: int) -> int:
+    """How many replicas in an `INFO replication` reply hold the primary's stream up to `offset`."""
+    return sum(
+        1
+        for key, value in info.items()
+        if key.startswith("slave") and isinstance(value, dict) and int(value.get("offset", -1)) >= offset
+    )
+
+
+class ReplicationTimeout(RedisTimeoutError):
+    """Writes not yet on enough replicas within the WAIT. The worker's store waits longer for the
+    replicas to reach `offset` and then goes on with `result`; past its patience this propagates as
+    a Redis outage (the task waits and runs again, and claims the images it stored, `own_adds`)."""
+
+    def __init__(
+        self, detail: str, collection: str, offset: int = 0, result: tuple[str | None, list[int]] = (None, [])
+    ) -> None:
+        super().__init__(f"{collection}: {detail}")
+        self.offset, self.result = offset, result
+
+
+def own_adds(
+    collection: str, added: Sequence[ImageRecord], flags: Sequence[int]
+) -> Op[tuple[list[int], list[ImageRecord | None]]]:
+    """(flags, the stored record of each image found already there, else None). Images found
+    stored by this very job and item (the stored record has the job's id and the item's file name)
+    count as created: a chunk that runs again after its add but before its outcomes were recorded
+    reports what one clean run would have."""
+    found = [i for i, flag in enumerate(flags) if flag == 0]
+    stored: list[ImageRecord | None] = [None] * len(flags)
+    if not found:
+        return list(flags), stored
+    for i, record in zip(found, (yield from records(collection, [added[i].image_id for i in found])), strict=True):
+        stored[i] = record
+    out = list(flags)
+    for i in found:
+        record = stored[i]
+        if record is not None and added[i].job_id is not None and record.job_id == added[i].job_id:
+            out[i] = 1 if record.filename == added[i].filename else 0
+    return out, stored
 
 
 def stage_vectors(collection: str, job_id: str, pairs: Sequence[tuple[str, bytes]], ttl_s: int) -> Op[int]:

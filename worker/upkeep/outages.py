@@ -20,6 +20,8 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.collections.ops import ReplicationTimeout
+
 log = logging.getLogger(__name__)
 
 OUTAGE = (RedisConnectionError, RedisTimeoutError, OperationalError)  # the store, or the broker (same Redis)
@@ -45,12 +47,18 @@ def through_outages(client: redis.Redis, step: Callable[[], T], wait_s: float, w
     past that the outage's error propagates (the task's message stays unacknowledged and comes
     back once Redis does)."""
     deadline = time.monotonic() + wait_s
+    lagging = 0.5
     while True:
         try:
             return step()
         except OUTAGE as exc:
             if time.monotonic() >= deadline:
                 raise
+            if isinstance(exc, ReplicationTimeout):  # Redis answers; its replicas lag: give them time
+                log.warning("replicas behind during %s (%s); running it again in %.1f s", what, exc, lagging)
+                time.sleep(min(lagging, max(0.0, deadline - time.monotonic())))
+                lagging = min(lagging * 2, 5.0)
+                continue
             log.warning("Redis unreachable during %s (%s); waiting for it to run again", what, exc)
             if not wait_for_redis(client, deadline):
                 raise
