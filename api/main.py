@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from api.errors import install_error_handlers
 from api.fastpoll import JobPollCache
@@ -27,7 +26,7 @@ from api.settings import ApiSettings
 from api.store import ApiStore
 from api.waiter import JobWaiter
 from shared.blobs_async import AsyncBlobStore
-from shared.broker import async_broker_redis
+from shared.connect import async_broker_redis
 from shared.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -42,26 +41,23 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         configure_logging(settings.log_level, settings.log_format)
         if not settings.api_keys:
             log.warning("no API_KEYS configured: the API is open to anyone who can reach it")
-        client = Redis.from_url(
-            settings.redis_url,
+        client = settings.redis_async(
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
             health_check_interval=30,
             retry_on_timeout=False,
         )
         # Pub/sub blocks on reads by design, so it gets a client without a read timeout.
-        listener = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30
-        )
+        listener = settings.redis_async(socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30)
         blobs = AsyncBlobStore(settings.open_blob_store())
         app.state.settings = settings
         app.state.store = ApiStore(
             client, blobs, settings.job_ttl_seconds, settings.log_maxlen, tombstone_ttl_s=settings.upload_ttl_seconds
         )
-        app.state.queue = TaskQueue(settings.broker, settings.task_visibility_timeout_s, settings.broker_master_name)
+        app.state.queue = TaskQueue(settings.broker, settings.task_visibility_timeout_s, settings.broker_master)
         # Queue depths for /metrics (None: RabbitMQ, whose own metrics have them).
         app.state.broker = async_broker_redis(
-            settings.broker, settings.broker_master_name, socket_timeout=settings.redis_timeout_s
+            settings.broker, settings.broker_master, socket_timeout=settings.redis_timeout_s
         )
         app.state.waiter = JobWaiter(listener)
         app.state.rendered = RenderedJobs()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.broker import transport_options
+from shared.connect import transport_options
 
 INDEX_QUEUE = "index"
 SEARCH_QUEUE = "search"

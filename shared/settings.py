@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlparse
 
+import redis
+import redis.asyncio
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.blobs import BlobSettings
-from shared.broker import broker_kind
+from shared.connect import broker_kind, connect, connect_async
 from shared.imaging import DEFAULT_MAX_PIXELS
 from shared.shards import MAX_SHARDS
 
@@ -19,9 +21,11 @@ class CommonSettings(BlobSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     environment: Literal["local", "test", "production"] = "local"
+    # The data: redis://, or sentinel://host:port[;…] with REDIS_MASTER_NAME (shared/connect.py).
     redis_url: str = "redis://localhost:6379/0"
-    # Celery's broker (shared/broker.py): redis://, sentinel://host:port[;…] with BROKER_MASTER_NAME,
-    # or amqp://. Unset: REDIS_URL, one Redis for everything.
+    redis_master_name: str = "mymaster"
+    # Celery's broker: redis://, sentinel://host:port[;…] with BROKER_MASTER_NAME, or amqp://.
+    # Unset: REDIS_URL (and REDIS_MASTER_NAME), one Redis for everything.
     broker_url: str | None = None
     broker_master_name: str = "mymaster"
     job_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
@@ -53,9 +57,9 @@ class CommonSettings(BlobSettings):
     # bucket imports are refused. The workers reach them with IMPORT_S3_* (worker settings).
     import_s3_buckets: str = ""
 
-    @field_validator("broker_url")
+    @field_validator("broker_url", "redis_url")
     @classmethod
-    def _known_broker(cls, value: str | None) -> str | None:
+    def _known_scheme(cls, value: str | None) -> str | None:
         if value is not None:
             broker_kind(value)
         return value
@@ -63,6 +67,17 @@ class CommonSettings(BlobSettings):
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def broker_master(self) -> str:
+        return self.broker_master_name if self.broker_url else self.redis_master_name
+
+    def redis(self, **options: Any) -> redis.Redis:
+        """A client of the data Redis (its current primary, behind Sentinel)."""
+        return connect(self.redis_url, self.redis_master_name, **options)
+
+    def redis_async(self, **options: Any) -> redis.asyncio.Redis:
+        return connect_async(self.redis_url, self.redis_master_name, **options)
 
     @property
     def import_buckets(self) -> frozenset[str]:

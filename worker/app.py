@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery import Celery, signals
 from kombu import Queue
 
-from shared.broker import broker_redis
+from shared.connect import broker_redis
 from shared.errors import ModelWeightsUnavailable
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
@@ -47,7 +46,7 @@ class SimsearchCelery(Celery):
 
 app = SimsearchCelery("simsearch", include=["worker.tasks"])
 app.conf.update(
-    celery_config(settings.broker, settings.task_visibility_timeout_s, settings.broker_master_name),
+    celery_config(settings.broker, settings.task_visibility_timeout_s, settings.broker_master),
     # Searches and embedding are shared; a shard's searches go to the workers serving it.
     task_queues=[
         *((Queue(SEARCH_QUEUE), Queue(INDEX_QUEUE), Queue(WEBHOOK_QUEUE)) if settings.worker_embeds else ()),
@@ -112,9 +111,9 @@ def _start_runtime(**_: Any) -> None:
 @signals.worker_ready.connect
 def _start_heartbeat(**_: Any) -> None:
     # In the main process, which holds the messages (the pool's children only run them).
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=30)
+    client = settings.redis(socket_timeout=5, health_check_interval=30)
     # The held messages' heartbeat goes to the broker's Redis (RabbitMQ redelivers on its own).
-    broker = broker_redis(settings.broker, settings.broker_master_name, socket_timeout=5, health_check_interval=30)
+    broker = broker_redis(settings.broker, settings.broker_master, socket_timeout=5, health_check_interval=30)
     if broker is not None:
         app.daemons.append(Heartbeat(broker, settings.heartbeat_interval_s))
     if settings.worker_embeds:  # the workers that deliver callbacks also hand them out

@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
     settings = CommonSettings()
-    client = redis.Redis.from_url(settings.redis_url)
+    client = settings.redis()
     with settings.open_blob_store() as blobs:
         for name in SyncRunner(client, COLLECTION_SCRIPTS).run(ops.names()):
             print(f"{name}: {migrate_collection(client, blobs, name, args.batch)} renditions moved")

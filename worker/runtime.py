@@ -8,8 +8,6 @@ import socket
 import time
 from dataclasses import dataclass
 
-import redis
-
 from shared.fetch import Fetcher
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
@@ -59,7 +57,7 @@ class WorkerRuntime:
         threads = settings.threads
         embedder = _embedder(settings) if settings.worker_embeds else None
         limit_search_threads(settings.search_threads)
-        client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        client = settings.redis(health_check_interval=30)
         worker = f"{socket.gethostname()}-{os.getpid()}"
         # Opened here, after fork: boto3 clients and thread pools do not survive one.
         blobs = settings.open_blob_store()
