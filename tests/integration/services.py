@@ -78,6 +78,29 @@ def start_redis(workdir: Path, appendonly: bool = False, port: int | None = None
     return service, url
 
 
+def start_sentinel(workdir: Path, master: str, primary_port: int) -> tuple[Service, int]:
+    """A Redis Sentinel watching the primary on `primary_port` as `master`: quorum 1, a primary
+    unanswered for 1 s is down, and a replica is promoted within seconds."""
+    port = free_port()
+    conf = workdir / f"sentinel-{port}.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+        f"sentinel monitor {master} 127.0.0.1 {primary_port} 1\n"
+        f"sentinel down-after-milliseconds {master} 1000\n"
+        f"sentinel failover-timeout {master} 5000\n"
+    )
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+    service = _spawn([binary, str(conf), "--sentinel"], dict(os.environ), workdir / f"sentinel-{port}.log", "sentinel")
+    wait_until(lambda: redis.Redis(port=port).ping(), 15, "sentinel", service.proc, service.log)
+    return service, port
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"REDIS_URL": redis_url, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})

@@ -4,7 +4,6 @@ behind Sentinel that fails over mid-batch. Real servers on loopback, real worker
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -17,7 +16,15 @@ from redis.sentinel import Sentinel
 
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, search_bytes, submit_images, wait_job
-from tests.integration.services import Service, _spawn, free_port, start_api, start_redis, start_worker, wait_until
+from tests.integration.services import (
+    Service,
+    port_of,
+    start_api,
+    start_redis,
+    start_sentinel,
+    start_worker,
+    wait_until,
+)
 
 MASTER = "simsearch-broker"
 
@@ -50,33 +57,16 @@ def test_queues_live_on_the_broker_and_data_on_redis_url(tmp_path: Path) -> None
         data_service.stop()
 
 
-def _sentinel(workdir: Path, primary_port: int) -> tuple[Service, int]:
-    port = free_port()
-    conf = workdir / f"sentinel-{port}.conf"
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
-        f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 1\n"
-        f"sentinel down-after-milliseconds {MASTER} 1000\n"
-        f"sentinel failover-timeout {MASTER} 5000\n"
-    )
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    service = _spawn([binary, str(conf), "--sentinel"], dict(os.environ), workdir / f"sentinel-{port}.log", "sentinel")
-    probe = redis.Redis(port=port)
-    wait_until(lambda: probe.ping(), 15, "sentinel", service.proc, service.log)
-    return service, port
-
-
 @pytest.fixture
 def sentinel_broker(tmp_path: Path) -> Iterator[tuple[str, Service, Service, int]]:
     primary_dir, replica_dir = tmp_path / "primary", tmp_path / "replica"
     primary_dir.mkdir()
     replica_dir.mkdir()
     primary, primary_url = start_redis(primary_dir, appendonly=True)
-    primary_port = int(primary_url.rsplit(":", 1)[1].split("/")[0])
+    primary_port = port_of(primary_url)
     replica, replica_url = start_redis(replica_dir, appendonly=True)
     redis.Redis.from_url(replica_url).replicaof("127.0.0.1", primary_port)
-    sentinel, port = _sentinel(tmp_path, primary_port)
+    sentinel, port = start_sentinel(tmp_path, MASTER, primary_port)
     wait_until(
         lambda: redis.Redis.from_url(primary_url).info("replication")["connected_slaves"] >= 1,
         15,

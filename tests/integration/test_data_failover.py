@@ -6,7 +6,6 @@ Real servers on loopback, a real worker and API; the broker is a Redis of its ow
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -17,29 +16,16 @@ from redis.sentinel import Sentinel
 
 from tests.images import photo_bytes
 from tests.integration.client_helpers import search_bytes, submit_images, wait_job
-from tests.integration.services import Service, _spawn, free_port, start_api, start_redis, start_worker, wait_until
+from tests.integration.services import (
+    port_of,
+    start_api,
+    start_redis,
+    start_sentinel,
+    start_worker,
+    wait_until,
+)
 
 MASTER = "simsearch-data"
-
-
-def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1].split("/")[0])
-
-
-def _sentinel(workdir: Path, primary_port: int) -> tuple[Service, int]:
-    port = free_port()
-    conf = workdir / f"sentinel-{port}.conf"
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
-        f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 1\n"
-        f"sentinel down-after-milliseconds {MASTER} 1000\n"
-        f"sentinel failover-timeout {MASTER} 5000\n"
-    )
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    service = _spawn([binary, str(conf), "--sentinel"], dict(os.environ), workdir / f"sentinel-{port}.log", "sentinel")
-    wait_until(lambda: redis.Redis(port=port).ping(), 15, "sentinel", service.proc, service.log)
-    return service, port
 
 
 def test_the_primary_dies_mid_batch_and_every_acknowledged_image_is_there(tmp_path: Path) -> None:
@@ -49,9 +35,9 @@ def test_the_primary_dies_mid_batch_and_every_acknowledged_image_is_there(tmp_pa
     primary, primary_url = start_redis(dirs["primary"], appendonly=True)
     replicas = [start_redis(dirs[f"replica{i}"], appendonly=True) for i in (1, 2)]
     for _, url in replicas:
-        redis.Redis.from_url(url).replicaof("127.0.0.1", _port(primary_url))
+        redis.Redis.from_url(url).replicaof("127.0.0.1", port_of(primary_url))
     wait_until(lambda: redis.Redis.from_url(primary_url).info("replication")["connected_slaves"] >= 2, 15, "replicas")
-    sentinel_service, sentinel_port = _sentinel(tmp_path, _port(primary_url))
+    sentinel_service, sentinel_port = start_sentinel(tmp_path, MASTER, port_of(primary_url))
     broker, broker_url = start_redis(dirs["broker"])
     env = {
         "REDIS_MASTER_NAME": MASTER,

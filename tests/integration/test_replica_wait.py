@@ -22,7 +22,7 @@ from shared.blobs import open_blob_store
 from shared.schemas import ImageRecord, rendition_key, utcnow
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, submit_images, wait_job
-from tests.integration.services import start_api, start_redis, start_worker, wait_until
+from tests.integration.services import port_of, start_api, start_redis, start_worker, wait_until
 from worker.store import Embedding, NewImage, WorkerStore
 
 
@@ -55,7 +55,7 @@ def test_no_image_is_reported_created_before_a_replica_has_it(tmp_path: Path) ->
     replica_dir.mkdir()
     primary, url = start_redis(primary_dir)
     replica, replica_url = start_redis(replica_dir)
-    redis.Redis.from_url(replica_url).replicaof("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0]))
+    redis.Redis.from_url(replica_url).replicaof("127.0.0.1", port_of(url))
     wait_until(lambda: redis.Redis.from_url(url).info("replication")["connected_slaves"] >= 1, 15, "replica")
     worker = start_worker(url, tmp_path, "waits", REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_MS="300")
     api, base = start_api(url, tmp_path)
