@@ -102,12 +102,13 @@ class JobLifecycle:
         raw, errors = yield Batch(
             [Call("hgetall", (keys.job(job_id),)), Call("lrange", (keys.job_errors(job_id), 0, 999))]
         )
-        return parse_job(job_id, raw, errors) if raw else None
+        # A record without its type is not a job (only stray fields written after a delete): unknown.
+        return parse_job(job_id, raw, errors) if raw and (b"type" in raw or "type" in raw) else None
 
     def load(self, job_id: str) -> Op[JobRecord | None]:
         """The job as a worker runs it (a `JobRecord`), or None once it has expired."""
         (raw,) = yield _one(Call("hgetall", (keys.job(job_id),)))
-        if not raw:
+        if not raw or not (b"type" in raw or "type" in raw):
             return None
         view = parse_job(job_id, raw, [])
         params = parse_params(view.type, job_params(raw))

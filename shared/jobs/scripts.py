@@ -124,6 +124,25 @@ for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], job) end
 return due
 """
 
+# A delivery attempt's outcome, written only while the job exists (a job deleted while its callback
+# was being posted must not come back as a record of callback fields alone). KEYS: job, due set.
+# ARGV: job id, when to try again ('' once settled), then field/value pairs. Returns 1 if written.
+RECORD_CALLBACK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] == '' then redis.call('ZREM', KEYS[2], ARGV[1]) else redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
+return 1
+"""
+
+# The next delivery attempt's number, or -1 if the job is gone. KEYS: job.
+COUNT_CALLBACK_ATTEMPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], 'callback_attempts', 1)
+"""
+
 SCRIPTS = {
     "record_items": RECORD_ITEMS,
     "mark_running": MARK_RUNNING,

@@ -123,6 +123,29 @@ def test_a_finished_job_is_due_once_and_a_4xx_ends_delivery(
     assert gone.posts == 1
 
 
+@pytest.mark.parametrize("status", [200, 503])
+def test_a_job_deleted_while_its_callback_is_posted_stays_deleted(
+    jobs: Jobs, redis_client: redis.Redis, status: int
+) -> None:
+    receiver = Receiver(status)
+    job = _finished_with_callback(jobs, receiver.url)
+    deleting = receiver.server.RequestHandlerClass.do_POST
+
+    def delete_then_answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        redis_client.delete(*keys.job_keys(job))  # DELETE /v1/jobs/{id} while the POST is in flight
+        deleting(handler)
+
+    receiver.server.RequestHandlerClass.do_POST = delete_then_answer  # type: ignore[method-assign]
+    try:
+        fetcher = Fetcher(FetchPolicy(allow_private=True))
+        assert deliver(redis_client, jobs, fetcher, WebhookPolicy("s"), job) == "gone"
+        assert receiver.posts == 1
+        assert not redis_client.exists(keys.job(job))  # no record of callback fields alone, without a TTL
+        assert jobs.get(job) is None and redis_client.zscore(keys.WEBHOOKS_DUE, job) is None
+    finally:
+        receiver.server.shutdown()
+
+
 def test_a_delivery_in_progress_is_not_repeated(jobs: Jobs, redis_client: redis.Redis, gone: Receiver) -> None:
     job = _finished_with_callback(jobs, gone.url)
     lock = redis_client.lock(f"{keys.job(job)}:callback-lock", timeout=webhooks.LEASE_S)

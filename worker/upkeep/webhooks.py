@@ -24,7 +24,7 @@ import redis
 from shared import keys
 from shared.fetch import Fetcher, sign
 from shared.jobs import Jobs
-from shared.jobs.scripts import CLAIM_DUE
+from shared.jobs.scripts import CLAIM_DUE, COUNT_CALLBACK_ATTEMPT, RECORD_CALLBACK
 from shared.logs import RepeatedFailure
 from shared.schemas import CallbackStatus, utcnow
 from shared.urlcheck import BlockedAddress, FetchError
@@ -70,7 +70,10 @@ def _attempt(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookP
         return view.callback.status if view and view.callback else "gone"
     if not policy.secret:
         return _settle(client, job_id, CallbackStatus.failed, "this worker has no WEBHOOK_SECRET to sign with")
-    attempt = int(client.hincrby(keys.job(job_id), "callback_attempts", 1))
+    attempt = int(client.eval(COUNT_CALLBACK_ATTEMPT, 1, keys.job(job_id)))
+    if attempt < 0:  # deleted since it was read
+        client.zrem(keys.WEBHOOKS_DUE, job_id)
+        return "gone"
     body = view.model_copy(update={"callback": None}).model_dump_json().encode()
     stamp = str(int(time.time()))
     headers = {
@@ -99,22 +102,22 @@ def _attempt(client: redis.Redis, jobs: Jobs, fetcher: Fetcher, policy: WebhookP
         log.warning("callback for job %s failed for good after %d attempts: %s", job_id, attempt, error)
         return _settle(client, job_id, CallbackStatus.failed, error)
     wait = min(policy.backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S)
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(keys.job(job_id), "callback_error", error)
-    pipe.zadd(keys.WEBHOOKS_DUE, {job_id: time.time() + wait})
-    pipe.execute()
+    if not _record(client, job_id, time.time() + wait, {"callback_error": error}):
+        return "gone"
     return CallbackStatus.pending
 
 
 def _settle(client: redis.Redis, job_id: str, status: CallbackStatus, error: str | None) -> str:
-    pipe = client.pipeline(transaction=True)
     fields = {"callback_status": status.value, "callback_at": utcnow()}
     if error:
         fields["callback_error"] = error
-    pipe.hset(keys.job(job_id), mapping=fields)
-    pipe.zrem(keys.WEBHOOKS_DUE, job_id)
-    pipe.execute()
-    return status
+    return status if _record(client, job_id, None, fields) else "gone"
+
+
+def _record(client: redis.Redis, job_id: str, due: float | None, fields: dict[str, str]) -> bool:
+    """Write the attempt's outcome if the job still exists (it may have been deleted meanwhile)."""
+    args = [job_id, "" if due is None else due, *(x for pair in fields.items() for x in pair)]
+    return bool(client.eval(RECORD_CALLBACK, 2, keys.job(job_id), keys.WEBHOOKS_DUE, *args))
 
 
 class Dispatcher(threading.Thread):
