@@ -6,6 +6,11 @@ Alice's five `search/batch {"all": true}` requests once queued 433 tasks in fron
 one-image upload (26.7 s). Now her later jobs, and the back of each big job, sink to lower
 priority levels of the same queue, and Bob's first chunk is read before them. The quotas bound
 what one key can hold at all: past one, a 429 says which and what frees it.
+
+Counting and reserving are one Lua script each, so concurrent requests of one key cannot all pass
+a count taken before any of them reserved (a probe got 30 uploads past a quota of 5 that way). A
+job is reserved at admission, before its record exists; a reservation whose job was never created
+lapses after RESERVATION_S, and the request that made it releases it as it ends.
 """
 
 from __future__ import annotations
@@ -22,6 +27,88 @@ from shared.errors import SimsearchError
 # What one match of a batch search costs Redis before the job has measured its own (a k=1000,
 # 3,000-query batch held 330 MB: ~110 bytes a match with its row's share).
 MATCH_BYTES = 110
+RESERVATION_S = 900  # a request admitted but not yet created (a slow upload) holds its place this long
+
+# KEYS: the owner's open jobs (zset job -> admitted/created at), reserved items (hash job -> items),
+# results (zset job -> bytes). ARGV 1-5: this job's id (not counted), now, expiry cutoff (jobs
+# older are gone), reservation cutoff, job key prefix. Counts what the owner holds besides this job:
+# open jobs (with a record, or reserved recently), items not done (the larger of the record's
+# total and the reservation, less done), result bytes (of jobs that exist or are reserved).
+_TALLY = """
+local function tally()
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+  local open, queued, held = 0, 0, 0
+  local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  local live = {}
+  for i = 1, #members, 2 do
+    local id, since = members[i], tonumber(members[i + 1])
+    if id ~= ARGV[1] then
+      local rec = redis.call('HMGET', ARGV[5] .. id, 'total', 'done')
+      local reserved = tonumber(redis.call('HGET', KEYS[2], id) or '0')
+      if rec[1] or since > tonumber(ARGV[4]) then
+        open = open + 1
+        live[id] = true
+        queued = queued + math.max(0, math.max(tonumber(rec[1] or '0'), reserved) - tonumber(rec[2] or '0'))
+      else
+        redis.call('ZREM', KEYS[1], id)
+      end
+    end
+  end
+  for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
+    if not live[id] and id ~= ARGV[1] then redis.call('HDEL', KEYS[2], id) end
+  end
+  local results = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  for i = 1, #results, 2 do
+    local id = results[i]
+    if id ~= ARGV[1] then
+      if live[id] or redis.call('EXISTS', ARGV[5] .. id) == 1 then
+        held = held + tonumber(results[i + 1])
+      else
+        redis.call('ZREM', KEYS[3], id)
+      end
+    end
+  end
+  return open, queued, held
+end
+local function keep(ttl)
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+end
+"""
+
+# ARGV 6-7: max open jobs (0: none), ttl. Reserves a place for this job unless the owner has as many open.
+ADMIT = (
+    _TALLY
+    + """
+local open, queued, held = tally()
+if tonumber(ARGV[6]) > 0 and open >= tonumber(ARGV[6]) then return {-1, open, queued, held} end
+redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+redis.call('HSETNX', KEYS[2], ARGV[1], 0)
+keep(ARGV[7])
+return {1, open, queued, held}
+"""
+)
+
+# ARGV 6-10: max items, this job's items, max result bytes, this job's result bytes, ttl.
+TAKE = (
+    _TALLY
+    + """
+local open, queued, held = tally()
+if tonumber(ARGV[6]) > 0 and queued + tonumber(ARGV[7]) > tonumber(ARGV[6]) then return {-2, open, queued, held} end
+if tonumber(ARGV[9]) > 0 and tonumber(ARGV[8]) > 0 and held + tonumber(ARGV[9]) > tonumber(ARGV[8]) then
+  return {-3, open, queued, held}
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[7])
+if tonumber(ARGV[9]) > 0 then redis.call('ZADD', KEYS[3], ARGV[9], ARGV[1]) end
+keep(ARGV[10])
+return {1, open, queued, held}
+"""
+)
+
+RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+"""
 
 
 def _over(code: str, detail: str, retry_after: int = 5) -> SimsearchError:
@@ -30,89 +117,59 @@ def _over(code: str, detail: str, retry_after: int = 5) -> SimsearchError:
     return exc
 
 
+def _keys(requester: str) -> list[str]:
+    return [keys.owner_open(requester), keys.owner_reserved(requester), keys.owner_results(requester)]
+
+
+def _args(settings: ApiSettings, job_id: str) -> list[str | float]:
+    now = time.time()
+    return [job_id, now, now - settings.job_ttl_seconds, now - RESERVATION_S, keys.job("")]
+
+
 @dataclass(frozen=True)
 class Admission:
-    """What a requester has in flight when a new job is admitted."""
+    """A job's place among its requester's: how many it has open besides it (the new job's
+    priority base)."""
 
-    open_jobs: int  # the new job's priority base
-    queued_items: int  # items of its open jobs not yet done
-    max_items: int  # MAX_QUEUED_ITEMS_PER_KEY (0: no limit)
-
-    def take(self, items: int) -> None:
-        """429 when `items` more would take the requester past its queued-items quota."""
-        if self.max_items and self.queued_items + items > self.max_items:
-            raise _over(
-                "too_many_items",
-                f"{self.queued_items:,} items of yours are queued and this request adds {items:,}"
-                f" (MAX_QUEUED_ITEMS_PER_KEY={self.max_items:,}); wait for your jobs to progress"
-                + (", or send fewer items at once" if items > self.max_items else ""),
-            )
+    open_jobs: int
 
 
-async def admit(redis: Redis, settings: ApiSettings, requester: str, results: bool = False) -> Admission:
-    """The requester's open jobs and queued items; 429 past MAX_OPEN_JOBS_PER_KEY or
-    MAX_QUEUED_ITEMS_PER_KEY, and (`results`: a batch search) past MAX_RESULT_BYTES_PER_KEY.
-    Jobs that expired unfinished are dropped by age first, so no count can drift up."""
-    key = keys.owner_open(requester)
-    pipe = redis.pipeline(transaction=False)
-    pipe.zremrangebyscore(key, "-inf", time.time() - settings.job_ttl_seconds)
-    pipe.zrange(key, 0, -1)
-    _, open_ids = await pipe.execute()
-    open_jobs = len(open_ids)
-    if settings.max_open_jobs_per_key and open_jobs >= settings.max_open_jobs_per_key:
+async def admit(redis: Redis, settings: ApiSettings, requester: str, job_id: str) -> Admission:
+    """Reserve a place for `job_id` among the requester's open jobs; 429 past MAX_OPEN_JOBS_PER_KEY."""
+    cap = settings.max_open_jobs_per_key
+    args = [*_args(settings, job_id), cap, settings.job_ttl_seconds]
+    code, open_jobs, _, _ = await redis.eval(ADMIT, 3, *_keys(requester), *args)
+    if int(code) == -1:
         raise _over(
             "too_many_jobs",
-            f"{open_jobs} jobs of yours are still open (MAX_OPEN_JOBS_PER_KEY={settings.max_open_jobs_per_key});"
-            " wait for one to finish",
+            f"{open_jobs} jobs of yours are still open (MAX_OPEN_JOBS_PER_KEY={cap}); wait for one to finish",
         )
-    admission = Admission(open_jobs, await _queued_items(redis, open_ids), settings.max_queued_items_per_key)
-    admission.take(0)
-    if results:
-        await _within_result_bytes(redis, settings, requester)
-    return admission
+    return Admission(int(open_jobs))
 
 
-async def _queued_items(redis: Redis, job_ids: list[bytes]) -> int:
-    if not job_ids:
-        return 0
-    pipe = redis.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hmget(keys.job(job_id.decode()), "total", "done")
-    return sum(max(0, int(total or 0) - int(done or 0)) for total, done in await pipe.execute())
-
-
-async def result_bytes(redis: Redis, requester: str) -> int:
-    """Bytes the requester's batch-search results hold in Redis (reserved while a job runs,
-    measured when it ends); entries of jobs that expired or were deleted are pruned here."""
-    key = keys.owner_results(requester)
-    entries = await redis.zrange(key, 0, -1, withscores=True)
-    if not entries:
-        return 0
-    pipe = redis.pipeline(transaction=False)
-    for job_id, _ in entries:
-        pipe.exists(keys.job(job_id.decode()))
-    alive = await pipe.execute()
-    if gone := [job_id for (job_id, _), live in zip(entries, alive, strict=True) if not live]:
-        await redis.zrem(key, *gone)
-    return int(sum(size for (_, size), live in zip(entries, alive, strict=True) if live))
-
-
-async def _within_result_bytes(redis: Redis, settings: ApiSettings, requester: str) -> None:
-    cap = settings.max_result_bytes_per_key
-    if cap and (held := await result_bytes(redis, requester)) >= cap:
+async def take(redis: Redis, settings: ApiSettings, requester: str, job_id: str, items: int, matches: int = 0) -> None:
+    """Reserve the job's items (and, for a batch search, its results at MATCH_BYTES a match: the
+    worker settles them at their measured size) against the requester's quotas; 429 past them."""
+    item_cap, byte_cap = settings.max_queued_items_per_key, settings.max_result_bytes_per_key
+    size = matches * MATCH_BYTES
+    args = [*_args(settings, job_id), item_cap, items, byte_cap, size, settings.job_ttl_seconds]
+    code, _, queued, held = await redis.eval(TAKE, 3, *_keys(requester), *args)
+    if int(code) == -2:
+        detail = (
+            f"{int(queued):,} items of yours are queued and this request adds {items:,}"
+            f" (MAX_QUEUED_ITEMS_PER_KEY={item_cap:,}); wait for your jobs to progress"
+        )
+        raise _over("too_many_items", detail + (", or send fewer items at once" if items > item_cap else ""))
+    if int(code) == -3:
         raise _over(
             "too_many_results",
-            f"your batch-search results hold {held / 1e6:,.1f} MB (MAX_RESULT_BYTES_PER_KEY={cap / 1e6:,.1f} MB);"
-            " delete finished ones (DELETE /v1/jobs/{job_id}) or wait for them to expire",
+            f"your batch-search results hold {int(held) / 1e6:,.1f} MB and this batch may add {size / 1e6:,.1f} MB"
+            f" (MAX_RESULT_BYTES_PER_KEY={byte_cap / 1e6:,.1f} MB); delete finished ones (DELETE /v1/jobs/{{job_id}}),"
+            " wait for them to expire, or ask for a smaller k",
             retry_after=60,
         )
 
 
-async def reserve_results(redis: Redis, settings: ApiSettings, requester: str, job_id: str, matches: int) -> None:
-    """Count a new batch search's results against its requester before they exist (the worker
-    replaces the estimate with the measured size when the job ends)."""
-    key = keys.owner_results(requester)
-    pipe = redis.pipeline(transaction=False)
-    pipe.zadd(key, {job_id: matches * MATCH_BYTES})
-    pipe.expire(key, settings.job_ttl_seconds)
-    await pipe.execute()
+async def release(redis: Redis, requester: str, job_id: str) -> None:
+    """Give back the place and reservations of a job that was never created (its request failed)."""
+    await redis.eval(RELEASE, 3, *_keys(requester), job_id)

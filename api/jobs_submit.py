@@ -5,6 +5,7 @@ every job carries (owner, priority, callback), then create the job -> queue its 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ from fastapi import Depends
 
 from api.auth import Requester
 from api.deps import QueueDep, SettingsDep, StoreDep
-from api.fairness import Admission, admit, reserve_results
+from api.fairness import Admission, admit, release, take
 from api.paths import job_url
 from api.queue import TaskQueue
 from api.settings import ApiSettings
@@ -35,6 +36,7 @@ class Submission:
     params: dict[str, Any]
     admission: Admission | None = None
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: bool = False
 
     @property
     def priority(self) -> int:
@@ -45,15 +47,13 @@ class Submission:
         """POST the job to `url` when it ends (400 when callbacks are off or the URL is bad)."""
         self.params |= callback_params(url, self.submitter.settings)
 
-    def take(self, items: int) -> None:
-        """429 when `items` more would pass the requester's queued-items quota."""
-        assert self.admission is not None, "only an admitted job counts items"
-        self.admission.take(items)
-
-    async def reserve_results(self, matches: int) -> None:
-        """A batch search's results, counted against its requester before they exist."""
+    async def take(self, items: int, matches: int = 0) -> None:
+        """Reserve the job's `items` (and a batch search's `matches`) against its requester's
+        quotas: 429 past MAX_QUEUED_ITEMS_PER_KEY or MAX_RESULT_BYTES_PER_KEY."""
+        if self.admission is None:
+            raise RuntimeError("only an admitted job counts against quotas")
         s = self.submitter
-        await reserve_results(s.store.redis, s.settings, s.requester, self.job_id, matches)
+        await take(s.store.redis, s.settings, s.requester, self.job_id, items, matches)
 
     async def create(
         self, job_type: JobType, uploads: list[Upload] | None = None, sources: list[Source] | None = None
@@ -61,6 +61,7 @@ class Submission:
         # Written as the kind's workers will read them: a route's slip is a 500 here, not a
         # job that fails on every worker later.
         KINDS[job_type].params.model_validate({**self.params, "sources": [spec for spec, _ in sources or []]})
+        self.created = True  # from here on the job's record speaks for its reservation
         store = self.submitter.store
         if sources:
             await store.create_job_with_sources(
@@ -93,7 +94,7 @@ class Submission:
         return self.accepted(len(uploads) or (0 if sources else 1))
 
 
-@dataclass(frozen=True)
+@dataclass
 class JobSubmitter:
     """The clients a job-creating route needs, and who is asking (a request's dependency)."""
 
@@ -101,17 +102,28 @@ class JobSubmitter:
     queue: TaskQueue
     settings: ApiSettings
     requester: str
+    admitted: list[Submission] = field(default_factory=list)
 
     def new(self, collection: str, params: dict[str, Any]) -> Submission:
         """A job that takes no part in fair shares (no quota, priority 0)."""
         return Submission(self, collection, params)
 
-    async def admit(self, collection: str, params: dict[str, Any] | None = None, results: bool = False) -> Submission:
-        """A job of the requester's: 429 past its quotas (`results`: a batch search, which also
-        holds results); its params name the collection, `params`, its owner and its priority."""
-        admission = await admit(self.store.redis, self.settings, self.requester, results=results)
+    async def admit(self, collection: str, params: dict[str, Any] | None = None) -> Submission:
+        """A job of the requester's, with its place reserved among their open jobs (429 past
+        MAX_OPEN_JOBS_PER_KEY); its params name the collection, `params`, its owner and priority.
+        `Submission.take` then reserves its items and results."""
+        job_id = uuid.uuid4().hex
+        admission = await admit(self.store.redis, self.settings, self.requester, job_id)
         fair = {"owner": self.requester, "priority": admission.open_jobs}
-        return Submission(self, collection, {"collection": collection, **(params or {}), **fair}, admission)
+        job = Submission(self, collection, {"collection": collection, **(params or {}), **fair}, admission, job_id)
+        self.admitted.append(job)
+        return job
+
+    async def release_unused(self) -> None:
+        """Give back the places of jobs admitted but never created (the request failed after)."""
+        for job in self.admitted:
+            if not job.created:
+                await release(self.store.redis, self.requester, job.job_id)
 
     async def provision(self, collection: str) -> None:
         """A new collection gets the deployment's shards (else: 1, implicit, with its first image)."""
@@ -119,8 +131,14 @@ class JobSubmitter:
             await self.store.create_collection(collection, self.settings.default_shards)
 
 
-def job_submitter(store: StoreDep, queue: QueueDep, settings: SettingsDep, requester: Requester) -> JobSubmitter:
-    return JobSubmitter(store, queue, settings, requester)
+async def job_submitter(
+    store: StoreDep, queue: QueueDep, settings: SettingsDep, requester: Requester
+) -> AsyncIterator[JobSubmitter]:
+    submitter = JobSubmitter(store, queue, settings, requester)
+    try:
+        yield submitter
+    finally:
+        await submitter.release_unused()
 
 
 Submitter = Annotated[JobSubmitter, Depends(job_submitter)]

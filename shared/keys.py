@@ -123,6 +123,12 @@ def owner_open(owner: str) -> str:
     return f"{OWNER_OPEN_PREFIX}{owner}:open"
 
 
+def owner_reserved(owner: str) -> str:
+    """hash: the requester's open jobs -> items reserved for them at admission (counted until the
+    job's own record says more: a growing job's total starts at 0)."""
+    return f"{OWNER_OPEN_PREFIX}{owner}:reserved"
+
+
 def owner_results(owner: str) -> str:
     """zset: the requester's batch searches -> bytes their results hold (reserved from k x queries
     when created, measured when the job ends); jobs gone are pruned when counted (api/fairness.py)."""

@@ -55,7 +55,7 @@ async def search_batch(
     queries; `GET /v1/jobs/{id}/results?offset=&limit=` pages the answers (or `format=jsonl`)."""
     settings = jobs.settings
     info = await searchable(jobs.store, collection, settings, k)
-    job = await jobs.admit(collection, {"k": k, "min_similarity": min_similarity}, results=True)
+    job = await jobs.admit(collection, {"k": k, "min_similarity": min_similarity})
     kind = media_type(request.headers.get("content-type"))
     if kind == "application/json":
         body = parse_body(BatchRequest, await request.body())
@@ -63,9 +63,10 @@ async def search_batch(
         job.params["filter"] = checked_filter(body.filter)
         if body.all:
             within_budget(k, info.image_count, settings)
-            job.take(info.image_count)
-            await job.reserve_results(k * info.image_count)
-            return await job.submit(JobType.batch_search, sources=[({"kind": "collection"}, None)])
+            await job.take(info.image_count, matches=k * info.image_count)
+            # The images counted now, not those the collection has grown to when a worker lists it.
+            spec = {"kind": "collection", "limit": info.image_count}
+            return await job.submit(JobType.batch_search, sources=[(spec, None)])
         ids = body.image_ids or []
         uploads = [Upload(JobInput(filename=i, image_id=i, size=0, stored=True), None) for i in ids]
     elif kind == "multipart/form-data":
@@ -79,8 +80,7 @@ async def search_batch(
     else:
         raise UnsupportedMedia('send query images as multipart "files", or JSON {"image_ids"} or {"all": true}')
     within_budget(k, len(uploads), settings)
-    job.take(len(uploads))
-    await job.reserve_results(k * len(uploads))
+    await job.take(len(uploads), matches=k * len(uploads))
     return await job.submit(JobType.batch_search, uploads)
 
 

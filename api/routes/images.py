@@ -59,7 +59,7 @@ async def index_images(
     with tempfile.TemporaryDirectory(prefix="simsearch-upload-") as folder:
         images, archives = await split_archives(files, Path(folder))
         uploads = await to_uploads(images, parse_metadata(form, settings), settings)
-        job.take(len(uploads))
+        await job.take(len(uploads))
         await jobs.provision(collection)
         accepted = await job.submit(JobType.index, uploads, archives)
     log.info("index job queued", extra={"job_id": job.job_id, "collection": collection, "items": len(uploads)})

@@ -83,15 +83,17 @@ async def import_images(collection: CollectionName, request: Request, jobs: Subm
             spec = {"kind": "bucket", "url": _bucket(body.source, settings.import_buckets)}
             return await job.submit(JobType.index, sources=[(spec, None)])
         uploads = _url_uploads(body.urls or [], settings.max_import_urls, settings.metadata_max_bytes_per_image)
-        job.take(len(uploads))
+        await job.take(len(uploads))
         return await job.submit(JobType.index, uploads)
     job.call_back(callback)
     with tempfile.TemporaryDirectory(prefix="simsearch-import-") as folder:
         path = Path(folder) / "urls"
+        lines = 0  # an upper bound of its URLs (a header or blank lines count too): the items reserved
         if kind in TEXT_TYPES:
             with path.open("wb") as out:
                 async for block in request.stream():
                     out.write(block)
+                    lines += block.count(b"\n")
         elif kind == "multipart/form-data":
             files = files_of(await read_form(request, settings), "file")
             if len(files) != 1:
@@ -99,8 +101,10 @@ async def import_images(collection: CollectionName, request: Request, jobs: Subm
             with path.open("wb") as out:
                 while block := await files[0].read(1 << 20):
                     out.write(block)
+                    lines += block.count(b"\n")
         else:
             raise UnsupportedMedia("send JSON {urls|source}, a text/plain or text/csv list, or a multipart 'file'")
+        await job.take(lines + 1)
         accepted = await job.submit(JobType.index, sources=[({"kind": "urls", "filename": "urls"}, path)])
     log.info("import job queued", extra={"job_id": job.job_id, "collection": collection})
     return accepted

@@ -28,6 +28,9 @@ class CollectionSource(BaseModel):
     """Every image of the collection as a query (a whole-collection batch search)."""
 
     kind: Literal["collection"] = "collection"
+    # The images counted (and reserved against quotas) when the search was asked for: a collection
+    # grown by then is answered for its first `limit` images listed. None: every image.
+    limit: int | None = None
 
 
 class BucketSource(BaseModel):

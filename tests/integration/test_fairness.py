@@ -153,6 +153,11 @@ def test_a_key_past_its_queued_items_quota_gets_429(stack: tuple[str, str]) -> N
                 "/v1/collections/carol-q/imports", json={"urls": [f"https://e.com/{i}.jpg" for i in range(11)]}
             )
             assert urls.status_code == 429 and urls.json()["error"] == "too_many_items"
+            listing = "\n".join(f"https://e.com/{i}.jpg" for i in range(20)).encode()
+            as_text = carol.post(
+                "/v1/collections/carol-q/imports", content=listing, headers={"content-type": "text/plain"}
+            )
+            assert as_text.status_code == 429 and as_text.json()["error"] == "too_many_items"  # lines counted
             fits = carol.post("/v1/collections/carol-q/images", files=_files(10, 31000))
             assert fits.status_code == 202  # exactly up to the quota
             assert wait_job(carol, fits.json()["job_id"])["status"] == "succeeded"

@@ -30,3 +30,23 @@ def test_a_whole_collection_batch_ending_at_its_source_ends_as_a_batch_search(re
     job = h.jobs.get(job_id)
     assert job.status == "succeeded" and job.progress.total == 5 and job.progress.done == 5
     assert job.result == {"queries": 5, "failed": 0, "results_url": f"/v1/jobs/{job_id}/results"}
+
+
+def test_a_whole_collection_batch_answers_the_images_counted_when_it_was_asked(redis_url: str) -> None:
+    """The API counts (and reserves quotas for) the collection's images when the batch is asked
+    for; images added before a worker lists it are not queries of that batch."""
+    h = Harness(redis_url, PixelEmbedder())
+    collection = f"grow-{uuid.uuid4().hex[:8]}"
+    h.index(collection, [(f"q{i}.jpg", photo_bytes(24100 + i, size=(32, 32))) for i in range(3)])
+    job_id = uuid.uuid4().hex
+    spec = {"kind": "collection", "limit": 3}  # as the API writes it for a 3-image collection
+    params = {"collection": collection, "k": 2, "min_similarity": None, "sources": [spec]}
+    h.jobs.create(job_id, JobType.batch_search, collection, params, [], sources=1)
+    h.index(collection, [(f"late{i}.jpg", photo_bytes(24200 + i, size=(32, 32))) for i in range(4)])  # grows to 7
+
+    def run_chunks_now(first: int, count: int) -> None:
+        batch_search.search_batch_chunk(h.context(job_id), list(range(first, first + count)))
+
+    expanding.expand_source(h.context(job_id), 0, run_chunks_now, ArchiveLimits(), 16_384)
+    job = h.jobs.get(job_id)
+    assert job.status == "succeeded" and job.progress.total == 3 and job.progress.done == 3

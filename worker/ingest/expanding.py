@@ -14,6 +14,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -150,7 +151,8 @@ def _items(
 ) -> Iterator[Item]:
     path = tmp / "source"
     if isinstance(spec, CollectionSource):  # a batch search of every image against the collection
-        _listing(ctx, source, path, lambda: ((i, 0) for i in ctx.store.vector_ids(ctx.collection)))
+        limit = spec.limit
+        _listing(ctx, source, path, lambda: ((i, 0) for i in islice(ctx.store.vector_ids(ctx.collection), limit)))
         with path.open("r", encoding="utf-8") as fh:
             for line in fh:
                 image_id = line.split("\t", 1)[0]
