@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -24,6 +25,14 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 240) -> dict[st
             return job
         waited += 10
         assert waited < timeout, f"job {job_id} still {job['status']}: {job['progress']}"
+
+
+def wait_progress(client: httpx.Client, job_id: str, done: int, timeout: float = 120) -> None:
+    """Until `done` items of the job are done (a fault is then injected mid-job)."""
+    deadline = time.monotonic() + timeout
+    while client.get(f"/v1/jobs/{job_id}").json()["progress"]["done"] < done:
+        assert time.monotonic() < deadline, f"job {job_id} did not reach {done} items done"
+        time.sleep(0.2)
 
 
 def index(client: httpx.Client, collection: str, files: list[tuple[str, bytes]]) -> dict[str, Any]:
