@@ -24,6 +24,7 @@ from shared.schemas import (
     CollectionInfo,
     ImageRecord,
     JobInput,
+    JobStatus,
     JobType,
     JobView,
     rendition_key,
@@ -107,6 +108,14 @@ class ApiStore:
         if owner:
             pipe.zrem(keys.owner_results(owner.decode()), job_id)
         await pipe.execute()
+
+    async def cancel_job(self, job: JobView) -> None:
+        """End an open job as cancelled (the first finisher wins: one that just ended keeps its end);
+        a re-embed lets go of its collection."""
+        result = {"error": "cancelled", "detail": "cancelled by request"}
+        await self.jobs.finish(job.job_id, JobStatus.failed, result)
+        if job.type is JobType.reembed:
+            await self.abort_reembed(job.collection, job.job_id)
 
     async def get_job(self, job_id: str) -> JobView | None:
         return await self.jobs.get(job_id)

@@ -82,13 +82,18 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
 
 
-def run(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], T]) -> T | None:
-    """The job body's value; None if it could not run (the job is gone or unreadable) or raised
-    (its items are then failed)."""
-    return outage_safe(task, lambda: _run_once(task, job_id, indices, body))
+def run(
+    task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], T], skip_ended: bool = True
+) -> T | None:
+    """The job body's value; None if it could not run (the job is gone or unreadable, or it has
+    ended and `skip_ended`: cancelled, or given up by the watchdog) or raised (its items are then
+    failed). Shard answers and deadlines do run for an ended job: each checks for itself."""
+    return outage_safe(task, lambda: _run_once(task, job_id, indices, body, skip_ended))
 
 
-def _run_once(task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], T]) -> T | None:
+def _run_once(
+    task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], T], skip_ended: bool
+) -> T | None:
     rt: WorkerRuntime = runtime_of(task.app)
     try:
         ctx = rt.context(job_id, served_by=task.request.hostname)
@@ -100,6 +105,10 @@ def _run_once(task: Task, job_id: str, indices: list[int], body: Callable[[JobCo
         return None
     if ctx is None:
         log.warning("job %s expired before it ran", job_id)
+        return None
+    if skip_ended and ctx.job.status.final:
+        log.info("job %s has ended (%s): its task is skipped", job_id, ctx.job.status.value)
+        indexing.drop_uploads(ctx, indices)  # bytes nothing will read now
         return None
     try:
         return body(ctx)
@@ -138,13 +147,13 @@ def search(self: Task, job_id: str, collection: str) -> None:
 
 @app.task(name=SEARCH_SHARD_TASK, **TASK)
 def search_shard(self: Task, job_id: str, collection: str, shard: int, shards: int) -> None:
-    run(self, job_id, [0], lambda ctx: searching.run_shard_search(ctx, shard, shards))
+    run(self, job_id, [0], lambda ctx: searching.run_shard_search(ctx, shard, shards), skip_ended=False)
     maintain(runtime_of(self.app), collection, shard)
 
 
 @app.task(name=SEARCH_DEADLINE_TASK, **TASK)
 def search_deadline(self: Task, job_id: str, collection: str, shards: int) -> None:
-    run(self, job_id, [0], lambda ctx: searching.finish_at_deadline(ctx, shards))
+    run(self, job_id, [0], lambda ctx: searching.finish_at_deadline(ctx, shards), skip_ended=False)
 
 
 def maintain(rt: WorkerRuntime, collection: str, shard: int = 0) -> None:
@@ -209,13 +218,13 @@ def search_batch_chunk(self: Task, job_id: str, collection: str, indices: list[i
 
 @app.task(name=BATCH_SHARD_TASK, **TASK)
 def search_batch_shard(self: Task, job_id: str, collection: str, indices: list[int], shard: int, shards: int) -> None:
-    run(self, job_id, indices, lambda ctx: batch_shards.answer_shard(ctx, indices[0], shard, shards))
+    run(self, job_id, indices, lambda ctx: batch_shards.answer_shard(ctx, indices[0], shard, shards), skip_ended=False)
     maintain(runtime_of(self.app), collection, shard)
 
 
 @app.task(name=BATCH_DEADLINE_TASK, **TASK)
 def search_batch_deadline(self: Task, job_id: str, collection: str, indices: list[int], shards: int) -> None:
-    run(self, job_id, indices, lambda ctx: batch_shards.at_deadline(ctx, indices[0], shards))
+    run(self, job_id, indices, lambda ctx: batch_shards.at_deadline(ctx, indices[0], shards), skip_ended=False)
 
 
 @app.task(name=DUPLICATES_TASK, **TASK)

@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 from api import paths
 from api.auth import Principal, job_not_found, principal_of
 from api.deps import RenderedDep, SettingsDep, StoreDep, WaiterDep
+from api.paths import job_url
 from shared.errors import Conflict, NotFound
 from shared.schemas import JOB_ID, JobType, JobView
 
@@ -53,10 +54,29 @@ async def delete_job(job_id: str, store: StoreDep, principal: Principal, rendere
     if job is None or (principal is not None and not principal.may_use(job.collection)):
         raise job_not_found(job_id)
     if not job.status.final:
-        raise Conflict(f"job {job_id!r} is {job.status.value}; delete it once it has finished", code="job_running")
+        detail = f"job {job_id!r} is {job.status.value}; cancel it (POST {job_url(job_id)}/cancel) or let it end"
+        raise Conflict(detail, code="job_running")
     await store.delete_job(job_id)
     rendered.forget(job_id)
     return Response(status_code=204)
+
+
+@router.post("/{job_id}/cancel", response_model=JobView)
+async def cancel_job(job_id: str, store: StoreDep, principal: Principal, rendered: RenderedDep) -> Response:
+    """End a queued or running job now: it fails with `cancelled`; workers skip its work not yet
+    started (a chunk already running still records its items), its places in the key's quotas are
+    freed, and a callback is sent as for any end. A job that has ended answers 409 job_ended."""
+    job = await store.get_job(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None or (principal is not None and not principal.may_use(job.collection)):
+        raise job_not_found(job_id)
+    if job.status.final:
+        raise Conflict(f"job {job_id!r} has ended ({job.status.value})", code="job_ended")
+    await store.cancel_job(job)
+    rendered.forget(job_id)
+    view = await store.get_job(job_id)
+    if view is None:
+        raise job_not_found(job_id)
+    return Response(view.model_dump_json().encode(), media_type="application/json")
 
 
 RESULTS_PAGE = 1000
