@@ -18,6 +18,7 @@ from shared.collections import ops
 from shared.fanout import f32_bytes
 from shared.filters import Filter
 from shared.jobs import AsyncJobs, JobLifecycle
+from shared.jobs.lifecycle import CANCELLED
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.runner import AsyncRunner
 from shared.schemas import (
@@ -112,7 +113,7 @@ class ApiStore:
     async def cancel_job(self, job: JobView) -> None:
         """End an open job as cancelled (the first finisher wins: one that just ended keeps its end);
         a re-embed lets go of its collection."""
-        result = {"error": "cancelled", "detail": "cancelled by request"}
+        result = {"error": CANCELLED, "detail": "cancelled by request"}
         await self.jobs.finish(job.job_id, JobStatus.failed, result)
         if job.type is JobType.reembed:
             await self.abort_reembed(job.collection, job.job_id)

@@ -85,9 +85,10 @@ def _why(exc: BaseException) -> str:
 def run(
     task: Task, job_id: str, indices: list[int], body: Callable[[JobContext], T], skip_ended: bool = True
 ) -> T | None:
-    """The job body's value; None if it could not run (the job is gone or unreadable, or it has
-    ended and `skip_ended`: cancelled, or given up by the watchdog) or raised (its items are then
-    failed). Shard answers and deadlines do run for an ended job: each checks for itself."""
+    """The job body's value; None if it could not run (the job is gone or unreadable, or was
+    cancelled and `skip_ended`) or raised (its items are then failed). Shard answers and deadlines
+    run for a cancelled job too: each checks the job's end for itself. A chunk of a job that ended
+    otherwise runs again harmlessly (its items are recorded already)."""
     return outage_safe(task, lambda: _run_once(task, job_id, indices, body, skip_ended))
 
 
@@ -106,8 +107,8 @@ def _run_once(
     if ctx is None:
         log.warning("job %s expired before it ran", job_id)
         return None
-    if skip_ended and ctx.job.status.final:
-        log.info("job %s has ended (%s): its task is skipped", job_id, ctx.job.status.value)
+    if skip_ended and ctx.job.cancelled:
+        log.info("job %s has ended (cancelled): its task is skipped", job_id)
         indexing.drop_uploads(ctx, indices)  # bytes nothing will read now
         return None
     try:

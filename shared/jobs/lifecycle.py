@@ -24,6 +24,7 @@ from shared.schemas import ItemError, ItemOutcome, JobInput, JobStatus, JobType,
 log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=BaseModel)
+CANCELLED = "cancelled"  # the error of a job ended by its owner
 FINAL_STATUSES = [s.value for s in JobStatus if s.final]
 Outcome = tuple[ItemOutcome, ItemError | None]
 
@@ -38,6 +39,7 @@ class JobRecord:
     params: JobParams  # typed by the job's kind (shared.jobs.kinds)
     seq: int  # the global sequence number at creation: orders the job against deletes
     status: JobStatus  # as loaded, when the task started
+    cancelled: bool = False  # ended by POST /v1/jobs/{id}/cancel: its work not yet started is skipped
 
     def params_of(self, kind: type[P]) -> P:
         """The params as the model its job kind has (a task of one kind run on another's job: TypeError)."""
@@ -112,7 +114,8 @@ class JobLifecycle:
             return None
         view = parse_job(job_id, raw, [])
         params = parse_params(view.type, job_params(raw))
-        return JobRecord(job_id, view.type, view.collection, params, job_seq(raw), view.status)
+        cancelled = view.status.final and (view.result or {}).get("error") == CANCELLED
+        return JobRecord(job_id, view.type, view.collection, params, job_seq(raw), view.status, cancelled)
 
     def counts(self, job_id: str) -> Op[tuple[int, int]]:
         """(total, failed)."""
