@@ -17,8 +17,23 @@ from shared.fetch import Fetcher, FetchPolicy
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS
 from shared.schemas import ItemOutcome, ItemStatus, JobInput, JobStatus, JobType
+from tests.integration.services import start_redis
 from worker.upkeep import webhooks
 from worker.upkeep.webhooks import WebhookPolicy, claim_due, deliver
+
+
+@pytest.fixture(scope="module")
+def private_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # Not the session's Redis: its workers' webhook dispatchers would claim these callbacks
+    # (and settle them as failed, having no WEBHOOK_SECRET) between two lines of a test.
+    service, url = start_redis(tmp_path_factory.mktemp("growing-jobs"))
+    yield url
+    service.stop()
+
+
+@pytest.fixture
+def redis_client(private_redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(private_redis_url)
 
 
 @pytest.fixture
