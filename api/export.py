@@ -35,25 +35,32 @@ async def csv_rows(store: ApiStore, collection: str, dim: int) -> AsyncIterator[
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["image_id", "filename", *range(dim)])
     yield out.getvalue().encode()
-    seen: set[str] = set()  # HSCAN may return an entry twice while Redis resizes the hash
-    cursor = 0
-    while True:
-        cursor, chunk = await store.scan_vectors(collection, cursor, CHUNK)
-        ids = [k.decode() for k in chunk if k.decode() not in seen]
-        seen.update(ids)
-        if ids:
-            names = [text_cell(n) for n in await store.filenames(collection, ids)]
-            matrix = vectors.decode_many([chunk[i.encode()] for i in ids], dim)
-            # Text is ~3x the size of the floats (and StringIO holds 4 bytes a character): small pieces.
-            for start in range(0, len(ids), CSV_ROWS):
-                out = io.StringIO()
-                writer = csv.writer(out, lineterminator="\n")
-                piece = slice(start, start + CSV_ROWS)
-                for image_id, name, row in zip(ids[piece], names[piece], matrix[piece], strict=True):
-                    writer.writerow([image_id, name, *np.char.mod("%.9g", row)])
-                yield out.getvalue().encode()
-        if cursor == 0:
-            return
+    async for ids, chunk in _scan(store, collection):
+        names = [text_cell(n) for n in await store.filenames(collection, ids)]
+        matrix = vectors.decode_many([chunk[i.encode()] for i in ids], dim)
+        # Text is ~3x the size of the floats (and StringIO holds 4 bytes a character): small pieces.
+        for start in range(0, len(ids), CSV_ROWS):
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            piece = slice(start, start + CSV_ROWS)
+            for image_id, name, row in zip(ids[piece], names[piece], matrix[piece], strict=True):
+                writer.writerow([image_id, name, *np.char.mod("%.9g", row)])
+            yield out.getvalue().encode()
+
+
+async def _scan(store: ApiStore, collection: str) -> AsyncIterator[tuple[list[str], dict[bytes, bytes]]]:
+    """Each shard's vectors in blocks: (new ids, the block)."""
+    for shard in range(await store.shard_count(collection)):
+        seen: set[str] = set()  # HSCAN may return an entry twice while Redis resizes the hash
+        cursor = 0
+        while True:
+            cursor, chunk = await store.scan_vectors(collection, shard, cursor, CHUNK)
+            ids = [k.decode() for k in chunk if k.decode() not in seen]
+            seen.update(ids)
+            if ids:
+                yield ids, chunk
+            if cursor == 0:
+                break
 
 
 class _Sink(io.RawIOBase):

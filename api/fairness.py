@@ -7,14 +7,18 @@ one-image upload (26.7 s). Now her later jobs, and the back of each big job, sin
 priority levels of the same queue, and Bob's first chunk is read before them. The quotas bound
 what one key can hold at all: past one, a 429 says which and what frees it.
 
-Counting and reserving are one Lua script each, so concurrent requests of one key cannot all pass
-a count taken before any of them reserved (a probe got 30 uploads past a quota of 5 that way). A
-job is reserved at admission, before its record exists; a reservation whose job was never created
-lapses after RESERVATION_S, and the request that made it releases it as it ends.
+Counting and reserving are one Lua script each over the requester's own keys (one Redis Cluster
+slot), so concurrent requests of one key cannot all pass a count taken before any of them reserved
+(a probe got 30 uploads past a quota of 5 that way). The job records' progress lives in the jobs'
+own slots: it is read just before and passed in; a job reserved meanwhile counts by its
+reservation, and progress read a moment early only counts more as queued. A job is reserved at
+admission, before its record exists; a reservation whose job was never created lapses after
+RESERVATION_S, and the request that made it releases it as it ends.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -31,7 +35,8 @@ RESERVATION_S = 900  # a request admitted but not yet created (a slow upload) ho
 
 # KEYS: the owner's open jobs (zset job -> admitted/created at), reserved items (hash job -> items),
 # results (zset job -> bytes). ARGV 1-5: this job's id (not counted), now, expiry cutoff (jobs
-# older are gone), reservation cutoff, job key prefix. Counts what the owner holds besides this job:
+# older are gone), reservation cutoff, the records of the owner's jobs as JSON {id: [total, done]}
+# (total -1: a record without one; jobs without a record are absent). Counts what the owner holds besides this job:
 # open jobs (with a record, or reserved recently), items not done (the larger of the record's
 # total and the reservation, less done), result bytes (of jobs that exist or are reserved).
 _TALLY = """
@@ -40,15 +45,16 @@ local function tally()
   local open, queued, held = 0, 0, 0
   local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
   local live = {}
+  local records = cjson.decode(ARGV[5])
   for i = 1, #members, 2 do
     local id, since = members[i], tonumber(members[i + 1])
     if id ~= ARGV[1] then
-      local rec = redis.call('HMGET', ARGV[5] .. id, 'total', 'done')
+      local rec = records[id] or {-1, 0}
       local reserved = tonumber(redis.call('HGET', KEYS[2], id) or '0')
-      if rec[1] or since > tonumber(ARGV[4]) then
+      if rec[1] >= 0 or since > tonumber(ARGV[4]) then
         open = open + 1
         live[id] = true
-        queued = queued + math.max(0, math.max(tonumber(rec[1] or '0'), reserved) - tonumber(rec[2] or '0'))
+        queued = queued + math.max(0, math.max(rec[1], reserved) - rec[2])
       else
         redis.call('ZREM', KEYS[1], id)
       end
@@ -61,7 +67,7 @@ local function tally()
   for i = 1, #results, 2 do
     local id = results[i]
     if id ~= ARGV[1] then
-      if live[id] or redis.call('EXISTS', ARGV[5] .. id) == 1 then
+      if live[id] or records[id] then
         held = held + tonumber(results[i + 1])
       else
         redis.call('ZREM', KEYS[3], id)
@@ -121,9 +127,32 @@ def _keys(requester: str) -> list[str]:
     return [keys.owner_open(requester), keys.owner_reserved(requester), keys.owner_results(requester)]
 
 
-def _args(settings: ApiSettings, job_id: str) -> list[str | float]:
+async def _args(redis: Redis, settings: ApiSettings, requester: str, job_id: str) -> list[str | float]:
     now = time.time()
-    return [job_id, now, now - settings.job_ttl_seconds, now - RESERVATION_S, keys.job("")]
+    return [job_id, now, now - settings.job_ttl_seconds, now - RESERVATION_S, await _records(redis, requester)]
+
+
+async def _records(redis: Redis, requester: str) -> str:
+    """{job id: [total (-1: none), done]} of the requester's jobs that exist, as JSON for the scripts."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.zrange(keys.owner_open(requester), 0, -1)
+    pipe.zrange(keys.owner_results(requester), 0, -1)
+    opened, results = await pipe.execute()
+    ids = sorted({i.decode() if isinstance(i, bytes) else i for i in (*opened, *results)})
+    if not ids:
+        return "{}"
+    pipe = redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.exists(keys.job(job_id))
+        pipe.hmget(keys.job(job_id), ["total", "done"])
+    found = await pipe.execute()
+    return json.dumps(
+        {
+            i: [-1 if total is None else int(total), int(done or 0)]
+            for i, exists, (total, done) in zip(ids, found[0::2], found[1::2], strict=True)
+            if exists
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -137,7 +166,7 @@ class Admission:
 async def admit(redis: Redis, settings: ApiSettings, requester: str, job_id: str) -> Admission:
     """Reserve a place for `job_id` among the requester's open jobs; 429 past MAX_OPEN_JOBS_PER_KEY."""
     cap = settings.max_open_jobs_per_key
-    args = [*_args(settings, job_id), cap, settings.job_ttl_seconds]
+    args = [*await _args(redis, settings, requester, job_id), cap, settings.job_ttl_seconds]
     code, open_jobs, _, _ = await redis.eval(ADMIT, 3, *_keys(requester), *args)
     if int(code) == -1:
         raise _over(
@@ -152,7 +181,7 @@ async def take(redis: Redis, settings: ApiSettings, requester: str, job_id: str,
     worker settles them at their measured size) against the requester's quotas; 429 past them."""
     item_cap, byte_cap = settings.max_queued_items_per_key, settings.max_result_bytes_per_key
     size = matches * MATCH_BYTES
-    args = [*_args(settings, job_id), item_cap, items, byte_cap, size, settings.job_ttl_seconds]
+    args = [*await _args(redis, settings, requester, job_id), item_cap, items, byte_cap, size, settings.job_ttl_seconds]
     code, _, queued, held = await redis.eval(TAKE, 3, *_keys(requester), *args)
     if int(code) == -2:
         detail = (

@@ -103,8 +103,8 @@ class ApiStore:
     async def delete_job(self, job_id: str) -> None:
         """A finished job, its results, its place in its owner's result bytes and any pending callback."""
         owner = await self.redis.hget(keys.job(job_id), "owner")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(*keys.job_keys(job_id))
+        await self.redis.delete(*keys.job_keys(job_id))  # one slot: the job's
+        pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(keys.WEBHOOKS_DUE, job_id)
         if owner:
             pipe.zrem(keys.owner_results(owner.decode()), job_id)
@@ -227,8 +227,13 @@ class ApiStore:
         await self.data.run(ops.abort_reembed(collection, job_id))
 
     # -- export ---------------------------------------------------------------------------------
-    async def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
-        return await self.data.run(ops.scan_vectors(collection, cursor, count))
+    async def shard_count(self, collection: str) -> int:
+        return await self.data.run(ops.shard_count(collection))
+
+    async def scan_vectors(
+        self, collection: str, shard: int, cursor: int, count: int
+    ) -> tuple[int, dict[bytes, bytes]]:
+        return await self.data.run(ops.scan_vectors(collection, shard, cursor, count))
 
     async def vector_ids(self, collection: str) -> list[str]:
         return await self.data.run(ops.vector_ids(collection))

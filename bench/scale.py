@@ -39,6 +39,8 @@ import httpx
 import numpy as np
 import redis
 
+from shared import keys
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
@@ -151,10 +153,10 @@ def wait_for_snapshot(client: redis.Redis, collection: str, timeout: float = 600
     """The snapshot the worker writes after its first answer (approximate replicas only)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        pointer = {k.decode(): v.decode() for k, v in client.hgetall(f"ss:c:{collection}:snapshot").items()}
+        pointer = {k.decode(): v.decode() for k, v in client.hgetall(keys.snapshot(collection, 0)).items()}
         if pointer:
             return {"version": int(pointer["version"]), "count": int(pointer["count"])}
-        if time.monotonic() - started > 30 and not client.exists(f"ss:c:{collection}:snapshot:lock"):
+        if time.monotonic() - started > 30 and not client.exists(keys.snapshot_lock(collection, 0)):
             break  # none after 30 s and none being written: the replica is exact, it writes none
         time.sleep(0.5)
     return {}

@@ -1,8 +1,10 @@
 """Connections to the Redis servers, from their URLs: a standalone Redis (`redis://`) or one
 behind Sentinel (`sentinel://host:port[;sentinel://host:port…]` and the master's name), for the
 data (REDIS_URL) and for Celery's broker (BROKER_URL, which may also be RabbitMQ, `amqp://`).
-Behind Sentinel, a client finds the current primary again after a failover. Celery cannot use a
-Redis Cluster as its broker (celery/kombu#526). Unset, the broker is REDIS_URL.
+Behind Sentinel, a client finds the current primary again after a failover. The data may also
+live on a Redis Cluster (REDIS_CLUSTER=true, REDIS_URL naming any node): redis-py's RedisCluster
+follows its slots (MOVED/ASK) and its failovers. Celery cannot use a Redis Cluster as its broker
+(celery/kombu#526): then BROKER_URL names another Redis, or RabbitMQ. Unset, the broker is REDIS_URL.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from urllib.parse import unquote, urlparse
 
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.cluster import RedisCluster
 from redis.sentinel import Sentinel
 
 Kind = Literal["redis", "sentinel", "amqp"]
@@ -49,15 +53,25 @@ def _sentinels(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return nodes, auth
 
 
-def connect(url: str, master_name: str, **options: Any) -> redis.Redis:
-    """A client of the Redis at `url`: its current primary, when behind Sentinel."""
+# A failover takes the cluster a few node timeouts: commands are retried across it (each retry
+# refreshes the slot map), then the error reaches the caller's outage handling.
+CLUSTER_OPTIONS: dict[str, Any] = {"cluster_error_retry_attempts": 8}
+
+
+def connect(url: str, master_name: str, cluster: bool = False, **options: Any) -> redis.Redis:
+    """A client of the Redis at `url`: its current primary, when behind Sentinel; the whole
+    cluster, when `cluster` (any node's URL)."""
+    if cluster:
+        return RedisCluster.from_url(url, **CLUSTER_OPTIONS, **options)  # type: ignore[return-value]
     if broker_kind(url) == "sentinel":
         nodes, auth = _sentinels(url)
         return Sentinel(nodes, sentinel_kwargs=auth).master_for(master_name, **auth, **options)
     return redis.Redis.from_url(url, **options)
 
 
-def connect_async(url: str, master_name: str, **options: Any) -> redis.asyncio.Redis:
+def connect_async(url: str, master_name: str, cluster: bool = False, **options: Any) -> redis.asyncio.Redis:
+    if cluster:
+        return AsyncRedisCluster.from_url(url, **CLUSTER_OPTIONS, **options)  # type: ignore[return-value]
     if broker_kind(url) == "sentinel":
         nodes, auth = _sentinels(url)
         return AsyncSentinel(nodes, sentinel_kwargs=auth).master_for(master_name, **auth, **options)

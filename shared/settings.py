@@ -24,6 +24,9 @@ class CommonSettings(BlobSettings):
     # The data: redis://, or sentinel://host:port[;…] with REDIS_MASTER_NAME (shared/connect.py).
     redis_url: str = "redis://localhost:6379/0"
     redis_master_name: str = "mymaster"
+    # The data on a Redis Cluster: REDIS_URL names any of its nodes (a broker of its own is then
+    # required: BROKER_URL).
+    redis_cluster: bool = False
     # Celery's broker: redis://, sentinel://host:port[;…] with BROKER_MASTER_NAME, or amqp://.
     # Unset: REDIS_URL (and REDIS_MASTER_NAME), one Redis for everything.
     broker_url: str | None = None
@@ -64,6 +67,17 @@ class CommonSettings(BlobSettings):
             broker_kind(value)
         return value
 
+    @model_validator(mode="after")
+    def _cluster_needs_a_broker(self) -> Self:
+        if self.redis_cluster and broker_kind(self.redis_url) != "redis":
+            raise ValueError("REDIS_CLUSTER=true needs REDIS_URL=redis://<any node of the cluster>")
+        if self.redis_cluster and not self.broker_url:
+            raise ValueError(
+                "a Redis Cluster cannot be Celery's broker (celery/kombu#526): set BROKER_URL to a standalone "
+                "Redis, a Sentinel-managed one (sentinel://...), or RabbitMQ (amqp://...)"
+            )
+        return self
+
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
@@ -74,10 +88,10 @@ class CommonSettings(BlobSettings):
 
     def redis(self, **options: Any) -> redis.Redis:
         """A client of the data Redis (its current primary, behind Sentinel)."""
-        return connect(self.redis_url, self.redis_master_name, **options)
+        return connect(self.redis_url, self.redis_master_name, self.redis_cluster, **options)
 
     def redis_async(self, **options: Any) -> redis.asyncio.Redis:
-        return connect_async(self.redis_url, self.redis_master_name, **options)
+        return connect_async(self.redis_url, self.redis_master_name, self.redis_cluster, **options)
 
     @property
     def import_buckets(self) -> frozenset[str]:

@@ -21,6 +21,7 @@ from shared.errors import Conflict
 from shared.fanout import FanOutStore, f32_bytes
 from shared.runner import SyncRunner
 from shared.schemas import ImageRecord, rendition_key, utcnow
+from shared.shards import shard_of
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ class SwapResult:
     swapped: bool
     ours: bool  # False: the collection's re-embed is no longer this job's
     dropped: list[str]
+
+
+def _encoded(image: NewImage) -> bytes:
+    return b"" if image.vector is None else vectors.encode(image.vector)
 
 
 class WorkerStore(FanOutStore):
@@ -104,7 +109,7 @@ class WorkerStore(FanOutStore):
         images: list[NewImage],
         writing: Future[dict[str, bytes]] | None = None,
     ) -> list[int]:
-        """Store images atomically. Per image: 1 created, 0 already there, 2 deleted after the job
+        """Store images (atomically per shard). Per image: 1 created, 0 already there, 2 deleted after the job
         was queued (the delete wins). Raises Conflict when the collection holds another model.
         `writing`: the renditions' write started earlier by `write_renditions` (else written here)."""
         if not images:
@@ -112,19 +117,7 @@ class WorkerStore(FanOutStore):
         # Claim check: the rendition is in the blob store before any record names it.
         writing = writing or self.write_renditions(collection, [i for i in images if i.vector is not None])
         written = writing.result()
-        items = [ops.AddItem(img.record, b"" if img.vector is None else vectors.encode(img.vector)) for img in images]
-        add = ops.add_images(
-            collection, embedding, job_seq, items, self.log_maxlen, self.data_ttl_s, utcnow(), *self.replicas[:2]
-        )
-        try:
-            other, flags = self.data.run(add)
-        except ops.ReplicationTimeout as short:
-            try:
-                self._await_replicas(short)
-            except ops.ReplicationTimeout:
-                writing.result()  # written and named now (on the primary): kept for the run that follows
-                raise
-            other, flags = short.result
+        other, flags = self._add(collection, embedding, job_seq, images)
         # Images this job's item stored on an earlier run (redelivered, or after ReplicationTimeout)
         # are its own: reported created, and their renditions kept.
         flags, stored = self.data.run(ops.own_adds(collection, [img.record for img in images], flags))
@@ -140,13 +133,45 @@ class WorkerStore(FanOutStore):
             )
         return flags
 
+    def _add(
+        self, collection: str, embedding: Embedding, job_seq: int, images: list[NewImage]
+    ) -> tuple[str | None, list[int]]:
+        """The model claim, then each shard's add with its own script (one slot each), then the
+        collection's listing. A worker that dies between two steps leaves what a rerun of the
+        chunk completes: images found stored by this job count as its own (`own_adds`)."""
+        other = self.data.run(ops.claim_model(collection, embedding, utcnow()))
+        if other is not None:
+            return other, []
+        shards = self.data.run(ops.shard_count(collection))
+        flags = [0] * len(images)
+        by_shard: dict[int, list[int]] = {}
+        for i, img in enumerate(images):
+            by_shard.setdefault(shard_of(img.record.image_id, shards), []).append(i)
+        for shard, positions in by_shard.items():
+            items = [ops.AddItem(images[i].record, _encoded(images[i])) for i in positions]
+            add = ops.add_images(
+                collection, shard, embedding, job_seq, items, self.log_maxlen, self.data_ttl_s, *self.replicas[:2]
+            )
+            try:
+                other, shard_flags = self.data.run(add)
+            except ops.ReplicationTimeout as short:
+                self._await_replicas(short)
+                other, shard_flags = short.result
+            if other is not None:
+                return other, []
+            for i, flag in zip(positions, shard_flags, strict=True):
+                flags[i] = flag
+        if 1 in flags:
+            self.data.run(ops.list_collection(collection))
+        return None, flags
+
     def _await_replicas(self, short: ops.ReplicationTimeout) -> None:
         """Wait (backing off, at most the replicas' patience) until enough replicas hold the
         primary's stream up to the add; else raise `short` again."""
         wanted, _, patience_s = self.replicas
         deadline, delay = time.monotonic() + patience_s, 0.05
         while time.monotonic() < deadline:
-            if ops.replicas_at(self.redis.info("replication"), short.offset) >= wanted:
+            if ops.replicas_at(self.data.node_info(short.key, "replication"), short.offset) >= wanted:
                 return
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
@@ -155,10 +180,10 @@ class WorkerStore(FanOutStore):
     def header(self, collection: str) -> CollectionHeader:
         return self.data.run(ops.header(collection))
 
-    def collection_header(self, collection: str) -> tuple[str | None, int | None, int]:
-        """(model, dimension, version) of the collection."""
-        header = self.header(collection)
-        return header.model, header.dim, header.version
+    def shard_state(self, collection: str, shard: int) -> tuple[str | None, int | None, int]:
+        """(model, dimension, version) of one shard of the collection: what its replicas follow."""
+        found = self.data.run(ops.shard_header(collection, shard))
+        return found.model, found.dim, found.version
 
     def stored_vector(self, collection: str, image_id: str) -> np.ndarray | None:
         raw, dim = self.data.run(ops.stored_vector(collection, image_id))
@@ -209,15 +234,15 @@ class WorkerStore(FanOutStore):
         return self.data.run(ops.abort_reembed(collection, job_id))
 
     # -- the change log (what replicas replay) ----------------------------------------------
-    def log_position(self, collection: str) -> tuple[str, int]:
-        """(id of the log's last entry or '0-0', the collection's version), read atomically."""
-        return self.data.run(ops.log_position(collection))
+    def log_position(self, collection: str, shard: int) -> tuple[str, int]:
+        """(id of the shard log's last entry or '0-0', the shard's version), read atomically."""
+        return self.data.run(ops.log_position(collection, shard))
 
-    def log_after(self, collection: str, last_id: str, count: int) -> list[StreamEntry]:
-        return self.data.run(ops.log_after(collection, last_id, count))
+    def log_after(self, collection: str, shard: int, last_id: str, count: int) -> list[StreamEntry]:
+        return self.data.run(ops.log_after(collection, shard, last_id, count))
 
-    def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
-        return self.data.run(ops.scan_vectors(collection, cursor, count))
+    def scan_vectors(self, collection: str, shard: int, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
+        return self.data.run(ops.scan_vectors(collection, shard, cursor, count))
 
     def collection_shards(self, collection: str) -> int:
         return self.header(collection).shards
@@ -239,14 +264,15 @@ class WorkerStore(FanOutStore):
         pipe.execute()
         return size
 
-    def vector_ids(self, collection: str) -> list[str]:
-        return self.data.run(ops.vector_ids(collection, ordered=False))
+    def vector_ids(self, collection: str, shard: int | None = None) -> list[str]:
+        """Ids with a vector: of one shard, or of the whole collection."""
+        return self.data.run(ops.vector_ids(collection, ordered=False, shard=shard))
 
-    def vector_count(self, collection: str) -> int:
-        return self.data.run(ops.vector_count(collection))
+    def vector_count(self, collection: str, shard: int) -> int:
+        return self.data.run(ops.vector_count(collection, shard))
 
-    def raw_vectors(self, collection: str, ids: list[str]) -> list[bytes | None]:
-        return self.data.run(ops.raw_vectors(collection, ids))
+    def raw_vectors(self, collection: str, ids: list[str], shard: int | None = None) -> list[bytes | None]:
+        return self.data.run(ops.raw_vectors(collection, ids, shard))
 
     # -- clusters ---------------------------------------------------------------------------
     def collection_version(self, collection: str) -> int:

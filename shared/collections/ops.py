@@ -1,6 +1,10 @@
 """Every read and write of collection data in Redis, written once as sans-I/O operations (like
 `shared.jobs.lifecycle`): the API runs them on its asyncio client, the workers on their sync
 one (`shared.runner`). Blob work (renditions) stays with the stores that own the blob client.
+
+A collection's data lives in its shards' keys (`shared.keys`: one Redis Cluster slot per shard);
+an operation on image ids reads the collection's shard count, then each shard it needs, in one
+round trip. Whole-collection reads (counts, versions, ids) visit every shard.
 """
 
 from __future__ import annotations
@@ -15,31 +19,71 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.collections import scripts
-from shared.collections.header import DIM, VERSION, CollectionHeader
+from shared.collections.header import DIM, SHARDS, VERSION, CollectionHeader, ShardHeader
 from shared.runner import Batch, Call, Op, text
 from shared.schemas import ImageRecord, JobStatus
+from shared.shards import shard_of
 
 
 def _one(call: Any) -> Batch:
     return Batch([call])
 
 
+def shard_count(name: str) -> Op[int]:
+    """The collection's shards (fixed when it is created; 1 for one that does not exist)."""
+    (raw,) = yield _one(Call("hget", (keys.collection(name), SHARDS)))
+    return int(raw or 1)
+
+
+def _grouped(image_ids: Sequence[str], shards: int) -> dict[int, list[int]]:
+    """shard -> positions in `image_ids` of the ids it holds."""
+    out: dict[int, list[int]] = {}
+    for i, image_id in enumerate(image_ids):
+        out.setdefault(shard_of(image_id, shards), []).append(i)
+    return out
+
+
+def _hmget(key_of: Any, image_ids: Sequence[str], shards: int) -> Op[list[Any]]:
+    """HMGET of each id in its shard's hash (`key_of(shard)`), in the ids' order."""
+    groups = _grouped(image_ids, shards)
+    replies = yield Batch([Call("hmget", (key_of(s), [image_ids[i] for i in pos])) for s, pos in groups.items()])
+    out: list[Any] = [None] * len(image_ids)
+    for pos, values in zip(groups.values(), replies, strict=True):
+        for i, value in zip(pos, values, strict=True):
+            out[i] = value
+    return out
+
+
 # -- the header ---------------------------------------------------------------------------------
+def _with_shards(name: str, raw: dict) -> Op[CollectionHeader]:
+    shards = int(text(raw.get(SHARDS.encode(), raw.get(SHARDS))) or 1) if raw else 1
+    calls: list[Call] = []
+    for s in range(shards):
+        calls += [Call("hget", (keys.shard(name, s), VERSION)), Call("hlen", (keys.images(name, s),))]
+    replies = yield Batch(calls)
+    versions = tuple(int(v or 0) for v in replies[0::2])
+    counts = tuple(int(n) for n in replies[1::2])
+    return CollectionHeader.parse(raw, versions, counts)
+
+
 def header(name: str) -> Op[CollectionHeader]:
+    """The collection's header, with its shards' versions and counts."""
     (raw,) = yield _one(Call("hgetall", (keys.collection(name),)))
-    return CollectionHeader.parse(raw)
+    return (yield from _with_shards(name, raw))
+
+
+def shard_header(name: str, shard: int) -> Op[ShardHeader]:
+    (raw,) = yield _one(Call("hgetall", (keys.shard(name, shard),)))
+    return ShardHeader.parse(raw)
 
 
 def listed(name: str) -> Op[tuple[CollectionHeader, int] | None]:
     """(header, image count) of a listed collection, or None."""
-    member, raw, count = yield Batch(
-        [
-            Call("sismember", (keys.COLLECTIONS, name)),
-            Call("hgetall", (keys.collection(name),)),
-            Call("hlen", (keys.images(name),)),
-        ]
-    )
-    return (CollectionHeader.parse(raw), int(count)) if member else None
+    member, raw = yield Batch([Call("sismember", (keys.COLLECTIONS, name)), Call("hgetall", (keys.collection(name),))])
+    if not member:
+        return None
+    found = yield from _with_shards(name, raw)
+    return found, found.count
 
 
 def names() -> Op[list[str]]:
@@ -48,31 +92,29 @@ def names() -> Op[list[str]]:
 
 
 def version(name: str) -> Op[int]:
-    (raw,) = yield _one(Call("hget", (keys.collection(name), VERSION)))
-    return int(raw or 0)
+    """The collection's version: the sum of its shards' (each add, delete and reset moves one)."""
+    found = yield from header(name)
+    return found.version
 
 
 def create(name: str, shards: int, now: str) -> Op[tuple[bool, int]]:
     """(created, the shards it has): one that exists keeps what it has."""
-    member, have = yield Batch(
-        [Call("sismember", (keys.COLLECTIONS, name)), scripts.CREATE_COLLECTION.call(name, args=[name, shards, now])]
-    )
-    return (not member and int(have) == shards), int(have)
+    (out,) = yield _one(scripts.CREATE_COLLECTION.call(name, args=[name, shards, now]))
+    yield _one(Call("sadd", (keys.COLLECTIONS, name)))  # after the header: a rerun lists it
+    return int(out[0]) == 1, int(out[1])
 
 
 # -- images -------------------------------------------------------------------------------------
-def records(collection: str, image_ids: Sequence[str]) -> Op[list[ImageRecord | None]]:
-    if not image_ids:
-        return []
-    (raw,) = yield _one(Call("hmget", (keys.images(collection), list(image_ids))))
-    return [ImageRecord.model_validate_json(r) if r else None for r in raw]
-
-
 def raw_records(collection: str, image_ids: Sequence[str]) -> Op[list[bytes | None]]:
     if not image_ids:
         return []
-    (raw,) = yield _one(Call("hmget", (keys.images(collection), list(image_ids))))
-    return raw
+    shards = yield from shard_count(collection)
+    return (yield from _hmget(lambda s: keys.images(collection, s), image_ids, shards))
+
+
+def records(collection: str, image_ids: Sequence[str]) -> Op[list[ImageRecord | None]]:
+    raw = yield from raw_records(collection, image_ids)
+    return [ImageRecord.model_validate_json(r) if r else None for r in raw]
 
 
 def filenames(collection: str, image_ids: Sequence[str]) -> Op[list[str]]:
@@ -90,94 +132,180 @@ def existing(collection: str, image_ids: Sequence[str]) -> Op[list[str]]:
     """The ids among `image_ids` the collection holds, in their order."""
     if not image_ids:
         return []
-    there = yield Batch([Call("hexists", (keys.images(collection), i)) for i in image_ids])
+    shards = yield from shard_count(collection)
+    there = yield Batch([Call("hexists", (keys.images(collection, shard_of(i, shards)), i)) for i in image_ids])
     return [i for i, present in zip(image_ids, there, strict=True) if present]
 
 
+def _spans(counts: Sequence[int], offset: int, limit: int) -> list[tuple[int, int, int]]:
+    """(shard, start, stop) ranges of the shards' order sets laid end to end, shard 0 first, that
+    cover [offset, offset + limit)."""
+    out, base = [], 0
+    for s, n in enumerate(counts):
+        start, stop = max(offset - base, 0), min(offset + limit - base, n)
+        if start < stop:
+            out.append((s, start, stop - 1))
+        base += n
+    return out
+
+
+def order_ids(collection: str, start: int, count: int) -> Op[list[bytes]]:
+    """Ids in the order they were added (shard by shard), `count` from `start` (a page, or a scan's
+    next block)."""
+    shards = yield from shard_count(collection)
+    counts = yield Batch([Call("zcard", (keys.order(collection, s),)) for s in range(shards)])
+    spans = _spans([int(n) for n in counts], start, count)
+    if not spans:
+        return []
+    parts = yield Batch([Call("zrange", (keys.order(collection, s), a, b)) for s, a, b in spans])
+    return [i for part in parts for i in part]
+
+
 def page(collection: str, offset: int, limit: int) -> Op[tuple[int, list[ImageRecord]]]:
-    """Images in the order they were added."""
-    total, ids = yield Batch(
-        [Call("zcard", (keys.order(collection),)), Call("zrange", (keys.order(collection), offset, offset + limit - 1))]
-    )
+    """Images in the order they were added (each shard's in turn)."""
+    shards = yield from shard_count(collection)
+    counts = yield Batch([Call("zcard", (keys.order(collection, s),)) for s in range(shards)])
+    spans = _spans([int(n) for n in counts], offset, limit)
+    parts = (yield Batch([Call("zrange", (keys.order(collection, s), a, b)) for s, a, b in spans])) if spans else []
+    ids = [text(i) or "" for part in parts for i in part]
     found = yield from records(collection, ids)
-    return total, [r for r in found if r]
+    return sum(int(n) for n in counts), [r for r in found if r]
 
 
 def delete_image(collection: str, image_id: str, log_maxlen: int, tombstone_ttl_s: int) -> Op[ImageRecord | None]:
     """Delete now (the caller deletes its rendition): see `lua.DELETE_IMAGE` for why a tombstone is
-    left also when the image is not stored yet."""
-    (deleted,) = yield _one(
-        scripts.DELETE_IMAGE.call(collection, image_id, args=[image_id, log_maxlen, tombstone_ttl_s])
-    )
-    return None if deleted == 0 else ImageRecord.model_validate_json(deleted)
+    left also when the image is not stored yet. A collection that does not exist gets none (no key
+    per probe of random ids). The sequence number is drawn first: a delete wins over every add of a
+    job created before it, in whichever shard."""
+    (shards,) = yield _one(Call("hget", (keys.collection(collection), SHARDS)))
+    (exists,) = yield _one(Call("exists", (keys.collection(collection),)))
+    if not exists:
+        return None
+    shard = shard_of(image_id, int(shards or 1))
+    (seq,) = yield _one(Call("incr", (keys.SEQUENCE,)))
+    args = [image_id, log_maxlen, tombstone_ttl_s, seq]
+    (deleted,) = yield _one(scripts.DELETE_IMAGE.call(collection, shard, image_id, args=args))
+    if deleted == 0:
+        return None
+    yield _one(Call("hdel", (keys.labels(collection), image_id)))  # its clustering label (stale now)
+    return ImageRecord.model_validate_json(deleted)
 
 
 # -- vectors ------------------------------------------------------------------------------------
 def stored_vector(collection: str, image_id: str) -> Op[tuple[bytes | None, int | None]]:
-    """(the image's vector bytes, the collection's dimension), read together."""
+    """(the image's vector bytes, their dimension), read together from its shard."""
+    shard = shard_of(image_id, (yield from shard_count(collection)))
     raw, dim = yield Batch(
-        [Call("hget", (keys.vectors(collection), image_id)), Call("hget", (keys.collection(collection), DIM))],
+        [
+            Call("hget", (keys.vectors(collection, shard), image_id)),
+            Call("hget", (keys.shard(collection, shard), DIM)),
+        ],
         transaction=True,
     )
     return raw, (int(dim) if dim else None)
 
 
-def vector_ids(collection: str, ordered: bool = True) -> Op[list[str]]:
-    """Ids with a vector, sorted, or (`ordered=False`, cheaper at a million) in Redis's order."""
-    (raw,) = yield _one(Call("hkeys", (keys.vectors(collection),)))
-    found = [text(k) or "" for k in raw]
+def vector_ids(collection: str, ordered: bool = True, shard: int | None = None) -> Op[list[str]]:
+    """Ids with a vector (of one shard, or all), sorted, or (`ordered=False`, cheaper at a
+    million) in Redis's order."""
+    shards = [shard] if shard is not None else range((yield from shard_count(collection)))
+    parts = yield Batch([Call("hkeys", (keys.vectors(collection, s),)) for s in shards])
+    found = [text(k) or "" for part in parts for k in part]
     return sorted(found) if ordered else found
 
 
-def raw_vectors(collection: str, image_ids: Sequence[str]) -> Op[list[bytes | None]]:
+def raw_vectors(collection: str, image_ids: Sequence[str], shard: int | None = None) -> Op[list[bytes | None]]:
+    """Vectors by id; `shard`: they are all that shard's (a replica's own reads)."""
     if not image_ids:
         return []
-    (raw,) = yield _one(Call("hmget", (keys.vectors(collection), list(image_ids))))
-    return raw
+    if shard is not None:
+        (raw,) = yield _one(Call("hmget", (keys.vectors(collection, shard), list(image_ids))))
+        return raw
+    shards = yield from shard_count(collection)
+    return (yield from _hmget(lambda s: keys.vectors(collection, s), image_ids, shards))
 
 
-def scan_vectors(collection: str, cursor: int, count: int) -> Op[tuple[int, dict[bytes, bytes]]]:
-    (out,) = yield _one(Call("hscan", (keys.vectors(collection), cursor), {"count": count}))
+def scan_vectors(collection: str, shard: int, cursor: int, count: int) -> Op[tuple[int, dict[bytes, bytes]]]:
+    (out,) = yield _one(Call("hscan", (keys.vectors(collection, shard), cursor), {"count": count}))
     return out
 
 
 # -- re-embedding -------------------------------------------------------------------------------
 def begin_reembed(collection: str, job_id: str, embedding: str) -> Op[list[str] | str]:
-    """Mark the collection as re-embedding for this job and return the ids to re-embed, or the id
-    of a re-embed still running (see `lua.BEGIN_REEMBED`)."""
-    final = [s.value for s in JobStatus if s.final]
-    (out,) = yield _one(scripts.BEGIN_REEMBED.call(collection, args=[job_id, embedding, keys.job(""), *final]))
+    """Mark the collection (then each shard) as re-embedding for this job and return the ids to
+    re-embed, or the id of a re-embed still running (see `lua.BEGIN_REEMBED`)."""
+    ((running, shards),) = yield _one(Call("hmget", (keys.collection(collection), "reembed_job", SHARDS)))
+    ended = ""
+    if running is not None:
+        (status,) = yield _one(Call("hget", (keys.job(text(running) or ""), "status")))
+        if status is not None and not JobStatus(text(status)).final:
+            return text(running) or ""
+        ended = text(running) or ""
+    (out,) = yield _one(scripts.BEGIN_REEMBED.call(collection, args=[job_id, embedding, ended]))
     if int(out[0]) == -1:
         return text(out[1]) or ""
-    return sorted(text(i) or "" for i in out[1:])
+    parts = yield Batch(
+        [scripts.BEGIN_SHARD_REEMBED.call(collection, s, args=[job_id, embedding]) for s in range(int(shards or 1))]
+    )
+    return sorted(text(i) or "" for part in parts for i in part)
 
 
 def abort_reembed(collection: str, job_id: str) -> Op[bool]:
-    """Let go of a re-embed that will not swap (nothing to do, could not be queued, or failed)."""
+    """Let go of a re-embed that will not swap (nothing to do, could not be queued, or failed):
+    the shards first, then the header (which says whether it was this job's)."""
+    shards = yield from shard_count(collection)
+    yield Batch([scripts.ABORT_SHARD_REEMBED.call(collection, s, args=[job_id]) for s in range(shards)])
     (out,) = yield _one(scripts.ABORT_REEMBED.call(collection, args=[job_id]))
     return int(out) == 1
 
 
 def unstaged_ids(collection: str) -> Op[list[str]]:
     """Images without a staged vector (added during the re-embed by another embedding)."""
-    live, staged = yield Batch(
-        [Call("hkeys", (keys.images(collection),)), Call("hkeys", (keys.staged_vectors(collection),))],
-        transaction=True,
-    )
-    return sorted(text(i) or "" for i in set(live) - set(staged))
+    shards = yield from shard_count(collection)
+    out: set[bytes] = set()
+    for s in range(shards):
+        live, staged = yield Batch(
+            [Call("hkeys", (keys.images(collection, s),)), Call("hkeys", (keys.staged_vectors(collection, s),))],
+            transaction=True,
+        )
+        out |= set(live) - set(staged)
+    return sorted(text(i) or "" for i in out)
 
 
-# -- the change log -----------------------------------------------------------------------------
-def log_position(collection: str) -> Op[tuple[str, int]]:
-    """(id of the log's last entry or '0-0', the collection's version), read atomically."""
+# -- a shard's change log -----------------------------------------------------------------------
+def log_position(collection: str, shard: int) -> Op[tuple[str, int]]:
+    """(id of the shard log's last entry or '0-0', the shard's version), read atomically."""
     tail, version_ = yield Batch(
         [
-            Call("xrevrange", (keys.log(collection),), {"count": 1}),
-            Call("hget", (keys.collection(collection), VERSION)),
+            Call("xrevrange", (keys.log(collection, shard),), {"count": 1}),
+            Call("hget", (keys.shard(collection, shard), VERSION)),
         ],
         transaction=True,
     )
     return (text(tail[0][0]) or "0-0" if tail else "0-0"), int(version_ or 0)
+
+
+def log_after(collection: str, shard: int, last_id: str, count: int) -> Op[list[tuple[bytes, dict[bytes, bytes]]]]:
+    (entries,) = yield _one(Call("xrange", (keys.log(collection, shard),), {"min": f"({last_id}", "count": count}))
+    return entries
+
+
+def vector_count(collection: str, shard: int) -> Op[int]:
+    (n,) = yield _one(Call("hlen", (keys.vectors(collection, shard),)))
+    return int(n)
+
+
+def snapshot_pointer(collection: str, shard: int) -> Op[dict[str, str]]:
+    """The shard's newest published replica snapshot (blob key, version, log id, model, dim, count)."""
+    (raw,) = yield _one(Call("hgetall", (keys.snapshot(collection, shard),)))
+    return {text(k) or "": text(v) or "" for k, v in raw.items()}
+
+
+def publish_snapshot(collection: str, shard: int, fields: Sequence[Any]) -> Op[str | None]:
+    """The blob key no longer named (to delete; '' for none), or None when ours was not newer.
+    `fields`: blob key, version, last log id, model, dim, count (see `lua.PUBLISH_SNAPSHOT`)."""
+    (out,) = yield _one(scripts.PUBLISH_SNAPSHOT.call(collection, shard, args=list(fields)))
+    return None if out is None else text(out)
 
 
 # -- clusters -----------------------------------------------------------------------------------
@@ -185,25 +313,23 @@ def log_position(collection: str) -> Op[tuple[str, int]]:
 class ClusteringSummary:
     summary: dict[str, Any]
     job_id: str | None
-    stale: bool  # an add or delete since (each bumps the collection's version)
+    stale: bool  # an add or delete since (each moves the collection's version)
 
 
 def clustering(collection: str) -> Op[ClusteringSummary | None]:
-    (summary, version_, job_id), current = yield Batch(
-        [
-            Call("hmget", (keys.clustering(collection), "summary", "version", "job_id")),
-            Call("hget", (keys.collection(collection), VERSION)),
-        ]
+    ((summary, version_, job_id),) = yield _one(
+        Call("hmget", (keys.clustering(collection), "summary", "version", "job_id"))
     )
     if summary is None:
         return None
-    return ClusteringSummary(json.loads(summary), text(job_id), int(version_ or 0) != int(current or 0))
+    current = yield from version(collection)
+    return ClusteringSummary(json.loads(summary), text(job_id), int(version_ or 0) != current)
 
 
 def cluster_page(collection: str, cluster: int, offset: int, limit: int) -> Op[tuple[int, list[ImageRecord]]]:
     key = keys.cluster_members(collection, cluster)
     total, ids = yield Batch([Call("llen", (key,)), Call("lrange", (key, offset, offset + limit - 1))])
-    found = yield from records(collection, ids)
+    found = yield from records(collection, [text(i) or "" for i in ids])
     # Images deleted since the clustering are skipped (the clustering is stale then).
     return total, [r for r in found if r]
 
@@ -225,36 +351,57 @@ class AddItem:
     vector: bytes  # b"": the image was found in the collection; only confirm it
 
 
+def claim_model(collection: str, embedding: Embedding, now: str) -> Op[str | None]:
+    """Before an add writes to any shard: the collection's other model, if it holds images of one
+    (nothing may be written), else None (ours is its model now). See `lua.CLAIM_MODEL`."""
+    found = yield from header(collection)
+    if found.model == embedding.model and found.embedding:
+        return None  # the common case: one read, no write
+    empty = "1" if found.count == 0 else "0"
+    args = [embedding.model, embedding.id, embedding.dim, collection, now, empty]
+    (out,) = yield _one(scripts.CLAIM_MODEL.call(collection, args=args))
+    return text(out[1]) if int(out[0]) == -2 else None
+
+
+def list_collection(collection: str) -> Op[None]:
+    """A collection exists (is listed) from its first image: after the shard writes, so that a
+    rerun of the chunk lists it if this step was lost."""
+    yield _one(Call("sadd", (keys.COLLECTIONS, collection)))
+
+
 def add_images(
     collection: str,
+    shard: int,
     embedding: Embedding,
     job_seq: int,
     items: Sequence[AddItem],
     log_maxlen: int,
     staged_ttl_s: int,
-    now: str,
     replicas: int = 0,
     replicas_timeout_ms: int = 1000,
 ) -> Op[tuple[str | None, list[int]]]:
-    """(the collection's other model, if it holds one: nothing written; else None, and per image
-    1 created, 0 already there, 2 deleted after the job was queued). See `lua.ADD_IMAGES`.
-    `replicas`: the writes must have reached that many replicas (WAIT, on the same connection)
-    within the timeout, else `ReplicationTimeout`: Redis replicates asynchronously, and an add
-    reported before a replica has it is lost if the primary dies."""
-    args: list[Any] = [embedding.model, embedding.id, embedding.dim, log_maxlen, job_seq, collection, now, staged_ttl_s]
+    """Add to one shard, atomically: (the shard's other model, if it holds one: nothing written;
+    else None, and per image 1 created, 0 already there, 2 deleted after the job was queued). See
+    `lua.ADD_IMAGES`. `replicas`: the writes must have reached that many replicas (WAIT, on the
+    same connection) within the timeout, else `ReplicationTimeout`: Redis replicates
+    asynchronously, and an add reported before a replica has it is lost if the primary dies."""
+    args: list[Any] = [embedding.model, embedding.id, embedding.dim, log_maxlen, job_seq, staged_ttl_s]
     for item in items:
         args += [item.record.image_id, item.record.model_dump_json(), item.vector, b""]
     ids = [item.record.image_id for item in items]
-    add = scripts.ADD_IMAGES.call(collection, ids, args=args)
+    add = scripts.ADD_IMAGES.call(collection, shard, ids, args=args)
     if not replicas:
         (out,) = yield _one(add)
         return _added(out)
-    # WAIT and INFO on the add's own connection: WAIT counts the replicas that have this client's
-    # writes; the offset says how far a replica must get to hold them.
-    out, acked, info = yield Batch([add, Call("wait", (replicas, replicas_timeout_ms)), Call("info", ("replication",))])
+    # WAIT and INFO on the add's own connection (`pin`: the node serving the shard, in a Redis
+    # Cluster): WAIT counts the replicas that have this client's writes; the offset says how far
+    # a replica must get to hold them.
+    pin = keys.shard(collection, shard)
+    calls = [add, Call("wait", (replicas, replicas_timeout_ms)), Call("info", ("replication",))]
+    out, acked, info = yield Batch(calls, pin=pin)
     if int(acked) < replicas:
         detail = f"the add reached {acked} of {replicas} replicas within {replicas_timeout_ms} ms"
-        raise ReplicationTimeout(detail, collection, int(info["master_repl_offset"]), _added(out))
+        raise ReplicationTimeout(detail, collection, pin, int(info["master_repl_offset"]), _added(out))
     return _added(out)
 
 
@@ -275,14 +422,20 @@ def replicas_at(info: dict[str, Any], offset: int) -> int:
 
 class ReplicationTimeout(RedisTimeoutError):
     """Writes not yet on enough replicas within the WAIT. The worker's store waits longer for the
-    replicas to reach `offset` and then goes on with `result`; past its patience this propagates as
-    a Redis outage (the task waits and runs again, and claims the images it stored, `own_adds`)."""
+    replicas of the node serving `key` to reach `offset` and then goes on with `result`; past its
+    patience this propagates as a Redis outage (the task waits and runs again, and claims the
+    images it stored, `own_adds`)."""
 
     def __init__(
-        self, detail: str, collection: str, offset: int = 0, result: tuple[str | None, list[int]] = (None, [])
+        self,
+        detail: str,
+        collection: str,
+        key: str = "",
+        offset: int = 0,
+        result: tuple[str | None, list[int]] = (None, []),
     ) -> None:
         super().__init__(f"{collection}: {detail}")
-        self.offset, self.result = offset, result
+        self.key, self.offset, self.result = key, offset, result
 
 
 def own_adds(
@@ -307,31 +460,69 @@ def own_adds(
 
 
 def stage_vectors(collection: str, job_id: str, pairs: Sequence[tuple[str, bytes]], ttl_s: int) -> Op[int]:
-    """Stage new vectors for the collection's re-embed `job_id`; -1 if that is not its re-embed."""
-    args: list[Any] = [ttl_s, job_id, *(x for pair in pairs for x in pair)]
-    (out,) = yield _one(scripts.STAGE_VECTORS.call(collection, args=args))
-    return int(out)
+    """Stage new vectors for the collection's re-embed `job_id` (each in its shard); -1 if that is
+    not its re-embed."""
+    if not pairs:
+        return 0
+    shards = yield from shard_count(collection)
+    groups = _grouped([image_id for image_id, _ in pairs], shards)
+    calls = [
+        scripts.STAGE_VECTORS.call(collection, s, args=[ttl_s, job_id, *(x for i in pos for x in pairs[i])])
+        for s, pos in groups.items()
+    ]
+    out = [int(n) for n in (yield Batch(calls))]
+    return -1 if -1 in out else sum(out)
 
 
 def swap_vectors(
     collection: str, job_id: str, embedding: Embedding, failed_ids: Sequence[str], log_maxlen: int
 ) -> Op[tuple[int, list[str]]]:
-    """(code, ids dropped): see `lua.SWAP_VECTORS`."""
-    args = [job_id, embedding.model, embedding.id, embedding.dim, log_maxlen, *failed_ids]
-    (out,) = yield _one(scripts.SWAP_VECTORS.call(collection, args=args))
-    return int(out[0]), [text(i) or "" for i in out[1:]]
+    """(code, ids dropped), see `lua.SWAP_VECTORS`: 1 swapped, 2 swapped before, 0 not yet, -1 not
+    this job's re-embed. Shards cannot swap together: each drops its failed ids and says whether
+    it is ready; only when all are does each swap, then the header takes the new model. A shard
+    that took an unstaged image between the two steps stays behind (0): the finisher stages it and
+    calls again, and the shards that swapped answer 2."""
+    shards = yield from shard_count(collection)
+    groups = _grouped(failed_ids, shards)
+    head = [job_id, embedding.model, embedding.id, embedding.dim, log_maxlen]
 
+    def each(swap: str, drop: bool) -> list[Any]:
+        return [
+            scripts.SWAP_VECTORS.call(
+                collection, s, args=[*head, swap, *([failed_ids[i] for i in groups.get(s, [])] if drop else [])]
+            )
+            for s in range(shards)
+        ]
 
-def publish_snapshot(collection: str, part: str, fields: Sequence[Any]) -> Op[str | None]:
-    """The blob key no longer named (to delete; '' for none), or None when ours was not newer.
-    `fields`: blob key, version, last log id, model, dim, count (see `lua.PUBLISH_SNAPSHOT`)."""
-    (out,) = yield _one(scripts.PUBLISH_SNAPSHOT.call(collection, part, args=list(fields)))
-    return None if out is None else text(out)
+    ready = yield Batch(each("0", True))
+    dropped = [text(i) or "" for out in ready for i in out[1:]]
+    codes = [int(out[0]) for out in ready]
+    if -1 in codes:
+        return -1, dropped
+    if 0 in codes:
+        return 0, dropped
+    swapped = yield Batch(each("1", False))
+    codes = [int(out[0]) for out in swapped]
+    if -1 in codes:
+        return -1, dropped
+    if 0 in codes:
+        return 0, dropped
+    args = [job_id, embedding.model, embedding.id, embedding.dim]
+    (out,) = yield _one(scripts.FINISH_REEMBED.call(collection, args=args))
+    return int(out), dropped
 
 
 def replace_records(collection: str, records: dict[str, str]) -> Op[None]:
     """Rewrite records of images still in the collection (a migration): see `lua.REPLACE_RECORDS`."""
-    yield _one(scripts.REPLACE_RECORDS.call(collection, args=[x for pair in records.items() for x in pair]))
+    shards = yield from shard_count(collection)
+    ids = list(records)
+    groups = _grouped(ids, shards)
+    calls = [
+        scripts.REPLACE_RECORDS.call(collection, s, args=[x for i in pos for x in (ids[i], records[ids[i]])])
+        for s, pos in groups.items()
+    ]
+    if calls:
+        yield Batch(calls)
 
 
 # -- more reads ---------------------------------------------------------------------------------
@@ -340,34 +531,36 @@ def exists(name: str) -> Op[bool]:
     return bool(member)
 
 
-def order_ids(collection: str, start: int, count: int) -> Op[list[bytes]]:
-    """Ids in the order they were added, `count` from `start` (a scan's next block)."""
-    (ids,) = yield _one(Call("zrange", (keys.order(collection), start, start + count - 1)))
-    return ids
-
-
 def legacy_renditions(collection: str, image_ids: Sequence[str]) -> Op[list[bytes | None]]:
     """Renditions of images indexed before renditions moved to the blob store (`worker.migrate`)."""
     if not image_ids:
         return []
-    (raw,) = yield _one(Call("hmget", (keys.thumbnails(collection), list(image_ids))))
-    return raw
+    shards = yield from shard_count(collection)
+    return (yield from _hmget(lambda s: keys.thumbnails(collection, s), image_ids, shards))
 
 
-def log_after(collection: str, last_id: str, count: int) -> Op[list[tuple[bytes, dict[bytes, bytes]]]]:
-    (entries,) = yield _one(Call("xrange", (keys.log(collection),), {"min": f"({last_id}", "count": count}))
-    return entries
+def scan_legacy_renditions(collection: str, shard: int, cursor: int, count: int) -> Op[tuple[int, dict[bytes, bytes]]]:
+    (out,) = yield _one(Call("hscan", (keys.thumbnails(collection, shard), cursor), {"count": count}))
+    return out
 
 
-def vector_count(collection: str) -> Op[int]:
-    (n,) = yield _one(Call("hlen", (keys.vectors(collection),)))
-    return int(n)
+def drop_legacy_renditions(collection: str, shard: int, image_ids: Sequence[str]) -> Op[None]:
+    if image_ids:
+        yield _one(Call("hdel", (keys.thumbnails(collection, shard), *image_ids)))
 
 
-def snapshot_pointer(collection: str, part: str = "") -> Op[dict[str, str]]:
-    """The newest published replica snapshot's fields (blob key, version, log id, model, dim, count)."""
-    (raw,) = yield _one(Call("hgetall", (keys.snapshot(collection, part),)))
-    return {text(k) or "": text(v) or "" for k, v in raw.items()}
+def image_counts(names: Sequence[str]) -> Op[list[int]]:
+    """Images per collection (metrics): the shard counts first, then every shard's size."""
+    if not names:
+        return []
+    shards = [int(n or 1) for n in (yield Batch([Call("hget", (keys.collection(n), SHARDS)) for n in names]))]
+    calls = [Call("hlen", (keys.images(n, s),)) for n, k in zip(names, shards, strict=True) for s in range(k)]
+    sizes = [int(n) for n in (yield Batch(calls))]
+    out, at = [], 0
+    for k in shards:
+        out.append(sum(sizes[at : at + k]))
+        at += k
+    return out
 
 
 # -- clusterings --------------------------------------------------------------------------------
@@ -400,8 +593,9 @@ def save_clustering(
     labels: dict[str, int],
     members: Sequence[Sequence[str]],
 ) -> Op[None]:
-    """Replace the collection's clustering in one transaction: readers see the old or the new.
-    `fields`: the clustering hash (job_id, k, version, created_at, summary, centroids, dim)."""
+    """Replace the collection's clustering in one transaction (its keys share the header's slot):
+    readers see the old or the new. `fields`: the clustering hash (job_id, k, version,
+    created_at, summary, centroids, dim)."""
     (old_k,) = yield _one(Call("hget", (keys.clustering(collection), "k")))
     calls = [
         Call(
@@ -417,21 +611,3 @@ def save_clustering(
             calls.append(Call("rpush", (keys.cluster_members(collection, cluster), *ids[start : start + 5000])))
     calls.append(Call("hset", (keys.clustering(collection),), {"mapping": fields}))
     yield Batch(calls, transaction=True)
-
-
-def scan_legacy_renditions(collection: str, cursor: int, count: int) -> Op[tuple[int, dict[bytes, bytes]]]:
-    (out,) = yield _one(Call("hscan", (keys.thumbnails(collection), cursor), {"count": count}))
-    return out
-
-
-def drop_legacy_renditions(collection: str, image_ids: Sequence[str]) -> Op[None]:
-    if image_ids:
-        yield _one(Call("hdel", (keys.thumbnails(collection), *image_ids)))
-
-
-def image_counts(names: Sequence[str]) -> Op[list[int]]:
-    """Images per collection, in one round trip (metrics)."""
-    if not names:
-        return []
-    counts = yield Batch([Call("hlen", (keys.images(name),)) for name in names])
-    return [int(n) for n in counts]

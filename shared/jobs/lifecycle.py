@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from shared import keys
 from shared.jobs.kinds import JobParams, parse_params
 from shared.jobs.records import index_result, job_params, job_seq, new_job_fields, parse_job
-from shared.runner import Batch, Call, Op, ScriptCall
+from shared.runner import Batch, Call, Op, ScriptCall, text
 from shared.schemas import ItemError, ItemOutcome, JobInput, JobStatus, JobType, JobView, utcnow
 
 log = logging.getLogger(__name__)
@@ -69,26 +69,32 @@ class JobLifecycle:
         """Write the job and its inputs (their bytes are in the blob store already) before anything
         is queued. Returns its seq. `sources`: archives, URL files, buckets whose items workers
         will add (`reserve_batch`); the job cannot complete before each is `source_done`."""
-        (seq,) = yield _one(Call("incr", (keys.SEQUENCE,)))
+        # The deployment-wide steps first (their own slots): a job that exists is always open
+        # (the watchdog drops an open entry with no job behind it).
+        now = time.time()
+        calls = [
+            Call("incr", (keys.SEQUENCE,)),
+            Call("hincrby", (keys.JOB_COUNTS, f"{job_type.value}:created", 1)),
+            Call("zadd", (keys.OPEN_JOBS, {job_id: now})),  # open until it finishes (watchdog)
+        ]
+        owner = params.get("owner")
+        if owner:
+            calls += [
+                Call("zadd", (keys.owner_open(owner), {job_id: now})),
+                Call("expire", (keys.owner_open(owner), self.job_ttl_s)),
+            ]
+        seq, *_ = yield Batch(calls)
         fields = new_job_fields(job_type, collection, len(inputs) or (0 if sources else 1), params, seq)
         if sources:
             fields["sources"] = str(sources)
         if params.get("callback_url"):
             fields["callback_url"] = params["callback_url"]
-        owner = params.get("owner")
         if owner:
-            fields["owner"] = owner  # FINISH_JOB counts it out of its owner's open jobs
+            fields["owner"] = owner  # its finisher counts it out of its owner's open jobs
         calls = [
             Call("hset", (keys.job(job_id),), {"mapping": fields}),
             Call("expire", (keys.job(job_id), self.job_ttl_s)),
-            Call("hincrby", (keys.JOB_COUNTS, f"{job_type.value}:created", 1)),
-            Call("zadd", (keys.OPEN_JOBS, {job_id: time.time()})),  # open until it finishes (watchdog)
         ]
-        if owner:
-            calls += [
-                Call("zadd", (keys.owner_open(owner), {job_id: time.time()})),
-                Call("expire", (keys.owner_open(owner), self.job_ttl_s)),
-            ]
         if inputs:
             mapping = {str(i): inp.model_dump_json() for i, inp in enumerate(inputs)}
             calls += [
@@ -141,10 +147,11 @@ class JobLifecycle:
         (changed,) = yield _one(
             ScriptCall(
                 "mark_running",
-                [keys.job(job_id), keys.OPEN_JOBS],
-                [JobStatus.queued.value, JobStatus.running.value, utcnow(), job_id, time.time()],
+                [keys.job(job_id)],
+                [JobStatus.queued.value, JobStatus.running.value, utcnow()],
             )
         )
+        yield from self.touch(job_id)
         return bool(changed)
 
     def touch(self, job_id: str) -> Op[None]:
@@ -159,20 +166,23 @@ class JobLifecycle:
 
     def record_items(self, job_id: str, outcomes: list[Outcome]) -> Op[int]:
         """Returns 1 when every item of the job is now accounted for, 0 if not, -1 if the job is gone."""
-        args: list[Any] = [self.job_ttl_s, job_id, time.time()]
+        args: list[Any] = [self.job_ttl_s]
         for outcome, error in outcomes:
             args += [str(outcome.index), outcome.model_dump_json(), error.model_dump_json() if error else ""]
-        job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id), keys.OPEN_JOBS]
+        job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)]
         (complete,) = yield _one(ScriptCall("record_items", job_keys, args))
+        if int(complete) == 0:
+            yield from self.touch(job_id)
         return int(complete)
 
     # -- growing jobs (items listed by a worker) -------------------------------------------------
     def reserve_batch(self, job_id: str, source: int, number: int, size: int) -> Op[tuple[int, bool] | None]:
         """(first index, fresh) for batch `number` of `source`: fresh is False when a redelivered
         expansion reserved it before (same indices). None if the job is gone."""
-        job_keys = [keys.job(job_id), keys.job_batches(job_id), keys.OPEN_JOBS]
-        args = [f"{source}:{number}", size, self.job_ttl_s, job_id, time.time()]
+        job_keys = [keys.job(job_id), keys.job_batches(job_id)]
+        args = [f"{source}:{number}", size, self.job_ttl_s]
         (start,) = yield _one(ScriptCall("reserve_batch", job_keys, args))
+        yield from self.touch(job_id)
         if start is None:
             return None
         start = int(start)
@@ -195,11 +205,27 @@ class JobLifecycle:
     # -- finish ---------------------------------------------------------------------------------
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op[bool]:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
-        args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), job_id, time.time()]
-        args.append(keys.owner_open("%s"))  # the owner is read from the record inside the script
-        job_keys = [keys.job(job_id), keys.JOB_COUNTS, keys.WEBHOOKS_DUE, keys.OPEN_JOBS]
-        (done,) = yield _one(ScriptCall("finish_job", job_keys, [*args, *FINAL_STATUSES]))
-        return int(done) == 1
+        args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id)]
+        (out,) = yield _one(ScriptCall("finish_job", [keys.job(job_id)], [*args, *FINAL_STATUSES]))
+        if not isinstance(out, list):  # gone, or finished before: only the open entry may be left
+            yield _one(Call("zrem", (keys.OPEN_JOBS, job_id)))
+            return False
+        _, owner, job_type, callback = out
+        yield from self.after_finish(job_id, text(owner) or None, bool(int(callback)))
+        yield _one(Call("hincrby", (keys.JOB_COUNTS, f"{text(job_type)}:{status.value}", 1)))
+        return True
+
+    def after_finish(self, job_id: str, owner: str | None, callback: bool) -> Op[None]:
+        """What a finished job changes outside its own slot, idempotently, the open entry last: a
+        finisher that died before this is put right by the watchdog, which finds the job finished
+        and still open."""
+        calls = []
+        if callback:
+            calls.append(Call("zadd", (keys.WEBHOOKS_DUE, {job_id: time.time()}), {"nx": True}))
+        if owner:
+            calls.append(Call("zrem", (keys.owner_open(owner), job_id)))
+        calls.append(Call("zrem", (keys.OPEN_JOBS, job_id)))
+        yield Batch(calls)
 
 
 def _parse_input(index: int, raw: bytes | None) -> JobInput | ItemError:

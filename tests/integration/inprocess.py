@@ -124,8 +124,15 @@ class Harness:
             reembedding.reembed_chunk(ctx, list(range(start, min(start + chunk, total))))
         return self.jobs.get(job_id)
 
+    def shards(self, collection: str) -> int:
+        return self.store.data.run(ops.shard_count(collection))
+
     def ids(self, collection: str) -> set[str]:
-        return {k.decode() for k in self.client.hkeys(keys.images(collection))}
+        """Every image id of every shard (asserting none is in two)."""
+        per_shard = [self.client.hkeys(keys.images(collection, s)) for s in range(self.shards(collection))]
+        found = [k.decode() for ids in per_shard for k in ids]
+        assert len(found) == len(set(found)), "an image in two shards"
+        return set(found)
 
     def vector_ids(self, collection: str) -> set[str]:
-        return {k.decode() for k in self.client.hkeys(keys.vectors(collection))}
+        return set(self.store.data.run(ops.vector_ids(collection)))

@@ -102,8 +102,8 @@ def _seed_collection(client: redis.Redis, name: str, images: int) -> None:
                 metadata=metadata, created_at="2026-12-04T00:00:00Z",
             )  # fmt: skip
             records[image_id], order[image_id] = record.model_dump_json(), i
-        pipe.hset(keys.images(name), mapping=records)
-        pipe.zadd(keys.order(name), order)
+        pipe.hset(keys.images(name, 0), mapping=records)
+        pipe.zadd(keys.order(name, 0), order)
     pipe.execute()
 
 

@@ -43,7 +43,7 @@ def _ctx(client: redis.Redis, tmp_path: Path, queries: int, embedder: object = N
         )
         for n in range(100, 110)
     }
-    client.hset(keys.images("coll"), mapping=images)
+    client.hset(keys.images("coll", 0), mapping=images)  # ids 0x00000000…: shard 0 of any number
     return JobContext(jobs.load(job_id), jobs, store, embedder, None, 0)  # type: ignore[arg-type]
 
 
@@ -178,7 +178,8 @@ def test_a_worker_dying_while_storing_a_chunk_loses_no_failure(client: redis.Red
 
     ctx = _ctx(client, tmp_path, 2, embedder=SimpleNamespace(name="m"))
     client.hset(keys.collection("coll"), mapping={"model": "m", "dim": 4, "shards": SHARDS})
-    client.hset(keys.vectors("coll"), f"{0:032x}", vectors.encode(np.array([1, 0, 0, 0], np.float32)))
+    client.hset(keys.shard("coll", 0), mapping={"model": "m", "dim": 4})  # the shard its vectors are in
+    client.hset(keys.vectors("coll", 0), f"{0:032x}", vectors.encode(np.array([1, 0, 0, 0], np.float32)))
     real = ctx.store.put_batch_chunk
 
     def dies(*args, **kwargs):

@@ -71,7 +71,7 @@ def test_bytes_live_in_the_blob_store(s3_stack: tuple[str, str, str]) -> None:
         assert len(_objects(endpoint, "renditions/pets/")) == 5
         assert _objects(endpoint, "uploads/") == []
         r = redis.Redis.from_url(url)
-        assert not r.exists(keys.thumbnails("pets"))
+        assert not r.exists(keys.thumbnails("pets", 0))
         assert not _jpeg_bytes_in(r), "image bytes found in Redis"
         content = client.get(f"/v1/collections/pets/images/{ids[0]}/content")
         assert content.status_code == 200 and content.content.startswith(b"\xff\xd8")

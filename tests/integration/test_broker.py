@@ -14,6 +14,7 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
+from shared import keys
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, search_bytes, submit_images, wait_job, wait_progress
 from tests.integration.services import (
@@ -49,7 +50,7 @@ def test_queues_live_on_the_broker_and_data_on_redis_url(tmp_path: Path) -> None
         data, broker = redis.Redis.from_url(data_url), redis.Redis.from_url(broker_url)
         assert broker.exists("_kombu.binding.index") and broker.exists("_kombu.binding.search")
         assert not [k for k in data.scan_iter("_kombu*")] and not data.exists("unacked", "unacked_index")
-        assert data.exists("ss:c:own-broker") and not [k for k in broker.scan_iter("ss:*")]
+        assert data.exists(keys.collection("own-broker")) and not [k for k in broker.scan_iter("ss:*")]
     finally:
         api.stop()
         worker.stop()

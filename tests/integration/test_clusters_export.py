@@ -19,7 +19,7 @@ from tests.integration.services import Service
 
 
 def _stored_vectors(redis_client: redis.Redis, collection: str) -> dict[str, np.ndarray]:
-    raw = redis_client.hgetall(keys.vectors(collection))
+    raw = redis_client.hgetall(keys.vectors(collection, 0))
     dim = int(redis_client.hget(keys.collection(collection), "dim"))
     return {k.decode(): vectors.decode(v, dim) for k, v in raw.items()}
 

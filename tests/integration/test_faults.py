@@ -84,7 +84,7 @@ def test_worker_killed_mid_batch_with_default_settings_finishes_within_60s(stack
             ids = job["result"]["created"] + job["result"]["existing"]
             assert sorted(ids) == sorted(content_id(b) for _, b in files)
             assert client.get("/v1/collections/killed").json()["image_count"] == 300
-            assert redis.Redis.from_url(url).hlen(keys.vectors("killed")) == 300
+            assert redis.Redis.from_url(url).hlen(keys.vectors("killed", 0)) == 300
     finally:
         first.stop()
         if second is not None:
@@ -133,7 +133,11 @@ def test_a_task_delivered_twice_changes_nothing(stack: tuple[str, Path, str]) ->
             files = [(f"t{i}.jpg", photo_bytes(19000 + i)) for i in range(6)]
             job = index(client, "twice", files)
             r = redis.Redis.from_url(url)
-            before = (r.hgetall(keys.vectors("twice")), r.xlen(keys.log("twice")), r.hgetall(keys.job(job["job_id"])))
+            before = (
+                r.hgetall(keys.vectors("twice", 0)),
+                r.xlen(keys.log("twice", 0)),
+                r.hgetall(keys.job(job["job_id"])),
+            )
             from celery import Celery
 
             producer = Celery(broker=url)
@@ -147,7 +151,11 @@ def test_a_task_delivered_twice_changes_nothing(stack: tuple[str, Path, str]) ->
                 assert time.monotonic() < deadline, "the second delivery did not finish"
                 time.sleep(0.1)
             assert r.hget(keys.job_attempts(job["job_id"]), "chunk:0") == b"2"
-            after = (r.hgetall(keys.vectors("twice")), r.xlen(keys.log("twice")), r.hgetall(keys.job(job["job_id"])))
+            after = (
+                r.hgetall(keys.vectors("twice", 0)),
+                r.xlen(keys.log("twice", 0)),
+                r.hgetall(keys.job(job["job_id"])),
+            )
             assert after == before
             assert client.get(f"/v1/jobs/{job['job_id']}").json()["progress"] == job["progress"]
     finally:

@@ -88,7 +88,7 @@ def test_reembed_after_an_input_size_change_reembeds_stragglers(redis_url: str, 
     assert len(h.ids(name)) == 70 == len(h.vector_ids(name))
     info = h.client.hgetall(keys.collection(name))
     assert info[b"embedding"].decode() == "resnet50@40"
-    for image_id, raw in h.client.hgetall(keys.vectors(name)).items():
+    for image_id, raw in h.client.hgetall(keys.vectors(name, 0)).items():
         rendition = h.rendition(name, image_id.decode())
         expected = new.embed(prepare_image(rendition, new.input_size).pixels[None])[0]
         assert float(vectors.decode(raw, new.dim) @ expected) > 0.9999
@@ -117,10 +117,10 @@ def test_a_replica_behind_a_trimmed_log_rebuilds(redis_url: str, name: str) -> N
     gone = content_id(first[0][1])
     assert h.delete(name, gone)
     h.index(name, photos(7000, 300))
-    log = h.client.xrange(keys.log(name))
+    log = h.client.xrange(keys.log(name, 0))
     assert len(log) < 300 and not any(fields[b"op"] == b"del" for _, fields in log)  # the delete was trimmed
     # What the old check relied on: MAXLEN trimming never sets max-deleted-entry-id.
-    assert h.client.xinfo_stream(keys.log(name))["max-deleted-entry-id"] in (b"0-0", "0-0")
+    assert h.client.xinfo_stream(keys.log(name, 0))["max-deleted-entry-id"] in (b"0-0", "0-0")
     replica = h.replicas.sync(name)
     assert h.replicas.rebuilds == 2
     assert set(replica.index.ids) == h.vector_ids(name) and gone not in replica.index
@@ -186,7 +186,7 @@ def test_a_finisher_with_the_wrong_embedding_gives_up_without_damage(redis_url: 
     h = Harness(redis_url, old)
     files = photos(11000, 8)
     h.index(name, files)
-    before = h.client.hgetall(keys.vectors(name))
+    before = h.client.hgetall(keys.vectors(name, 0))
     job_id = h.begin_reembed(name, embedding_id(target.name, target.input_size))
     from worker.ingest import reembedding
 
@@ -194,9 +194,9 @@ def test_a_finisher_with_the_wrong_embedding_gives_up_without_damage(redis_url: 
     reembedding.reembed_chunk(h.context(job_id, old), [4, 5, 6, 7])  # ends the job, on the old worker
     job = h.jobs.get(job_id)
     assert job.status == "failed" and job.result["error"] == "wrong_embedding"
-    assert h.client.hgetall(keys.vectors(name)) == before  # old vectors, whole, consistent
+    assert h.client.hgetall(keys.vectors(name, 0)) == before  # old vectors, whole, consistent
     assert h.client.hget(keys.collection(name), "reembed_job") is None
-    assert not h.client.exists(keys.staged_vectors(name))
+    assert not h.client.exists(keys.staged_vectors(name, 0))
 
 
 def test_a_finisher_redelivered_after_its_swap_reports_success(redis_url: str, name: str) -> None:
@@ -215,7 +215,7 @@ def test_a_finisher_redelivered_after_its_swap_reports_success(redis_url: str, n
     reembedding.reembed_chunk(ctx, [0, 1, 2, 3, 4])  # the redelivery
     job = h.jobs.get(job_id)
     assert job.status == "succeeded" and job.result["dropped"] == []
-    assert not h.client.exists(keys.staged_vectors(name))
+    assert not h.client.exists(keys.staged_vectors(name, 0))
 
 
 def test_a_finisher_that_raises_releases_the_collection(redis_url: str, name: str) -> None:
@@ -234,7 +234,7 @@ def test_a_finisher_that_raises_releases_the_collection(redis_url: str, name: st
     with pytest.raises(RuntimeError, match="model crashed"):  # the last chunk, then its finisher, fail
         reembedding.reembed_chunk(h.context(job_id, PixelEmbedder(before_embed=boom)), [3])
     assert h.client.hget(keys.collection(name), "reembed_job") is None
-    assert not h.client.exists(keys.staged_vectors(name))
+    assert not h.client.exists(keys.staged_vectors(name, 0))
     assert len(h.ids(name)) == 5 == len(h.vector_ids(name))
 
 

@@ -21,15 +21,15 @@ def test_renditions_move_from_redis_to_the_blob_store(redis_url: str) -> None:
         record = ImageRecord(
             image_id=image_id, filename="x.jpg", format="JPEG", width=64, height=48, size=1, created_at=utcnow()
         )
-        h.client.hset(keys.images(name), image_id, record.model_dump_json())
-        h.client.hset(keys.thumbnails(name), image_id, jpeg)
+        h.client.hset(keys.images(name, 0), image_id, record.model_dump_json())
+        h.client.hset(keys.thumbnails(name, 0), image_id, jpeg)
     gone = next(iter(legacy))
-    h.client.hdel(keys.images(name), gone)  # deleted before the migration: must not come back
+    h.client.hdel(keys.images(name, 0), gone)  # deleted before the migration: must not come back
     ids = list(legacy)
     assert h.store.renditions(name, ids) == [None, legacy[ids[1]], legacy[ids[2]]]  # read from Redis
 
     assert migrate_collection(h.client, h.blobs, name, batch=2) == 2
-    assert not h.client.exists(keys.thumbnails(name))
+    assert not h.client.exists(keys.thumbnails(name, 0))
     assert h.store.renditions(name, ids) == [None, legacy[ids[1]], legacy[ids[2]]]  # now from blobs
-    assert not h.client.hexists(keys.images(name), gone)
+    assert not h.client.hexists(keys.images(name, 0), gone)
     assert migrate_collection(h.client, h.blobs, name, batch=2) == 0  # a second run changes nothing

@@ -47,7 +47,7 @@ def test_the_api_trims_the_log_with_the_configured_cap(
     finally:
         api.stop()
     # 300 entries were written; trimming works in whole nodes of 100, so a cap of 5 keeps < 300.
-    assert redis.Redis.from_url(redis_url).xlen(keys.log(collection)) < 300
+    assert redis.Redis.from_url(redis_url).xlen(keys.log(collection, 0)) < 300
 
 
 def test_a_batch_whose_files_all_fail_creates_no_collection(client: httpx.Client, collection: str) -> None:

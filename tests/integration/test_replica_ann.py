@@ -14,7 +14,7 @@ import pytest
 from bench.spread import synthetic
 from shared import keys
 from shared.ann import AnnParams
-from shared.collections import lua as scripts
+from shared.collections import ops
 from shared.schemas import ImageRecord, utcnow
 from shared.shards import shard_of
 from tests.integration.inprocess import Harness, PixelEmbedder
@@ -185,8 +185,8 @@ def test_a_snapshot_from_a_newer_redis_is_ignored(h: Harness, name: str, data: n
     writer = replicas(h)
     writer.sync(name)
     writer.maintain(name)
-    # Redis restored from an older dump: the collection's version is now below the snapshot's.
-    h.client.hset(keys.collection(name), "version", N - 10)
+    # Redis restored from an older dump: the shard's version is now below the snapshot's.
+    h.client.hset(keys.shard(name, 0), "version", N - 10)
     reader = replicas(h)
     reader.sync(name)
     assert (reader.restores, reader.rebuilds) == (0, 1)
@@ -198,7 +198,7 @@ def test_a_snapshot_of_history_redis_lost_is_not_published(h: Harness, name: str
     add(h, name, data, range(N))
     rs = replicas(h)
     rs.sync(name)  # at version N
-    h.client.hset(keys.collection(name), "version", N - 100)  # Redis restored from an older dump
+    h.client.hset(keys.shard(name, 0), "version", N - 100)  # Redis restored from an older dump
     replica = rs._replicas[(name, 0)]
     snaps = Snapshots(h.client, h.blobs, 1)
     assert snaps.save(name, replica.model, replica.version, replica.last_id, replica.index) is None
@@ -228,7 +228,7 @@ def test_a_snapshot_is_not_written_while_another_worker_writes_one(h: Harness, n
     add(h, name, data, range(N))
     rs = replicas(h)
     rs.sync(name)
-    held = h.client.lock(keys.snapshot_lock(name), timeout=30)
+    held = h.client.lock(keys.snapshot_lock(name, 0), timeout=30)
     assert held.acquire(blocking=False)
     rs.maintain(name)
     assert Snapshots(h.client, h.blobs, 1).latest(name) is None
@@ -245,9 +245,8 @@ def _blob_keys(h: Harness, collection: str) -> list[str]:
 def test_shard_replicas_hold_their_shard_and_counts_follow_adds_and_deletes(
     h: Harness, name: str, data: np.ndarray
 ) -> None:
-    create = h.client.register_script(scripts.CREATE_COLLECTION)
-    assert create(keys=[keys.COLLECTIONS, keys.collection(name)], args=[name, 3, utcnow()]) == 3
-    assert create(keys=[keys.COLLECTIONS, keys.collection(name)], args=[name, 5, utcnow()]) == 3  # fixed
+    assert h.store.data.run(ops.create(name, 3, utcnow())) == (True, 3)
+    assert h.store.data.run(ops.create(name, 5, utcnow())) == (False, 3)  # fixed
     add(h, name, data, range(1_500))
     for r in range(0, 1_500, 10):
         assert h.delete(name, image_id(r))
@@ -256,8 +255,9 @@ def test_shard_replicas_hold_their_shard_and_counts_follow_adds_and_deletes(
     live = h.vector_ids(name)
     want = [{i for i in live if shard_of(i, 3) == s} for s in range(3)]
     assert [set(p.index.ids) for p in parts] == want
-    counts = h.client.hmget(keys.collection(name), ["count:0", "count:1", "count:2"])
-    assert [int(c) for c in counts] == [len(w) for w in want]
+    assert list(h.store.header(name).shard_counts) == [len(w) for w in want]
+    # Each shard's replica read its own shard's keys only: nothing of the others' is in them.
+    assert [h.client.hlen(keys.images(name, s)) for s in range(3)] == [len(w) for w in want]
     # Catching up from the log keeps each replica to its shard.
     add(h, name, data, range(1_500, 1_800))
     assert h.delete(name, image_id(1_501))

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import redis
 
+from shared import keys
 from shared.blobs import open_blob_store
 from shared.schemas import ImageRecord, rendition_key, utcnow
 from tests.images import photo_bytes
@@ -78,7 +79,7 @@ def test_no_image_is_reported_created_before_a_replica_has_it(tmp_path: Path) ->
             assert job["status"] == "succeeded" and job["progress"] == {"total": 4, "done": 4, "failed": 0}
             assert len(job["result"]["created"]) == 4  # its own adds, not "existing", after the re-runs
             replica_client = redis.Redis.from_url(replica_url)
-            wait_until(lambda: replica_client.hlen("ss:c:safe:images") == 7, 10, "the replica has every image")
+            wait_until(lambda: replica_client.hlen(keys.images("safe", 0)) == 7, 10, "the replica has every image")
     finally:
         api.stop()
         worker.stop()

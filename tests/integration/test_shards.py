@@ -109,7 +109,12 @@ def test_shards_are_fixed_when_the_collection_is_created(client: httpx.Client, i
 
 def exact_top10(stack: Stack, collection: str, image: str) -> list[tuple[str, float]]:
     """Exact float32 cosine over the collection's stored vectors, computed here."""
-    raw = redis.Redis.from_url(stack.url).hgetall(keys.vectors(collection))
+    r = redis.Redis.from_url(stack.url)
+    raw = {
+        k: v
+        for s in range(int(r.hget(keys.collection(collection), "shards") or 1))
+        for k, v in r.hgetall(keys.vectors(collection, s)).items()
+    }
     ids = sorted(k.decode() for k in raw)
     matrix = vectors.decode_many([raw[i.encode()] for i in ids], len(raw[ids[0].encode()]) // 2)
     scores = matrix @ matrix[ids.index(image)]

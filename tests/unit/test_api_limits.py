@@ -155,13 +155,18 @@ def test_formula_like_text_is_quoted(name: str) -> None:
 
 
 class _FakeStore:
-    """The two ApiStore reads the CSV export makes."""
+    """The ApiStore reads the CSV export makes (one shard)."""
 
     def __init__(self, vectors: dict[str, bytes], records: dict[str, bytes]) -> None:
         self.vectors, self.records = vectors, records
 
-    async def scan_vectors(self, collection: str, cursor: int, count: int) -> tuple[int, dict[bytes, bytes]]:
-        assert collection == "c"
+    async def shard_count(self, collection: str) -> int:
+        return 1
+
+    async def scan_vectors(
+        self, collection: str, shard: int, cursor: int, count: int
+    ) -> tuple[int, dict[bytes, bytes]]:
+        assert (collection, shard) == ("c", 0)
         return 0, {k.encode(): v for k, v in self.vectors.items()}
 
     async def filenames(self, collection: str, ids: list[str]) -> list[str]:

@@ -69,7 +69,7 @@ def _source(ctx: JobContext) -> tuple[list[str], Callable[[np.ndarray], np.ndarr
     if store.collection_shards(collection) <= 1:
         replica = ctx.replicas.sync(collection)
         return (replica.index.ids, replica.index.rows) if replica is not None else ([], np.zeros)
-    _, dim, _ = store.collection_header(collection)
+    dim = store.header(collection).dim
     ids = store.vector_ids(collection)
-    fetch = ctx.replicas.fetcher(collection, dim or 0)
+    fetch = ctx.replicas.fetcher(collection, dim or 0, None)
     return ids, lambda positions: fetch([ids[p] for p in positions])

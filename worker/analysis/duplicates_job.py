@@ -23,14 +23,15 @@ SCAN_BATCH = 2000
 
 
 def _blocks(ctx: JobContext, dim: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    cursor = 0
-    while True:
-        cursor, chunk = ctx.store.scan_vectors(ctx.collection, cursor, SCAN_BATCH)
-        fresh = {(k.decode() if isinstance(k, bytes) else k): v for k, v in chunk.items() if vectors.fits(v, dim)}
-        if fresh:
-            yield list(fresh), vectors.decode_many(list(fresh.values()), dim)
-        if cursor == 0:
-            return
+    for shard in range(ctx.store.collection_shards(ctx.collection)):
+        cursor = 0
+        while True:
+            cursor, chunk = ctx.store.scan_vectors(ctx.collection, shard, cursor, SCAN_BATCH)
+            fresh = {(k.decode() if isinstance(k, bytes) else k): v for k, v in chunk.items() if vectors.fits(v, dim)}
+            if fresh:
+                yield list(fresh), vectors.decode_many(list(fresh.values()), dim)
+            if cursor == 0:
+                break
 
 
 def run_duplicates_job(ctx: JobContext) -> None:
@@ -39,7 +40,7 @@ def run_duplicates_job(ctx: JobContext) -> None:
     outcome = ItemOutcome(index=0, filename="", image_id="", status=ItemStatus.created)
     started = time.perf_counter()
     try:
-        _, dim, _ = ctx.store.collection_header(ctx.collection)
+        dim = ctx.store.header(ctx.collection).dim
         if not dim:
             raise SimsearchError(f"collection {ctx.collection!r} is empty", code="empty_collection", status_code=409)
         with all_cores():

@@ -133,7 +133,7 @@ class ReplicaSet:
         collection holds no vectors yet."""
         key = (collection, shard)
         for _ in range(MAX_REBUILDS):
-            model, dim, version = self.store.collection_header(collection)
+            model, dim, version = self.store.shard_state(collection, shard)
             if model is None or dim is None:
                 self._replicas.pop(key, None)
                 return None
@@ -165,9 +165,9 @@ class ReplicaSet:
         replica = self._replicas.get((collection, shard))
         if self.snapshots is None or replica is None:
             return
-        if self.snapshots.due(collection, replica.version, replica.index, replica.part):
+        if self.snapshots.due(collection, replica.version, replica.index, replica.shard, replica.part):
             self.snapshots.save(
-                collection, replica.model, replica.version, replica.last_id, replica.index, replica.part
+                collection, replica.model, replica.version, replica.last_id, replica.index, replica.shard, replica.part
             )
 
     def threshold(self, replica: Replica, params: SearchParams) -> Threshold | None:
@@ -194,12 +194,14 @@ class ReplicaSet:
         replica.metadata.ensure(node, lambda ids: self.store.metadata_of(collection, ids))
         return replica.metadata.mask(node, replica.index, (id(replica.index), replica.version))
 
-    def fetcher(self, collection: str, dim: int) -> FetchVectors:
-        """Source-of-truth vectors by id for re-ranking: one HMGET; a vector deleted (or replaced
-        by one of another dimension) since the replica last synced comes back as NaN: no match."""
+    def fetcher(self, collection: str, dim: int, shard: int | None) -> FetchVectors:
+        """Source-of-truth vectors by id for re-ranking: one HMGET of the shard's vectors (None:
+        each id's shard, for whole-collection reads); a vector
+        deleted (or replaced by one of another dimension) since the replica last synced comes back
+        as NaN: no match."""
 
         def fetch(ids: list[str]) -> np.ndarray:
-            raw = self.store.raw_vectors(collection, ids)
+            raw = self.store.raw_vectors(collection, ids, shard)
             out = np.full((len(ids), dim), np.nan, dtype=np.float32)
             present = [k for k, r in enumerate(raw) if r is not None and vectors.fits(r, dim)]
             if present:
@@ -212,17 +214,17 @@ class ReplicaSet:
         """The replica from the newest snapshot plus the log after it, or None to rebuild."""
         if self.snapshots is None:
             return None
-        model, part = blank.model, blank.part
-        info = self.snapshots.latest(collection, part)
+        model = blank.model
+        info = self.snapshots.latest(collection, blank.shard)
         if info is None or info.model != model or info.dim != dim or info.version > version:
             return None
-        loaded = self.snapshots.load(collection, self.fetcher(collection, dim), self.params, part)
+        loaded = self.snapshots.load(collection, self.fetcher(collection, dim, blank.shard), self.params, blank.shard)
         if loaded is None:
             return None
         info, index = loaded
         # The pointer may have moved on since it was first read (another worker published): judge
         # it against the collection as it is now.
-        model_now, dim_now, version_now = self.store.collection_header(collection)
+        model_now, dim_now, version_now = self.store.shard_state(collection, blank.shard)
         if info.model != model_now or info.dim != dim_now or info.version > version_now or model_now != model:
             return None
         replica = replace(blank, index=index, last_id=info.last_id, version=info.version)
@@ -239,26 +241,26 @@ class ReplicaSet:
         being read: the caller starts over with the collection's new model and dimension."""
         # Note the log position first: replaying everything after it over the snapshot converges,
         # whatever changed while the snapshot was being read.
-        last_id, version = self.store.log_position(collection)
+        last_id, version = self.store.log_position(collection, blank.shard)
         swapped = False
 
         def chunks():
             nonlocal swapped
             cursor = 0
             while True:
-                cursor, chunk = self.store.scan_vectors(collection, cursor, self.batch)
+                cursor, chunk = self.store.scan_vectors(collection, blank.shard, cursor, self.batch)
                 fresh = {_s(k): v for k, v in chunk.items() if vectors.fits(v, dim)}
                 if len(fresh) != len(chunk):
                     swapped = True  # vectors of another dimension: swapped under us
                     return
-                ids = [i for i in fresh if blank.holds(i)]  # a sharded replica keeps its shard's only
+                ids = list(fresh)  # the shard's keys hold its images only: nothing else is read
                 if ids:
                     yield ids, vectors.decode_many([fresh[i] for i in ids], dim)
                 if cursor == 0:
                     return
 
-        total = self.store.vector_count(collection) // max(1, blank.shards)
-        index = AnnIndex.bulk(dim, total, chunks(), self.fetcher(collection, dim), self.params)
+        total = self.store.vector_count(collection, blank.shard)
+        index = AnnIndex.bulk(dim, total, chunks(), self.fetcher(collection, dim, blank.shard), self.params)
         if swapped:
             return None
         replica = replace(blank, index=index, last_id=last_id, version=version)
@@ -279,7 +281,7 @@ class ReplicaSet:
         """Apply log entries after `last_id`. False if the replica must be rebuilt instead: entries
         were trimmed away before we read them, or the vectors were replaced wholesale."""
         while True:
-            entries = self.store.log_after(collection, replica.last_id, self.batch)
+            entries = self.store.log_after(collection, replica.shard, replica.last_id, self.batch)
             if not entries:
                 return True
             if not contiguous(replica.version, entries):
@@ -288,14 +290,12 @@ class ReplicaSet:
             final, last_id = fold_log(entries)
             if "reset" in final.values():  # vectors were swapped wholesale (re-embed): start over
                 return False
-            if replica.shards > 1:
-                final = {i: op for i, op in final.items() if replica.holds(i)}
             added = [i for i, op in final.items() if op == "add"]
             removed = [i for i, op in final.items() if op == "del"]
             replica.index.remove(removed)
             present: dict[str, bytes] = {}
             if added:
-                raw = self.store.raw_vectors(collection, added)
+                raw = self.store.raw_vectors(collection, added, replica.shard)
                 present = {i: v for i, v in zip(added, raw, strict=True) if v is not None}
                 # A vector missing here was deleted after this entry; its 'del' entry follows.
                 replica.index.remove(i for i in added if i not in present)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SnapshotInfo:
     key: str
-    version: int  # the collection version the snapshot reflects
+    version: int  # the shard's version the snapshot reflects
     last_id: str  # the last log entry it includes
     model: str
     dim: int
@@ -54,8 +54,8 @@ class Snapshots:
         self.lock_ttl_s = lock_ttl_s
         self.data = SyncRunner(client, COLLECTION_SCRIPTS)
 
-    def latest(self, collection: str, part: str = "") -> SnapshotInfo | None:
-        raw = self.data.run(ops.snapshot_pointer(collection, part))
+    def latest(self, collection: str, shard: int = 0) -> SnapshotInfo | None:
+        raw = self.data.run(ops.snapshot_pointer(collection, shard))
         try:
             return SnapshotInfo(
                 key=raw["key"],
@@ -69,12 +69,11 @@ class Snapshots:
             return None
 
     def load(
-        self, collection: str, fetch_vectors: FetchVectors, params: AnnParams, part: str = ""
+        self, collection: str, fetch_vectors: FetchVectors, params: AnnParams, shard: int = 0
     ) -> tuple[SnapshotInfo, AnnIndex] | None:
-        """The newest snapshot and its index, or None if there is none or it cannot be read.
-        `part`: a shard's snapshot ("s3"); "" for an unsharded collection."""
+        """The newest snapshot of the shard and its index, or None if there is none or it cannot be read."""
         for _ in range(2):  # the pointer may move on between reading it and reading its blob
-            info = self.latest(collection, part)
+            info = self.latest(collection, shard)
             if info is None:
                 return None
             try:
@@ -94,23 +93,31 @@ class Snapshots:
             return info, index
         return None
 
-    def due(self, collection: str, version: int, index: AnnIndex, part: str = "") -> bool:
-        """Whether a replica at `version` should write a snapshot now."""
+    def due(self, collection: str, version: int, index: AnnIndex, shard: int = 0, part: str = "") -> bool:
+        """Whether a replica of the shard at `version` should write a snapshot now."""
         if index.exact or index.building:  # exact ones rebuild fast; a training will replace this one
             return False
-        newest = self.latest(collection, part)
+        newest = self.latest(collection, shard)
         if newest is None or newest.dim != index.dim:  # none yet, or one of the vectors before a re-embed
             return True
-        collection_version = self.data.run(ops.version(collection))
-        # A snapshot from beyond the collection's version is from before Redis lost writes.
-        return version - newest.version >= self.every or newest.version > collection_version
+        shard_version = self.data.run(ops.shard_header(collection, shard)).version
+        # A snapshot from beyond the shard's version is from before Redis lost writes.
+        return version - newest.version >= self.every or newest.version > shard_version
 
     def save(
-        self, collection: str, model: str, version: int, last_id: str, index: AnnIndex, part: str = ""
+        self,
+        collection: str,
+        model: str,
+        version: int,
+        last_id: str,
+        index: AnnIndex,
+        shard: int = 0,
+        part: str = "",
     ) -> SnapshotInfo | None:
-        """Write and publish a snapshot of `index` (at `version` / `last_id`); None if another
-        worker is writing one or has published a newer one."""
-        lock = self.redis.lock(keys.snapshot_lock(collection, part), timeout=self.lock_ttl_s, blocking=False)
+        """Write and publish a snapshot of a shard's `index` (at `version` / `last_id`); None if
+        another worker is writing one or has published a newer one. `part` names the shard in the
+        blob's key ("s3"; "" for an unsharded collection)."""
+        lock = self.redis.lock(keys.snapshot_lock(collection, shard), timeout=self.lock_ttl_s, blocking=False)
         if not lock.acquire(blocking=False):
             return None
         try:
@@ -131,7 +138,7 @@ class Snapshots:
                 self.blobs.put_file(info.key, path)
             try:
                 fields = [info.key, info.version, info.last_id, info.model, info.dim, info.count]
-                stale = self.data.run(ops.publish_snapshot(collection, part, fields))
+                stale = self.data.run(ops.publish_snapshot(collection, shard, fields))
             except BaseException:
                 self.blobs.delete([info.key])  # not published: nothing will ever name it
                 raise

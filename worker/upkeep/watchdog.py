@@ -61,8 +61,12 @@ def sweep(client: redis.Redis, jobs: Jobs, send: Send, policy: WatchdogPolicy, n
 
 def _sweep_one(client: redis.Redis, jobs: Jobs, send: Send, policy: WatchdogPolicy, job_id: str, now: float) -> int:
     view = jobs.get(job_id)
-    if view is None or view.status.final:  # expired, or finished without leaving the set
+    if view is None:  # expired
         client.zrem(keys.OPEN_JOBS, job_id)
+        return 0
+    if view.status.final:  # its finisher died before the steps outside the job's slot: do them
+        owner, callback = client.hmget(keys.job(job_id), ["owner", "callback_status"])
+        jobs.after_finish(job_id, owner.decode() if owner else None, callback == b"pending")
         return 0
     redrives = int(client.hincrby(keys.job(job_id), "redrives", 1))
     if redrives > policy.max_redrives and view.type is not JobType.reembed:

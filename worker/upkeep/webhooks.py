@@ -116,8 +116,14 @@ def _settle(client: redis.Redis, job_id: str, status: CallbackStatus, error: str
 
 def _record(client: redis.Redis, job_id: str, due: float | None, fields: dict[str, str]) -> bool:
     """Write the attempt's outcome if the job still exists (it may have been deleted meanwhile)."""
-    args = [job_id, "" if due is None else due, *(x for pair in fields.items() for x in pair)]
-    return bool(client.eval(RECORD_CALLBACK, 2, keys.job(job_id), keys.WEBHOOKS_DUE, *args))
+    written = bool(client.eval(RECORD_CALLBACK, 1, keys.job(job_id), *(x for pair in fields.items() for x in pair)))
+    # The due set after the job (another slot): a step lost in between leaves an entry that is
+    # claimed again and settled by the record (never a record with nothing to deliver it).
+    if written and due is not None:
+        client.zadd(keys.WEBHOOKS_DUE, {job_id: due})
+    else:
+        client.zrem(keys.WEBHOOKS_DUE, job_id)
+    return written
 
 
 class Dispatcher(threading.Thread):
