@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -95,6 +96,294 @@ def start_sentinel(workdir: Path, master: str, primary_port: int) -> tuple[Servi
     service = _spawn([binary, str(conf), "--sentinel"], dict(os.environ), workdir / f"sentinel-{port}.log", "sentinel")
     wait_until(lambda: redis.Redis(port=port).ping(), 15, "sentinel", service.proc, service.log)
     return service, port
+
+
+CLUSTER_SLOTS = 16384
+
+
+def _cluster_port(taken: set[int]) -> int:
+    """A free port below 55535 whose cluster bus port (port + 10000) is free too."""
+    for _ in range(1000):
+        port = free_port()
+        if port >= 55535 or {port, port + 10000} & taken:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a cluster node")
+
+
+@dataclass(frozen=True)
+class ClusterNodeInfo:
+    """One line of CLUSTER NODES."""
+
+    node_id: str
+    port: int
+    flags: frozenset[str]
+    primary_id: str | None  # the primary this node replicates, None for a primary
+    slots: tuple[tuple[int, int], ...]  # inclusive ranges
+
+    @property
+    def is_primary(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def failed(self) -> bool:
+        return bool({"fail", "fail?", "handshake", "noaddr"} & self.flags)
+
+    def owns(self, slot: int) -> bool:
+        return any(lo <= slot <= hi for lo, hi in self.slots)
+
+    @classmethod
+    def parse(cls, line: str) -> ClusterNodeInfo:
+        fields = line.split()
+        address = fields[1].split("@")[0]  # ip:port@cport[,hostname]
+        slots = []
+        for item in fields[8:]:
+            if item.startswith("["):  # a slot being migrated or imported
+                continue
+            lo, _, hi = item.partition("-")
+            slots.append((int(lo), int(hi or lo)))
+        return cls(
+            node_id=fields[0],
+            port=int(address.rsplit(":", 1)[1]),
+            flags=frozenset(fields[2].split(",")),
+            primary_id=None if fields[3] == "-" else fields[3],
+            slots=tuple(slots),
+        )
+
+
+@dataclass
+class Cluster:
+    """A Redis Cluster on loopback, started by start_cluster. Roles are read live from the nodes
+    (CLUSTER NODES), so they are right after a failover too."""
+
+    nodes: dict[int, Service]  # port -> redis-server
+    url: str  # redis://127.0.0.1:P of the primary that owned slot 0 at start
+    workdir: Path
+    _killed: dict[int, ClusterNodeInfo] = field(default_factory=dict)
+    _replicas_at_kill: dict[int, set[str]] = field(default_factory=dict)
+
+    @property
+    def ports(self) -> list[int]:
+        return list(self.nodes)
+
+    def alive(self) -> list[int]:
+        return [port for port, service in self.nodes.items() if service.proc.poll() is None]
+
+    def node(self, port: int) -> redis.Redis:
+        """A plain (non-cluster) client of one node: it answers MOVED for slots it does not own."""
+        return redis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=5)
+
+    def _ask(self, port: int | None, *command: str):
+        for candidate in [port] if port is not None else self.alive():
+            with self.node(candidate) as r:
+                try:
+                    return r.execute_command(*command)
+                except redis.ConnectionError:
+                    if port is not None:
+                        raise
+        raise RuntimeError("no cluster node answers")
+
+    def topology(self, via: int | None = None) -> list[ClusterNodeInfo]:
+        """CLUSTER NODES as seen from `via` (default: the first node that answers)."""
+        text = self._ask(via, "CLUSTER", "NODES")
+        if isinstance(text, bytes):
+            text = text.decode()
+        return [ClusterNodeInfo.parse(line) for line in text.splitlines() if line.strip()]
+
+    def info(self, port: int) -> dict[str, str]:
+        """CLUSTER INFO of one node."""
+        text = self._ask(port, "CLUSTER", "INFO")
+        if isinstance(text, dict):
+            return {k: str(v) for k, v in text.items()}
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+    def primaries(self, via: int | None = None) -> list[int]:
+        """Ports of the primaries that serve slots and are not failed."""
+        return sorted(n.port for n in self.topology(via) if n.is_primary and n.slots and not n.failed)
+
+    def replicas_of(self, primary_port: int, via: int | None = None) -> list[int]:
+        nodes = self.topology(via)
+        primary = next(n for n in nodes if n.port == primary_port)
+        return sorted(n.port for n in nodes if n.primary_id == primary.node_id and not n.failed)
+
+    def replica_of(self, primary_port: int, via: int | None = None) -> int:
+        """The (first) live replica of the primary on `primary_port`."""
+        replicas = self.replicas_of(primary_port, via)
+        if not replicas:
+            raise LookupError(f"the primary on {primary_port} has no live replica")
+        return replicas[0]
+
+    def keyslot(self, key: str) -> int:
+        return int(self._ask(None, "CLUSTER", "KEYSLOT", key))
+
+    def primary_for_slot(self, slot: int, via: int | None = None) -> int:
+        owners = [n.port for n in self.topology(via) if n.is_primary and not n.failed and n.owns(slot)]
+        if len(owners) != 1:
+            raise LookupError(f"slot {slot} has owners {owners}")
+        return owners[0]
+
+    def primary_for_key(self, key: str, via: int | None = None) -> int:
+        """Port of the primary serving `key` now (CLUSTER KEYSLOT, then CLUSTER NODES)."""
+        return self.primary_for_slot(self.keyslot(key), via)
+
+    def wait_replicated(self, timeout: float = 15) -> None:
+        """Wait until every live replica holds its primary's replication stream up to now (before a
+        kill, so that nothing written before it can be lost with the primary)."""
+        targets = {}
+        for port in self.primaries():
+            with self.node(port) as r:
+                targets[port] = (r.info("replication")["master_repl_offset"], set(self.replicas_of(port)))
+
+        def caught_up() -> bool:
+            for port, (offset, replicas) in targets.items():
+                with self.node(port) as r:
+                    info = r.info("replication")
+                acked = {v["port"] for k, v in info.items() if k.startswith("slave") and v["offset"] >= offset}
+                if not replicas <= acked:
+                    return False
+            return True
+
+        wait_until(caught_up, timeout, "replicas caught up with their primaries")
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (no shutdown, no goodbye to the other nodes)."""
+        nodes = self.topology(next(p for p in self.alive() if p != port))
+        me = next(n for n in nodes if n.port == port)
+        self._killed[port] = me
+        self._replicas_at_kill[port] = {n.node_id for n in nodes if n.primary_id == me.node_id}
+        service = self.nodes[port]
+        os.killpg(service.proc.pid, signal.SIGKILL)
+        service.proc.wait(5)
+
+    def healthy(self, via: int) -> bool:
+        info = self.info(via)
+        return info.get("cluster_state") == "ok" and info.get("cluster_slots_ok") == str(CLUSTER_SLOTS)
+
+    def wait_failover(self, dead_port: int, timeout: float = 30) -> int:
+        """Wait until a replica of the primary killed on `dead_port` has been promoted: it is a
+        primary serving the dead primary's slots, and every surviving node says so and reports
+        cluster_state:ok with all slots served. Returns the new primary's port."""
+        dead = self._killed.get(dead_port)
+        if dead is None or not dead.is_primary:
+            raise ValueError(f"no primary was killed on {dead_port} (Cluster.kill)")
+        candidates = self._replicas_at_kill[dead_port]
+        promoted: list[int] = []
+
+        def done() -> bool:
+            survivors = self.alive()
+            owners = set()
+            for port in survivors:
+                if not self.healthy(port):
+                    return False
+                nodes = {n.node_id: n for n in self.topology(port)}
+                for lo, hi in dead.slots:
+                    owner = [n for n in nodes.values() if n.is_primary and not n.failed and n.owns(lo) and n.owns(hi)]
+                    if len(owner) != 1 or owner[0].node_id not in candidates:
+                        return False
+                    owners.add(owner[0].port)
+            if len(owners) != 1:
+                return False
+            (port,) = owners
+            with self.node(port) as r:
+                if r.info("replication")["role"] != "master":
+                    return False
+            promoted[:] = [port]
+            return True
+
+        wait_until(done, timeout, f"failover of the primary on {dead_port}")
+        return promoted[0]
+
+    def promote(self, replica_port: int, timeout: float = 15) -> None:
+        """A manual failover (CLUSTER FAILOVER on the replica, as for maintenance: nothing is lost):
+        returns once every live node says the replica is the primary of its former primary's slots."""
+        nodes = self.topology(replica_port)
+        me = next(n for n in nodes if n.port == replica_port)
+        slots = next(n for n in nodes if n.node_id == me.primary_id).slots
+        self._ask(replica_port, "CLUSTER", "FAILOVER")
+
+        def done() -> bool:
+            for port in self.alive():
+                if not self.healthy(port):
+                    return False
+                owners = {(n.port, n.is_primary) for n in self.topology(port) for lo, _ in slots if n.owns(lo)}
+                if owners != {(replica_port, True)}:
+                    return False
+            return True
+
+        wait_until(done, timeout, f"manual failover to {replica_port}")
+
+    def live_url(self) -> str:
+        """redis://127.0.0.1:P of a live primary (`url` may name a killed one)."""
+        return f"redis://127.0.0.1:{self.primaries()[0]}"
+
+    def stop(self) -> None:
+        for service in self.nodes.values():
+            service.stop()
+
+
+def start_cluster(
+    workdir: Path, primaries: int = 3, replicas_per_primary: int = 1, node_timeout_ms: int = 2000
+) -> Cluster:
+    """A Redis Cluster of `primaries` x (1 + `replicas_per_primary`) redis-servers on loopback, made
+    with `redis-cli --cluster create`; returns once every node reports cluster_state:ok with all
+    16384 slots served and every replica is in sync with its primary."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+    token = uuid.uuid4().hex[:8]  # config files unique even when a port comes back in the same workdir
+    count = primaries * (1 + replicas_per_primary)
+    nodes: dict[int, Service] = {}
+    cluster = Cluster(nodes=nodes, url="", workdir=workdir)
+    try:
+        while len(nodes) < count:
+            port = _cluster_port({p + d for p in nodes for d in (0, 10000)})
+            cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
+            cmd += ["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / f"cluster-{token}-{port}.conf")]
+            cmd += ["--cluster-node-timeout", str(node_timeout_ms), "--appendonly", "no", "--save", ""]
+            cmd += ["--repl-diskless-sync-delay", "0"]  # replicas in sync at once, not after 5 s
+            service = _spawn(cmd, dict(os.environ), workdir / f"cluster-{token}-{port}.log", f"cluster-{port}")
+            try:
+                wait_until(lambda p=port: redis.Redis(port=p).ping(), 15, "cluster node", service.proc, service.log)
+            except RuntimeError:
+                if "Address already in use" not in service.log.read_text():
+                    raise
+                continue  # the port was taken between the check and the bind: another one
+            nodes[port] = service
+        create = [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in nodes)]
+        create += ["--cluster-replicas", str(replicas_per_primary), "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}\n{done.stderr}")
+
+        def ready() -> bool:
+            for port in nodes:
+                info = cluster.info(port)
+                if not cluster.healthy(port) or info.get("cluster_known_nodes") != str(count):
+                    return False
+                # Gossip spreads the roles: every node must see every primary with all its replicas.
+                seen = cluster.topology(port)
+                serving = [n for n in seen if n.is_primary and n.slots]
+                if len(serving) != primaries or any(n.failed for n in seen):
+                    return False
+                if any(sum(1 for r in seen if r.primary_id == p.node_id) != replicas_per_primary for p in serving):
+                    return False
+                with cluster.node(port) as r:
+                    replication = r.info("replication")
+                if replication["role"] == "slave" and replication.get("master_link_status") != "up":
+                    return False
+            return True
+
+        wait_until(ready, 30, "cluster_state:ok on every node")
+        cluster.url = f"redis://127.0.0.1:{cluster.primary_for_slot(0)}"
+        return cluster
+    except BaseException:
+        cluster.stop()
+        raise
 
 
 def port_of(url: str) -> int:
