@@ -58,6 +58,12 @@ def _locked_out(address: str, ttl: int) -> RateLimited:
     return exc
 
 
+_COUNT_FAILURE = """
+redis.call('SET', KEYS[1], 0, 'EX', ARGV[1], 'NX')
+return {redis.call('INCR', KEYS[1]), redis.call('TTL', KEYS[1])}
+"""
+
+
 async def admit_key(
     redis: Redis, keys: list[ApiKey], headers: dict[str, str], address: str, per_second: int, failures_per_minute: int
 ) -> ApiKey:
@@ -68,12 +74,10 @@ async def admit_key(
     except Unauthorized:
         if failures_per_minute > 0:
             # The window starts at the first failure (SET NX EX; INCR keeps the TTL), so a client
-            # cannot time its guesses around a fixed minute boundary; MULTI: never a key without TTL.
-            pipe = redis.pipeline(transaction=True)
-            pipe.set(fkey, 0, ex=FAILURE_WINDOW_S, nx=True)
-            pipe.incr(fkey)
-            pipe.ttl(fkey)
-            _, count, ttl = await pipe.execute()
+            # cannot time its guesses around a fixed minute boundary; one script: never a key
+            # without TTL (not MULTI: redis-py's asyncio cluster runs a transaction's commands on
+            # another event loop, and the connections it leaves behind break later requests).
+            count, ttl = await redis.eval(_COUNT_FAILURE, 1, fkey, FAILURE_WINDOW_S)
             if count > failures_per_minute:
                 raise _locked_out(address, ttl) from None
         raise

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from shared.keys import JOB_DONE_CHANNEL_PREFIX
@@ -45,7 +48,7 @@ class JobWaiter:
     async def _listen(self) -> None:
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
+                async with await self._pubsub() as pubsub:
                     await pubsub.psubscribe(JOB_DONE_CHANNEL_PREFIX + "*")
                     async for message in pubsub.listen():
                         if message["type"] == "psubscribe":
@@ -58,6 +61,15 @@ class JobWaiter:
                 self.subscribed.clear()
                 log.warning("job notifications interrupted (%s); reconnecting", exc)
                 await asyncio.sleep(1.0)
+
+    async def _pubsub(self) -> PubSub:
+        """A subscription; on a Redis Cluster, on one live primary (PUBLISH reaches every node),
+        chosen afresh after the slot map is refreshed, so a reconnect never waits on a dead node."""
+        if not isinstance(self.redis, RedisCluster):
+            return self.redis.pubsub()
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.nodes_manager.initialize()
+        return self.redis.pubsub(node=random.choice(self.redis.get_primaries()))  # type: ignore[return-value]
 
     def _notify(self, job_id: str) -> None:
         if job_id in self._events:

@@ -24,18 +24,20 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from common import Service, labelled_images  # noqa: E402
 
 
-def fill(redis_url: str, blob_url: str, collection: str, count: int, dim: int, model: str) -> None:
-    import redis
+def fill(
+    redis_url: str, blob_url: str, collection: str, count: int, dim: int, model: str, cluster: bool = False
+) -> None:
     from PIL import Image
 
     from shared.blobs import open_blob_store
+    from shared.connect import connect
     from shared.models.base import l2_normalise
     from shared.schemas import ImageRecord, utcnow
     from shared.settings import embedding_id
     from worker.store import Embedding, NewImage, WorkerStore
 
     blobs = open_blob_store(blob_url, fsync=False)
-    store = WorkerStore(redis.Redis.from_url(redis_url), blobs, log_maxlen=1_000_000, data_ttl_s=3600)
+    store = WorkerStore(connect(redis_url, "", cluster), blobs, log_maxlen=1_000_000, data_ttl_s=3600)
     embedding = Embedding(model, embedding_id(model, 224), dim)
     thumb = io.BytesIO()
     Image.new("RGB", (8, 8), (128, 128, 128)).save(thumb, "JPEG")

@@ -53,16 +53,13 @@ def _sentinels(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return nodes, auth
 
 
-# A failover takes the cluster a few node timeouts: commands are retried across it (each retry
-# refreshes the slot map), then the error reaches the caller's outage handling.
-CLUSTER_OPTIONS: dict[str, Any] = {"cluster_error_retry_attempts": 8}
-
-
 def connect(url: str, master_name: str, cluster: bool = False, **options: Any) -> redis.Redis:
     """A client of the Redis at `url`: its current primary, when behind Sentinel; the whole
     cluster, when `cluster` (any node's URL)."""
     if cluster:
-        return RedisCluster.from_url(url, **CLUSTER_OPTIONS, **options)  # type: ignore[return-value]
+        # A failover takes a few node timeouts, and the client's own retries do not wait: the
+        # error reaches the callers' outage handling, which waits and runs the step again.
+        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
     if broker_kind(url) == "sentinel":
         nodes, auth = _sentinels(url)
         return Sentinel(nodes, sentinel_kwargs=auth).master_for(master_name, **auth, **options)
@@ -71,7 +68,8 @@ def connect(url: str, master_name: str, cluster: bool = False, **options: Any) -
 
 def connect_async(url: str, master_name: str, cluster: bool = False, **options: Any) -> redis.asyncio.Redis:
     if cluster:
-        return AsyncRedisCluster.from_url(url, **CLUSTER_OPTIONS, **options)  # type: ignore[return-value]
+        options.pop("retry_on_timeout", None)  # not an option of the asyncio cluster client
+        return AsyncRedisCluster.from_url(url, **options)  # type: ignore[return-value]
     if broker_kind(url) == "sentinel":
         nodes, auth = _sentinels(url)
         return AsyncSentinel(nodes, sentinel_kwargs=auth).master_for(master_name, **auth, **options)

@@ -14,6 +14,7 @@ which the callers' outage handling runs again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -100,14 +101,23 @@ class SyncRunner:
 
     def _execute_cluster(self, batch: Batch, cluster: RedisCluster) -> list[Any]:
         if batch.transaction or batch.pin:
+            # The node's own client: one connection, so a WAIT counts the writes before it, and
+            # its pipeline loads scripts a promoted replica lacks (scripts are not replicated).
             node = cluster.get_node_from_key(_first_key(batch))
             pipe = cluster.get_redis_connection(node).pipeline(transaction=batch.transaction)
             for call in batch.calls:
                 self._call(call, pipe)
             try:
                 return pipe.execute()
-            except _MOVED as exc:
-                cluster.nodes_manager.initialize()
+            except (*_MOVED, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    cluster.nodes_manager.initialize()  # the slot map, as it is after a failover
+                raise redis.exceptions.ConnectionError(f"the node serving the slot is gone ({exc}); run again") from exc
+            except redis.exceptions.ResponseError as exc:
+                if "MOVED" not in str(exc) and "READONLY" not in str(exc):
+                    raise
+                with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                    cluster.nodes_manager.initialize()
                 raise redis.exceptions.ConnectionError(f"the slot moved ({exc}); run again") from exc
         if any(isinstance(call, ScriptCall) for call in batch.calls):
             return [self._call(call, cluster) for call in batch.calls]

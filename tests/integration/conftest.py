@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from tests.integration.services import Service, start_api, start_redis, start_worker
+from tests.integration.services import ON_CLUSTER, Service, data_client, data_store, start_api, start_worker
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,14 +28,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def redis_url(workdir: Path) -> Iterator[str]:
-    service, url = start_redis(workdir)
-    yield url
-    service.stop()
+    with data_store(workdir, ON_CLUSTER) as url:
+        yield url
 
 
 @pytest.fixture
 def redis_client(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url)
+    return data_client(redis_url)
 
 
 @pytest.fixture(scope="session")

@@ -11,18 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import redis
-from redis.asyncio import Redis as AsyncRedis
 
 from api.store import ApiStore, Upload
 from shared import keys
 from shared.blobs import BlobStore, open_blob_store
 from shared.blobs_async import AsyncBlobStore
 from shared.collections import ops
+from shared.connect import connect_async
 from shared.imaging import content_id
 from shared.jobs import JobLifecycle, Jobs
 from shared.jobs.scripts import SCRIPTS as JOB_SCRIPTS
 from shared.schemas import JobInput, JobType, JobView
+from tests.integration.services import data_client, is_cluster
 from worker.context import JobContext
 from worker.ingest import indexing, reembedding
 from worker.search.replica import ReplicaSet
@@ -58,7 +58,7 @@ class PixelEmbedder:
 class Harness:
     def __init__(self, redis_url: str, embedder: PixelEmbedder, log_maxlen: int = 100_000) -> None:
         self.redis_url = redis_url
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = data_client(redis_url)
         self.embedder = embedder
         self.jobs = Jobs(self.client, JobLifecycle(TTL), JOB_SCRIPTS)
         self.blobs: BlobStore = open_blob_store(f"file://{tempfile.mkdtemp(prefix='blobs-')}", fsync=False)
@@ -102,7 +102,7 @@ class Harness:
         """What POST …/reembed does (through the API's own store code), without queueing."""
 
         async def begin() -> str:
-            client = AsyncRedis.from_url(self.redis_url)
+            client = connect_async(self.redis_url, "", is_cluster(self.redis_url))
             try:
                 store = ApiStore(client, AsyncBlobStore(self.blobs), TTL, self.log_maxlen)
                 job_id = uuid.uuid4().hex

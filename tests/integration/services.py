@@ -17,6 +17,9 @@ from pathlib import Path
 
 import httpx
 import redis
+import redis.asyncio
+
+from shared.connect import connect_async
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -390,11 +393,59 @@ def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
+# SIMSEARCH_TEST_REDIS=cluster: the session's services and the small stacks keep their data on a
+# Redis Cluster (3 primaries, 3 replicas, a broker of their own): `make test-cluster`.
+ON_CLUSTER = os.environ.get("SIMSEARCH_TEST_REDIS") == "cluster"
+
+# The environment services of a data store need besides REDIS_URL, by its URL: a Redis Cluster
+# adds REDIS_CLUSTER and the broker of its own (`data_store`).
+STORE_ENV: dict[str, dict[str, str]] = {}
+
+
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"REDIS_URL": redis_url, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env.update(STORE_ENV.get(redis_url, {}))
     env.update(extra)
     return env
+
+
+def is_cluster(redis_url: str) -> bool:
+    return STORE_ENV.get(redis_url, {}).get("REDIS_CLUSTER") == "true"
+
+
+def data_client(redis_url: str) -> redis.Redis:
+    """A client of the data store at `redis_url`: a RedisCluster when it is one."""
+    if is_cluster(redis_url):
+        return redis.cluster.RedisCluster.from_url(redis_url)  # type: ignore[return-value]
+    return redis.Redis.from_url(redis_url)
+
+
+def async_data_client(redis_url: str) -> redis.asyncio.Redis:
+    return connect_async(redis_url, "", is_cluster(redis_url))
+
+
+@contextmanager
+def data_store(workdir: Path, cluster: bool) -> Iterator[str]:
+    """The data store the session's services use: one Redis, or (`cluster`) a Redis Cluster of 3
+    primaries and 3 replicas with a standalone broker beside it. Yields the data's URL."""
+    if not cluster:
+        service, url = start_redis(workdir)
+        try:
+            yield url
+        finally:
+            service.stop()
+        return
+    (workdir / "cluster").mkdir(exist_ok=True)
+    nodes = start_cluster(workdir / "cluster")
+    broker, broker_url = start_redis(workdir)
+    STORE_ENV[nodes.url] = {"REDIS_CLUSTER": "true", "BROKER_URL": broker_url}
+    try:
+        yield nodes.url
+    finally:
+        STORE_ENV.pop(nodes.url, None)
+        broker.stop()
+        nodes.stop()
 
 
 def start_worker(
@@ -430,14 +481,15 @@ def start_api(redis_url: str, workdir: Path, access_log: bool = True, **extra: s
 
 @contextmanager
 def small_stack(workdir: Path, worker_name: str, ready_timeout: float = 180, **env: str) -> Iterator[str]:
-    """Redis, one worker and the API, sharing `env`; yields the API's base URL, stops all after."""
-    redis_service, url = start_redis(workdir)
-    services = [redis_service]
-    try:
-        services.append(start_worker(url, workdir, worker_name, ready_timeout, **env))
-        api, base = start_api(url, workdir, **env)
-        services.append(api)
-        yield base
-    finally:
-        for service in reversed(services):
-            service.stop()
+    """The data store (`ON_CLUSTER`: a Redis Cluster), one worker and the API, sharing `env`;
+    yields the API's base URL, stops all after."""
+    services: list[Service] = []
+    with data_store(workdir, ON_CLUSTER) as url:
+        try:
+            services.append(start_worker(url, workdir, worker_name, ready_timeout, **env))
+            api, base = start_api(url, workdir, **env)
+            services.append(api)
+            yield base
+        finally:
+            for service in reversed(services):
+                service.stop()

@@ -15,7 +15,7 @@ from shared import keys, vectors
 from shared.imaging import content_id
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, search_bytes, wait_job
-from tests.integration.services import Service
+from tests.integration.services import Service, data_client, is_cluster
 
 
 def _stored_vectors(redis_client: redis.Redis, collection: str) -> dict[str, np.ndarray]:
@@ -122,9 +122,9 @@ def test_large_export_streams_with_flat_memory(
     from bench.search_latency import fill
 
     blobs = f"file://{workdir / 'blobs'}"
-    fill(redis_url, blobs, f"{collection}-small", 300, 2048, "resnet50")
-    fill(redis_url, blobs, collection, 12_000, 2048, "resnet50")  # 94 MiB of vectors
-    redis.Redis.from_url(redis_url).sadd(keys.COLLECTIONS, collection, f"{collection}-small")
+    fill(redis_url, blobs, f"{collection}-small", 300, 2048, "resnet50", is_cluster(redis_url))
+    fill(redis_url, blobs, collection, 12_000, 2048, "resnet50", is_cluster(redis_url))  # 94 MiB of vectors
+    data_client(redis_url).sadd(keys.COLLECTIONS, collection, f"{collection}-small")
     for fmt in ("npy", "csv"):  # first-use allocations of the process are not what is measured
         client.get(f"/v1/collections/{collection}-small/export", params={"format": fmt}).raise_for_status()
     before = _peak_rss_kib(api_service[0].proc.pid)

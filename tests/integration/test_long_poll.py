@@ -11,14 +11,13 @@ import json
 import time
 import uuid
 
-from redis.asyncio import Redis
-
 from api.rendered import RenderedJobs
 from api.routes.jobs import get_job
 from api.settings import ApiSettings
 from api.store import ApiStore
 from api.waiter import JobWaiter
 from shared.schemas import JobStatus, JobType
+from tests.integration.services import async_data_client
 
 RECHECK_S = 5.0  # long enough that any wait for it shows
 
@@ -39,7 +38,7 @@ class FinishAfterFirstRead:
 
 
 async def _poll(redis_url: str, subscribe: bool) -> tuple[float, str, int]:
-    client, listener = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    client, listener = async_data_client(redis_url), async_data_client(redis_url)
     store = ApiStore(client, None, 600, 1000)  # type: ignore[arg-type]  # no uploads here
     waiter = JobWaiter(listener, recheck_s=RECHECK_S)
     if subscribe:
@@ -74,7 +73,7 @@ def test_before_the_subscription_is_active_waiters_recheck_quickly(redis_url: st
 
 def test_an_already_finished_job_returns_without_waiting(redis_url: str) -> None:
     async def run() -> float:
-        client, listener = Redis.from_url(redis_url), Redis.from_url(redis_url)
+        client, listener = async_data_client(redis_url), async_data_client(redis_url)
         store = ApiStore(client, None, 600, 1000)  # type: ignore[arg-type]  # no uploads here
         waiter = JobWaiter(listener, recheck_s=RECHECK_S)
         waiter.start()

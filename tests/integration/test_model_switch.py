@@ -12,15 +12,14 @@ import pytest
 from shared.imaging import content_id
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, search_bytes, submit_images, wait_job
-from tests.integration.services import start_api, start_redis, start_worker
+from tests.integration.services import ON_CLUSTER, data_store, start_api, start_worker
 
 
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     workdir = tmp_path_factory.mktemp("switch")
-    service, url = start_redis(workdir)
-    yield url, workdir
-    service.stop()
+    with data_store(workdir, ON_CLUSTER) as url:
+        yield url, workdir
 
 
 def test_model_mismatch_then_reembed(own_redis: tuple[str, Path]) -> None:

@@ -9,19 +9,17 @@ import asyncio
 import time
 import uuid
 
-import redis
-from redis.asyncio import Redis
-
 from api.fairness import MATCH_BYTES, RESERVATION_S, admit, release, take
 from api.settings import ApiSettings
 from shared import keys
 from shared.errors import SimsearchError
+from tests.integration.services import async_data_client, data_client
 
 SETTINGS = ApiSettings(max_open_jobs_per_key=5, max_queued_items_per_key=50, max_result_bytes_per_key=1_000_000)
 
 
 async def _admit_many(url: str, owner: str, n: int) -> list[str | None]:
-    client = Redis.from_url(url)
+    client = async_data_client(url)
 
     async def one() -> str | None:
         job_id = uuid.uuid4().hex
@@ -45,7 +43,7 @@ def test_concurrent_admissions_never_pass_the_open_jobs_quota(redis_url: str) ->
     assert asyncio.run(_admit_many(redis_url, owner, 3)) == [None] * 3
 
     async def give_back_one() -> None:
-        client = Redis.from_url(redis_url)
+        client = async_data_client(redis_url)
         await release(client, owner, admitted[0])  # a request that failed after its admission
         await client.aclose()
 
@@ -57,7 +55,7 @@ def test_a_reservation_whose_job_never_came_lapses(redis_url: str) -> None:
     owner = f"key:lapse-{uuid.uuid4().hex[:6]}"
     admitted = [j for j in asyncio.run(_admit_many(redis_url, owner, 5)) if j]
     assert len(admitted) == 5
-    client = redis.Redis.from_url(redis_url)
+    client = data_client(redis_url)
     long_ago = time.time() - RESERVATION_S - 1
     client.zadd(keys.owner_open(owner), dict.fromkeys(admitted[:2], long_ago))  # their requests died
     assert len([j for j in asyncio.run(_admit_many(redis_url, owner, 5)) if j]) == 2
@@ -65,7 +63,7 @@ def test_a_reservation_whose_job_never_came_lapses(redis_url: str) -> None:
 
 def test_concurrent_takes_never_pass_the_items_or_bytes_quotas(redis_url: str) -> None:
     async def scenario(owner: str, items: int, matches: int) -> list[str]:
-        client = Redis.from_url(redis_url)
+        client = async_data_client(redis_url)
         settings = SETTINGS.model_copy(update={"max_open_jobs_per_key": 0})
         jobs = [uuid.uuid4().hex for _ in range(20)]
         for job_id in jobs:

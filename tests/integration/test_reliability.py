@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import redis
 
 from shared import keys
 from shared.imaging import content_id
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, search_bytes, submit_images, wait_job
-from tests.integration.services import start_api
+from tests.integration.services import data_client, start_api
 
 
 def test_reembed_while_images_arrive_loses_nothing(client: httpx.Client, collection: str) -> None:
@@ -47,7 +46,7 @@ def test_the_api_trims_the_log_with_the_configured_cap(
     finally:
         api.stop()
     # 300 entries were written; trimming works in whole nodes of 100, so a cap of 5 keeps < 300.
-    assert redis.Redis.from_url(redis_url).xlen(keys.log(collection, 0)) < 300
+    assert data_client(redis_url).xlen(keys.log(collection, 0)) < 300
 
 
 def test_a_batch_whose_files_all_fail_creates_no_collection(client: httpx.Client, collection: str) -> None:

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from shared import keys, vectors
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, search_bytes, search_id, wait_job
-from tests.integration.services import Service, start_api, start_redis, start_worker
+from tests.integration.services import ON_CLUSTER, Service, data_client, data_store, start_api, start_worker
 
 SHARD_TIMEOUT_S = 4
 IMAGES = 300
@@ -43,7 +42,8 @@ ENV = {
 class Stack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.redis, self.url = start_redis(workdir)
+        self._store = data_store(workdir, ON_CLUSTER)  # one Redis, or a Redis Cluster
+        self.url = self._store.__enter__()
         self.workers: dict[str, Service] = {}
         self.api, self.base = start_api(self.url, workdir, **ENV)
 
@@ -52,8 +52,9 @@ class Stack:
         return self.workers[name]
 
     def stop(self) -> None:
-        for service in [*self.workers.values(), self.api, self.redis]:
+        for service in [*self.workers.values(), self.api]:
             service.stop()
+        self._store.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_shards_are_fixed_when_the_collection_is_created(client: httpx.Client, i
 
 def exact_top10(stack: Stack, collection: str, image: str) -> list[tuple[str, float]]:
     """Exact float32 cosine over the collection's stored vectors, computed here."""
-    r = redis.Redis.from_url(stack.url)
+    r = data_client(stack.url)
     raw = {
         k: v
         for s in range(int(r.hget(keys.collection(collection), "shards") or 1))
@@ -213,7 +214,7 @@ def test_batch_search_on_shards_answers_like_exact_search(
     for i, row in enumerate(rows):
         assert row["matches"][0]["filename"] == f"p{i}.jpg" and row["matches"][0]["similarity"] > 0.999
     # Nothing of the fan-out is left behind.
-    assert not list(redis.Redis.from_url(stack.url).scan_iter(f"ss:job:{job['job_id']}:batch*"))
+    assert not list(data_client(stack.url).scan_iter(f"ss:job:{job['job_id']}:batch*"))
 
 
 def test_a_shard_without_a_worker_ends_partial_then_recovers(
@@ -225,7 +226,7 @@ def test_a_shard_without_a_worker_ends_partial_then_recovers(
     job = search_id(client, "sharded", indexed[1])
     took = time.monotonic() - started
     assert job["status"] == "partial" and job["result"]["missing_shards"] == [1]
-    assert not redis.Redis.from_url(stack.url).exists(keys.job_query(job["job_id"]), keys.job_shards(job["job_id"]))
+    assert not data_client(stack.url).exists(keys.job_query(job["job_id"]), keys.job_shards(job["job_id"]))
     assert took < SHARD_TIMEOUT_S + 5
     assert "shards [1] did not answer" in job["result"]["message"]
     # A batch search too: partial after the shard timeout, each row naming the missing shard.

@@ -60,6 +60,10 @@ def through_outages(client: redis.Redis, step: Callable[[], T], wait_s: float, w
                 lagging = min(lagging * 2, 5.0)
                 continue
             log.warning("Redis unreachable during %s (%s); waiting for it to run again", what, exc)
+            # A Redis Cluster answers a ping from its other nodes while one slot's primary is being
+            # replaced (seconds): never run again at once, in a tight loop.
+            time.sleep(min(lagging, max(0.0, deadline - time.monotonic())))
+            lagging = min(lagging * 2, 5.0)
             if not wait_for_redis(client, deadline):
                 raise
             log.info("Redis is back; running %s again", what)
