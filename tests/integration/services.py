@@ -168,6 +168,7 @@ class Cluster:
     url: str  # redis://127.0.0.1:P of the primary that owned slot 0 at start
     workdir: Path
     _killed: dict[int, ClusterNodeInfo] = field(default_factory=dict)
+    _commands: dict[int, list[str]] = field(default_factory=dict)  # port -> how its server was started
     _replicas_at_kill: dict[int, set[str]] = field(default_factory=dict)
 
     @property
@@ -263,6 +264,19 @@ class Cluster:
         os.killpg(service.proc.pid, signal.SIGKILL)
         service.proc.wait(5)
 
+    def restart(self, port: int, timeout: float = 30) -> None:
+        """Start a killed node again, as a supervisor would: it rejoins with its node identity
+        (its cluster config file) and, its slots taken over meanwhile, becomes a replica of their
+        new primary; returns once it is one, in sync."""
+        service = _spawn(self._commands[port], dict(os.environ), self.nodes[port].log, f"cluster-{port}")
+        self.nodes[port] = service
+
+        def rejoined() -> bool:
+            role = self.node(port).info("replication")
+            return role.get("role") == "slave" and role.get("master_link_status") == "up"
+
+        wait_until(rejoined, timeout, f"node {port} back as a replica", service.proc, service.log)
+
     def healthy(self, via: int) -> bool:
         info = self.info(via)
         return info.get("cluster_state") == "ok" and info.get("cluster_slots_ok") == str(CLUSTER_SLOTS)
@@ -357,6 +371,7 @@ def start_cluster(
                     raise
                 continue  # the port was taken between the check and the bind: another one
             nodes[port] = service
+            cluster._commands[port] = cmd
         create = [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in nodes)]
         create += ["--cluster-replicas", str(replicas_per_primary), "--cluster-yes"]
         done = subprocess.run(create, capture_output=True, text=True, timeout=60)

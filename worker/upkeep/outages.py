@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import redis
 from kombu.exceptions import OperationalError
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -24,8 +26,19 @@ from shared.collections.ops import ReplicationTimeout
 
 log = logging.getLogger(__name__)
 
-OUTAGE = (RedisConnectionError, RedisTimeoutError, OperationalError)  # the store, or the broker (same Redis)
+# The store (or a cluster between a primary's death and its replica's promotion), or the broker.
+OUTAGE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OperationalError)
 T = TypeVar("T")
+
+
+def answers(client: redis.Redis) -> bool:
+    """Whether Redis answers. A Redis Cluster answers once every primary does: the slot map is
+    read afresh (a failover replaced a primary), then each primary pinged (a ping alone would go to
+    one node, maybe the dead one, and the client would not learn of the promotion)."""
+    if isinstance(client, RedisCluster):
+        client.nodes_manager.initialize()
+        return bool(client.ping(target_nodes=RedisCluster.PRIMARIES))
+    return bool(client.ping())
 
 
 def wait_for_redis(client: redis.Redis, deadline: float, first_delay: float = 0.25) -> bool:
@@ -33,9 +46,9 @@ def wait_for_redis(client: redis.Redis, deadline: float, first_delay: float = 0.
     delay = first_delay
     while time.monotonic() < deadline:
         try:
-            if client.ping():
+            if answers(client):
                 return True
-        except (RedisConnectionError, RedisTimeoutError):
+        except (RedisConnectionError, RedisTimeoutError, RedisClusterException):
             pass
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 5.0)
