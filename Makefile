@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 ENV_ID := $(shell $(PYTHON) -c 'import hashlib, os, sys; key = f"{sys.prefix}:{os.lstat(sys.executable).st_ino}"; print(hashlib.sha1(key.encode()).hexdigest()[:12])')
 STAMPS := .make/$(ENV_ID)
 
-.PHONY: install install-dev browser run test test-unit test-integration lint format
+.PHONY: install install-dev browser run test test-unit test-integration test-cluster lint format
 
 install: $(STAMPS)/run  ## what running needs: redis-server from apt, the api, worker and client extras
 
@@ -36,6 +36,16 @@ test-unit: install-dev
 
 test-integration: install-dev browser
 	$(PYTHON) -m pytest -q tests/integration
+
+# The suites of indexing, search, delete, shards, batch, filters, re-embed, export, imports, jobs and
+# the interleavings again, with every service's data on a Redis Cluster (3 primaries, 3 replicas) and
+# a broker of its own (tests/integration/services.py: data_store).
+CLUSTER_SUITES = test_service test_filters test_clusters_export test_gallery test_operations test_cli \
+	test_long_poll test_http_errors test_cancel test_imports test_growing_jobs test_growing_batch \
+	test_quota_races test_shards test_duplicates test_no_match test_model_switch test_reliability \
+	test_abuse test_shard_steps test_job_races test_replica_ann test_migrate
+test-cluster: install-dev browser
+	SIMSEARCH_TEST_REDIS=cluster $(PYTHON) -m pytest -q $(CLUSTER_SUITES:%=tests/integration/%.py)
 
 lint: install-dev
 	$(PYTHON) -m ruff check .
