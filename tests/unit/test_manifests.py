@@ -1508,3 +1508,122 @@ def test_compose_cluster_api_and_worker(compose: dict[str, Any]) -> None:
     assert re.search(
         r"^#\s+docker compose --profile cluster up\b.*--scale api=0\b.*--scale worker=0\b", text, re.MULTILINE
     ), "the start command at the top"
+
+
+# The Kubernetes example of the same (infra/k8s/examples/redis-*.yaml, README "Redis Cluster and a
+# broker behind Sentinel").
+
+
+def _pod_names(statefulset: dict[str, Any], docs: list[dict[str, Any]], port: int) -> list[str]:
+    """`pod.service.simsearch.svc.cluster.local:port` for every pod of the StatefulSet, checking that its
+    governing Service is headless and publishes pods before they are ready (the names must resolve
+    while the pods start)."""
+    service = _one(docs, "Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"].get("publishNotReadyAddresses") is True
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert port in [p["port"] for p in service["spec"]["ports"]]
+    name, domain = statefulset["metadata"]["name"], f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    return [f"{name}-{i}.{domain}:{port}" for i in range(statefulset["spec"]["replicas"])]
+
+
+def _redis_ha_container(workload: dict[str, Any], script: str) -> dict[str, Any]:
+    [container] = workload["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "redis:7.2-alpine"
+    assert container["command"] == ["/bin/sh", f"{REDIS_HA_SCRIPTS}/{script}"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts[REDIS_HA_SCRIPTS]]["configMap"]["name"] == "redis-ha-scripts"
+    return container
+
+
+def test_the_redis_ha_scripts_configmap_is_infra_redis_ha(docs: list[dict[str, Any]]) -> None:
+    data = _one(docs, "ConfigMap", "redis-ha-scripts")["data"]
+    assert data == {name: (REDIS_HA_DIR / name).read_text() for name in REDIS_HA_FILES}, (
+        "examples/redis-ha-scripts.yaml differs from infra/redis-ha/: copy the files again"
+    )
+
+
+def test_the_redis_cluster_example(docs: list[dict[str, Any]]) -> None:
+    """Six nodes on volumes of their own, announcing their pod's name; the Job forms the cluster from
+    exactly those; REDIS_URL's Service reaches ready nodes only."""
+    nodes = _one(docs, "StatefulSet", "redis-node")
+    assert nodes["spec"]["replicas"] == 6
+    names = _pod_names(nodes, docs, 6379)
+    container = _redis_ha_container(nodes, "cluster-node.sh")
+    env = _env(container, docs)
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == SecretRef(*REDIS_SECRET)
+    # hostname (the pod's name) + ANNOUNCE_SUFFIX = the pod's name under the headless Service.
+    assert names[0].startswith(f"redis-node-0{env['ANNOUNCE_SUFFIX']}:")
+    assert env["CLUSTER_NODES"].split() == names
+    assert {p["containerPort"] for p in container["ports"]} == {6379, 16379}
+    assert 16379 in [p["port"] for p in _one(docs, "Service", "redis-node")["spec"]["ports"]]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/data"] in {t["metadata"]["name"] for t in nodes["spec"]["volumeClaimTemplates"]}
+    options = dict(zip(container["args"][::2], container["args"][1::2], strict=True))
+    assert _redis_bytes(options["--maxmemory"]) < _quantity(container["resources"]["limits"]["memory"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "ping" in " ".join(container[probe]["exec"]["command"]), probe
+    job = _one(docs, "Job", "redis-cluster-create")
+    job_env = _env(_redis_ha_container(job, "create-cluster.sh"), docs)
+    assert job_env["REDIS_PASSWORD"] == SecretRef(*REDIS_SECRET)
+    assert job_env["CLUSTER_NODES"].split() == names
+    assert len(names) == 3 * (1 + int(job_env["CLUSTER_REPLICAS"])), "3 primaries"
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
+    assert job["spec"].get("backoffLimit", 6) >= 3
+    client = _one(docs, "Service", "redis-cluster")
+    assert client["spec"].get("clusterIP") != "None", "ready pods only"
+    assert client["spec"]["selector"].items() <= nodes["spec"]["template"]["metadata"]["labels"].items()
+    assert [p["port"] for p in client["spec"]["ports"]] == [6379]
+
+
+def test_the_broker_sentinel_example(docs: list[dict[str, Any]]) -> None:
+    """A broker primary and replica, three Sentinels (quorum 2), all with the same lists of each other."""
+    broker, sentinel = _one(docs, "StatefulSet", "broker"), _one(docs, "StatefulSet", "broker-sentinel")
+    assert broker["spec"]["replicas"] == 2 and sentinel["spec"]["replicas"] == 3
+    assert broker["spec"].get("podManagementPolicy", "OrderedReady") == "OrderedReady", "the first primary first"
+    brokers, sentinels = _pod_names(broker, docs, 6379), _pod_names(sentinel, docs, 26379)
+    broker_env = _env(_redis_ha_container(broker, "broker-redis.sh"), docs)
+    sentinel_container = _redis_ha_container(sentinel, "sentinel.sh")
+    sentinel_env = _env(sentinel_container, docs)
+    for env, names in ((broker_env, brokers), (sentinel_env, sentinels)):
+        assert env["REDIS_PASSWORD"] == SecretRef(*REDIS_SECRET)
+        assert env["BROKER_NODES"].split() == brokers
+        assert env["SENTINELS"].split() == sentinels
+        assert env["BROKER_MASTER_NAME"] == "mymaster"
+        assert names[0].split(":")[0].endswith(env["ANNOUNCE_SUFFIX"])
+    assert len(sentinels) // 2 < int(sentinel_env["QUORUM"]) <= len(sentinels)
+    # The Sentinels' default user has no password: redis-cli must not send one (the probes).
+    assert "REDISCLI_AUTH" not in sentinel_env
+    assert "mymaster" in " ".join(sentinel_container["readinessProbe"]["exec"]["command"])
+    mounts = {m["mountPath"]: m["name"] for m in _redis_ha_container(broker, "broker-redis.sh")["volumeMounts"]}
+    assert mounts["/data"] in {t["metadata"]["name"] for t in broker["spec"]["volumeClaimTemplates"]}
+
+
+def test_the_readme_points_the_api_and_workers_at_the_example(docs: list[dict[str, Any]]) -> None:
+    """The `kubectl set env` of infra/k8s/README.md names the example's Services and Sentinels, with the
+    password from the Secret-backed REDIS_PASSWORD of the API and the workers."""
+    text = (K8S_DIR / "README.md").read_text()
+    command = re.search(
+        r"kubectl -n simsearch set env deployment/simsearch-api deployment/simsearch-worker((?:.*\\\n)*.*)", text
+    )
+    assert command, "the set env command"
+    values = dict(re.findall(r"'?(\w+)=([^\s']+)'?", command[1]))
+    assert values["REDIS_CLUSTER"] == "true"
+    assert (
+        values["BROKER_MASTER_NAME"]
+        == _env(_container(_one(docs, "StatefulSet", "broker-sentinel"), "sentinel"), docs)["BROKER_MASTER_NAME"]
+    )
+    url = re.fullmatch(r"redis://:\$\(REDIS_PASSWORD\)@([\w-]+):6379/0", values["REDIS_URL"])
+    assert url and _one(docs, "Service", url[1])["spec"]["selector"] == {"app.kubernetes.io/name": "redis-node"}
+    sentinels = _pod_names(_one(docs, "StatefulSet", "broker-sentinel"), docs, 26379)
+    hosts = []
+    for part in values["BROKER_URL"].split(";"):
+        match = re.fullmatch(r"sentinel://:\$\(REDIS_PASSWORD\)@([\w.-]+):26379", part)
+        assert match, part
+        hosts.append(match[1])
+    assert [f"{h}.{NAMESPACE}.svc.cluster.local:26379" for h in hosts] == sentinels
+    for deployment in ("simsearch-api", "simsearch-worker"):
+        container = _one(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+        assert _env(container, docs)["REDIS_PASSWORD"] == SecretRef(*REDIS_SECRET), deployment
