@@ -26,9 +26,9 @@ announce=${ANNOUNCE_HOST:-$(hostname)${ANNOUNCE_SUFFIX:-}}
 dir=${DATA_DIR:-/data}
 deadline=$(($(date +%s) + ${WAIT_S:-30}))
 
-# The IPv4 address of a name: getent (musl and glibc), else nslookup.
+# The IPv4 address of a name: getent (musl and glibc), else nslookup; 3 s each at most.
 resolve() {
-  { getent hosts "$1" || nslookup "$1"; } 2>/dev/null | awk '
+  { timeout 3 getent hosts "$1" || timeout 3 nslookup "$1"; } 2>/dev/null | awk '
     /^Name:/ { named = 1 }
     { for (i = 1; i <= NF; i++) if ((named || i == 1) && $i ~ /^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$/) { print $i; exit } }'
 }

@@ -42,7 +42,7 @@ resolve() {
     *[!0-9.]*) ;;
     *) echo "$1" && return 0 ;;
   esac
-  { getent hosts "$1" || nslookup "$1"; } 2>/dev/null | awk '
+  { timeout 3 getent hosts "$1" || timeout 3 nslookup "$1"; } 2>/dev/null | awk '
     /^Name:/ { named = 1 }
     { for (i = 1; i <= NF; i++) if ((named || i == 1) && $i ~ /^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$/) { print $i; exit } }'
 }

@@ -53,7 +53,7 @@ ask_sentinel() {
 }
 resolves() {
   case $1 in
-    *[!0-9.]*) { getent hosts "$1" || nslookup "$1"; } >/dev/null 2>&1 ;;
+    *[!0-9.]*) { timeout 3 getent hosts "$1" || timeout 3 nslookup "$1"; } >/dev/null 2>&1 ;;
     *) true ;;
   esac
 }
