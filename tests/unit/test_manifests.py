@@ -1463,14 +1463,21 @@ def test_compose_broker_behind_sentinel(compose: dict[str, Any]) -> None:
 
 def test_compose_cluster_api_and_worker(compose: dict[str, Any]) -> None:
     """`api-cluster` and `worker-cluster` are `api` and `worker` with REDIS_CLUSTER=true, a cluster node
-    as REDIS_URL, every Sentinel as BROKER_URL (each with the password), and dependencies on the
-    cluster's init job and the Sentinels; the command at the top runs them instead of `api`/`worker`."""
+    as REDIS_URL, every Sentinel as BROKER_URL (each with the password), REDIS_WAIT_REPLICAS (workers)
+    and dependencies on the cluster's init job and the Sentinels; the command at the top runs them
+    instead of `api`/`worker`."""
     services = compose["services"]
     nodes = _cluster_services(compose, "cluster-node.sh")
     sentinels = _cluster_services(compose, "sentinel.sh")
     [init] = _cluster_services(compose, "create-cluster.sh")
     aliases = {a for node in nodes.values() for a in node["networks"]["default"]["aliases"]}
-    overrides = {"REDIS_CLUSTER", "REDIS_URL", "BROKER_URL", "BROKER_MASTER_NAME"}
+    overrides = {"REDIS_CLUSTER", "REDIS_URL", "BROKER_URL", "BROKER_MASTER_NAME", "REDIS_WAIT_REPLICAS"}
+    # No image reported created before a replica holds it (the workers' setting).
+    assert _interpolated(services["worker-cluster"]["environment"]["REDIS_WAIT_REPLICAS"]) == (
+        "REDIS_WAIT_REPLICAS",
+        ":-",
+        "1",
+    )
     for name, base in (("api-cluster", "api"), ("worker-cluster", "worker")):
         service, original = services[name], services[base]
         assert service["profiles"] == [CLUSTER_PROFILE], name
@@ -1494,7 +1501,9 @@ def test_compose_cluster_api_and_worker(compose: dict[str, Any]) -> None:
         # The settings accept them (password substituted).
         password = re.compile(r"\$\{REDIS_PASSWORD[^}]*\}")
         settings = CommonSettings(
-            redis_url=password.sub("pw", env["REDIS_URL"]), broker_url=password.sub("pw", env["BROKER_URL"])
+            redis_cluster=env["REDIS_CLUSTER"],
+            redis_url=password.sub("pw", env["REDIS_URL"]),
+            broker_url=password.sub("pw", env["BROKER_URL"]),
         )
         assert settings.broker.startswith("sentinel://")
         depends = service["depends_on"]
