@@ -42,6 +42,11 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 SHARD_GROUP_FILES = (EXAMPLES_DIR / "worker-shard-groups.yaml", EXAMPLES_DIR / "worker-shard-groups.keda.yaml")
 DEFAULT_WORKER = "simsearch-worker"
 SEAWEEDFS_DIR = ROOT / "infra" / "seaweedfs"
+# The data on a Redis Cluster, the broker behind Sentinel (issue 23): scripts and configuration shared
+# by compose's profile `cluster` and the Kubernetes example (both mount them here).
+REDIS_HA_DIR = ROOT / "infra" / "redis-ha"
+REDIS_HA_SCRIPTS = "/etc/simsearch/redis-ha"
+CLUSTER_PROFILE = "cluster"
 NAMESPACE = "simsearch"
 REDIS_SECRET = ("simsearch-redis", "password")
 BLOBS_SECRET = "simsearch-blobs"
@@ -1206,11 +1211,13 @@ def test_compose_redis_persists_with_aof_and_a_password(compose: dict[str, Any])
 
 
 def _compose_workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services built from worker.Dockerfile: `worker` and the shard groups."""
+    """The services built from worker.Dockerfile on the single Redis: `worker` and the shard groups
+    (the profile `cluster` has its own, checked by test_compose_cluster_api_and_worker)."""
     return {
         name: service
         for name, service in compose["services"].items()
         if service.get("build", {}).get("dockerfile") == "infra/worker.Dockerfile"
+        and CLUSTER_PROFILE not in service.get("profiles", [])
     }
 
 
@@ -1331,3 +1338,301 @@ def test_compose_shard_groups(compose: dict[str, Any]) -> None:
     n = _covered(groups)
     text = COMPOSE_FILE.read_text()
     assert re.search(rf"DEFAULT_SHARDS={n}\b.*\n.*docker compose --profile shards up\b.*--scale worker=0", text)
+
+
+# --------------------------------------------------------------------------------------------------
+# The profile `cluster` of docker-compose.yml: the data on a Redis Cluster, the broker behind Sentinel
+# (issue 23). Scripts and configuration in infra/redis-ha/, shared with the Kubernetes example.
+
+REDIS_HA_FILES = {
+    "redis-cluster.conf",
+    "cluster-node.sh",
+    "create-cluster.sh",
+    "broker.conf",
+    "broker-redis.sh",
+    "sentinel.sh",
+}
+
+
+def _redis_conf(path: Path) -> dict[str, str]:
+    """A redis.conf as {directive: value}, comments and blank lines left out."""
+    options = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.strip().partition(" ")
+            options[name] = value
+    return options
+
+
+def _cluster_services(compose: dict[str, Any], entrypoint: str) -> dict[str, dict[str, Any]]:
+    """The services of the profile `cluster` that run one of infra/redis-ha's scripts."""
+    return {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("entrypoint") == ["/bin/sh", f"{REDIS_HA_SCRIPTS}/{entrypoint}"]
+    }
+
+
+def _hosts(value: str, port: int) -> list[str]:
+    """`host:port host:port ...` as its hosts, every one on `port`."""
+    hosts = []
+    for address in value.split():
+        host, _, p = address.rpartition(":")
+        assert int(p) == port, address
+        hosts.append(host)
+    return hosts
+
+
+def test_redis_ha_scripts_parse() -> None:
+    assert {p.name for p in REDIS_HA_DIR.iterdir() if p.is_file()} == REDIS_HA_FILES
+    for script in sorted(n for n in REDIS_HA_FILES if n.endswith(".sh")):
+        result = subprocess.run(["sh", "-n", str(REDIS_HA_DIR / script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script}: {result.stderr}"
+        text = (REDIS_HA_DIR / script).read_text()
+        # The password reaches redis-cli through REDISCLI_AUTH, never as an argument (`ps` shows those).
+        assert not re.search(r"redis-cli[^\n]*\s-a\s", text), f"{script}: redis-cli -a"
+    cluster = _redis_conf(REDIS_HA_DIR / "redis-cluster.conf")
+    assert cluster["cluster-enabled"] == "yes"
+    assert cluster["cluster-node-timeout"] == "5000"
+    for conf in (cluster, _redis_conf(REDIS_HA_DIR / "broker.conf")):
+        assert conf["appendonly"] == "yes" and conf["appendfsync"] == "everysec"
+        assert conf["maxmemory-policy"] == "noeviction"
+        assert not {"requirepass", "masterauth"} & conf.keys(), "the password comes from the environment"
+
+
+def test_compose_redis_cluster(compose: dict[str, Any]) -> None:
+    """Six Redis Cluster nodes, each on its own volume, announcing its service name; the one-shot
+    `redis-cluster-init` forms the cluster from all of them once they are healthy."""
+    services, volumes = compose["services"], compose["volumes"]
+    nodes = _cluster_services(compose, "cluster-node.sh")
+    assert len(nodes) == 6, sorted(nodes)
+    [(init_name, init)] = _cluster_services(compose, "create-cluster.sh").items()
+    data = set()
+    for name, node in nodes.items():
+        assert node["profiles"] == [CLUSTER_PROFILE], name
+        assert node["image"] == "redis:7.2-alpine", name
+        assert f"./infra/redis-ha:{REDIS_HA_SCRIPTS}:ro" in node["volumes"], name
+        [volume] = [v.split(":")[0] for v in node["volumes"] if v.split(":")[1] == "/data"]
+        assert volume in volumes, f"{name}: its data on a named volume"
+        data.add(volume)
+        env = node["environment"]
+        assert env["ANNOUNCE_HOST"] == name
+        assert _interpolated(env["REDIS_PASSWORD"])[:2] == ("REDIS_PASSWORD", ":?")
+        assert env["CLUSTER_NODES"] == init["environment"]["CLUSTER_NODES"], name
+        assert node["restart"] in {"always", "unless-stopped"}, name
+        assert "redis-cluster" in node["networks"]["default"]["aliases"], name
+        assert "ping" in " ".join(node["healthcheck"]["test"]), name
+        assert "ports" not in node and "container_name" not in node, name
+    assert len(data) == len(nodes), "one volume per node"
+    # The init job: every node, healthy first; 6 nodes with 1 replica each make 3 primaries.
+    assert init["profiles"] == [CLUSTER_PROFILE] and "restart" not in init
+    assert set(_hosts(init["environment"]["CLUSTER_NODES"], 6379)) == set(nodes)
+    assert int(init["environment"]["CLUSTER_REPLICAS"]) == 1
+    assert init["depends_on"] == {name: {"condition": "service_healthy"} for name in nodes}
+    assert f"./infra/redis-ha:{REDIS_HA_SCRIPTS}:ro" in init["volumes"]
+    assert init_name not in {n for s in services.values() for n in s.get("depends_on", {}) if n in nodes}
+
+
+def test_compose_broker_behind_sentinel(compose: dict[str, Any]) -> None:
+    """A broker primary and replica watched by three Sentinels, which agree on the same lists."""
+    brokers = _cluster_services(compose, "broker-redis.sh")
+    sentinels = _cluster_services(compose, "sentinel.sh")
+    assert len(brokers) == 2 and len(sentinels) == 3, (sorted(brokers), sorted(sentinels))
+    lists = set()
+    for name, service in {**brokers, **sentinels}.items():
+        env = service["environment"]
+        assert service["profiles"] == [CLUSTER_PROFILE], name
+        assert service["image"] == "redis:7.2-alpine", name
+        assert env["ANNOUNCE_HOST"] == name
+        assert _interpolated(env["REDIS_PASSWORD"])[:2] == ("REDIS_PASSWORD", ":?")
+        assert _interpolated(env["BROKER_MASTER_NAME"]) == ("BROKER_MASTER_NAME", ":-", "mymaster"), name
+        assert set(_hosts(env["BROKER_NODES"], 6379)) == set(brokers), name
+        assert set(_hosts(env["SENTINELS"], 26379)) == set(sentinels), name
+        lists.add((env["BROKER_NODES"], env["SENTINELS"]))
+        assert service["restart"] in {"always", "unless-stopped"}, name
+        assert f"./infra/redis-ha:{REDIS_HA_SCRIPTS}:ro" in service["volumes"], name
+    assert len(lists) == 1, "every broker Redis and Sentinel with the same lists (the first primary first)"
+    for name, broker in brokers.items():
+        assert any(v.split(":")[1] == "/data" for v in broker["volumes"]), f"{name}: the queues on a volume"
+    # A majority of the Sentinels must agree (sentinel.sh's QUORUM, 2 unless set).
+    [quorum] = {int(s["environment"].get("QUORUM", 2)) for s in sentinels.values()}
+    assert len(sentinels) // 2 < quorum <= len(sentinels)
+    for name, sentinel in sentinels.items():
+        assert set(sentinel["depends_on"]) == set(brokers), name
+
+
+def test_compose_cluster_api_and_worker(compose: dict[str, Any]) -> None:
+    """`api-cluster` and `worker-cluster` are `api` and `worker` with REDIS_CLUSTER=true, a cluster node
+    as REDIS_URL, every Sentinel as BROKER_URL (each with the password), REDIS_WAIT_REPLICAS (workers)
+    and dependencies on the cluster's init job and the Sentinels; the command at the top runs them
+    instead of `api`/`worker`."""
+    services = compose["services"]
+    nodes = _cluster_services(compose, "cluster-node.sh")
+    sentinels = _cluster_services(compose, "sentinel.sh")
+    [init] = _cluster_services(compose, "create-cluster.sh")
+    aliases = {a for node in nodes.values() for a in node["networks"]["default"]["aliases"]}
+    overrides = {"REDIS_CLUSTER", "REDIS_URL", "BROKER_URL", "BROKER_MASTER_NAME", "REDIS_WAIT_REPLICAS"}
+    # No image reported created before a replica holds it (the workers' setting).
+    assert _interpolated(services["worker-cluster"]["environment"]["REDIS_WAIT_REPLICAS"]) == (
+        "REDIS_WAIT_REPLICAS",
+        ":-",
+        "1",
+    )
+    for name, base in (("api-cluster", "api"), ("worker-cluster", "worker")):
+        service, original = services[name], services[base]
+        assert service["profiles"] == [CLUSTER_PROFILE], name
+        assert "profiles" not in original
+        same = {k: v for k, v in service.items() if k not in {"profiles", "environment", "depends_on"}}
+        assert same == {k: v for k, v in original.items() if k not in {"environment", "depends_on"}}, name
+        env = service["environment"]
+        assert {k: v for k, v in env.items() if k not in overrides} == {
+            k: v for k, v in original["environment"].items() if k not in overrides
+        }, f"{name}: only {sorted(overrides)} differ from {base}"
+        assert env["REDIS_CLUSTER"] == "true"
+        url = re.fullmatch(r"redis://:\$\{REDIS_PASSWORD[^}]*\}@([\w.-]+):6379/0", env["REDIS_URL"])
+        assert url and url[1] in set(nodes) | aliases, f"{name}: REDIS_URL {env['REDIS_URL']}"
+        hosts = []
+        for part in env["BROKER_URL"].split(";"):
+            match = re.fullmatch(r"sentinel://:\$\{REDIS_PASSWORD[^}]*\}@([\w.-]+):26379", part)
+            assert match, f"{name}: {part!r} (every Sentinel URL carries the password: Celery may switch)"
+            hosts.append(match[1])
+        assert sorted(hosts) == sorted(sentinels), name
+        assert env["BROKER_MASTER_NAME"] == next(iter(sentinels.values()))["environment"]["BROKER_MASTER_NAME"]
+        # The settings accept them (password substituted).
+        password = re.compile(r"\$\{REDIS_PASSWORD[^}]*\}")
+        settings = CommonSettings(
+            redis_cluster=env["REDIS_CLUSTER"],
+            redis_url=password.sub("pw", env["REDIS_URL"]),
+            broker_url=password.sub("pw", env["BROKER_URL"]),
+        )
+        assert settings.broker.startswith("sentinel://")
+        depends = service["depends_on"]
+        assert depends[init] == {"condition": "service_completed_successfully"}, name
+        for sentinel in sentinels:
+            assert depends[sentinel] == {"condition": "service_healthy"}, name
+        assert not {"redis", *nodes} & set(depends), f"{name} waits for the init job, not for a node"
+        for dependency in ("seaweedfs", "seaweedfs-init"):
+            assert depends[dependency] == original["depends_on"][dependency], name
+    text = COMPOSE_FILE.read_text()
+    assert re.search(
+        r"^#\s+docker compose --profile cluster up\b.*--scale api=0\b.*--scale worker=0\b", text, re.MULTILINE
+    ), "the start command at the top"
+
+
+# The Kubernetes example of the same (infra/k8s/examples/redis-*.yaml, README "Redis Cluster and a
+# broker behind Sentinel").
+
+
+def _pod_names(statefulset: dict[str, Any], docs: list[dict[str, Any]], port: int) -> list[str]:
+    """`pod.service.simsearch.svc.cluster.local:port` for every pod of the StatefulSet, checking that its
+    governing Service is headless and publishes pods before they are ready (the names must resolve
+    while the pods start)."""
+    service = _one(docs, "Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"].get("publishNotReadyAddresses") is True
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert port in [p["port"] for p in service["spec"]["ports"]]
+    name, domain = statefulset["metadata"]["name"], f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    return [f"{name}-{i}.{domain}:{port}" for i in range(statefulset["spec"]["replicas"])]
+
+
+def _redis_ha_container(workload: dict[str, Any], script: str) -> dict[str, Any]:
+    [container] = workload["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "redis:7.2-alpine"
+    assert container["command"] == ["/bin/sh", f"{REDIS_HA_SCRIPTS}/{script}"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts[REDIS_HA_SCRIPTS]]["configMap"]["name"] == "redis-ha-scripts"
+    return container
+
+
+def test_the_redis_ha_scripts_configmap_is_infra_redis_ha(docs: list[dict[str, Any]]) -> None:
+    data = _one(docs, "ConfigMap", "redis-ha-scripts")["data"]
+    assert data == {name: (REDIS_HA_DIR / name).read_text() for name in REDIS_HA_FILES}, (
+        "examples/redis-ha-scripts.yaml differs from infra/redis-ha/: copy the files again"
+    )
+
+
+def test_the_redis_cluster_example(docs: list[dict[str, Any]]) -> None:
+    """Six nodes on volumes of their own, announcing their pod's name; the Job forms the cluster from
+    exactly those; REDIS_URL's Service reaches ready nodes only."""
+    nodes = _one(docs, "StatefulSet", "redis-node")
+    assert nodes["spec"]["replicas"] == 6
+    names = _pod_names(nodes, docs, 6379)
+    container = _redis_ha_container(nodes, "cluster-node.sh")
+    env = _env(container, docs)
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"] == SecretRef(*REDIS_SECRET)
+    # hostname (the pod's name) + ANNOUNCE_SUFFIX = the pod's name under the headless Service.
+    assert names[0].startswith(f"redis-node-0{env['ANNOUNCE_SUFFIX']}:")
+    assert env["CLUSTER_NODES"].split() == names
+    assert {p["containerPort"] for p in container["ports"]} == {6379, 16379}
+    assert 16379 in [p["port"] for p in _one(docs, "Service", "redis-node")["spec"]["ports"]]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/data"] in {t["metadata"]["name"] for t in nodes["spec"]["volumeClaimTemplates"]}
+    options = dict(zip(container["args"][::2], container["args"][1::2], strict=True))
+    assert _redis_bytes(options["--maxmemory"]) < _quantity(container["resources"]["limits"]["memory"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "ping" in " ".join(container[probe]["exec"]["command"]), probe
+    job = _one(docs, "Job", "redis-cluster-create")
+    job_env = _env(_redis_ha_container(job, "create-cluster.sh"), docs)
+    assert job_env["REDIS_PASSWORD"] == SecretRef(*REDIS_SECRET)
+    assert job_env["CLUSTER_NODES"].split() == names
+    assert len(names) == 3 * (1 + int(job_env["CLUSTER_REPLICAS"])), "3 primaries"
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
+    assert job["spec"].get("backoffLimit", 6) >= 3
+    client = _one(docs, "Service", "redis-cluster")
+    assert client["spec"].get("clusterIP") != "None", "ready pods only"
+    assert client["spec"]["selector"].items() <= nodes["spec"]["template"]["metadata"]["labels"].items()
+    assert [p["port"] for p in client["spec"]["ports"]] == [6379]
+
+
+def test_the_broker_sentinel_example(docs: list[dict[str, Any]]) -> None:
+    """A broker primary and replica, three Sentinels (quorum 2), all with the same lists of each other."""
+    broker, sentinel = _one(docs, "StatefulSet", "broker"), _one(docs, "StatefulSet", "broker-sentinel")
+    assert broker["spec"]["replicas"] == 2 and sentinel["spec"]["replicas"] == 3
+    assert broker["spec"].get("podManagementPolicy", "OrderedReady") == "OrderedReady", "the first primary first"
+    brokers, sentinels = _pod_names(broker, docs, 6379), _pod_names(sentinel, docs, 26379)
+    broker_env = _env(_redis_ha_container(broker, "broker-redis.sh"), docs)
+    sentinel_container = _redis_ha_container(sentinel, "sentinel.sh")
+    sentinel_env = _env(sentinel_container, docs)
+    for env, names in ((broker_env, brokers), (sentinel_env, sentinels)):
+        assert env["REDIS_PASSWORD"] == SecretRef(*REDIS_SECRET)
+        assert env["BROKER_NODES"].split() == brokers
+        assert env["SENTINELS"].split() == sentinels
+        assert env["BROKER_MASTER_NAME"] == "mymaster"
+        assert names[0].split(":")[0].endswith(env["ANNOUNCE_SUFFIX"])
+    assert len(sentinels) // 2 < int(sentinel_env["QUORUM"]) <= len(sentinels)
+    # The Sentinels' default user has no password: redis-cli must not send one (the probes).
+    assert "REDISCLI_AUTH" not in sentinel_env
+    assert "mymaster" in " ".join(sentinel_container["readinessProbe"]["exec"]["command"])
+    mounts = {m["mountPath"]: m["name"] for m in _redis_ha_container(broker, "broker-redis.sh")["volumeMounts"]}
+    assert mounts["/data"] in {t["metadata"]["name"] for t in broker["spec"]["volumeClaimTemplates"]}
+
+
+def test_the_readme_points_the_api_and_workers_at_the_example(docs: list[dict[str, Any]]) -> None:
+    """The `kubectl set env` of infra/k8s/README.md names the example's Services and Sentinels, with the
+    password from the Secret-backed REDIS_PASSWORD of the API and the workers."""
+    text = (K8S_DIR / "README.md").read_text()
+    command = re.search(
+        r"kubectl -n simsearch set env deployment/simsearch-api deployment/simsearch-worker((?:.*\\\n)*.*)", text
+    )
+    assert command, "the set env command"
+    values = dict(re.findall(r"'?(\w+)=([^\s']+)'?", command[1]))
+    assert values["REDIS_CLUSTER"] == "true"
+    assert (
+        values["BROKER_MASTER_NAME"]
+        == _env(_container(_one(docs, "StatefulSet", "broker-sentinel"), "sentinel"), docs)["BROKER_MASTER_NAME"]
+    )
+    url = re.fullmatch(r"redis://:\$\(REDIS_PASSWORD\)@([\w-]+):6379/0", values["REDIS_URL"])
+    assert url and _one(docs, "Service", url[1])["spec"]["selector"] == {"app.kubernetes.io/name": "redis-node"}
+    sentinels = _pod_names(_one(docs, "StatefulSet", "broker-sentinel"), docs, 26379)
+    hosts = []
+    for part in values["BROKER_URL"].split(";"):
+        match = re.fullmatch(r"sentinel://:\$\(REDIS_PASSWORD\)@([\w.-]+):26379", part)
+        assert match, part
+        hosts.append(match[1])
+    assert [f"{h}.{NAMESPACE}.svc.cluster.local:26379" for h in hosts] == sentinels
+    for deployment in ("simsearch-api", "simsearch-worker"):
+        container = _one(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+        assert _env(container, docs)["REDIS_PASSWORD"] == SecretRef(*REDIS_SECRET), deployment
