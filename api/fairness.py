@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from api.settings import ApiSettings
 from shared import keys
 from shared.errors import SimsearchError
+from shared.schemas import JobStatus
 
 # What one match of a batch search costs Redis before the job has measured its own (a k=1000,
 # 3,000-query batch held 330 MB: ~110 bytes a match with its row's share).
@@ -35,10 +36,11 @@ RESERVATION_S = 900  # a request admitted but not yet created (a slow upload) ho
 
 # KEYS: the owner's open jobs (zset job -> admitted/created at), reserved items (hash job -> items),
 # results (zset job -> bytes). ARGV 1-5: this job's id (not counted), now, expiry cutoff (jobs
-# older are gone), reservation cutoff, the records of the owner's jobs as JSON {id: [total, done]}
-# (total -1: a record without one; jobs without a record are absent). Counts what the owner holds besides this job:
-# open jobs (with a record, or reserved recently), items not done (the larger of the record's
-# total and the reservation, less done), result bytes (of jobs that exist or are reserved).
+# older are gone), reservation cutoff, the records of the owner's jobs as JSON {id: [total, done,
+# finished]} (total -1: a record without one; jobs without a record are absent). Counts what
+# the owner holds besides this job: open jobs (unfinished with a record, or reserved recently),
+# items not done (the larger of the record's total and the reservation, less done), result bytes
+# (of jobs that exist or are reserved).
 _TALLY = """
 local function tally()
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
@@ -49,9 +51,9 @@ local function tally()
   for i = 1, #members, 2 do
     local id, since = members[i], tonumber(members[i + 1])
     if id ~= ARGV[1] then
-      local rec = records[id] or {-1, 0}
+      local rec = records[id] or {-1, 0, 0}
       local reserved = tonumber(redis.call('HGET', KEYS[2], id) or '0')
-      if rec[1] >= 0 or since > tonumber(ARGV[4]) then
+      if rec[3] == 0 and (rec[1] >= 0 or since > tonumber(ARGV[4])) then
         open = open + 1
         live[id] = true
         queued = queued + math.max(0, math.max(rec[1], reserved) - rec[2])
@@ -133,7 +135,8 @@ async def _args(redis: Redis, settings: ApiSettings, requester: str, job_id: str
 
 
 async def _records(redis: Redis, requester: str) -> str:
-    """{job id: [total (-1: none), done]} of the requester's jobs that exist, as JSON for the scripts."""
+    """{job id: [total (-1: none), done, 1 if finished]} of the requester's jobs that exist, as JSON
+    for the scripts: a finished job is not open, whether or not its finisher took it out of the set."""
     pipe = redis.pipeline(transaction=False)
     pipe.zrange(keys.owner_open(requester), 0, -1)
     pipe.zrange(keys.owner_results(requester), 0, -1)
@@ -144,12 +147,13 @@ async def _records(redis: Redis, requester: str) -> str:
     pipe = redis.pipeline(transaction=False)
     for job_id in ids:
         pipe.exists(keys.job(job_id))
-        pipe.hmget(keys.job(job_id), ["total", "done"])
+        pipe.hmget(keys.job(job_id), ["total", "done", "status"])
     found = await pipe.execute()
+    final = {s.value.encode() for s in JobStatus if s.final}
     return json.dumps(
         {
-            i: [-1 if total is None else int(total), int(done or 0)]
-            for i, exists, (total, done) in zip(ids, found[0::2], found[1::2], strict=True)
+            i: [-1 if total is None else int(total), int(done or 0), int(status in final)]
+            for i, exists, (total, done, status) in zip(ids, found[0::2], found[1::2], strict=True)
             if exists
         }
     )

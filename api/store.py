@@ -15,6 +15,7 @@ from shared import filters, keys, vectors
 from shared.blobs_async import AsyncBlobStore
 from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
 from shared.collections import ops
+from shared.errors import Conflict
 from shared.fanout import f32_bytes
 from shared.filters import Filter
 from shared.jobs import AsyncJobs, JobLifecycle
@@ -113,10 +114,15 @@ class ApiStore:
     async def cancel_job(self, job: JobView) -> None:
         """End an open job as cancelled (the first finisher wins: one that just ended keeps its end);
         a re-embed lets go of its collection."""
+        # A re-embed lets go of its collection first: once its shards have begun to swap it can
+        # only be finished (a cancel then would leave the collection half swapped).
+        if job.type is JobType.reembed and await self.abort_reembed(job.collection, job.job_id) == -1:
+            raise Conflict(
+                f"re-embed job {job.job_id!r} is swapping the collection's vectors; it can only finish",
+                code="reembed_swapping",
+            )
         result = {"error": CANCELLED, "detail": "cancelled by request"}
         await self.jobs.finish(job.job_id, JobStatus.failed, result)
-        if job.type is JobType.reembed:
-            await self.abort_reembed(job.collection, job.job_id)
 
     async def get_job(self, job_id: str) -> JobView | None:
         return await self.jobs.get(job_id)
@@ -222,9 +228,10 @@ class ApiStore:
         cannot both start)."""
         return await self.data.run(ops.begin_reembed(collection, job_id, embedding))
 
-    async def abort_reembed(self, collection: str, job_id: str) -> None:
-        """Let go of a re-embed that will not run (nothing to do, or it could not be queued)."""
-        await self.data.run(ops.abort_reembed(collection, job_id))
+    async def abort_reembed(self, collection: str, job_id: str) -> int:
+        """Let go of a re-embed that will not run (nothing to do, or it could not be queued): 1, 0
+        (not this job's), or -1: its swap has begun and can only be finished."""
+        return await self.data.run(ops.abort_reembed(collection, job_id))
 
     # -- export ---------------------------------------------------------------------------------
     async def shard_count(self, collection: str) -> int:

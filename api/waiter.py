@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from shared.keys import JOB_DONE_CHANNEL_PREFIX
 
@@ -57,7 +57,7 @@ class JobWaiter:
                             channel = message["channel"]
                             channel = channel.decode() if isinstance(channel, bytes) else channel
                             self._notify(channel.removeprefix(JOB_DONE_CHANNEL_PREFIX))
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 self.subscribed.clear()
                 log.warning("job notifications interrupted (%s); reconnecting", exc)
                 await asyncio.sleep(1.0)
@@ -67,9 +67,12 @@ class JobWaiter:
         chosen afresh after the slot map is refreshed, so a reconnect never waits on a dead node."""
         if not isinstance(self.redis, RedisCluster):
             return self.redis.pubsub()
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
             await self.redis.nodes_manager.initialize()
-        return self.redis.pubsub(node=random.choice(self.redis.get_primaries()))  # type: ignore[return-value]
+        primaries = self.redis.get_primaries()
+        if not primaries:
+            raise RedisClusterException("no primary of the cluster is known yet")
+        return self.redis.pubsub(node=random.choice(primaries))  # type: ignore[return-value]
 
     def _notify(self, job_id: str) -> None:
         if job_id in self._events:

@@ -9,7 +9,8 @@ What the API and the workers both need lives here, and nothing in it imports wor
 - the shards' answers, typed (`ShardAnswer`, `BatchShardAnswer`: stored as JSON, one hash field
   per shard);
 - the merge (`merge`): each query's k best over the shards, the highest threshold a shard applied,
-  the shards that did not answer, and `ShardsUnavailable` when none did;
+  the shards that did not answer, and `ShardsUnavailable` when none did (`EmbeddingsDiffer` when
+  they answered from vectors of two embeddings);
 - the fan-out's Redis keys (`FanOutStore`, the worker's store inherits it) with their two scripts.
 
 The steps (answer a shard, merge when the last one answered or at the deadline) are the workers':
@@ -84,6 +85,9 @@ def publish(app: Celery, messages: list[TaskMessage]) -> None:
 class _Answer(BaseModel):
     # The threshold the shard calibrated on its part of the collection (worker/search/calibration.py).
     threshold: Threshold | None = None
+    # The embedding (model@input size) of the shard's vectors: shards swap one by one at the end of
+    # a re-embed, and answers of two embeddings are never merged.
+    embedding: str | None = None
 
     def hits_of(self, query: int) -> list[Hit]:
         raise NotImplementedError
@@ -124,6 +128,18 @@ class ShardsUnavailable(SimsearchError):
         super().__init__(detail, code="shards_unavailable", status_code=503)
 
 
+class EmbeddingsDiffer(ShardsUnavailable):
+    """The shards answered from vectors of different embeddings (a re-embed swapping them)."""
+
+    def __init__(self, embeddings: set[str]) -> None:
+        SimsearchError.__init__(
+            self,
+            f"the shards hold vectors of {sorted(embeddings)}: a re-embed is swapping them; search again shortly",
+            code="reembed_swapping",
+            status_code=503,
+        )
+
+
 @dataclass(frozen=True)
 class Merged:
     hits: dict[int, list[Hit]]  # by query: its k best over the shards
@@ -138,6 +154,9 @@ def merge(answers: Mapping[int, _Answer], shards: int, k: int, queries: Iterable
     highest is the closest to the whole's). Raises ShardsUnavailable if no shard answered."""
     if not answers:
         raise ShardsUnavailable(shards)
+    embeddings = {a.embedding for a in answers.values() if a.embedding}
+    if len(embeddings) > 1:
+        raise EmbeddingsDiffer(embeddings)
     hits = {
         q: sorted((h for a in answers.values() for h in a.hits_of(q)), key=lambda h: (-h[1], h[0]))[:k] for q in queries
     }

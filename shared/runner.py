@@ -103,13 +103,18 @@ class SyncRunner:
         if batch.transaction or batch.pin:
             # The node's own client: one connection, so a WAIT counts the writes before it, and
             # its pipeline loads scripts a promoted replica lacks (scripts are not replicated).
-            node = cluster.get_node_from_key(_first_key(batch))
-            pipe = cluster.get_redis_connection(node).pipeline(transaction=batch.transaction)
-            for call in batch.calls:
-                self._call(call, pipe)
             try:
+                node = cluster.get_node_from_key(_first_key(batch))
+                pipe = cluster.get_redis_connection(node).pipeline(transaction=batch.transaction)
+                for call in batch.calls:
+                    self._call(call, pipe)
                 return pipe.execute()
-            except (*_MOVED, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except (
+                *_MOVED,
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                redis.exceptions.SlotNotCoveredError,
+            ) as exc:
                 with contextlib.suppress(redis.exceptions.RedisError, OSError):
                     cluster.nodes_manager.initialize()  # the slot map, as it is after a failover
                 raise redis.exceptions.ConnectionError(f"the node serving the slot is gone ({exc}); run again") from exc

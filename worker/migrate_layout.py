@@ -12,7 +12,9 @@ simply run again.
 An unsharded collection's keys are renamed (O(1) each): its log and version carry over, and its
 replicas and snapshots stay valid. A sharded one is copied into its shards; its shards start new
 logs (replicas rebuild once). A collection in the middle of a re-embed is left for later (finish or
-cancel the job first).
+cancel the job first; a marker of a job that ended or expired is dropped). A collection the new
+version wrote to already (a PUT, an add) is merged into, never renamed over. The old snapshots of a
+sharded collection stay in the blob store unnamed (delete `snapshots/<name>/` if space matters).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import redis
 
 from shared import keys
 from shared.collections.header import SHARDS, VERSION
+from shared.schemas import JobStatus
 from shared.shards import shard_of
 
 log = logging.getLogger(__name__)
@@ -50,26 +53,36 @@ def _rename(client: redis.Redis, old: str, new: str) -> bool:
 
 
 def legacy_collections(client: redis.Redis) -> list[str]:
-    """Listed collections whose data is still in the old layout."""
+    """Listed collections with data still in the old layout."""
     names = sorted(_s(n) for n in client.smembers(keys.COLLECTIONS))
-    return [n for n in names if not client.exists(keys.collection(n)) and client.exists(keys.legacy(n))]
+    return [n for n in names if client.exists(keys.legacy(n))]
+
+
+def _running(client: redis.Redis, job_id: str) -> bool:
+    """Whether the job exists, unfinished (its record in either layout)."""
+    status = client.hget(keys.job(job_id), "status") or client.hget(f"ss:job:{job_id}", "status")
+    return status is not None and not JobStatus(_s(status)).final
 
 
 def migrate_collection(client: redis.Redis, name: str) -> str:
     """Move one collection; returns what was done."""
-    if client.exists(keys.collection(name)):
-        return "already in the per-shard layout"
     raw = {_s(k): _s(v) for k, v in client.hgetall(keys.legacy(name)).items()}
     if not raw:
-        return "nothing to move"
-    if raw.get("reembed_job"):
-        return f"skipped: re-embed job {raw['reembed_job']} is running (finish or cancel it, then run this again)"
-    shards = int(raw.get(SHARDS) or 1)
+        return "already in the per-shard layout" if client.exists(keys.collection(name)) else "nothing to move"
+    if raw.get("reembed_job") and _running(client, raw["reembed_job"]):
+        return (
+            f"skipped: re-embed job {raw['reembed_job']} is running (let it finish or cancel it, then run this again)"
+        )
+    client.delete(keys.legacy(name, "vectors:next"))  # an ended re-embed's leftovers
+    # The new version may have written to the collection already (a PUT, an add): then its keys are
+    # merged into, never renamed over.
+    new = {_s(k): _s(v) for k, v in client.hgetall(keys.collection(name)).items()}
+    shards = int(new.get(SHARDS) or raw.get(SHARDS) or 1)
     for what, key_of in _WHOLE.items():
         _rename(client, keys.legacy(name, what), key_of(name))
     for cursor_key in client.scan_iter(match=keys.legacy(name, "cluster:*"), count=BATCH):
         _rename(client, _s(cursor_key), keys.cluster_members(name, int(_s(cursor_key).rsplit(":", 1)[1])))
-    if shards == 1:
+    if shards == 1 and not new:
         _move_unsharded(client, name, raw)
     else:
         _copy_sharded(client, name, shards, raw)

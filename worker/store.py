@@ -16,6 +16,7 @@ from shared import keys, vectors
 from shared.blobs import BlobStore
 from shared.collections import SCRIPTS as COLLECTION_SCRIPTS
 from shared.collections import CollectionHeader, ops
+from shared.collections.header import ShardHeader
 from shared.collections.ops import Embedding
 from shared.errors import Conflict
 from shared.fanout import FanOutStore, f32_bytes
@@ -141,9 +142,9 @@ class WorkerStore(FanOutStore):
         chunk completes: images found stored by this job count as its own (`own_adds`)."""
         other = self.data.run(ops.claim_model(collection, embedding, utcnow()))
         if other is not None:
-            return other, []
+            return other, [0] * len(images)
         shards = self.data.run(ops.shard_count(collection))
-        flags = [0] * len(images)
+        flags = [0] * len(images)  # 0 for an image not written: its rendition is not kept
         by_shard: dict[int, list[int]] = {}
         for i, img in enumerate(images):
             by_shard.setdefault(shard_of(img.record.image_id, shards), []).append(i)
@@ -157,11 +158,11 @@ class WorkerStore(FanOutStore):
             except ops.ReplicationTimeout as short:
                 self._await_replicas(short)
                 other, shard_flags = short.result
-            if other is not None:
-                return other, []
+            if other is not None:  # this shard holds another model: the shards written keep theirs
+                return other, flags
             for i, flag in zip(positions, shard_flags, strict=True):
                 flags[i] = flag
-        if 1 in flags:
+        if 0 in flags or 1 in flags:  # images in it (a rerun finds its own as 0): listed, idempotently
             self.data.run(ops.list_collection(collection))
         return None, flags
 
@@ -180,10 +181,9 @@ class WorkerStore(FanOutStore):
     def header(self, collection: str) -> CollectionHeader:
         return self.data.run(ops.header(collection))
 
-    def shard_state(self, collection: str, shard: int) -> tuple[str | None, int | None, int]:
-        """(model, dimension, version) of one shard of the collection: what its replicas follow."""
-        found = self.data.run(ops.shard_header(collection, shard))
-        return found.model, found.dim, found.version
+    def shard_state(self, collection: str, shard: int) -> ShardHeader:
+        """One shard's header (model, embedding, dimension, version): what its replicas follow."""
+        return self.data.run(ops.shard_header(collection, shard))
 
     def stored_vector(self, collection: str, image_id: str) -> np.ndarray | None:
         raw, dim = self.data.run(ops.stored_vector(collection, image_id))
@@ -222,15 +222,16 @@ class WorkerStore(FanOutStore):
         pairs = [(i, vectors.encode(v)) for i, v in zip(image_ids, new_vectors, strict=True)]
         return self.data.run(ops.stage_vectors(collection, job_id, pairs, self.data_ttl_s))
 
-    def unstaged_ids(self, collection: str) -> list[str]:
+    def unstaged_ids(self, collection: str, job_id: str) -> list[str]:
         """Images without a staged vector (added during the re-embed by another embedding)."""
-        return self.data.run(ops.unstaged_ids(collection))
+        return self.data.run(ops.unstaged_ids(collection, job_id))
 
     def swap_vectors(self, collection: str, job_id: str, embedding: Embedding, failed_ids: list[str]) -> SwapResult:
         code, dropped = self.data.run(ops.swap_vectors(collection, job_id, embedding, failed_ids, self.log_maxlen))
         return SwapResult(swapped=code in (1, 2), ours=code != -1, dropped=dropped)
 
-    def abort_reembed(self, collection: str, job_id: str) -> bool:
+    def abort_reembed(self, collection: str, job_id: str) -> int:
+        """1 released, 0 not this job's, -1 refused: its swap has begun (it can only be finished)."""
         return self.data.run(ops.abort_reembed(collection, job_id))
 
     # -- the change log (what replicas replay) ----------------------------------------------
@@ -245,7 +246,7 @@ class WorkerStore(FanOutStore):
         return self.data.run(ops.scan_vectors(collection, shard, cursor, count))
 
     def collection_shards(self, collection: str) -> int:
-        return self.header(collection).shards
+        return self.data.run(ops.shard_count(collection))
 
     def put_results(self, job_id: str, rows: dict[str, str], ttl_s: int) -> None:
         """A batch search's answers by query index (the same values if a chunk runs twice)."""

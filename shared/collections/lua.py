@@ -48,10 +48,21 @@ redis.call('HSET', KEYS[1], 'reembed_job', ARGV[1], 'reembed_embedding', ARGV[2]
 return {1}
 """
 
-# KEYS: header. ARGV: job_id. A re-embed that ends without swapping lets go (after its shards).
+# KEYS: header. ARGV: job_id. A re-embed that ends without swapping lets go, the header first
+# (then its shards): 1, or 0 (not this job's), or -1 when its swap has begun (`BEGIN_SWAP`): shards
+# cannot swap back, so from there the re-embed can only be finished, never abandoned.
 ABORT_REEMBED = """
 if redis.call('HGET', KEYS[1], 'reembed_job') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'reembed_swapping') == ARGV[1] then return -1 end
 redis.call('HDEL', KEYS[1], 'reembed_job', 'reembed_embedding')
+return 1
+"""
+
+# KEYS: header. ARGV: job_id. Every shard is ready: from here the swap rolls forward only (an
+# abort is refused). 1, or -1 when the collection's re-embed is no longer this job's.
+BEGIN_SWAP = """
+if redis.call('HGET', KEYS[1], 'reembed_job') ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], 'reembed_swapping', ARGV[1])
 return 1
 """
 
@@ -64,7 +75,7 @@ if redis.call('HGET', KEYS[1], 'reembed_job') ~= ARGV[1] then
   return -1
 end
 redis.call('HSET', KEYS[1], 'model', ARGV[2], 'embedding', ARGV[3], 'dim', ARGV[4], 'last_reembed_job', ARGV[1])
-redis.call('HDEL', KEYS[1], 'reembed_job', 'reembed_embedding')
+redis.call('HDEL', KEYS[1], 'reembed_job', 'reembed_embedding', 'reembed_swapping')
 return 1
 """
 

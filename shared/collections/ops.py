@@ -177,8 +177,9 @@ def delete_image(collection: str, image_id: str, log_maxlen: int, tombstone_ttl_
     left also when the image is not stored yet. A collection that does not exist gets none (no key
     per probe of random ids). The sequence number is drawn first: a delete wins over every add of a
     job created before it, in whichever shard."""
-    (shards,) = yield _one(Call("hget", (keys.collection(collection), SHARDS)))
-    (exists,) = yield _one(Call("exists", (keys.collection(collection),)))
+    shards, exists = yield Batch(
+        [Call("hget", (keys.collection(collection), SHARDS)), Call("exists", (keys.collection(collection),))]
+    )
     if not exists:
         return None
     shard = shard_of(image_id, int(shards or 1))
@@ -250,25 +251,34 @@ def begin_reembed(collection: str, job_id: str, embedding: str) -> Op[list[str] 
     return sorted(text(i) or "" for part in parts for i in part)
 
 
-def abort_reembed(collection: str, job_id: str) -> Op[bool]:
+def abort_reembed(collection: str, job_id: str) -> Op[int]:
     """Let go of a re-embed that will not swap (nothing to do, could not be queued, or failed):
-    the shards first, then the header (which says whether it was this job's)."""
+    the header first, then the shards. 1 released, 0 not this job's, -1 refused: its swap has begun
+    and can only be finished (`lua.ABORT_REEMBED`)."""
+    (out,) = yield _one(scripts.ABORT_REEMBED.call(collection, args=[job_id]))
+    if int(out) == -1:
+        return -1
     shards = yield from shard_count(collection)
     yield Batch([scripts.ABORT_SHARD_REEMBED.call(collection, s, args=[job_id]) for s in range(shards)])
-    (out,) = yield _one(scripts.ABORT_REEMBED.call(collection, args=[job_id]))
-    return int(out) == 1
+    return int(out)
 
 
-def unstaged_ids(collection: str) -> Op[list[str]]:
-    """Images without a staged vector (added during the re-embed by another embedding)."""
+def unstaged_ids(collection: str, job_id: str) -> Op[list[str]]:
+    """Images without a staged vector (added during the re-embed by another embedding), in the
+    shards still marked for this re-embed (one that swapped has nothing staged any more)."""
     shards = yield from shard_count(collection)
     out: set[bytes] = set()
     for s in range(shards):
-        live, staged = yield Batch(
-            [Call("hkeys", (keys.images(collection, s),)), Call("hkeys", (keys.staged_vectors(collection, s),))],
+        marked, live, staged = yield Batch(
+            [
+                Call("hget", (keys.shard(collection, s), "reembed_job")),
+                Call("hkeys", (keys.images(collection, s),)),
+                Call("hkeys", (keys.staged_vectors(collection, s),)),
+            ],
             transaction=True,
         )
-        out |= set(live) - set(staged)
+        if text(marked) == job_id:
+            out |= set(live) - set(staged)
     return sorted(text(i) or "" for i in out)
 
 
@@ -354,9 +364,10 @@ class AddItem:
 def claim_model(collection: str, embedding: Embedding, now: str) -> Op[str | None]:
     """Before an add writes to any shard: the collection's other model, if it holds images of one
     (nothing may be written), else None (ours is its model now). See `lua.CLAIM_MODEL`."""
-    found = yield from header(collection)
-    if found.model == embedding.model and found.embedding:
+    (raw,) = yield _one(Call("hgetall", (keys.collection(collection),)))
+    if CollectionHeader.parse(raw).model == embedding.model and raw.get(b"embedding"):
         return None  # the common case: one read, no write
+    found = yield from _with_shards(collection, raw)
     empty = "1" if found.count == 0 else "0"
     args = [embedding.model, embedding.id, embedding.dim, collection, now, empty]
     (out,) = yield _one(scripts.CLAIM_MODEL.call(collection, args=args))
@@ -501,8 +512,13 @@ def swap_vectors(
         return -1, dropped
     if 0 in codes:
         return 0, dropped
-    swapped = yield Batch(each("1", False))
-    codes = [int(out[0]) for out in swapped]
+    (begun,) = yield _one(scripts.BEGIN_SWAP.call(collection, args=[job_id]))
+    if int(begun) == -1 and 2 not in codes:  # aborted or superseded before any shard swapped
+        return -1, dropped
+    codes = []
+    for call in each("1", False):  # one shard at a time: a worker may die between any two
+        (out,) = yield _one(call)
+        codes.append(int(out[0]))
     if -1 in codes:
         return -1, dropped
     if 0 in codes:

@@ -69,6 +69,7 @@ CREATE_COLLECTION = Script("create_collection", lua.CREATE_COLLECTION, _header)
 CLAIM_MODEL = Script("claim_model", lua.CLAIM_MODEL, _header)
 BEGIN_REEMBED = Script("begin_reembed", lua.BEGIN_REEMBED, _header)
 ABORT_REEMBED = Script("abort_reembed", lua.ABORT_REEMBED, _header)
+BEGIN_SWAP = Script("begin_swap", lua.BEGIN_SWAP, _header)
 FINISH_REEMBED = Script("finish_reembed", lua.FINISH_REEMBED, _header)
 
 # A shard's scripts (slot `{name:i}`).
@@ -100,6 +101,7 @@ SCRIPTS = {
         CLAIM_MODEL,
         BEGIN_REEMBED,
         ABORT_REEMBED,
+        BEGIN_SWAP,
         FINISH_REEMBED,
         ADD_IMAGES,
         DELETE_IMAGE,

@@ -207,13 +207,16 @@ class JobLifecycle:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
         args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id)]
         (out,) = yield _one(ScriptCall("finish_job", [keys.job(job_id)], [*args, *FINAL_STATUSES]))
-        if not isinstance(out, list):  # gone, or finished before: only the open entry may be left
+        if not isinstance(out, list):  # gone: only the open entry may be left
             yield _one(Call("zrem", (keys.OPEN_JOBS, job_id)))
             return False
-        _, owner, job_type, callback = out
+        won, owner, job_type, callback = out
+        # A rerun (redelivered finisher) does the steps outside the job's slot again: the first
+        # finisher may have died before them.
         yield from self.after_finish(job_id, text(owner) or None, bool(int(callback)))
-        yield _one(Call("hincrby", (keys.JOB_COUNTS, f"{text(job_type)}:{status.value}", 1)))
-        return True
+        if int(won) == 1:
+            yield _one(Call("hincrby", (keys.JOB_COUNTS, f"{text(job_type)}:{status.value}", 1)))
+        return int(won) == 1
 
     def after_finish(self, job_id: str, owner: str | None, callback: bool) -> Op[None]:
         """What a finished job changes outside its own slot, idempotently, the open entry last: a
@@ -224,8 +227,9 @@ class JobLifecycle:
             calls.append(Call("zadd", (keys.WEBHOOKS_DUE, {job_id: time.time()}), {"nx": True}))
         if owner:
             calls.append(Call("zrem", (keys.owner_open(owner), job_id)))
-        calls.append(Call("zrem", (keys.OPEN_JOBS, job_id)))
-        yield Batch(calls)
+        if calls:  # before the open entry, which the watchdog's repair keys on: not in one pipeline
+            yield Batch(calls)
+        yield _one(Call("zrem", (keys.OPEN_JOBS, job_id)))
 
 
 def _parse_input(index: int, raw: bytes | None) -> JobInput | ItemError:

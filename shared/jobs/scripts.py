@@ -85,14 +85,19 @@ return 0
 
 # KEYS: job. ARGV: status, result JSON, finished_at, done channel, then every final status. The
 # first finisher wins; a redelivered duplicate cannot overwrite a final status. A job with a
-# callback becomes pending delivery in the same step. Returns -1 (gone), 0 (final already), or
-# {1, owner or '', type, 1 if it has a callback}: what the caller records outside the job's slot.
-# The done channel is published from here: PUBLISH reaches every node of a Redis Cluster.
+# callback becomes pending delivery in the same step. Returns -1 (gone), or {1 (this call
+# finished it) or 0 (final already), owner or '', type, 1 if its callback awaits delivery}: what
+# the caller records outside the job's slot -- a rerun too, since the first caller may have died
+# before it did. The done channel is published from here: PUBLISH reaches every node of a cluster.
 FINISH_JOB = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
+local owner = redis.call('HGET', KEYS[1], 'owner') or ''
+local kind = redis.call('HGET', KEYS[1], 'type') or ''
 for i = 5, #ARGV do
-  if status == ARGV[i] then return 0 end
+  if status == ARGV[i] then
+    return {0, owner, kind, redis.call('HGET', KEYS[1], 'callback_status') == 'pending' and 1 or 0}
+  end
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'finished_at', ARGV[3])
 if not redis.call('HGET', KEYS[1], 'started_at') then
@@ -104,7 +109,7 @@ if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
   callback = 1
 end
 redis.call('PUBLISH', ARGV[4], ARGV[1])
-return {1, redis.call('HGET', KEYS[1], 'owner') or '', redis.call('HGET', KEYS[1], 'type') or '', callback}
+return {1, owner, kind, callback}
 """
 
 # Webhook deliveries due (FINISH_JOB adds a job with a callback). KEYS: due set. ARGV: now, lease

@@ -100,3 +100,19 @@ def test_jobs_of_the_old_layout_are_renamed_into_their_slot(redis_url: str) -> N
     assert not client.exists(f"ss:job:{job_id}", f"ss:job:{job_id}:inputs", "ss:owner:carol:open")
     migrate_layout.migrate_jobs(client)  # again: nothing left to move, nothing broken
     assert client.hget(keys.job(job_id), "status") == b"queued"
+
+
+def test_a_stale_reembed_marker_and_a_put_first_do_not_strand_the_data(redis_url: str) -> None:
+    """The old header names a re-embed whose job is gone; the new version created the collection
+    (a PUT) before the migration ran: the data is merged in, not skipped, nothing left behind."""
+    h = Harness(redis_url, PixelEmbedder())
+    name = f"legacy-{uuid.uuid4().hex[:8]}"
+    ids = _legacy(h.client, name, 12, 1)
+    h.client.hset(keys.legacy(name), "reembed_job", uuid.uuid4().hex)  # expired long ago
+    h.client.hset(keys.legacy(name, "vectors:next"), "x", b"stale")
+    assert h.store.data.run(ops.create(name, 1, "2026-12-05T00:00:00Z")) == (True, 1)
+    assert name in migrate_layout.legacy_collections(h.client)
+    assert migrate_layout.migrate_collection(h.client, name).startswith("moved")
+    assert h.vector_ids(name) == set(ids) and h.store.data.run(ops.listed(name))[1] == 12
+    assert not h.client.exists(keys.legacy(name)) and not list(h.client.scan_iter(f"{keys.legacy(name)}:*"))
+    assert h.client.hget(keys.collection(name), "model") == b"m"

@@ -186,3 +186,76 @@ def test_a_finisher_killed_before_the_deployment_wide_steps_is_put_right(
     assert h.client.zscore(keys.OPEN_JOBS, job_id) is None
     assert h.client.zscore(keys.owner_open("alice"), job_id) is None
     assert h.client.zscore(keys.WEBHOOKS_DUE, job_id) is not None  # its callback is not lost
+
+
+def test_a_finisher_run_again_does_the_deployment_wide_steps(
+    private: Harness, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same death, then the finisher runs again (a redelivered chunk) before any watchdog: it
+    loses the race for the status, but still does what the first one did not."""
+    h = private
+    job_id = uuid.uuid4().hex
+    params = {"collection": name, "owner": "bob", "callback_url": "https://example.com/hook"}
+    h.jobs.create(job_id, JobType.index, name, params, [JobInput(filename="a", image_id="", size=0)])
+    with monkeypatch.context() as m:
+        _killing(m, JobLifecycle, "after_finish", after=0)
+        with pytest.raises(Killed):
+            h.jobs.finish(job_id, JobStatus.succeeded, {})
+    assert h.jobs.finish(job_id, JobStatus.failed, {}) is False  # the first status stays
+    assert h.jobs.get(job_id).status == JobStatus.succeeded
+    assert h.client.zscore(keys.OPEN_JOBS, job_id) is None
+    assert h.client.zscore(keys.owner_open("bob"), job_id) is None
+    assert h.client.zscore(keys.WEBHOOKS_DUE, job_id) is not None
+
+
+def test_a_collection_created_by_a_killed_chunk_is_listed_by_its_rerun(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No PUT first: the chunk's images create the collection. Killed after every shard write but
+    before the collection is listed, the rerun finds its images stored (0) and lists it all the same."""
+    h, name = Harness(redis_url, PixelEmbedder()), f"steps-{uuid.uuid4().hex[:8]}"
+    files = photos(500, 6)
+    job_id = h.submit(name, files)
+    with monkeypatch.context() as m:
+        _killing(m, ops, "list_collection", after=0)
+        with pytest.raises(Killed):
+            h.run_index(job_id, len(files))
+    assert name not in h.store.data.run(ops.names())
+    assert h.run_index(job_id, len(files)).status == "succeeded"
+    assert name in h.store.data.run(ops.names()) and h.store.data.run(ops.listed(name))[1] == 6
+
+
+def test_a_swap_killed_between_two_shards_rolls_forward(h: Harness, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-embed's finisher dies after 2 of 4 shards swapped. Shards cannot swap back, so the
+    abort that follows is refused (a cancel would be too), and the rerun finishes the swap: every
+    shard and the header end on the new embedding, nothing staged is left."""
+    from shared.runner import ScriptCall
+    from shared.settings import embedding_id
+
+    old, new = h.embedder, PixelEmbedder(input_size=40)
+    h.index(name, photos(600, 24))
+    job_id = h.begin_reembed(name, embedding_id(new.name, new.input_size))
+    real, swaps = h.store.data._execute, [0]
+
+    def dies_at_the_third_shard(batch):
+        call = batch.calls[0]
+        if isinstance(call, ScriptCall) and call.name == "swap_vectors" and call.args[5] == "1":
+            swaps[0] += 1
+            if swaps[0] == 3:
+                raise Killed("killed between two shard swaps")
+        return real(batch)
+
+    monkeypatch.setattr(h.store.data, "_execute", dies_at_the_third_shard)
+    with pytest.raises(Killed):
+        h.run_reembed(job_id, new)
+    monkeypatch.setattr(h.store.data, "_execute", real)
+    embeddings = [h.client.hget(keys.shard(name, s), "embedding") for s in range(SHARDS)]
+    assert embeddings.count(b"resnet50@40") == 2  # half swapped ...
+    assert h.store.abort_reembed(name, job_id) == -1  # ... and it cannot be abandoned so
+    job = h.run_reembed(job_id, new)  # the redelivered last chunk runs the finisher again
+    assert job.status == "succeeded", (job.result, job.errors)
+    header = h.client.hgetall(keys.collection(name))
+    assert header[b"embedding"] == b"resnet50@40" and b"reembed_job" not in header
+    assert [h.client.hget(keys.shard(name, s), "embedding") for s in range(SHARDS)] == [b"resnet50@40"] * SHARDS
+    assert not any(h.client.exists(keys.staged_vectors(name, s)) for s in range(SHARDS))
+    assert len(h.vector_ids(name)) == 24 and old.input_size != new.input_size

@@ -54,3 +54,14 @@ def test_pages_over_shards_laid_end_to_end(counts, offset, limit, spans) -> None
     assert ops._spans(counts, offset, limit) == spans
     covered = sum(b - a + 1 for _, a, b in spans)
     assert covered == max(0, min(limit, sum(counts) - offset))
+
+
+def test_answers_of_two_embeddings_are_never_merged() -> None:
+    from shared.fanout import EmbeddingsDiffer, ShardAnswer, merge
+
+    old = ShardAnswer(hits=[("a" * 32, 0.9)], size=1, embedding="resnet50@224")
+    new = ShardAnswer(hits=[("b" * 32, 0.8)], size=1, embedding="resnet50@256")
+    assert merge({0: old, 1: old.model_copy()}, 2, 5).hits[0] == [("a" * 32, 0.9), ("a" * 32, 0.9)]
+    with pytest.raises(EmbeddingsDiffer) as raised:
+        merge({0: old, 1: new}, 2, 5)
+    assert raised.value.code == "reembed_swapping" and raised.value.status_code == 503

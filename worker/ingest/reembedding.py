@@ -96,11 +96,15 @@ def finish_reembed_job(ctx: JobContext) -> None:
     try:
         outcome = _swap_when_complete(ctx, target, may_stage=target.id == ctx.embedding.id)
     except BaseException:
-        # Whatever stopped us, the collection must not stay half re-embedded (staging new adds).
+        # Whatever stopped us, the collection must not stay marked (staging new adds) -- unless its
+        # shards have begun to swap: then only a rerun of this finisher may end it (the watchdog
+        # re-drives a quiet re-embed), never an abort that would leave it half swapped.
         ctx.store.abort_reembed(ctx.collection, ctx.job_id)
         raise
     if isinstance(outcome, str):
-        ctx.store.abort_reembed(ctx.collection, ctx.job_id)
+        if ctx.store.abort_reembed(ctx.collection, ctx.job_id) == -1:
+            log.warning("re-embed %s: %s during its swap; left for a rerun to finish", ctx.job_id, outcome)
+            return
         result.update(error=outcome, detail=_WHY[outcome])
         ctx.jobs.finish(ctx.job_id, JobStatus.failed, result)
         return
@@ -135,7 +139,7 @@ def _swap_when_complete(ctx: JobContext, target: Embedding, may_stage: bool) -> 
             return "superseded"
         if not may_stage:
             return "wrong_embedding"
-        staged, newly_broken = _stage_missing(ctx, ctx.store.unstaged_ids(ctx.collection))
+        staged, newly_broken = _stage_missing(ctx, ctx.store.unstaged_ids(ctx.collection, ctx.job_id))
         recovered += staged
         broken = newly_broken
         broken_blobs = ctx.store.rendition_keys(ctx.collection, broken)

@@ -28,7 +28,7 @@ def answer_shard(ctx: JobContext, first: int, shard: int, shards: int) -> None:
     queries, matrix = chunk
     params = batch_params(ctx)
     replica = ctx.replicas.sync(ctx.collection, shard, shards)
-    answer = BatchShardAnswer()
+    answer = BatchShardAnswer(embedding=replica.embedding if replica else None)
     if replica is not None and len(replica.index):
         mask = None
         if params.filter is not None:
@@ -73,8 +73,8 @@ def _merge_once(ctx: JobContext, first: int, shards: int) -> bool | None:
     ttl = ctx.jobs.lifecycle.job_ttl_s
     try:
         merged = fanout.merge(answers, shards, batch_params(ctx).k, by_index)
-    except fanout.ShardsUnavailable as exc:
-        if not ctx.store.write_batch_merge(ctx.job_id, first, 0, {}, False, ttl):
+    except fanout.ShardsUnavailable as exc:  # none answered, or answers of two embeddings
+        if not ctx.store.write_batch_merge(ctx.job_id, first, len(answers), {}, False, ttl):
             return False
         outcomes = [failed(i, q["query"], q["image_id"] or "", exc.code, exc.detail) for i, q in by_index.items()]
         ctx.store.drop_batch_chunk(ctx.job_id, first)  # failed for good: a late shard finds nothing to merge

@@ -90,7 +90,7 @@ class Replica:
     model: str
     index: AnnIndex
     last_id: str = "0-0"
-    version: int = 0  # the collection version the replica reflects (n of the last entry applied)
+    version: int = 0  # the shard's version the replica reflects (n of the last entry applied)
     # collection -> (clustering id, centroids, labels): one dict shared by every replica of the
     # ReplicaSet (see `ReplicaSet.clusterings`), so shards of one collection load the labels once
     clusterings: dict[str, tuple[str, Any, dict[str, int]]] = field(default_factory=dict)
@@ -99,6 +99,7 @@ class Replica:
     metadata: MetadataIndex | None = None  # built by the first filtered search (filter_mask)
     # (version, threshold) of the last no-match calibration (worker/search/calibration.py)
     calibration: tuple[int, Threshold | None] | None = None
+    embedding: str | None = None  # model@input size of its vectors (shard answers carry it)
 
     @property
     def part(self) -> str:
@@ -133,7 +134,8 @@ class ReplicaSet:
         collection holds no vectors yet."""
         key = (collection, shard)
         for _ in range(MAX_REBUILDS):
-            model, dim, version = self.store.shard_state(collection, shard)
+            state = self.store.shard_state(collection, shard)
+            model, dim, version = state.model, state.dim, state.version
             if model is None or dim is None:
                 self._replicas.pop(key, None)
                 return None
@@ -141,6 +143,7 @@ class ReplicaSet:
             if (
                 replica is not None
                 and replica.model == model
+                and replica.embedding == state.embedding
                 and replica.index.dim == dim
                 and replica.shards == shards
                 # A version below ours: Redis lost writes (restored, failed over): trust nothing.
@@ -149,7 +152,14 @@ class ReplicaSet:
             ):
                 return replica
             self._replicas.pop(key, None)
-            blank = Replica(model=model, index=None, shard=shard, shards=shards, clusterings=self.clusterings)  # type: ignore[arg-type]
+            blank = Replica(
+                model=model,
+                index=None,  # type: ignore[arg-type]
+                shard=shard,
+                shards=shards,
+                clusterings=self.clusterings,
+                embedding=state.embedding,
+            )
             replica = self._restore(collection, blank, dim, version) or self._rebuild(collection, blank, dim)
             if replica is not None:
                 self._replicas[key] = replica
@@ -224,7 +234,8 @@ class ReplicaSet:
         info, index = loaded
         # The pointer may have moved on since it was first read (another worker published): judge
         # it against the collection as it is now.
-        model_now, dim_now, version_now = self.store.shard_state(collection, blank.shard)
+        now = self.store.shard_state(collection, blank.shard)
+        model_now, dim_now, version_now = now.model, now.dim, now.version
         if info.model != model_now or info.dim != dim_now or info.version > version_now or model_now != model:
             return None
         replica = replace(blank, index=index, last_id=info.last_id, version=info.version)

@@ -237,7 +237,7 @@ def run_shard_search(ctx: JobContext, shard: int, shards: int) -> None:
     if ctx.job.status is JobStatus.queued:  # the API sent the shards directly (search by a stored id)
         ctx.jobs.mark_running(ctx.job_id)
     replica = ctx.replicas.sync(ctx.collection, shard, shards)
-    answer = ShardAnswer(served_by=ctx.served_by)
+    answer = ShardAnswer(served_by=ctx.served_by, embedding=replica.embedding if replica else None)
     if replica is not None and len(replica.index):
         clustering = _clustering(ctx.store, replica, ctx.collection)
         if clustering is not None and clustering[1].shape[1] != query.shape[0]:

@@ -18,7 +18,7 @@ from typing import TypeVar
 import redis
 from kombu.exceptions import OperationalError
 from redis.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,7 +27,15 @@ from shared.collections.ops import ReplicationTimeout
 log = logging.getLogger(__name__)
 
 # The store (or a cluster between a primary's death and its replica's promotion), or the broker.
-OUTAGE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError, OperationalError)
+OUTAGE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    RedisClusterException,
+    OperationalError,
+)
 T = TypeVar("T")
 
 
