@@ -128,7 +128,7 @@ def used_memory(client) -> int:
     return int(client.info("memory")["used_memory"])
 
 
-def run(n: int, dim: int, shards: int, queries: int, seed: int = 0) -> dict:
+def run(n: int, dim: int, shards: int, queries: int, seed: int = 0, memory_only: bool = False) -> dict:
     from shared.connect import connect
     from tests.integration.services import start_cluster, start_redis
 
@@ -142,6 +142,8 @@ def run(n: int, dim: int, shards: int, queries: int, seed: int = 0) -> dict:
         base = used_memory(client)
         load_s = load(client, "flat", 1, n, dim, seed)
         out["single_redis_mb"] = round((used_memory(client) - base) / 2**20)
+        if memory_only:
+            return out | _cluster_memory(workdir, n, dim, shards, seed, out["single_redis_mb"])
         cpu, wall, held = build_cpu_s(client, "flat", 0, 1)
         out["unsharded_build"] = {"cpu_s": round(cpu, 1), "wall_s": round(wall, 1), "vectors": held}
         print(
@@ -186,15 +188,38 @@ def run(n: int, dim: int, shards: int, queries: int, seed: int = 0) -> dict:
     return out
 
 
+def _cluster_memory(workdir: Path, n: int, dim: int, shards: int, seed: int, single_mb: int) -> dict:
+    from shared.connect import connect
+    from tests.integration.services import start_cluster
+
+    (workdir / "cluster").mkdir()
+    cluster = start_cluster(workdir / "cluster", replicas_per_primary=0, node_timeout_ms=5000)
+    try:
+        client = connect(cluster.url, "", cluster=True)
+        nodes = {p: cluster.node(p) for p in cluster.primaries()}
+        before = {p: used_memory(r) for p, r in nodes.items()}
+        load(client, "spread", shards, n, dim, seed)
+        per_primary = [(used_memory(r) - before[p]) / 2**20 for p, r in nodes.items()]
+        return {
+            "cluster_mb_per_primary": sorted(round(m) for m in per_primary),
+            "cluster_max_primary_vs_single": round(max(per_primary) / single_mb, 2),
+        }
+    finally:
+        cluster.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=1280, choices=sorted(MODEL_OF_DIM))
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the memory figures (one Redis, then the cluster)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.vectors, args.dim, args.shards, args.queries)
+    result = run(args.vectors, args.dim, args.shards, args.queries, memory_only=args.memory_only)
     print(json.dumps(result))
     return 0
 
