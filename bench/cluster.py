@@ -32,45 +32,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from scale import BATCH, MODEL_OF_DIM, image_id, search  # noqa: E402
+import scale  # noqa: E402
+from scale import MODEL_OF_DIM, image_id, search  # noqa: E402
 
 
-def load(client, collection: str, shards: int, n: int, dim: int, seed: int) -> float:
-    """Create the collection with `shards` shards and write N vectors with the worker's store."""
-    from spread import synthetic_chunks
-
-    from shared.blobs import open_blob_store
-    from shared.collections import ops
-    from shared.schemas import ImageRecord, utcnow
-    from shared.settings import embedding_id
-    from worker.store import Embedding, NewImage, WorkerStore
-
-    model = MODEL_OF_DIM[dim]
-    store = WorkerStore(client, open_blob_store(f"file://{tempfile.mkdtemp()}", fsync=False), 2 * n, 3600)
-    store.data.run(ops.create(collection, shards, utcnow()))
-    embedding = Embedding(model, embedding_id(model, 256 if dim == 1280 else 224), dim)
-    started, row, now = time.perf_counter(), 0, utcnow()
-    for chunk, _ in synthetic_chunks(n, dim, seed):
-        for start in range(0, len(chunk), BATCH):
-            part = chunk[start : start + BATCH]
-            images = [
-                NewImage(
-                    ImageRecord(
-                        image_id=image_id(row + i),
-                        filename=f"s{row + i}.jpg",
-                        format="JPEG",
-                        width=1,
-                        height=1,
-                        size=0,
-                        created_at=now,
-                    ),
-                    vec,
-                )
-                for i, vec in enumerate(part)
-            ]
-            store.add_images(collection, embedding, 0, images)
-            row += len(part)
-    return time.perf_counter() - started
+def load(client, collection: str, shards: int | None, n: int, dim: int, seed: int) -> float:
+    """Create the collection with `shards` shards (None: it exists) and write N vectors with the
+    worker's store."""
+    return scale.load(client, f"file://{tempfile.mkdtemp()}", collection, n, dim, seed, shards)
 
 
 def build_cpu_s(client, collection: str, shard: int, shards: int) -> tuple[float, float, int]:
@@ -161,12 +130,7 @@ def run(n: int, dim: int, shards: int, queries: int, seed: int = 0, memory_only:
     cluster = start_cluster(workdir / "cluster", replicas_per_primary=0, node_timeout_ms=5000)
     try:
         client = connect(cluster.url, "", cluster=True)
-        nodes = {p: cluster.node(p) for p in cluster.primaries()}
-        before = {p: used_memory(r) for p, r in nodes.items()}
-        load(client, "spread", shards, n, dim, seed)
-        per_primary = {p: (used_memory(r) - before[p]) / 2**20 for p, r in nodes.items()}
-        out["cluster_mb_per_primary"] = sorted(round(m) for m in per_primary.values())
-        out["cluster_max_primary_vs_single"] = round(max(per_primary.values()) / out["single_redis_mb"], 2)
+        out |= _load_on(cluster, client, n, dim, shards, seed, out["single_redis_mb"])
         builds = [build_cpu_s(client, "spread", s, shards) for s in range(shards)]
         out["shard_builds"] = [{"cpu_s": round(c, 1), "wall_s": round(w, 1), "vectors": v} for c, w, v in builds]
         out["shard_build_vs_unsharded"] = round(max(c for c, _, _ in builds) / out["unsharded_build"]["cpu_s"], 2)
@@ -195,17 +159,30 @@ def _cluster_memory(workdir: Path, n: int, dim: int, shards: int, seed: int, sin
     (workdir / "cluster").mkdir()
     cluster = start_cluster(workdir / "cluster", replicas_per_primary=0, node_timeout_ms=5000)
     try:
-        client = connect(cluster.url, "", cluster=True)
-        nodes = {p: cluster.node(p) for p in cluster.primaries()}
-        before = {p: used_memory(r) for p, r in nodes.items()}
-        load(client, "spread", shards, n, dim, seed)
-        per_primary = [(used_memory(r) - before[p]) / 2**20 for p, r in nodes.items()]
-        return {
-            "cluster_mb_per_primary": sorted(round(m) for m in per_primary),
-            "cluster_max_primary_vs_single": round(max(per_primary) / single_mb, 2),
-        }
+        return _load_on(cluster, connect(cluster.url, "", cluster=True), n, dim, shards, seed, single_mb)
     finally:
         cluster.stop()
+
+
+def _load_on(cluster, client, n: int, dim: int, shards: int, seed: int, single_mb: int) -> dict:
+    """Create the sharded collection, spread its (empty) shards over the primaries
+    (`worker.place_shards`), load it; its memory per primary."""
+    from shared.collections import SCRIPTS, ops
+    from shared.runner import SyncRunner
+    from shared.schemas import utcnow
+    from worker.place_shards import move_slot, plan
+
+    SyncRunner(client, SCRIPTS).run(ops.create("spread", shards, utcnow()))
+    for _, slot, target in plan(client, "spread", shards):
+        move_slot(client, slot, target)
+    nodes = {p: cluster.node(p) for p in cluster.primaries()}
+    before = {p: used_memory(r) for p, r in nodes.items()}
+    load(client, "spread", None, n, dim, seed)
+    per_primary = [(used_memory(r) - before[p]) / 2**20 for p, r in nodes.items()]
+    return {
+        "cluster_mb_per_primary": sorted(round(m) for m in per_primary),
+        "cluster_max_primary_vs_single": round(max(per_primary) / single_mb, 2),
+    }
 
 
 def main() -> int:

@@ -53,18 +53,24 @@ def image_id(row: int) -> str:
     return hashlib.sha256(int(row).to_bytes(8, "little")).hexdigest()[:32]
 
 
-def load(redis_url: str, blob_url: str, collection: str, n: int, dim: int, seed: int) -> float:
-    """Write N vectors with the worker's store function. Returns the seconds it took."""
+def load(
+    client: redis.Redis, blob_url: str, collection: str, n: int, dim: int, seed: int, shards: int | None = None
+) -> float:
+    """Write N vectors with the worker's store function (into a collection created with `shards`
+    shards, if given). Returns the seconds it took."""
     from spread import synthetic_chunks
 
     from shared.blobs import open_blob_store
+    from shared.collections import ops
     from shared.schemas import ImageRecord, utcnow
     from shared.settings import embedding_id
     from worker.store import Embedding, NewImage, WorkerStore
 
     model = MODEL_OF_DIM[dim]
     spec_size = {"efficientnet-lite0": 256, "resnet50": 224}[model]
-    store = WorkerStore(redis.Redis.from_url(redis_url), open_blob_store(blob_url, fsync=False), 2 * n, 3600)
+    store = WorkerStore(client, open_blob_store(blob_url, fsync=False), 2 * n, 3600)
+    if shards is not None:
+        store.data.run(ops.create(collection, shards, utcnow()))
     embedding = Embedding(model, embedding_id(model, spec_size), dim)
     started, row, now = time.perf_counter(), 0, utcnow()
     for chunk, _ in synthetic_chunks(n, dim, seed):
@@ -184,7 +190,7 @@ def run(n: int, dim: int, queries: int, seed: int = 0) -> dict:
     workers = []
     try:
         before = client.info("memory")["used_memory"]
-        load_s = load(url, f"file://{workdir / 'blobs'}", "scale", n, dim, seed)
+        load_s = load(client, f"file://{workdir / 'blobs'}", "scale", n, dim, seed)
         per_image = (client.info("memory")["used_memory"] - before) / n
         print(f"loaded {n} x {dim} in {load_s:.1f}s; Redis {per_image:.0f} B per image", flush=True)
         api, base = start_api(url, workdir, access_log=False, **env)
