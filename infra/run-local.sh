@@ -36,6 +36,10 @@ if ! "$PYTHON" -c "import redis,os; redis.Redis.from_url(os.environ['REDIS_URL']
   for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+# Data of an older version (the single-key layout before per-shard keys, renditions in Redis) is
+# moved before anything reads it; idempotent, and quick when there is nothing to move.
+"$PYTHON" -m worker.migrate
+
 "$PYTHON" -m celery -A worker.app worker -l INFO &
 pids+=($!)
 # The API derives client addresses itself (TRUSTED_PROXIES); uvicorn must not rewrite them.

@@ -15,6 +15,7 @@ from shared.models.base import NetworkEmbedder
 from shared.models.registry import get_model_spec
 from worker.context import JobContext
 from worker.ingest.sources import Buckets, Sources
+from worker.migrate_layout import legacy_collections
 from worker.model.inference import build_embedder
 from worker.model.threads import limit_search_threads
 from worker.search.calibration import NoMatchPolicy
@@ -85,6 +86,12 @@ class WorkerRuntime:
                 settings.fetch_concurrency,
             ),
         )
+        if not settings.redis_cluster and (legacy := legacy_collections(client)):
+            log.error(
+                "collections in the layout before per-shard keys are invisible until moved: %s; "
+                "stop the service and run python -m worker.migrate",
+                ", ".join(legacy[:10]),
+            )
         if embedder is None:
             log.info(
                 "worker process %d ready: model=none (search only, shards %s)", os.getpid(), settings.worker_shards
