@@ -4,8 +4,9 @@ Finishing a job marks its callback pending in the job's record, then puts the jo
 sorted set of due callbacks (another slot of a Redis Cluster: a finisher that dies in between is
 completed by its rerun, or by the watchdog, which finds the job finished and still open). A
 thread in each worker's main process claims due entries -- a claim pushes the entry `LEASE_S`
-into the future, so a delivery whose worker dies is tried again -- and queues a delivery task. The task POSTs once and either settles the entry (delivered, or failed
-for good) or reschedules it with exponential backoff, up to `max_attempts` tries.
+into the future, so a delivery whose worker dies is tried again -- and queues a delivery task.
+The task POSTs once and either settles the entry (delivered, or failed for good) or reschedules
+it with exponential backoff, up to `max_attempts` tries.
 
 Receivers verify `X-Simsearch-Signature: sha256=<hex>` = HMAC-SHA256(WEBHOOK_SECRET,
 "<X-Simsearch-Timestamp>.<raw body>") and should refuse stale timestamps.
