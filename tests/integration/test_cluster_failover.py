@@ -7,6 +7,7 @@ would) once its replica is promoted. Real servers on loopback, two real workers 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,31 @@ from tests.integration.services import start_api, start_cluster, start_redis, st
 
 pytestmark = pytest.mark.cluster
 SHARDS = 4
+
+
+def _search_during_failover(client: httpx.Client, name: str, data: bytes) -> str:
+    """A search by an image indexed before the kill: 'right' (its own file first), '503', or
+    'partial' (a shard named missing); never a wrong answer presented as complete."""
+    files = {"file": ("q.jpg", data, "image/jpeg")}
+    resp = client.post("/v1/collections/spread/search", params={"k": 1, "min_similarity": 0}, files=files)
+    if resp.status_code == 503:
+        return "503"
+    assert resp.status_code == 202, resp.text
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        polled = client.get(f"/v1/jobs/{resp.json()['job_id']}", params={"wait": 5})
+        if polled.status_code == 503:  # the job store's slot is failing over: ask again
+            time.sleep(0.2)
+            continue
+        job = polled.json()
+        if job["status"] == "succeeded":
+            assert job["result"]["matches"][0]["filename"] == name, job
+            return "right"
+        if job["status"] == "partial":
+            assert job["result"]["missing_shards"], job
+            return "partial"
+        assert job["status"] != "failed", job
+    raise AssertionError("a search during the failover did not end")
 
 
 def test_a_primary_dies_mid_batch_and_every_acknowledged_image_is_there(tmp_path: Path) -> None:
@@ -70,6 +96,16 @@ def test_a_primary_dies_mid_batch_and_every_acknowledged_image_is_there(tmp_path
             for name, data in photos[::29]:  # searchable, before and after the kill, in every shard
                 found = search_bytes(client, "spread", data, k=1, min_similarity=0)
                 assert found["status"] == "succeeded" and found["result"]["matches"][0]["filename"] == name
+            # Searches while another primary fails over: each right, a 503, or `partial` naming the
+            # shard it lacks -- never a wrong answer presented as complete.
+            victim = cluster.primary_for_key(keys.images("spread", 1))
+            cluster.kill(victim)
+            killed, seen = time.monotonic(), []
+            while time.monotonic() - killed < 10:
+                seen.append(_search_during_failover(client, *photos[len(seen) * 7 % 300]))
+            cluster.wait_failover(victim, 30)
+            print(f"searches in the 10 s after a primary's kill: {dict(Counter(seen))}")
+            assert "right" in seen
     finally:
         for service in services:
             service.stop()
