@@ -259,3 +259,16 @@ def test_a_swap_killed_between_two_shards_rolls_forward(h: Harness, name: str, m
     assert [h.client.hget(keys.shard(name, s), "embedding") for s in range(SHARDS)] == [b"resnet50@40"] * SHARDS
     assert not any(h.client.exists(keys.staged_vectors(name, s)) for s in range(SHARDS))
     assert len(h.vector_ids(name)) == 24 and old.input_size != new.input_size
+
+
+def test_a_model_mismatch_at_a_later_shard_keeps_what_earlier_shards_stored(h: Harness, name: str) -> None:
+    """Shard 1 holds another model's vectors (a rolling model switch): the chunk's items fail with
+    model_mismatch, but images its earlier shards stored keep their renditions (none is left
+    naming a deleted blob)."""
+    h.client.hset(keys.shard(name, 1), mapping={"model": "other", "dim": 8, "embedding": "other@8"})
+    h.client.hset(keys.images(name, 1), "f" * 32, "{}")  # one image of the other model
+    job = h.index(name, photos(700, 24))
+    assert {e.error for e in job.errors} == {"model_mismatch"}
+    stored = h.ids(name) - {"f" * 32}
+    assert stored and all(shard_of(i, SHARDS) != 1 for i in stored)
+    assert all(h.rendition(name, i) is not None for i in stored)
