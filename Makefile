@@ -17,7 +17,7 @@ browser:  ## Debian's chromium, for the gallery's browser tests
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
 $(STAMPS)/run: pyproject.toml constraints.txt
-	@command -v redis-server >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server redis-tools)
 	$(PYTHON) -m pip install -q -c constraints.txt -e ".[api,worker,client]"
 	@mkdir -p $(STAMPS) && touch $@
 
