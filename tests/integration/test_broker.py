@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +15,12 @@ from redis.sentinel import Sentinel
 
 from shared import keys
 from tests.images import photo_bytes
-from tests.integration.client_helpers import index, search_bytes, submit_images, wait_job, wait_progress
+from tests.integration.client_helpers import index, search_bytes
+from tests.integration.failover import batch_through_a_kill, sentinel_group
 from tests.integration.services import (
     Service,
-    port_of,
     start_api,
     start_redis,
-    start_sentinel,
     start_worker,
     wait_until,
 )
@@ -60,24 +58,8 @@ def test_queues_live_on_the_broker_and_data_on_redis_url(tmp_path: Path) -> None
 
 @pytest.fixture
 def sentinel_broker(tmp_path: Path) -> Iterator[tuple[str, Service, Service, int]]:
-    primary_dir, replica_dir = tmp_path / "primary", tmp_path / "replica"
-    primary_dir.mkdir()
-    replica_dir.mkdir()
-    primary, primary_url = start_redis(primary_dir, appendonly=True)
-    primary_port = port_of(primary_url)
-    replica, replica_url = start_redis(replica_dir, appendonly=True)
-    redis.Redis.from_url(replica_url).replicaof("127.0.0.1", primary_port)
-    sentinel, port = start_sentinel(tmp_path, MASTER, primary_port)
-    wait_until(
-        lambda: redis.Redis.from_url(primary_url).info("replication")["connected_slaves"] >= 1,
-        15,
-        "replica attached",
-    )
-    try:
-        yield f"sentinel://127.0.0.1:{port}", primary, replica, port
-    finally:
-        for service in (sentinel, replica, primary):
-            service.stop()
+    with sentinel_group(tmp_path, MASTER) as group:
+        yield group.url, group.primary, group.replicas[0], group.sentinel_port
 
 
 def test_the_broker_fails_over_mid_batch_and_every_item_ends(
@@ -96,13 +78,15 @@ def test_the_broker_fails_over_mid_batch_and_every_item_ends(
     try:
         with httpx.Client(base_url=base, timeout=60) as client:
             photos = [(f"s{i}.jpg", photo_bytes(42000 + i, size=(48, 40))) for i in range(300)]
-            job_id = submit_images(client, "fail-over", photos)["job_id"]
-            wait_progress(client, job_id, 40)
-            os.killpg(primary.proc.pid, signal.SIGKILL)  # the broker's primary dies mid-batch
-            killed = time.monotonic()
-            wait_until(lambda: sentinel.discover_master(MASTER) != first, 30, "sentinel promoted the replica")
-            job = wait_job(client, job_id, timeout=180)
-            ended_s = time.monotonic() - killed
+            job, ended_s = batch_through_a_kill(
+                client,
+                "fail-over",
+                photos,
+                lambda: os.killpg(primary.proc.pid, signal.SIGKILL),  # the broker's primary dies mid-batch
+                lambda: wait_until(
+                    lambda: sentinel.discover_master(MASTER) != first, 30, "sentinel promoted the replica"
+                ),
+            )
             print(f"broker primary killed at >= 40/300: job {job['status']} {job['progress']} {ended_s:.1f} s later")
             assert job["status"] == "succeeded" and job["progress"] == {"total": 300, "done": 300, "failed": 0}
             listing = client.get("/v1/collections/fail-over").json()
