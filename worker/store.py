@@ -181,6 +181,9 @@ class WorkerStore(FanOutStore):
     def header(self, collection: str) -> CollectionHeader:
         return self.data.run(ops.header(collection))
 
+    def collection_model(self, collection: str) -> str | None:
+        return self.data.run(ops.model(collection))
+
     def shard_state(self, collection: str, shard: int) -> ShardHeader:
         """One shard's header (model, embedding, dimension, version): what its replicas follow."""
         return self.data.run(ops.shard_header(collection, shard))

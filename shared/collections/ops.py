@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.collections import scripts
-from shared.collections.header import DIM, SHARDS, VERSION, CollectionHeader, ShardHeader
+from shared.collections.header import DIM, MODEL, SHARDS, VERSION, CollectionHeader, ShardHeader
 from shared.runner import Batch, Call, Op, text
 from shared.schemas import ImageRecord, JobStatus
 from shared.shards import shard_of
@@ -70,6 +70,12 @@ def header(name: str) -> Op[CollectionHeader]:
     """The collection's header, with its shards' versions and counts."""
     (raw,) = yield _one(Call("hgetall", (keys.collection(name),)))
     return (yield from _with_shards(name, raw))
+
+
+def model(name: str) -> Op[str | None]:
+    """The collection's model (one read: what a search checks, without the shards' counts)."""
+    (raw,) = yield _one(Call("hget", (keys.collection(name), MODEL)))
+    return text(raw)
 
 
 def shard_header(name: str, shard: int) -> Op[ShardHeader]:

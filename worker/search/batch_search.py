@@ -61,7 +61,7 @@ def search_batch_chunk(ctx: JobContext, indices: list[int]) -> int:
         return shards  # redelivered after the queries were stored: send them again
     inputs = ctx.jobs.inputs(ctx.job_id, indices)
     replica = ctx.replicas.sync(ctx.collection) if shards == 1 else None
-    model = replica.model if replica is not None else ctx.store.header(ctx.collection).model
+    model = replica.model if replica is not None else ctx.store.collection_model(ctx.collection)
     if model is not None and model != ctx.embedder.name:
         raise Conflict(f"collection {ctx.collection!r} was built with model {model!r}", code="model_mismatch")
     try:

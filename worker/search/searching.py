@@ -208,7 +208,7 @@ def _prepare_fan_out(ctx: JobContext, params: SearchParams, shards: int) -> int:
     if ctx.store.query(ctx.job_id) is not None:  # redelivered after the query was stored: send again
         return shards
     try:
-        model = ctx.store.header(ctx.collection).model
+        model = ctx.store.collection_model(ctx.collection)
         if model is not None and model != ctx.embedder.name:
             raise Conflict(
                 f"collection {ctx.collection!r} was built with model {model!r}; this worker runs {ctx.embedder.name!r}",
@@ -294,7 +294,7 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
         message = f"{message}; {note}" if message else note
     clusters = [a.query_cluster for a in answers.values() if a.query_cluster is not None]
     passed = [a.passed for a in answers.values() if a.passed is not None]
-    model = ctx.store.header(ctx.collection).model or ""  # a search-only worker has no model
+    model = ctx.store.collection_model(ctx.collection) or ""  # a search-only worker has no model
     result = SearchResult(
         matches=matches,
         message=message,
