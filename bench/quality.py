@@ -91,12 +91,16 @@ def run_in_process(args, indexed, held_out) -> None:
     spec = get_model_spec(args.model)
     started = time.perf_counter()
     side = args.input_size or spec.default_input_size
-    if args.pooling and spec.name == "efficientnet-lite0":
-        from shared.models.efficientnet_lite import EfficientNetLite0Embedder
+    if args.pooling and spec.name.startswith("efficientnet-lite"):
+        from shared.models.efficientnet_lite import VARIANTS, EfficientNetLiteEmbedder
 
-        embedder = EfficientNetLite0Embedder(args.weights, side, Path(args.cache_dir), pooling=args.pooling)
+        variant = VARIANTS[spec.name]
+        embedder = EfficientNetLiteEmbedder(variant, args.weights, side, Path(args.cache_dir), pooling=args.pooling)
     else:
-        embedder = spec.build(args.weights, side, Path(args.cache_dir))
+        from worker.model.inference import build_embedder
+
+        network = spec.build(args.weights, side, Path(args.cache_dir))
+        embedder = build_embedder(network, "auto", "auto", Path(args.cache_dir), args.threads)
     took = time.perf_counter() - started
     pooling = args.pooling or "default"
     print(f"model {spec.name} ({args.weights}, input {side}, pooling {pooling}) built in {took:.1f}s")
@@ -171,7 +175,11 @@ def main() -> int:
     parser.add_argument("--model", default="efficientnet-lite0")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--input-size", type=int)
-    parser.add_argument("--pooling", choices=["gem", "avg"], help="efficientnet-lite0 only (default: gem)")
+    parser.add_argument(
+        "--pooling",
+        choices=["gem", "avg"],
+        help="efficientnet-lite models only, run by TensorFlow (default: gem, worker backend)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variant", action="append", help="only these variants (plain, flip-average)")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "simsearch"))

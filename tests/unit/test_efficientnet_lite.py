@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 in Keras against an independent numpy forward pass of the PyTorch weights."""
+"""EfficientNet-Lite0 and -Lite2 in Keras against an independent numpy forward pass of the PyTorch weights."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ TORCH_BLOCK_STRINGS = [
     "r1_k3_s11_e6_i192_o320",
 ]
 TORCH_BN_EPS = 1e-3
+# efficientnet_params(): (width, depth); and the rounding of round_filters / round_repeats with
+# fix_head_stem=True, restated here rather than imported from the module under test.
+TORCH_MULTIPLIERS = {0: (1.0, 1.0), 2: (1.1, 1.2)}
+
+
+def torch_round_filters(filters: int, width: float) -> int:
+    scaled = filters * width
+    new = max(8, int(scaled + 4) // 8 * 8)
+    return int(new + 8 if new < 0.9 * scaled else new)
 
 
 # --- an independent numpy implementation of the PyTorch model (NHWC, float64) ------------------
@@ -80,30 +89,35 @@ def relu6(x: np.ndarray) -> np.ndarray:
     return np.clip(x, 0.0, 6.0)
 
 
-def torch_blocks() -> list[dict[str, int]]:
+def torch_blocks(number: int = 0) -> list[dict[str, int]]:
+    width, depth = TORCH_MULTIPLIERS[number]
     blocks = []
-    for text in TORCH_BLOCK_STRINGS:
+    for i, text in enumerate(TORCH_BLOCK_STRINGS):
         o = {m[0]: int(m[1]) for m in re.findall(r"([a-z])(\d+)", text)}
-        for r in range(o["r"]):
+        fixed = i in (0, len(TORCH_BLOCK_STRINGS) - 1)
+        repeats = o["r"] if fixed else math.ceil(depth * o["r"])
+        first_in = 32 if i == 0 else torch_round_filters(o["i"], width)
+        out = torch_round_filters(o["o"], width)
+        for r in range(repeats):
             first = r == 0
             blocks.append(
                 {
                     "k": o["k"],
                     "s": o["s"] // 11 if first else 1,  # "s22" means stride (2, 2)
                     "e": o["e"],
-                    "i": o["i"] if first else o["o"],
-                    "o": o["o"],
+                    "i": first_in if first else out,
+                    "o": out,
                 }
             )
     return blocks
 
 
-def np_forward(sd: dict[str, np.ndarray], x: np.ndarray, n_blocks: int = 16) -> dict[str, np.ndarray]:
-    """Stem, the first ``n_blocks`` MBConv blocks and (if all) the head; returns taps by name."""
+def np_forward(sd: dict[str, np.ndarray], x: np.ndarray, number: int = 0) -> dict[str, np.ndarray]:
+    """Stem, every MBConv block and the head; returns taps by name."""
     taps: dict[str, np.ndarray] = {}
     x = relu6(np_bn(np_conv2d(x.astype(np.float64), sd["_conv_stem.weight"], 2), sd, "_bn0"))
     taps["stem"] = x
-    for idx, b in enumerate(torch_blocks()[:n_blocks]):
+    for idx, b in enumerate(torch_blocks(number)):
         p = f"_blocks.{idx}"
         h = x
         if b["e"] != 1:
@@ -112,10 +126,9 @@ def np_forward(sd: dict[str, np.ndarray], x: np.ndarray, n_blocks: int = 16) -> 
         h = np_bn(np_conv2d(h, sd[f"{p}._project_conv.weight"]), sd, f"{p}._bn2")
         x = h + x if b["s"] == 1 and b["i"] == b["o"] else h
         taps[f"block{idx}"] = x
-    if n_blocks == 16:
-        x = relu6(np_bn(np_conv2d(x, sd["_conv_head.weight"]), sd, "_bn1"))
-        taps["features"] = x.mean(axis=(1, 2))
-        taps["logits"] = taps["features"] @ sd["_fc.weight"].T.astype(np.float64) + sd["_fc.bias"]
+    x = relu6(np_bn(np_conv2d(x, sd["_conv_head.weight"]), sd, "_bn1"))
+    taps["features"] = x.mean(axis=(1, 2))
+    taps["logits"] = taps["features"] @ sd["_fc.weight"].T.astype(np.float64) + sd["_fc.bias"]
     return taps
 
 
@@ -135,13 +148,23 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def classifier(cache_dir: Path):
     # The first build in the session converts the checkpoint and writes the cache.
-    return eff.build_efficientnet_lite0(include_top=True, input_size=224, cache_dir=cache_dir)
+    return eff.build_efficientnet_lite(eff.LITE0, include_top=True, input_size=224, cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="session")
-def embedder(classifier, cache_dir: Path) -> eff.EfficientNetLite0Embedder:
+def lite2_state_dict() -> dict[str, np.ndarray]:
+    return torch_pickle.load_legacy_torch_state_dict(eff.imagenet_checkpoint_path(eff.LITE2))
+
+
+@pytest.fixture(scope="session")
+def lite2_classifier(cache_dir: Path):
+    return eff.build_efficientnet_lite(eff.LITE2, include_top=True, input_size=260, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def embedder(classifier, cache_dir: Path) -> eff.EfficientNetLiteEmbedder:
     # Average pooling: the classifier's own pooled features are the reference.
-    return eff.EfficientNetLite0Embedder("imagenet", 224, cache_dir, pooling="avg")
+    return eff.EfficientNetLiteEmbedder(eff.LITE0, "imagenet", 224, cache_dir, pooling="avg")
 
 
 def load_photo(name: str, size: int = 224) -> np.ndarray:
@@ -204,55 +227,95 @@ def test_dense_mapping() -> None:
     np.testing.assert_allclose(x @ kernel, w @ x)
 
 
-def test_architecture(classifier) -> None:
+def trainable_size(state: dict[str, np.ndarray]) -> int:
+    """Parameters a checkpoint trains (weights and biases, not batch-norm statistics)."""
+    return sum(v.size for k, v in state.items() if k.endswith((".weight", ".bias")))
+
+
+def test_architecture(classifier, state_dict) -> None:
     assert classifier.input_shape == (None, 224, 224, 3)
     assert classifier.output_shape == (None, 1000)
     params = sum(int(np.prod(w.shape)) for w in classifier.trainable_weights)
-    assert params == 4_652_008
+    assert params == 4_652_008 == trainable_size(state_dict)
     bns = [layer for layer in classifier.layers if layer.__class__.__name__ == "BatchNormalization"]
     assert bns and all(bn.epsilon == 1e-3 and bn.momentum == 0.99 for bn in bns)
 
 
-@pytest.mark.parametrize(
-    ("photo", "low", "high"),
-    [("tabby_cat.jpg", 281, 285), ("labrador_puppy.jpg", 151, 268), ("giant_panda.jpg", 388, 388)],
-)
-def test_classifies_photos(classifier, photo: str, low: int, high: int) -> None:
-    logits = np.asarray(classifier(eff.preprocess(load_photo(photo)[None]), training=False))[0]
+def test_lite2_architecture(lite2_classifier, lite2_state_dict) -> None:
+    assert lite2_classifier.input_shape == (None, 260, 260, 3)
+    params = sum(int(np.prod(w.shape)) for w in lite2_classifier.trainable_weights)
+    # The published size of EfficientNet-Lite2 is 6.1 M; the checkpoint decides the exact count.
+    assert params == trainable_size(lite2_state_dict) and 6_000_000 < params < 6_200_000
+    assert len(eff.block_specs(eff.LITE2)) == len(torch_blocks(2)) == 21
+    assert len(eff.block_specs(eff.LITE1)) == 21  # Lite1 scales depth by 1.1: the same repeats
+
+
+def test_round_filters_matches_the_builder() -> None:
+    for filters in (16, 24, 40, 80, 112, 192, 320):
+        for width in (1.0, 1.1, 1.2, 1.4):
+            assert eff.round_filters(filters, width) == torch_round_filters(filters, width)
+
+
+PHOTOS = [("tabby_cat.jpg", 281, 285), ("labrador_puppy.jpg", 151, 268), ("giant_panda.jpg", 388, 388)]
+
+
+def assert_classifies(model, photo: str, low: int, high: int, size: int) -> None:
+    logits = np.asarray(model(eff.preprocess(load_photo(photo, size)[None]), training=False))[0]
     top5 = np.argsort(-logits)[:5]
     print(f"{photo}: top-5 {top5.tolist()}")
     assert any(low <= c <= high for c in top5), top5
     assert low <= top5[0] <= high, "these photos are unambiguous: the top-1 class should be right"
 
 
-@pytest.mark.parametrize("input_size", [224, 100])
-def test_matches_numpy_reference(state_dict, classifier, cache_dir: Path, input_size: int) -> None:
+@pytest.mark.parametrize(("photo", "low", "high"), PHOTOS)
+def test_classifies_photos(classifier, photo: str, low: int, high: int) -> None:
+    assert_classifies(classifier, photo, low, high, 224)
+
+
+@pytest.mark.parametrize(("photo", "low", "high"), PHOTOS)
+def test_lite2_classifies_photos(lite2_classifier, photo: str, low: int, high: int) -> None:
+    assert_classifies(lite2_classifier, photo, low, high, 260)
+
+
+def assert_matches_numpy(model, state: dict[str, np.ndarray], number: int, input_size: int) -> None:
     import keras
 
-    # 100 px gives odd feature-map sizes (25, 13, 7), where asymmetric "same" padding matters.
-    model = (
-        classifier
-        if input_size == 224
-        else eff.build_efficientnet_lite0(True, input_size=input_size, cache_dir=cache_dir)
-    )
-    taps = [eff.STEM_OUTPUT, *(eff.block_output_name(i) for i in range(16)), eff.FEATURES_OUTPUT]
+    blocks = len(torch_blocks(number))
+    taps = [eff.STEM_OUTPUT, *(eff.block_output_name(i) for i in range(blocks)), eff.FEATURES_OUTPUT]
     probe = keras.Model(model.input, [model.get_layer(name).output for name in taps] + [model.output])
     x = np.random.default_rng(3).uniform(-1, 1, size=(2, input_size, input_size, 3)).astype(np.float32)
 
     outputs = [np.asarray(o) for o in probe(x, training=False)]
-    ref = np_forward(state_dict, x)
-    expected = [ref["stem"], *(ref[f"block{i}"] for i in range(16)), ref["features"], ref["logits"]]
+    ref = np_forward(state, x, number)
+    expected = [ref["stem"], *(ref[f"block{i}"] for i in range(blocks)), ref["features"], ref["logits"]]
 
     for name, got, want in zip([*taps, "logits"], outputs, expected, strict=True):
         assert got.shape == want.shape, name
         max_diff = float(np.abs(got - want).max())
-        print(f"{input_size}px {name}: max |keras - numpy| = {max_diff:.2e}")
+        print(f"lite{number} {input_size}px {name}: max |keras - numpy| = {max_diff:.2e}")
         tolerance = 1e-3 if name == "logits" else 1e-4  # logits sum 1280 products
         assert max_diff < tolerance, name
 
 
+@pytest.mark.parametrize("input_size", [224, 100])
+def test_matches_numpy_reference(state_dict, classifier, cache_dir: Path, input_size: int) -> None:
+    # 100 px gives odd feature-map sizes (25, 13, 7), where asymmetric "same" padding matters.
+    model = (
+        classifier
+        if input_size == 224
+        else eff.build_efficientnet_lite(eff.LITE0, True, input_size=input_size, cache_dir=cache_dir)
+    )
+    assert_matches_numpy(model, state_dict, 0, input_size)
+
+
+def test_lite2_matches_numpy_reference(lite2_state_dict, lite2_classifier, cache_dir: Path) -> None:
+    # Built again at 100 px from the cache the classifier wrote: odd map sizes, and a cache round trip.
+    model = eff.build_efficientnet_lite(eff.LITE2, True, input_size=100, cache_dir=cache_dir)
+    assert_matches_numpy(model, lite2_state_dict, 2, 100)
+
+
 def test_cache_is_written_once_and_reused(classifier, cache_dir: Path, monkeypatch) -> None:
-    cache_file = cache_dir / eff.CACHE_FILENAME
+    cache_file = cache_dir / eff.LITE0.cache_filename
     assert cache_file.is_file()
     assert not list(cache_dir.glob(".*.tmp.weights.h5")), "temporary file left behind"
     mtime = cache_file.stat().st_mtime_ns
@@ -261,7 +324,7 @@ def test_cache_is_written_once_and_reused(classifier, cache_dir: Path, monkeypat
         raise AssertionError(f"the checkpoint was read again: {path}")
 
     monkeypatch.setattr(torch_pickle, "load_legacy_torch_state_dict", must_not_read)
-    features = eff.build_efficientnet_lite0(include_top=False, input_size=224, cache_dir=cache_dir)
+    features = eff.build_efficientnet_lite(eff.LITE0, include_top=False, input_size=224, cache_dir=cache_dir)
 
     assert cache_file.stat().st_mtime_ns == mtime
     assert features.output_shape == (None, 1280)
@@ -288,19 +351,19 @@ def test_stale_cache_is_rebuilt(tmp_path: Path, monkeypatch) -> None:
         return real_reader(path)
 
     monkeypatch.setattr(torch_pickle, "load_legacy_torch_state_dict", counting_reader)
-    eff.build_efficientnet_lite0(include_top=False, input_size=64, cache_dir=tmp_path)
-    eff.build_efficientnet_lite0(include_top=True, input_size=64, cache_dir=tmp_path)
+    eff.build_efficientnet_lite(eff.LITE0, include_top=False, input_size=64, cache_dir=tmp_path)
+    eff.build_efficientnet_lite(eff.LITE0, include_top=True, input_size=64, cache_dir=tmp_path)
     assert len(calls) == 1
 
-    with h5py.File(tmp_path / eff.CACHE_FILENAME, "a") as f:
+    with h5py.File(tmp_path / eff.LITE0.cache_filename, "a") as f:
         f.attrs["simsearch_source"] = "some older layout"
-    eff.build_efficientnet_lite0(include_top=False, input_size=64, cache_dir=tmp_path)
+    eff.build_efficientnet_lite(eff.LITE0, include_top=False, input_size=64, cache_dir=tmp_path)
     assert len(calls) == 2
 
 
 def test_random_weights_are_deterministic() -> None:
-    a = eff.build_efficientnet_lite0(include_top=False, input_size=64, weights="random")
-    b = eff.build_efficientnet_lite0(include_top=False, input_size=64, weights="random")
+    a = eff.build_efficientnet_lite(eff.LITE0, include_top=False, input_size=64, weights="random")
+    b = eff.build_efficientnet_lite(eff.LITE0, include_top=False, input_size=64, weights="random")
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
 
@@ -310,11 +373,11 @@ def test_random_weights_are_deterministic() -> None:
 def test_weights_file_round_trip(embedder, tmp_path: Path) -> None:
     path = tmp_path / "features_only.weights.h5"
     embedder._model.save_weights(path)
-    restored = eff.build_efficientnet_lite0(include_top=False, input_size=224, weights=str(path))
+    restored = eff.build_efficientnet_lite(eff.LITE0, include_top=False, input_size=224, weights=str(path))
     for wa, wb in zip(embedder._model.get_weights(), restored.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
     with pytest.raises(ValueError):
-        eff.build_efficientnet_lite0(include_top=True, input_size=224, weights=str(path))
+        eff.build_efficientnet_lite(eff.LITE0, include_top=True, input_size=224, weights=str(path))
 
 
 def test_embedder(embedder, classifier) -> None:
@@ -344,8 +407,8 @@ def test_gem_pooling_is_the_default_and_correct(classifier, cache_dir: Path) -> 
     fmap = np.asarray(fmap_model(eff.preprocess(photos), training=False)).astype(np.float64)
     gem = np.cbrt(np.mean(np.maximum(fmap, eff.GEM_EPS) ** 3, axis=(1, 2)))
     expected = gem / np.linalg.norm(gem, axis=1, keepdims=True)
-    embedder = eff.EfficientNetLite0Embedder("imagenet", 224, cache_dir)
+    embedder = eff.EfficientNetLiteEmbedder(eff.LITE0, "imagenet", 224, cache_dir)
     assert embedder.pooling == "gem"
     np.testing.assert_allclose(embedder.embed(photos), expected, atol=1e-5)
     with pytest.raises(ValueError, match="pooling"):
-        eff.EfficientNetLite0Embedder("imagenet", 224, cache_dir, pooling="max")
+        eff.EfficientNetLiteEmbedder(eff.LITE0, "imagenet", 224, cache_dir, pooling="max")
