@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,44 @@ class Service:
             f"/v1/collections/{collection}/search", params={"k": k}, files={"file": ("q.jpg", data, "image/jpeg")}
         ).raise_for_status()
         return self.wait(resp.json()["job_id"])
+
+
+# -- edits a near-duplicate search must see through ------------------------------------------------
+def _rgb(data: bytes) -> Image.Image:
+    return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+
+
+def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _centre_crop(img: Image.Image, side: float) -> Image.Image:
+    w, h = round(img.width * side), round(img.height * side)
+    left, top = (img.width - w) // 2, (img.height - h) // 2
+    return img.crop((left, top, left + w, top + h))
+
+
+def _caption(img: Image.Image) -> Image.Image:
+    from PIL import ImageDraw, ImageFont
+
+    img = img.copy()
+    draw = ImageDraw.Draw(img)
+    size = max(12, img.height // 8)
+    font = ImageFont.load_default(size=size)
+    draw.rectangle((0, img.height - int(size * 1.6), img.width, img.height), fill=(0, 0, 0))
+    draw.text((size // 2, img.height - int(size * 1.4)), "SALE -50% simsearch.example", fill=(255, 255, 0), font=font)
+    return img
+
+
+# Each edit: original bytes -> edited JPEG bytes. Crops keep the centre (the subject, in most photos).
+EDITS: dict[str, Callable[[bytes], bytes]] = {
+    "crop 70 %": lambda d: _jpeg(_centre_crop(_rgb(d), 0.7)),
+    "crop 50 %": lambda d: _jpeg(_centre_crop(_rgb(d), 0.5)),
+    "rotate 10°": lambda d: _jpeg(_rgb(d).rotate(10, resample=Image.Resampling.BICUBIC)),
+    "grayscale": lambda d: _jpeg(ImageOps.grayscale(_rgb(d)).convert("RGB")),
+    "JPEG q15, 50 %": lambda d: reencode(d, 0.5, 15),
+    "text overlay": lambda d: _jpeg(_caption(_rgb(d))),
+    "mirror": lambda d: _jpeg(ImageOps.mirror(_rgb(d))),
+}

@@ -450,33 +450,70 @@ def _weights_id(variant: Variant, weights: str | None) -> str:
     return f"{Path(weights).name}:{stat.st_size}:{int(stat.st_mtime)}"
 
 
+POOLINGS = ("gem", "avg", "rmac")
+
+
+def rmac_regions(height: int, width: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
+    """R-MAC's square windows on a feature map, as (y0, y1, x0, x1): the whole map, then at level
+    l = 2..levels an l x l grid of overlapping squares of side 2 * min(h, w) / (l + 1)."""
+    out = [(0, height, 0, width)]
+    for level in range(2, levels + 1):
+        side = max(1, round(2 * min(height, width) / (level + 1)))
+        ys = np.linspace(0, height - side, level).round().astype(int)
+        xs = np.linspace(0, width - side, level).round().astype(int)
+        out += [(int(y), int(y) + side, int(x), int(x) + side) for y in ys for x in xs]
+    return out
+
+
+def _gem(x: Any) -> Any:
+    from keras import ops
+
+    # ReLU6 output is >= 0; the floor keeps the cube root's input positive.
+    return ops.power(ops.mean(ops.power(ops.maximum(x, GEM_EPS), GEM_P), axis=[1, 2]), 1.0 / GEM_P)
+
+
+def _pooled(fmap: Any, pooling: str) -> Any:
+    from keras import layers, ops
+
+    if pooling == "gem":
+        return layers.Lambda(_gem, name="gem_pool")(fmap)
+    height, width = int(fmap.shape[1]), int(fmap.shape[2])
+    windows = rmac_regions(height, width)
+
+    def rmac(x: Any) -> Any:
+        # Each window is pooled and normalised on its own, so a part of the photo (what a crop
+        # shows) weighs in the sum as much as the whole does.
+        total = None
+        for y0, y1, x0, x1 in windows:
+            g = _gem(x[:, y0:y1, x0:x1, :])
+            g = g / ops.maximum(ops.sqrt(ops.sum(g * g, axis=-1, keepdims=True)), 1e-12)
+            total = g if total is None else total + g
+        return total
+
+    return layers.Lambda(rmac, name="rmac_pool")(fmap)
+
+
 def build_network(
     variant: Variant, weights: str, input_size: int, cache_dir: Path | None = None, pooling: str = "gem"
 ) -> Network:
     """The embedding graph: preprocessed input -> 1280-d pooled features.
 
-    Pooling of the final feature map is generalised-mean (p = 3) by default: on the animals
-    benchmark it beat plain average pooling (docs/models.md, bench/quality.py) at no cost. It is part of
-    the graph, so every inference backend runs the same computation.
+    ``pooling`` of the last feature map: "gem", generalised mean with p = 3 (on the animals
+    benchmark it beat plain average pooling for Lite0, docs/models.md); "rmac", GeM over R-MAC's
+    regions, each normalised, summed (better on crops, bench/embedding_choice.py); or "avg". It
+    is part of the graph, so every inference backend runs the same computation. A model's
+    pooling is fixed by the registry: vectors pooled differently are not comparable.
     """
     import keras
-    from keras import layers, ops
 
-    if pooling not in ("gem", "avg"):
-        raise ValueError(f"pooling must be 'gem' or 'avg', not {pooling!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
     features = build_efficientnet_lite(variant, False, input_size=input_size, weights=weights, cache_dir=cache_dir)
     if pooling == "avg":
         model = features
     else:
         fmap = features.get_layer(FEATURES_OUTPUT).input
-
-        def gem(x: Any) -> Any:
-            # ReLU6 output is >= 0; the floor keeps the cube root's input positive.
-            return ops.power(ops.mean(ops.power(ops.maximum(x, GEM_EPS), GEM_P), axis=[1, 2]), 1.0 / GEM_P)
-
-        model = keras.Model(
-            features.input, layers.Lambda(gem, name="gem_pool")(fmap), name=f"{_keras_name(variant)}_gem"
-        )
+        model = keras.Model(features.input, _pooled(fmap, pooling), name=f"{_keras_name(variant)}_{pooling}")
     return Network(
         name=variant.name,
         dim=HEAD_FILTERS,

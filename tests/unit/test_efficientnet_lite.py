@@ -412,3 +412,29 @@ def test_gem_pooling_is_the_default_and_correct(classifier, cache_dir: Path) -> 
     np.testing.assert_allclose(embedder.embed(photos), expected, atol=1e-5)
     with pytest.raises(ValueError, match="pooling"):
         eff.EfficientNetLiteEmbedder(eff.LITE0, "imagenet", 224, cache_dir, pooling="max")
+
+
+def test_rmac_regions_cover_the_map_as_rmac_does() -> None:
+    # 7 x 7 (Lite0 at 224): the whole map; 2 x 2 windows of side 14/3 -> 5; 3 x 3 of side 14/4 -> 4.
+    expected = [(0, 7, 0, 7)]
+    expected += [(y, y + 5, x, x + 5) for y in (0, 2) for x in (0, 2)]
+    expected += [(y, y + 4, x, x + 4) for y in (0, 2, 3) for x in (0, 2, 3)]
+    assert eff.rmac_regions(7, 7) == expected
+    # A wide map: squares sized by the short side, spread along the long one, never outside it.
+    for y0, y1, x0, x1 in eff.rmac_regions(6, 10)[1:]:
+        assert y1 - y0 == x1 - x0 and 0 <= y0 < y1 <= 6 and 0 <= x0 < x1 <= 10
+
+
+def test_rmac_pooling_matches_numpy(classifier, cache_dir: Path) -> None:
+    import keras
+
+    photos = np.stack([load_photo("tabby_cat.jpg"), load_photo("labrador_puppy.jpg")])
+    fmap_model = keras.Model(classifier.input, classifier.get_layer(eff.FEATURES_OUTPUT).input)
+    fmap = np.asarray(fmap_model(eff.preprocess(photos), training=False)).astype(np.float64)
+    total = np.zeros((2, 1280))
+    for y0, y1, x0, x1 in eff.rmac_regions(7, 7):
+        g = np.cbrt(np.mean(np.maximum(fmap[:, y0:y1, x0:x1], eff.GEM_EPS) ** 3, axis=(1, 2)))
+        total += g / np.linalg.norm(g, axis=1, keepdims=True)
+    expected = total / np.linalg.norm(total, axis=1, keepdims=True)
+    embedder = eff.EfficientNetLiteEmbedder(eff.LITE0, "imagenet", 224, cache_dir, pooling="rmac")
+    np.testing.assert_allclose(embedder.embed(photos), expected, atol=1e-5)

@@ -47,6 +47,12 @@ def lite0(tmp_path_factory: pytest.TempPathFactory):
     return get_model_spec("efficientnet-lite0").build("imagenet", 256, tmp_path_factory.mktemp("lite"))
 
 
+@pytest.fixture(scope="module")
+def lite2(tmp_path_factory: pytest.TempPathFactory):
+    spec = get_model_spec("efficientnet-lite2")
+    return spec.build("imagenet", spec.default_input_size, tmp_path_factory.mktemp("lite2"))
+
+
 def test_missing_openvino_falls_back_to_tensorflow(resnet_random, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(inference, "openvino_installed", lambda: False)
     runner = inference.make_runner(resnet_random, "auto", "auto", tmp_path, threads=2)
@@ -72,7 +78,7 @@ def _real_photos(side: int) -> np.ndarray:
     return np.stack([to_model_input(decode_image(p.read_bytes()).image, side) for p in paths])
 
 
-@pytest.mark.parametrize("model", ["resnet_random", "lite0"])
+@pytest.mark.parametrize("model", ["resnet_random", "lite0", "lite2"])
 def test_fast_backend_matches_tensorflow_float32(model: str, request, tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("openvino")
     network = request.getfixturevalue(model)
