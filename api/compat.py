@@ -13,6 +13,7 @@ def require_current_model(info: CollectionInfo | None, settings: ApiSettings) ->
         return
     raise Conflict(
         f"collection {info.name!r} holds {info.model} vectors ({info.dimension}-d) but this service embeds "
-        f"with {settings.embedding_model}; re-embed it first: POST /v1/collections/{info.name}/reembed",
+        f"with {settings.embedding_model}; re-embed it first (POST /v1/collections/{info.name}/reembed), "
+        f"or run the API and workers with EMBEDDING_MODEL={info.model}",
         code="model_mismatch",
     )

@@ -43,9 +43,10 @@ from tests.images import unrelated_images  # noqa: E402
 K = 10
 
 
-def leave_one_out(vectors: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """precision@10 and mAP@10 with every photo as a query against all the others."""
-    sims = vectors @ vectors.T
+def leave_one_out(vectors: np.ndarray, labels: np.ndarray, queries: np.ndarray | None = None) -> tuple[float, float]:
+    """precision@10 and mAP@10 with every photo as a query against all the others (`queries`:
+    the photos' query-side vectors, where they differ from the indexed ones)."""
+    sims = (vectors if queries is None else queries) @ vectors.T
     np.fill_diagonal(sims, -np.inf)
     top = np.argpartition(-sims, K, axis=1)[:, :K]
     order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
@@ -141,20 +142,35 @@ def measure(model: str, side: int, blobs: list[bytes], queries: dict[str, list[b
     from worker.runtime import _configure_tensorflow
 
     _configure_tensorflow(args.threads)
-    run, backend = feature_map_runner(model, side, Path(args.cache_dir), args.threads)
 
-    def maps(items: list[bytes]) -> np.ndarray:
-        out = []
-        for i in range(0, len(items), 32):
-            out.append(run(np.stack([to_model_input(decode_image(b).image, side) for b in items[i : i + 32]])))
-        return np.concatenate(out)
+    def mapper(at: int):
+        run, backend = feature_map_runner(model, at, Path(args.cache_dir), args.threads)
+        run(np.zeros((1, at, at, 3), np.uint8))  # compile outside the timing
 
-    run(np.zeros((1, side, side, 3), np.uint8))  # compile outside the timing
+        def maps(items: list[bytes]) -> np.ndarray:
+            out = []
+            for i in range(0, len(items), 32):
+                out.append(run(np.stack([to_model_input(decode_image(b).image, at) for b in items[i : i + 32]])))
+            return np.concatenate(out)
+
+        return maps, backend
+
+    maps, backend = mapper(side)
     started = time.perf_counter()
     base = maps(blobs)
     rate = len(blobs) / (time.perf_counter() - started)
     edited = {name: maps(items) for name, items in queries.items()}
-    return {"backend": backend, "images_s": rate, "maps": base, "edited": edited}
+    out = {"backend": backend, "images_s": rate, "maps": base, "edited": edited}
+    if args.query_side:
+        # A second, smaller view of each query: what a crop shows enlarged appears at the indexed scale.
+        small, _ = mapper(args.query_side)
+        out["small_maps"] = small(blobs)
+        out["small_edited"] = {name: small(items) for name, items in queries.items()}
+    return out
+
+
+def two_scale(pool, large: np.ndarray, small: np.ndarray) -> np.ndarray:
+    return _normalise(_normalise(pool(large)) + _normalise(pool(small))).astype(np.float32)
 
 
 def main() -> int:
@@ -166,6 +182,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "simsearch"))
+    parser.add_argument("--query-side", type=int, help="also try queries embedded at this side too, averaged")
     parser.add_argument("--floor", type=float, help="the share of photos above this (default: the unrelated max)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -200,6 +217,19 @@ def main() -> int:
             row = {"model": model, "input": int(side), "pooling": pooling, "p10": p10, "map10": map10}
             row |= {"near_dup_r1": recall, "forward_images_s": m["images_s"], "backend": m["backend"]}
             row |= {"unrelated_max": unrelated_max, "unrelated_by_kind": by_kind, "closest_of_10_above_it": above}
+            if args.query_side:
+                q_all = two_scale(pool, m["maps"], m["small_maps"])
+                row["two_scale_query"] = {"side": args.query_side, "p10": leave_one_out(vectors, labels, q_all)[0]}
+                row["two_scale_query"]["near_dup_r1"] = {
+                    name: float(
+                        np.mean(
+                            (two_scale(pool, m["edited"][name], m["small_edited"][name]) @ vectors.T).argmax(axis=1)
+                            == np.array(rows)
+                        )
+                    )
+                    for name in recall
+                }
+                print(f"{model}@{side} {pooling:5s} query also at {args.query_side}: {row['two_scale_query']}")
             results.append(row)
             edits = "  ".join(f"{name} {r:.3f}" for name, r in recall.items())
             print(

@@ -142,7 +142,7 @@ def measure(model: str, items: list[tuple[Path, str]], rows: list[int], args) ->
 def backend_line(log: Path) -> str:
     for line in Path(log).read_text().splitlines():
         if "ready for" in line and "openvino" in line:
-            return line.split("openvino", 1)[1].split(":")[0].strip()
+            return "openvino " + line.split("openvino", 1)[1].split()[0]
     return "tensorflow f32"
 
 

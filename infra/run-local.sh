@@ -10,7 +10,7 @@ HOST="${HOST:-127.0.0.1}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 # ResNet50's ImageNet weights need the Keras download host or a file you provide (see README);
 # EfficientNet-Lite0's come with pip, so the local stack works offline unless you choose otherwise.
-export EMBEDDING_MODEL="${EMBEDDING_MODEL:-efficientnet-lite0}"
+export EMBEDDING_MODEL="${EMBEDDING_MODEL:-efficientnet-lite2}"
 API_PORT="${API_PORT:-8000}"
 STATE_DIR="${STATE_DIR:-.local-stack}"
 mkdir -p "$STATE_DIR"

@@ -710,7 +710,7 @@ def test_worker_deployment(docs: list[dict[str, Any]]) -> None:
     # The autoscaler owns the replica count: a `replicas` here would reset it on every apply.
     assert "replicas" not in worker["spec"]
     env = _env(container, docs)
-    assert env["EMBEDDING_MODEL"] in {"resnet50", "efficientnet-lite0"}
+    assert env["EMBEDDING_MODEL"] in {"resnet50", "efficientnet-lite0", "efficientnet-lite2"}
     assert env["EMBEDDING_WEIGHTS"]
     assert env["ENVIRONMENT"] == "production"
     assert env["SIMSEARCH_CACHE_DIR"] == "/cache/simsearch"
