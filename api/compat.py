@@ -14,6 +14,6 @@ def require_current_model(info: CollectionInfo | None, settings: ApiSettings) ->
     raise Conflict(
         f"collection {info.name!r} holds {info.model} vectors ({info.dimension}-d) but this service embeds "
         f"with {settings.embedding_model}; re-embed it first (POST /v1/collections/{info.name}/reembed), "
-        f"or run the API and workers with EMBEDDING_MODEL={info.model}",
+        f"or run the API and workers with EMBEDDING_MODEL={info.model} (and the INPUT_SIZE it was built at)",
         code="model_mismatch",
     )

@@ -133,6 +133,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "animals")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--percentile", type=float, help="the workers' NO_MATCH_PERCENTILE (default: theirs)")
     parser.add_argument("--skip-cost", action="store_true", help="leave out the calibration cost at scale")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "simsearch-bench-cache")
     args = parser.parse_args()
@@ -142,6 +143,8 @@ def main() -> int:
 
     env = {"EMBEDDING_MODEL": args.model, "EMBEDDING_WEIGHTS": "imagenet", "RATE_LIMIT_PER_SECOND": "0"}
     env["SIMSEARCH_CACHE_DIR"] = str(args.cache_dir)
+    if args.percentile is not None:
+        env["NO_MATCH_PERCENTILE"] = str(args.percentile)
     out: dict = {"data": str(args.data), "images": len(items)}
     with small_stack(Path(tempfile.mkdtemp(prefix="no-match-")), "bench", ready_timeout=600, **env) as base:
         service = Service(base)

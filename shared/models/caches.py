@@ -13,5 +13,5 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "simsearch"
 class ModelCaches(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True)
 
-    simsearch_cache_dir: Path = DEFAULT_CACHE_DIR  # converted EfficientNet-Lite0 weights, OpenVINO models
+    simsearch_cache_dir: Path = DEFAULT_CACHE_DIR  # converted EfficientNet-Lite weights, OpenVINO models
     keras_home: Path = Path.home() / ".keras"  # Keras's own: its models/ holds the ResNet50 ImageNet weights

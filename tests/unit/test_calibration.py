@@ -172,3 +172,17 @@ def test_the_message_says_what_refused_the_closest() -> None:
     assert text.startswith("No similar images found (the closest had 0.312, below the threshold 0.610")
     assert "calibrated on this collection" in text
     assert no_match_message(None, None) == "No similar images found"
+
+
+def test_the_percentile_is_the_deployments_or_else_the_models(monkeypatch) -> None:
+    from worker.runtime import no_match_policy
+    from worker.settings import WorkerSettings
+
+    monkeypatch.delenv("NO_MATCH_PERCENTILE", raising=False)
+    lite2 = no_match_policy(WorkerSettings(embedding_model="efficientnet-lite2"))
+    assert lite2.enabled and lite2.model_floors and lite2.percentile == 0.5
+    assert no_match_policy(WorkerSettings(embedding_model="efficientnet-lite0")).percentile == 1.0
+    chosen = no_match_policy(WorkerSettings(embedding_model="efficientnet-lite2", no_match_percentile=2.0))
+    assert chosen.percentile == 2.0
+    random = no_match_policy(WorkerSettings(embedding_model="efficientnet-lite2", embedding_weights="random"))
+    assert not random.enabled and not random.model_floors

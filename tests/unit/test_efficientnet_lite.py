@@ -277,6 +277,20 @@ def test_lite2_classifies_photos(lite2_classifier, photo: str, low: int, high: i
     assert_classifies(lite2_classifier, photo, low, high, 260)
 
 
+def test_lite2_knows_the_labrador(lite2_classifier) -> None:
+    # Lite2's first guess is a golden retriever (207); Labrador retriever (208) must be next.
+    logits = np.asarray(lite2_classifier(eff.preprocess(load_photo("labrador_puppy.jpg", 260)[None])))[0]
+    assert 208 in np.argsort(-logits)[:2]
+
+
+def test_lite1_loads_its_checkpoint_strictly(tmp_path: Path) -> None:
+    # assign_state_dict checks every tensor's shape and that none is left over.
+    model = eff.build_efficientnet_lite(eff.LITE1, include_top=True, input_size=64, cache_dir=tmp_path)
+    state = torch_pickle.load_legacy_torch_state_dict(eff.imagenet_checkpoint_path(eff.LITE1))
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable_size(state)
+    assert (tmp_path / eff.LITE1.cache_filename).is_file()
+
+
 def assert_matches_numpy(model, state: dict[str, np.ndarray], number: int, input_size: int) -> None:
     import keras
 
@@ -420,6 +434,12 @@ def test_rmac_regions_cover_the_map_as_rmac_does() -> None:
     expected += [(y, y + 5, x, x + 5) for y in (0, 2) for x in (0, 2)]
     expected += [(y, y + 4, x, x + 4) for y in (0, 2, 3) for x in (0, 2, 3)]
     assert eff.rmac_regions(7, 7) == expected
+    # 10 x 10 (Lite2 at 292): 2 x 2 windows of side 20/3 -> 7; 3 x 3 of side 5, starting at 0, 2 (2.5
+    # rounded to even) and 5.
+    expected = [(0, 10, 0, 10)]
+    expected += [(y, y + 7, x, x + 7) for y in (0, 3) for x in (0, 3)]
+    expected += [(y, y + 5, x, x + 5) for y in (0, 2, 5) for x in (0, 2, 5)]
+    assert eff.rmac_regions(10, 10) == expected
     # A wide map: squares sized by the short side, spread along the long one, never outside it.
     for y0, y1, x0, x1 in eff.rmac_regions(6, 10)[1:]:
         assert y1 - y0 == x1 - x0 and 0 <= y0 < y1 <= 6 and 0 <= x0 < x1 <= 10
