@@ -142,14 +142,37 @@ def pool_rss_mb(worker_pid: int) -> float:
     return total / 1024
 
 
-def search(http: httpx.Client, collection: str, image: str, timeout: float = 600) -> dict:
+def search(http: httpx.Client, collection: str, image: str, timeout: float = 600, split: list | None = None) -> dict:
+    """One search by stored id, its result fetched with `?wait=`; `split` collects (POST, wait) ms."""
+    started = time.perf_counter()
     job = http.post(f"/v1/collections/{collection}/search", json={"image_id": image}).raise_for_status().json()
+    posted = time.perf_counter()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = http.get(f"/v1/jobs/{job['job_id']}", params={"wait": 30}).json()
         if done["status"] in ("succeeded", "partial", "failed"):
+            if split is not None:
+                split.append(((posted - started) * 1000, (time.perf_counter() - posted) * 1000))
             return done
     raise TimeoutError(image)
+
+
+def worker_stages(log: Path, collection: str, skip: int = 1) -> dict[str, float]:
+    """p50 ms per stage of the worker's searches into `collection` (after the first `skip`)."""
+    per_stage: dict[str, list[float]] = {}
+    entries = [
+        entry
+        for line in log.read_text().splitlines()
+        if line.startswith("{")
+        and (entry := json.loads(line)).get("message") == "answered a search"
+        and entry.get("collection") == collection
+    ][skip:]
+    for entry in entries:
+        for name, seconds in entry.get("stages", {}).items():
+            per_stage.setdefault(name, []).append(seconds * 1000)
+    totals = [sum(e.get("stages", {}).values()) * 1000 for e in entries]
+    out = {name: round(float(np.percentile(v, 50)), 3) for name, v in per_stage.items()}
+    return out | {"worker_total": round(float(np.percentile(totals, 50)), 3) if totals else 0.0}
 
 
 RESTART_QUERIES = 20  # answered again after the cold start: the same top-10 in the same order?
@@ -175,12 +198,13 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON (always last)")
+    parser.add_argument("--skip-cold", action="store_true", help="only the searches (no snapshot, no restart)")
     args = parser.parse_args()
-    print(json.dumps(run(args.vectors, args.dim, args.queries, args.seed)))
+    print(json.dumps(run(args.vectors, args.dim, args.queries, args.seed, args.skip_cold)))
     return 0
 
 
-def run(n: int, dim: int, queries: int, seed: int = 0) -> dict:
+def run(n: int, dim: int, queries: int, seed: int = 0, skip_cold: bool = False) -> dict:
     from tests.integration.services import start_api, start_redis, start_worker
 
     workdir = Path(tempfile.mkdtemp(prefix="scale-"))
@@ -203,13 +227,16 @@ def run(n: int, dim: int, queries: int, seed: int = 0) -> dict:
             started = time.perf_counter()
             search(http, "scale", image_id(int(rows[0])))
             first_s = time.perf_counter() - started
-            latencies, answers = [], []
+            latencies, answers, split = [], [], []
             for r in rows:
                 t = time.perf_counter()
-                job = search(http, "scale", image_id(int(r)))
+                job = search(http, "scale", image_id(int(r)), split=split)
                 latencies.append((time.perf_counter() - t) * 1000)
                 answers.append([m["image_id"] for m in job["result"]["matches"]])
             rss = pool_rss_mb(worker.proc.pid)
+            stages = worker_stages(worker.log, "scale")
+            if skip_cold:
+                return _figures(n, dim, latencies, split, stages, rss, answers, rows, seed, first_s, per_image, load_s)
             snapshot = wait_for_snapshot(client, "scale")
             # Cold start: a new worker from Redis and the blob store (model load, then the replica
             # from its snapshot plus the log after it, or from the vectors if there is none).
@@ -226,25 +253,33 @@ def run(n: int, dim: int, queries: int, seed: int = 0) -> dict:
             identical = float(np.mean([a == b for a, b in zip(before, after, strict=True)]))
             cold_rss = pool_rss_mb(cold.proc.pid)
             restored = "restored replica of scale from a snapshot" in cold.log.read_text()
-        expected = exact_top10(query_vectors(rows, n, dim, seed), rows, n, dim, seed)
-        recall = float(np.mean([len(set(a[:10]) & set(e)) / 10 for a, e in zip(answers, expected, strict=True)]))
     finally:
         for service in workers:
             service.stop()
         redis_service.stop()
+    return _figures(n, dim, latencies, split, stages, rss, answers, rows, seed, first_s, per_image, load_s) | {
+        "cold_start_s": round(cold_s, 1),
+        "snapshot": snapshot,
+        "restored_from_snapshot": restored,
+        "restart_identical": identical,
+        "cold_worker_rss_mb": round(cold_rss),
+    }
+
+
+def _figures(n, dim, latencies, split, stages, rss, answers, rows, seed, first_s, per_image, load_s) -> dict:
+    expected = exact_top10(query_vectors(rows, n, dim, seed), rows, n, dim, seed)
+    recall = float(np.mean([len(set(a[:10]) & set(e)) / 10 for a, e in zip(answers, expected, strict=True)]))
     ms = np.array(latencies)
     return {
         "vectors": n,
         "dim": dim,
         "search_p50_ms": round(float(np.percentile(ms, 50)), 1),
         "search_p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "post_p50_ms": round(float(np.percentile([p for p, _ in split], 50)), 2),
+        "wait_p50_ms": round(float(np.percentile([w for _, w in split], 50)), 2),
+        "worker_stages_p50_ms": stages,
         "recall_at_10": round(recall, 4),
         "worker_rss_mb": round(rss),
-        "cold_start_s": round(cold_s, 1),
-        "snapshot": snapshot,
-        "restored_from_snapshot": restored,
-        "restart_identical": identical,
-        "cold_worker_rss_mb": round(cold_rss),
         "first_search_s": round(first_s, 1),
         "redis_bytes_per_image": round(per_image),
         "load_s": round(load_s, 1),

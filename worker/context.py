@@ -3,7 +3,8 @@ arguments. Also the outcome helpers every job kind uses."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import SimsearchError
@@ -12,6 +13,7 @@ from shared.jobs.lifecycle import JobRecord, Outcome
 from shared.models.base import Embedder
 from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobInput, JobStatus
 from worker.ingest.sources import Sources
+from worker.ingest.stages import Stages
 from worker.search.replica import ReplicaSet
 from worker.store import Embedding, WorkerStore
 
@@ -26,6 +28,8 @@ class JobContext:
     max_pixels: int
     served_by: str | None = None
     sources: Sources | None = None  # URLs and bucket objects (imports, search by URL)
+    stages: Stages = field(default_factory=Stages)  # where this task's time went (logged by ingest)
+    preparers: Executor | None = None  # decodes a chunk's images side by side (None: one by one)
 
     @property
     def job_id(self) -> str:

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shared.fetch import Fetcher
@@ -45,6 +46,7 @@ class WorkerRuntime:
     embedder: NetworkEmbedder | None  # None: a search-only worker (WORKER_EMBEDS=false)
     replicas: ReplicaSet
     sources: Sources
+    preparers: Executor | None = None
 
     def context(self, job_id: str, served_by: str | None = None) -> JobContext | None:
         """Everything a task body needs for this job; None once the job has expired."""
@@ -60,6 +62,7 @@ class WorkerRuntime:
             max_pixels=self.settings.max_image_pixels,
             served_by=served_by,
             sources=self.sources,
+            preparers=self.preparers,
         )
 
     @classmethod
@@ -90,6 +93,11 @@ class WorkerRuntime:
                 Fetcher(settings.fetch_policy),
                 Buckets(settings.bucket_settings, settings.fetch_max_bytes),
                 settings.fetch_concurrency,
+            ),
+            preparers=(
+                ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="prepare")
+                if embedder is not None and settings.decode_threads > 1
+                else None
             ),
         )
         if not settings.redis_cluster and (legacy := legacy_collections(client)):

@@ -26,6 +26,9 @@ class WorkerSettings(ModelSettings):
     inference_precision: str = "auto"
     # Threads for the forward pass; 0 = the CPUs this process may use.
     inference_threads: int = Field(default=0, ge=0)
+    # Threads that decode and reduce a chunk's images (Pillow releases the GIL while it decodes,
+    # resizes and encodes); 0 = as many as the forward pass. 1: one after another.
+    prepare_threads: int = Field(default=0, ge=0)
     worker_concurrency: int = Field(default=1, ge=1)
     task_time_limit_s: int = Field(default=600, ge=10)
     process_start_timeout_s: float = Field(default=300, ge=4)
@@ -115,6 +118,10 @@ class WorkerSettings(ModelSettings):
         if self.inference_threads:
             return self.inference_threads
         return max(1, cpus() // self.worker_concurrency)
+
+    @property
+    def decode_threads(self) -> int:
+        return self.prepare_threads or self.threads
 
     @property
     def fetch_policy(self) -> FetchPolicy:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,12 +87,16 @@ def _embed_and_store(ctx: JobContext, pending: list[Pending]) -> list[Outcome]:
             started = time.perf_counter()
             embedded = iter(ctx.embedder.embed(np.stack([p.image.pixels for p in new])))
             seconds = time.perf_counter() - started
+            ctx.stages.add("forward", seconds)
             vectors = [next(embedded) if p.image is not None else None for p in pending]
     except BaseException:
         ctx.store.discard_renditions(writing)
         raise
     images = [NewImage(r, vec, b) for r, vec, b in zip(records, vectors, renditions, strict=True)]
-    flags = ctx.store.add_images(ctx.collection, ctx.embedding, ctx.job.seq, images, writing)
+    with ctx.stages.stage("renditions_wait"):
+        wait([writing])  # add_images reads (and raises) its result
+    with ctx.stages.stage("store"):
+        flags = ctx.store.add_images(ctx.collection, ctx.embedding, ctx.job.seq, images, writing)
     if new:
         ctx.store.record_embedding(len(new), seconds, flags.count(1))
     return [ok(p.index, p.input, STATUS_OF_FLAG[flag]) for p, flag in zip(pending, flags, strict=True)]
@@ -132,10 +137,26 @@ def fetch_urls(ctx: JobContext, indices: list[int], inputs: list[JobInput | Item
     return data
 
 
+def read_uploads(ctx: JobContext, todo: list[tuple[int, JobInput]], fetched: dict[int, bytes]) -> list[bytes | None]:
+    """The items' bytes: fetched URLs from `fetched`, uploads read from the blob store at once."""
+    uploads = [index for index, inp in todo if not inp.url]
+    read = dict(zip(uploads, ctx.store.blobs.get_many([keys.upload_blob(ctx.job_id, i) for i in uploads]), strict=True))
+    return [fetched.pop(index, None) if inp.url else read[index] for index, inp in todo]
+
+
+def prepare_all(ctx: JobContext, todo: list[tuple[int, JobInput]], data: list[bytes | None]) -> list[Pending | Outcome]:
+    """Decode and reduce the items, side by side on the worker's preparer threads (in order)."""
+    steps = [(index, inp, blob) for (index, inp), blob in zip(todo, data, strict=True)]
+    if ctx.preparers is None or len(steps) < 2:
+        return [prepare_item(ctx, *step) for step in steps]
+    return list(ctx.preparers.map(lambda step: prepare_item(ctx, *step), steps))
+
+
 def _process(ctx: JobContext, indices: list[int]) -> int:
     """Prepare, embed (one forward pass) and store these items, then record them. Returns the
     job's completeness flag from `record_items`."""
-    all_inputs = ctx.jobs.inputs(ctx.job_id, indices)
+    with ctx.stages.stage("inputs"):
+        all_inputs = ctx.jobs.inputs(ctx.job_id, indices)
     outcomes: list[Outcome] = []
     pending: list[Pending] = []
     # URL items are fetched a window at a time and reduced to model input before the next window:
@@ -144,11 +165,14 @@ def _process(ctx: JobContext, indices: list[int]) -> int:
     window = ctx.sources.concurrency if urls and ctx.sources is not None else len(indices)
     for start in range(0, len(indices), window):
         some, inputs = indices[start : start + window], all_inputs[start : start + window]
-        fetched = fetch_urls(ctx, some, inputs)
+        with ctx.stages.stage("fetch_urls"):
+            fetched = fetch_urls(ctx, some, inputs)
         present = [inp.image_id for inp in inputs if isinstance(inp, JobInput)]
         # Only a hint to skip the work: whether an image is new, existing or deleted is decided
         # atomically when the chunk is stored.
-        existing = ctx.store.existing_ids(ctx.collection, present)
+        with ctx.stages.stage("existing"):
+            existing = ctx.store.existing_ids(ctx.collection, present)
+        todo: list[tuple[int, JobInput]] = []
         for index, inp in zip(some, inputs, strict=True):
             if isinstance(inp, ItemError):
                 outcomes.append(failed_item(index, None, inp.error, inp.detail))
@@ -157,13 +181,19 @@ def _process(ctx: JobContext, indices: list[int]) -> int:
             elif inp.image_id in existing:
                 pending.append(Pending(index, inp, None))
             else:
-                data = fetched.pop(index, None) if inp.url else ctx.store.blobs.get(keys.upload_blob(ctx.job_id, index))
-                step = prepare_item(ctx, index, inp, data)
+                todo.append((index, inp))
+        with ctx.stages.stage("read_upload"):
+            data = read_uploads(ctx, todo, fetched)
+        with ctx.stages.stage("prepare"):
+            for step in prepare_all(ctx, todo, data):
                 (pending if isinstance(step, Pending) else outcomes).append(step)
+    pending.sort(key=lambda p: p.index)  # the chunk's rows in item order, whichever path they took
     if pending:
         outcomes += guarded(pending, lambda: _embed_and_store(ctx, pending))
-    complete = ctx.jobs.record_items(ctx.job_id, outcomes)
-    drop_uploads(ctx, indices)
+    with ctx.stages.stage("record"):
+        complete = ctx.jobs.record_items(ctx.job_id, outcomes)
+    with ctx.stages.stage("drop_uploads"):
+        drop_uploads(ctx, indices)
     return complete
 
 
@@ -177,17 +207,19 @@ def index_chunk(ctx: JobContext, indices: list[int]) -> None:
     started = time.perf_counter()
     attempt = ctx.jobs.count_attempt(ctx.job_id, f"chunk:{indices[0]}")
     complete = _process(ctx, indices) if attempt == 1 else _one_at_a_time(ctx, indices)
+    if complete == 1:
+        with ctx.stages.stage("finish"):
+            finish_index_job(ctx)
     log.info(
         "indexed a chunk",
         extra={
             "collection": ctx.collection,
             "items": len(indices),
             "attempt": attempt,
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": round(time.perf_counter() - started, 4),
+            "stages": ctx.stages.rounded(),
         },
     )
-    if complete == 1:
-        finish_index_job(ctx)
 
 
 def _one_at_a_time(ctx: JobContext, indices: list[int]) -> int:

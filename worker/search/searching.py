@@ -109,26 +109,33 @@ def _embedded(ctx: JobContext, data: bytes) -> np.ndarray:
 
 
 def search(ctx: JobContext, params: SearchParams) -> SearchResult:
-    collection, embedder = ctx.collection, ctx.embedder
-    replica: Replica | None = ctx.replicas.sync(collection)  # an unsharded collection: shard 0 of 1
+    collection, embedder, stage = ctx.collection, ctx.embedder, ctx.stages.stage
+    with stage("sync"):
+        replica: Replica | None = ctx.replicas.sync(collection)  # an unsharded collection: shard 0 of 1
     if replica is not None and replica.model != embedder.name:
         raise Conflict(
             f"collection {collection!r} was built with model {replica.model!r}; this worker runs {embedder.name!r}",
             code="model_mismatch",
         )
-    query = _query_vector(ctx, params)
+    with stage("query"):
+        query = _query_vector(ctx, params)
     if replica is None or len(replica.index) == 0:
         return SearchResult(matches=[], message="The collection is empty", collection_size=0, model=embedder.name)
-    clustering = _clustering(ctx.store, replica, collection)
+    with stage("clustering"):
+        clustering = _clustering(ctx.store, replica, collection)
     if clustering is not None and clustering[1].shape[1] != query.shape[0]:
         clustering = None  # computed before a re-embed changed the dimension
     query_cluster = int(np.argmax(clustering[1] @ query)) if clustering else None
-    mask = row_mask(ctx, replica, params, clustering)
-    threshold = ctx.replicas.threshold(replica, params)
+    with stage("mask"):
+        mask = row_mask(ctx, replica, params, clustering)
+    with stage("threshold"):
+        threshold = ctx.replicas.threshold(replica, params)
     # Searching by a stored image means "more like this one": the image itself is not a match.
-    found = search_excluding(replica.index, query, excluded(params), params.k, mask)
+    with stage("search"):
+        found = search_excluding(replica.index, query, excluded(params), params.k, mask)
     hits = above(found, threshold)
-    names = ctx.store.filenames(collection, [i for i, _ in hits])
+    with stage("filenames"):
+        names = ctx.store.filenames(collection, [i for i, _ in hits])
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
     closest = None if matches or not found else round(found[0][1], 6)
     message = None if matches else no_match_message(closest, threshold)
@@ -174,22 +181,32 @@ def _clustering(store: WorkerStore, replica: Replica, collection: str):
 def run_search_job(ctx: JobContext, served: frozenset[int] | None = None) -> int:
     """Answer the search here, or prepare it for the shards: returns the number of shards to fan
     out to (0 when answered here: an unsharded collection on a worker serving shard 0)."""
-    ctx.jobs.mark_running(ctx.job_id)
+    with ctx.stages.stage("mark_running"):
+        ctx.jobs.mark_running(ctx.job_id)
     params = ctx.job.params_of(SearchParams)
-    shards = ctx.store.collection_shards(ctx.collection)
+    with ctx.stages.stage("shards"):
+        shards = ctx.store.collection_shards(ctx.collection)
     if shards > 1 or not serves(served, 0):
         return _prepare_fan_out(ctx, params, shards)
     outcome = _outcome(params)
+    matches = None
     try:
         result = search(ctx, params)
         result.served_by = ctx.served_by
-        log.info("answered a search", extra={"collection": ctx.collection, "matches": len(result.matches)})
+        matches = len(result.matches)
     except SimsearchError as exc:
-        end_single(ctx, outcome, exc)
+        with ctx.stages.stage("finish"):
+            end_single(ctx, outcome, exc)
     else:
-        end_single(ctx, outcome, result.model_dump(mode="json", exclude_none=True))
+        with ctx.stages.stage("finish"):
+            end_single(ctx, outcome, result.model_dump(mode="json", exclude_none=True))
     finally:
-        ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])
+        with ctx.stages.stage("drop_upload"):
+            ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])
+    log.info(
+        "answered a search",
+        extra={"collection": ctx.collection, "matches": matches, "stages": ctx.stages.rounded()},
+    )
     return 0
 
 
