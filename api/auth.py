@@ -114,7 +114,7 @@ async def principal_of(request: Request) -> ApiKey | None:
 Principal = Annotated[ApiKey | None, Depends(principal_of)]
 
 
-def requester_of(request: Request) -> str:
+async def requester_of(request: Request) -> str:
     """Who is asking, for per-requester turns: the key's name, else the client address."""
     state = request.scope.get("state") or {}
     if REQUESTER in state:

@@ -14,19 +14,21 @@ from api.waiter import JobWaiter
 from shared.schemas import COLLECTION_NAME, IMAGE_ID
 
 
-def get_settings(request: Request) -> ApiSettings:
+# Async on purpose: FastAPI runs a plain `def` dependency on a worker thread, one hop per
+# dependency per request (~20 per search before, 1.9 ms of a 4.2 ms POST).
+async def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> ApiStore:
+async def get_store(request: Request) -> ApiStore:
     return request.app.state.store
 
 
-def get_queue(request: Request) -> TaskQueue:
+async def get_queue(request: Request) -> TaskQueue:
     return request.app.state.queue
 
 
-def get_waiter(request: Request) -> JobWaiter:
+async def get_waiter(request: Request) -> JobWaiter:
     return request.app.state.waiter
 
 
@@ -36,7 +38,7 @@ QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 WaiterDep = Annotated[JobWaiter, Depends(get_waiter)]
 
 
-def get_rendered(request: Request) -> RenderedJobs:
+async def get_rendered(request: Request) -> RenderedJobs:
     return request.app.state.rendered
 
 

@@ -210,8 +210,9 @@ class ApiStore:
     async def existing(self, collection: str, image_ids: list[str]) -> list[str]:
         return await self.data.run(ops.existing(collection, image_ids))
 
-    async def image_exists(self, collection: str, image_id: str) -> bool:
-        return bool(await self.data.run(ops.existing(collection, [image_id])))
+    async def image_exists(self, collection: str, image_id: str, shards: int | None = None) -> bool:
+        """`shards`: the collection's shard count where the caller has read it (one read fewer)."""
+        return bool(await self.data.run(ops.existing(collection, [image_id], shards)))
 
     async def delete_image(self, collection: str, image_id: str) -> bool:
         """Delete now; index jobs created before this call will not bring the image back, also

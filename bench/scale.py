@@ -199,17 +199,24 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON (always last)")
     parser.add_argument("--skip-cold", action="store_true", help="only the searches (no snapshot, no restart)")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="a checkout of another version: its API and worker serve the same data first, then this tree's",
+    )
     args = parser.parse_args()
-    print(json.dumps(run(args.vectors, args.dim, args.queries, args.seed, args.skip_cold)))
+    print(json.dumps(run(args.vectors, args.dim, args.queries, args.seed, args.skip_cold, args.baseline_tree)))
     return 0
 
 
-def run(n: int, dim: int, queries: int, seed: int = 0, skip_cold: bool = False) -> dict:
+def run(
+    n: int, dim: int, queries: int, seed: int = 0, skip_cold: bool = False, baseline_tree: Path | None = None
+) -> dict:
     from tests.integration.services import start_api, start_redis, start_worker
 
     workdir = Path(tempfile.mkdtemp(prefix="scale-"))
     redis_service, url = start_redis(workdir)
-    env = {"EMBEDDING_MODEL": MODEL_OF_DIM[dim], "LOG_MAXLEN": str(2 * n)}
+    env = {"EMBEDDING_MODEL": MODEL_OF_DIM[dim], "LOG_MAXLEN": str(2 * n), "RATE_LIMIT_PER_SECOND": "0"}
     client = redis.Redis.from_url(url)
     workers = []
     try:
@@ -217,10 +224,11 @@ def run(n: int, dim: int, queries: int, seed: int = 0, skip_cold: bool = False) 
         load_s = load(client, f"file://{workdir / 'blobs'}", "scale", n, dim, seed)
         per_image = (client.info("memory")["used_memory"] - before) / n
         print(f"loaded {n} x {dim} in {load_s:.1f}s; Redis {per_image:.0f} B per image", flush=True)
+        rows = np.random.default_rng(seed + 1).choice(n, queries, replace=False)
+        if baseline_tree is not None:
+            return compare(url, workdir, env, baseline_tree, rows, (n, dim, seed, per_image, load_s))
         api, base = start_api(url, workdir, access_log=False, **env)
         workers.append(api)
-        rng = np.random.default_rng(seed + 1)
-        rows = rng.choice(n, queries, replace=False)
         with httpx.Client(base_url=base, timeout=600) as http:
             worker = start_worker(url, workdir, "scale", ready_timeout=600, **env)
             workers.append(worker)
@@ -236,7 +244,7 @@ def run(n: int, dim: int, queries: int, seed: int = 0, skip_cold: bool = False) 
             rss = pool_rss_mb(worker.proc.pid)
             stages = worker_stages(worker.log, "scale")
             if skip_cold:
-                return _figures(n, dim, latencies, split, stages, rss, answers, rows, seed, first_s, per_image, load_s)
+                return _figures(n, dim, latencies, split, stages, rss, answers, first_s, rows, seed, per_image, load_s)
             snapshot = wait_for_snapshot(client, "scale")
             # Cold start: a new worker from Redis and the blob store (model load, then the replica
             # from its snapshot plus the log after it, or from the vectors if there is none).
@@ -257,7 +265,7 @@ def run(n: int, dim: int, queries: int, seed: int = 0, skip_cold: bool = False) 
         for service in workers:
             service.stop()
         redis_service.stop()
-    return _figures(n, dim, latencies, split, stages, rss, answers, rows, seed, first_s, per_image, load_s) | {
+    return _figures(n, dim, latencies, split, stages, rss, answers, first_s, rows, seed, per_image, load_s) | {
         "cold_start_s": round(cold_s, 1),
         "snapshot": snapshot,
         "restored_from_snapshot": restored,
@@ -266,7 +274,64 @@ def run(n: int, dim: int, queries: int, seed: int = 0, skip_cold: bool = False) 
     }
 
 
-def _figures(n, dim, latencies, split, stages, rss, answers, rows, seed, first_s, per_image, load_s) -> dict:
+def compare(url: str, workdir: Path, env: dict[str, str], baseline: Path, rows: np.ndarray, common: tuple) -> dict:
+    """The same data served at once by two stacks (API and worker each, on brokers of their own):
+    the baseline checkout's code and this tree's. Queries alternate between them (A B, then B A),
+    so both see the same machine at the same moments."""
+    from tests.integration.services import start_api, start_worker
+
+    n, dim, seed, per_image, load_s = common
+    trees = {"baseline": baseline, "current": ROOT}
+    services, bases, workers = [], {}, {}
+    try:
+        for db, (name, tree) in enumerate(trees.items(), start=1):
+            stack_env = env | {"PYTHONPATH": str(tree), "BROKER_URL": url.rsplit("/", 1)[0] + f"/{db}"}
+            api, bases[name] = start_api(url, workdir, access_log=False, **stack_env)
+            services.append(api)
+            workers[name] = start_worker(url, workdir, name, ready_timeout=600, **stack_env)
+            services.append(workers[name])
+        clients = {name: httpx.Client(base_url=base, timeout=600) for name, base in bases.items()}
+        first = {}
+        for name, http in clients.items():
+            started = time.perf_counter()
+            search(http, "scale", image_id(int(rows[0])))
+            first[name] = time.perf_counter() - started
+        latencies = {name: [] for name in trees}
+        answers = {name: [] for name in trees}
+        split = {name: [] for name in trees}
+        for k, r in enumerate(rows):
+            for name in list(trees)[:: 1 if k % 2 == 0 else -1]:
+                t = time.perf_counter()
+                job = search(clients[name], "scale", image_id(int(r)), split=split[name])
+                latencies[name].append((time.perf_counter() - t) * 1000)
+                answers[name].append([m["image_id"] for m in job["result"]["matches"]])
+        out = {}
+        for name, tree in trees.items():
+            stages = worker_stages(workers[name].log, "scale")
+            rss = pool_rss_mb(workers[name].proc.pid)
+            fig = _figures(
+                n,
+                dim,
+                latencies[name],
+                split[name],
+                stages,
+                rss,
+                answers[name],
+                first[name],
+                rows,
+                seed,
+                per_image,
+                load_s,
+            )
+            out[name] = fig | {"tree": str(tree)}
+            print(json.dumps(out[name]), flush=True)
+        return out
+    finally:
+        for service in reversed(services):
+            service.stop()
+
+
+def _figures(n, dim, latencies, split, stages, rss, answers, first_s, rows, seed, per_image, load_s) -> dict:
     expected = exact_top10(query_vectors(rows, n, dim, seed), rows, n, dim, seed)
     recall = float(np.mean([len(set(a[:10]) & set(e)) / 10 for a, e in zip(answers, expected, strict=True)]))
     ms = np.array(latencies)

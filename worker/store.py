@@ -188,12 +188,17 @@ class WorkerStore(FanOutStore):
         """One shard's header (model, embedding, dimension, version): what its replicas follow."""
         return self.data.run(ops.shard_header(collection, shard))
 
-    def stored_vector(self, collection: str, image_id: str) -> np.ndarray | None:
-        raw, dim = self.data.run(ops.stored_vector(collection, image_id))
+    def shard_position(self, collection: str, shard: int) -> tuple[ShardHeader, str]:
+        """The shard's header and its log's last entry id, in one round trip."""
+        return self.data.run(ops.shard_position(collection, shard))
+
+    def stored_vector(self, collection: str, image_id: str, shards: int | None = None) -> np.ndarray | None:
+        """`shards`: the collection's shard count, where the caller has read it already."""
+        raw, dim = self.data.run(ops.stored_vector(collection, image_id, shards))
         return vectors.decode(raw, dim) if raw and dim else None
 
-    def filenames(self, collection: str, ids: list[str]) -> list[str]:
-        return self.data.run(ops.filenames(collection, ids))
+    def filenames(self, collection: str, ids: list[str], shards: int | None = None) -> list[str]:
+        return self.data.run(ops.filenames(collection, ids, shards))
 
     def metadata_of(self, collection: str, ids: list[str]) -> list[Any]:
         """Each image's user metadata (None when it has none or is gone): what filters read."""

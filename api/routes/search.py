@@ -122,7 +122,7 @@ async def search(
             params.positive, params.negative = body.positive, body.negative
         elif body.url is not None:
             params.url = params.filename = valid_url(body.url)
-        elif not await store.image_exists(collection, body.image_id):
+        elif not await store.image_exists(collection, body.image_id, info.shards):
             raise NotFound(f"no image {body.image_id} in collection {collection!r}", code="image_not_found")
         else:
             params.image_id = body.image_id

@@ -111,20 +111,22 @@ def create(name: str, shards: int, now: str) -> Op[tuple[bool, int]]:
 
 
 # -- images -------------------------------------------------------------------------------------
-def raw_records(collection: str, image_ids: Sequence[str]) -> Op[list[bytes | None]]:
+def raw_records(collection: str, image_ids: Sequence[str], shards: int | None = None) -> Op[list[bytes | None]]:
+    """`shards`: the collection's shard count where the caller knows it (saves reading it)."""
     if not image_ids:
         return []
-    shards = yield from shard_count(collection)
+    if shards is None:
+        shards = yield from shard_count(collection)
     return (yield from _hmget(lambda s: keys.images(collection, s), image_ids, shards))
 
 
-def records(collection: str, image_ids: Sequence[str]) -> Op[list[ImageRecord | None]]:
-    raw = yield from raw_records(collection, image_ids)
+def records(collection: str, image_ids: Sequence[str], shards: int | None = None) -> Op[list[ImageRecord | None]]:
+    raw = yield from raw_records(collection, image_ids, shards)
     return [ImageRecord.model_validate_json(r) if r else None for r in raw]
 
 
-def filenames(collection: str, image_ids: Sequence[str]) -> Op[list[str]]:
-    found = yield from records(collection, image_ids)
+def filenames(collection: str, image_ids: Sequence[str], shards: int | None = None) -> Op[list[str]]:
+    found = yield from records(collection, image_ids, shards)
     return [r.filename if r else "" for r in found]
 
 
@@ -134,11 +136,12 @@ def metadata_of(collection: str, image_ids: Sequence[str]) -> Op[list[Any]]:
     return [json.loads(r).get("metadata") if r else None for r in raw]
 
 
-def existing(collection: str, image_ids: Sequence[str]) -> Op[list[str]]:
-    """The ids among `image_ids` the collection holds, in their order."""
+def existing(collection: str, image_ids: Sequence[str], shards: int | None = None) -> Op[list[str]]:
+    """The ids among `image_ids` the collection holds, in their order (`shards`: if known)."""
     if not image_ids:
         return []
-    shards = yield from shard_count(collection)
+    if shards is None:
+        shards = yield from shard_count(collection)
     there = yield Batch([Call("hexists", (keys.images(collection, shard_of(i, shards)), i)) for i in image_ids])
     return [i for i, present in zip(image_ids, there, strict=True) if present]
 
@@ -199,9 +202,11 @@ def delete_image(collection: str, image_id: str, log_maxlen: int, tombstone_ttl_
 
 
 # -- vectors ------------------------------------------------------------------------------------
-def stored_vector(collection: str, image_id: str) -> Op[tuple[bytes | None, int | None]]:
+def stored_vector(collection: str, image_id: str, shards: int | None = None) -> Op[tuple[bytes | None, int | None]]:
     """(the image's vector bytes, their dimension), read together from its shard."""
-    shard = shard_of(image_id, (yield from shard_count(collection)))
+    if shards is None:
+        shards = yield from shard_count(collection)
+    shard = shard_of(image_id, shards)
     raw, dim = yield Batch(
         [
             Call("hget", (keys.vectors(collection, shard), image_id)),
@@ -299,6 +304,16 @@ def log_position(collection: str, shard: int) -> Op[tuple[str, int]]:
         transaction=True,
     )
     return (text(tail[0][0]) or "0-0" if tail else "0-0"), int(version_ or 0)
+
+
+def shard_position(name: str, shard: int) -> Op[tuple[ShardHeader, str]]:
+    """(the shard's header, id of its log's last entry or '0-0'), read atomically: a replica at that
+    version and entry is current without reading the log."""
+    raw, tail = yield Batch(
+        [Call("hgetall", (keys.shard(name, shard),)), Call("xrevrange", (keys.log(name, shard),), {"count": 1})],
+        transaction=True,
+    )
+    return ShardHeader.parse(raw), (text(tail[0][0]) or "0-0" if tail else "0-0")
 
 
 def log_after(collection: str, shard: int, last_id: str, count: int) -> Op[list[tuple[bytes, dict[bytes, bytes]]]]:

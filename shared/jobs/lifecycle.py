@@ -144,14 +144,15 @@ class JobLifecycle:
 
     # -- run ------------------------------------------------------------------------------------
     def mark_running(self, job_id: str) -> Op[bool]:
-        (changed,) = yield _one(
-            ScriptCall(
-                "mark_running",
-                [keys.job(job_id)],
-                [JobStatus.queued.value, JobStatus.running.value, utcnow()],
-            )
+        # One round trip for both (not a transaction: the open-jobs set is another slot).
+        changed, _ = yield Batch(
+            [
+                ScriptCall(
+                    "mark_running", [keys.job(job_id)], [JobStatus.queued.value, JobStatus.running.value, utcnow()]
+                ),
+                Call("zadd", (keys.OPEN_JOBS, {job_id: time.time()}), {"xx": True}),
+            ]
         )
-        yield from self.touch(job_id)
         return bool(changed)
 
     def touch(self, job_id: str) -> Op[None]:

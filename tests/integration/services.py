@@ -65,7 +65,11 @@ class Service:
 
 def _spawn(cmd: list[str], env: dict[str, str], log: Path, name: str) -> Service:
     fh = log.open("ab")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    # A service started with another checkout's PYTHONPATH (bench/scale.py --baseline-tree) runs
+    # from it: `python -m` puts the working directory ahead of PYTHONPATH.
+    code = Path(env.get("PYTHONPATH", ""))
+    cwd = code if env.get("PYTHONPATH") and (code / "worker").is_dir() else ROOT
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     return Service(proc=proc, log=log, name=name, env=env)
 
 

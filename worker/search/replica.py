@@ -134,7 +134,7 @@ class ReplicaSet:
         collection holds no vectors yet."""
         key = (collection, shard)
         for _ in range(MAX_REBUILDS):
-            state = self.store.shard_state(collection, shard)
+            state, last_entry = self.store.shard_position(collection, shard)
             model, dim, version = state.model, state.dim, state.version
             if model is None or dim is None:
                 self._replicas.pop(key, None)
@@ -148,7 +148,12 @@ class ReplicaSet:
                 and replica.shards == shards
                 # A version below ours: Redis lost writes (restored, failed over): trust nothing.
                 and version >= replica.version
-                and self._catch_up(collection, replica)
+                # The same version and last log entry as ours: nothing to read (the hot path of a
+                # search into a collection that is not changing).
+                and (
+                    (version == replica.version and last_entry == replica.last_id)
+                    or self._catch_up(collection, replica)
+                )
             ):
                 return replica
             self._replicas.pop(key, None)

@@ -47,8 +47,8 @@ def search_excluding(index, query: np.ndarray, skip: set[str], k: int, mask):
     return [h for h in hits if h[0] not in skip][:k]
 
 
-def _stored(ctx: JobContext, image_id: str) -> np.ndarray:
-    vec = ctx.store.stored_vector(ctx.collection, image_id)
+def _stored(ctx: JobContext, image_id: str, shards: int | None = None) -> np.ndarray:
+    vec = ctx.store.stored_vector(ctx.collection, image_id, shards)
     if vec is None:
         raise NotFound(f"image {image_id} is not in collection {ctx.collection!r}", code="image_not_found")
     return vec
@@ -90,9 +90,14 @@ def _combined(ctx: JobContext, params: SearchParams) -> np.ndarray:
     return combine(vectors(params.positive or []), vectors(params.negative or []))
 
 
-def _query_vector(ctx: JobContext, params: SearchParams) -> np.ndarray:
+def uploaded(params: SearchParams) -> bool:
+    """Whether the query is an image uploaded with the request (stored as the job's upload 0)."""
+    return params.image_id is None and params.url is None and not params.positive
+
+
+def _query_vector(ctx: JobContext, params: SearchParams, shards: int | None = None) -> np.ndarray:
     if params.image_id is not None:
-        return _stored(ctx, params.image_id)
+        return _stored(ctx, params.image_id, shards)
     if params.positive:
         return _combined(ctx, params)
     if params.url is not None:
@@ -117,8 +122,9 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
             f"collection {collection!r} was built with model {replica.model!r}; this worker runs {embedder.name!r}",
             code="model_mismatch",
         )
+    shards = replica.shards if replica is not None else None
     with stage("query"):
-        query = _query_vector(ctx, params)
+        query = _query_vector(ctx, params, shards)
     if replica is None or len(replica.index) == 0:
         return SearchResult(matches=[], message="The collection is empty", collection_size=0, model=embedder.name)
     with stage("clustering"):
@@ -135,7 +141,7 @@ def search(ctx: JobContext, params: SearchParams) -> SearchResult:
         found = search_excluding(replica.index, query, excluded(params), params.k, mask)
     hits = above(found, threshold)
     with stage("filenames"):
-        names = ctx.store.filenames(collection, [i for i, _ in hits])
+        names = ctx.store.filenames(collection, [i for i, _ in hits], shards)
     matches = [Match(image_id=i, filename=n, similarity=round(s, 6)) for (i, s), n in zip(hits, names, strict=True)]
     closest = None if matches or not found else round(found[0][1], 6)
     message = None if matches else no_match_message(closest, threshold)
@@ -201,8 +207,9 @@ def run_search_job(ctx: JobContext, served: frozenset[int] | None = None) -> int
         with ctx.stages.stage("finish"):
             end_single(ctx, outcome, result.model_dump(mode="json", exclude_none=True))
     finally:
-        with ctx.stages.stage("drop_upload"):
-            ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])
+        if uploaded(params):  # a query by stored id, URL or examples left no bytes behind
+            with ctx.stages.stage("drop_upload"):
+                ctx.store.blobs.delete([keys.upload_blob(ctx.job_id, 0)])
     log.info(
         "answered a search",
         extra={"collection": ctx.collection, "matches": matches, "stages": ctx.stages.rounded()},
