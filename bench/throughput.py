@@ -30,7 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from common import Service, labelled_images  # noqa: E402
 
-WEIGHTS = {"resnet50": "random", "efficientnet-lite0": "imagenet"}
+WEIGHTS = {
+    "resnet50": "random",
+    "efficientnet-lite0": "imagenet",
+    "efficientnet-lite1": "imagenet",
+    "efficientnet-lite2": "imagenet",
+}
 
 
 def load_blobs(data: Path, count: int) -> list[bytes]:
