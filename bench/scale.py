@@ -142,10 +142,17 @@ def pool_rss_mb(worker_pid: int) -> float:
     return total / 1024
 
 
-def search(http: httpx.Client, collection: str, image: str, timeout: float = 600, split: list | None = None) -> dict:
-    """One search by stored id, its result fetched with `?wait=`; `split` collects (POST, wait) ms."""
+def search(
+    http: httpx.Client, collection: str, image: str, timeout: float = 600, split: list | None = None, one: bool = False
+) -> dict:
+    """One search by stored id, its result fetched with `?wait=`; `split` collects (POST, wait) ms.
+    `one`: `POST …/search?wait=` answers with the finished job in the same request."""
     started = time.perf_counter()
-    job = http.post(f"/v1/collections/{collection}/search", json={"image_id": image}).raise_for_status().json()
+    params = {"wait": 30} if one else None
+    resp = http.post(f"/v1/collections/{collection}/search", json={"image_id": image}, params=params)
+    job = resp.raise_for_status().json()
+    if resp.status_code == 200:
+        return job
     posted = time.perf_counter()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -157,8 +164,9 @@ def search(http: httpx.Client, collection: str, image: str, timeout: float = 600
     raise TimeoutError(image)
 
 
-def worker_stages(log: Path, collection: str, skip: int = 1) -> dict[str, float]:
-    """p50 ms per stage of the worker's searches into `collection` (after the first `skip`)."""
+def worker_stages(log: Path, collection: str, skip: int = 1, every: int = 1) -> dict[str, float]:
+    """p50 ms per stage of the worker's searches into `collection` (after the first `skip`; of
+    every `every`-th: the worker's side does not depend on how the client asked)."""
     per_stage: dict[str, list[float]] = {}
     entries = [
         entry
@@ -166,7 +174,7 @@ def worker_stages(log: Path, collection: str, skip: int = 1) -> dict[str, float]
         if line.startswith("{")
         and (entry := json.loads(line)).get("message") == "answered a search"
         and entry.get("collection") == collection
-    ][skip:]
+    ][skip::every]
     for entry in entries:
         for name, seconds in entry.get("stages", {}).items():
             per_stage.setdefault(name, []).append(seconds * 1000)
@@ -235,16 +243,27 @@ def run(
             started = time.perf_counter()
             search(http, "scale", image_id(int(rows[0])))
             first_s = time.perf_counter() - started
-            latencies, answers, split = [], [], []
-            for r in rows:
-                t = time.perf_counter()
-                job = search(http, "scale", image_id(int(r)), split=split)
-                latencies.append((time.perf_counter() - t) * 1000)
-                answers.append([m["image_id"] for m in job["result"]["matches"]])
+            latencies, answers, split, one_request = [], [], [], []
+            for k, r in enumerate(rows):
+                # Both ways of asking, alternating which goes first: POST then GET ?wait=, and
+                # one POST ?wait= that answers with the finished job.
+                for one in (False, True) if k % 2 == 0 else (True, False):
+                    t = time.perf_counter()
+                    job = search(http, "scale", image_id(int(r)), split=None if one else split, one=one)
+                    (one_request if one else latencies).append((time.perf_counter() - t) * 1000)
+                    if not one:
+                        answers.append([m["image_id"] for m in job["result"]["matches"]])
             rss = pool_rss_mb(worker.proc.pid)
-            stages = worker_stages(worker.log, "scale")
+            stages = worker_stages(worker.log, "scale", skip=1, every=2)
+            asked_once = {
+                "one_request_p50_ms": round(float(np.percentile(one_request, 50)), 1),
+                "one_request_p95_ms": round(float(np.percentile(one_request, 95)), 1),
+            }
             if skip_cold:
-                return _figures(n, dim, latencies, split, stages, rss, answers, first_s, rows, seed, per_image, load_s)
+                return (
+                    _figures(n, dim, latencies, split, stages, rss, answers, first_s, rows, seed, per_image, load_s)
+                    | asked_once
+                )
             snapshot = wait_for_snapshot(client, "scale")
             # Cold start: a new worker from Redis and the blob store (model load, then the replica
             # from its snapshot plus the log after it, or from the vectors if there is none).
@@ -265,13 +284,17 @@ def run(
         for service in workers:
             service.stop()
         redis_service.stop()
-    return _figures(n, dim, latencies, split, stages, rss, answers, first_s, rows, seed, per_image, load_s) | {
-        "cold_start_s": round(cold_s, 1),
-        "snapshot": snapshot,
-        "restored_from_snapshot": restored,
-        "restart_identical": identical,
-        "cold_worker_rss_mb": round(cold_rss),
-    }
+    return (
+        _figures(n, dim, latencies, split, stages, rss, answers, first_s, rows, seed, per_image, load_s)
+        | asked_once
+        | {
+            "cold_start_s": round(cold_s, 1),
+            "snapshot": snapshot,
+            "restored_from_snapshot": restored,
+            "restart_identical": identical,
+            "cold_worker_rss_mb": round(cold_rss),
+        }
+    )
 
 
 def compare(url: str, workdir: Path, env: dict[str, str], baseline: Path, rows: np.ndarray, common: tuple) -> dict:

@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 from api import paths
 from api.auth import Principal, job_not_found, principal_of
 from api.deps import RenderedDep, SettingsDep, StoreDep, WaiterDep
+from api.longpoll import until_final
 from api.paths import job_url
 from shared.errors import Conflict, NotFound
 from shared.schemas import JOB_ID, JobType, JobView
@@ -36,12 +37,7 @@ async def get_job(
         view = await rendered.get(store, job_id)
         if view is None or (principal is not None and not principal.may_use(view.collection)):
             raise job_not_found(job_id)
-        while not view.final and (remaining := deadline - time.monotonic()) > 0:
-            woke = await waiter.sleep(event, remaining)
-            event.clear()
-            # Woken by the job's "done" message: a view read after it arrived (one read, shared by
-            # every waiter it woke), not the cached one.
-            view = await rendered.get(store, job_id, fresh_after=waiter.noticed(job_id) if woke else None) or view
+        view = await until_final(store, waiter, rendered, job_id, event, deadline, view) or view
     return Response(view.body, media_type="application/json")
 
 

@@ -1,25 +1,29 @@
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.datastructures import FormData
 
 from api import paths
 from api.auth import principal_of
 from api.bodies import checked_filter, form_filter, parse_body, searchable
-from api.deps import CallbackUrl, CollectionName, MinSimilarity, StoreDep, TopK
-from api.jobs_submit import Submitter
+from api.deps import CallbackUrl, CollectionName, MinSimilarity, RenderedDep, StoreDep, TopK, WaiterDep
+from api.jobs_submit import JobSubmitter, Submitter
 from api.limits import media_type
+from api.longpoll import until_final
 from api.store import Upload
 from api.uploads import files_of, read_form
 from api.urls import MAX_URL_LENGTH, valid_url
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMedia
 from shared.imaging import content_id, safe_filename, sniff_format
 from shared.jobs.kinds import KINDS
-from shared.schemas import IMAGE_ID, Example, JobAccepted, JobInput, JobType, SearchParams
+from shared.schemas import IMAGE_ID, Example, JobAccepted, JobInput, JobType, JobView, SearchParams
 
 router = APIRouter(prefix=paths.SEARCH, tags=["search"], dependencies=[Depends(principal_of)])
 
@@ -91,20 +95,33 @@ async def _query_upload(form: FormData, settings) -> Upload:
     return Upload(JobInput(filename=name, image_id=content_id(data), size=len(data)), data)
 
 
-@router.post("", status_code=202, response_model=JobAccepted, openapi_extra=SEARCH_DOC)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobAccepted,
+    openapi_extra=SEARCH_DOC,
+    responses={200: {"model": JobView, "description": "with `wait`: the job, finished within it"}},
+)
 async def search(
     collection: CollectionName,
     request: Request,
     jobs: Submitter,
+    waiter: WaiterDep,
+    rendered: RenderedDep,
     k: TopK = 10,
     min_similarity: MinSimilarity = None,
     cluster: int | None = Query(None, ge=0, description="only matches from this cluster"),
     callback_url: CallbackUrl = None,
-) -> JobAccepted:
+    wait: float = Query(
+        0, ge=0, le=30, description="seconds to wait for the answer: 200 with the finished job, else 202 as without"
+    ),
+) -> JobAccepted | Response:
     """Find the k images most similar to an uploaded image, or to a stored one (`{"image_id"}`).
     A `filter` (JSON body field, or form field next to the upload) keeps only matches whose
-    metadata passes it: `{"label": "cat"}`, `{"year": {"$gte": 2020}}`, `$in`, `$exists`, `$or`..."""
-    store, queue, settings = jobs.store, jobs.queue, jobs.settings
+    metadata passes it: `{"label": "cat"}`, `{"year": {"$gte": 2020}}`, `$in`, `$exists`, `$or`...
+    With `wait`, the answer comes in this request when the search ends within it (one round trip
+    instead of a POST and a `GET /v1/jobs/{id}?wait=`)."""
+    store, settings = jobs.store, jobs.settings
     info = await searchable(store, collection, settings, k)
     content_type = media_type(request.headers.get("content-type"))
     if cluster is not None:
@@ -137,14 +154,24 @@ async def search(
     job = jobs.new(collection, params.model_dump(mode="json"))
     job.call_back(callback_url)
     await job.create(JobType.search, uploads)
-    job_id = job.job_id
+    deadline = time.monotonic() + min(wait, settings.max_wait_seconds)
+    # Watch before enqueueing: an answer faster than this request must not be missed.
+    async with waiter.watch(job.job_id) if wait else contextlib.nullcontext() as event:
+        await _enqueue(jobs, info.shards, collection, job.job_id, params)
+        view = await until_final(store, waiter, rendered, job.job_id, event, deadline) if event else None
+    if view is not None and view.final:
+        return Response(view.body, media_type="application/json")
+    return job.accepted(total=1)
+
+
+async def _enqueue(jobs: JobSubmitter, shards: int, collection: str, job_id: str, params: SearchParams) -> None:
+    store, queue, settings = jobs.store, jobs.queue, jobs.settings
     # A sharded collection searched by a stored image: its vector is the query, so the shards are
     # asked at once (one hop, as an unsharded search; bench/shards.py measured the two-hop way,
     # through a dispatching worker, at 2.3x the unsharded p50). An uploaded query needs a worker
     # to embed it first.
-    if info.shards > 1 and params.image_id is not None and await store.put_query(job_id, collection, params.image_id):
-        await queue.send_fan_out(job_id, collection, info.shards, settings.shard_timeout_s)
+    if shards > 1 and params.image_id is not None and await store.put_query(job_id, collection, params.image_id):
+        await queue.send_fan_out(job_id, collection, shards, settings.shard_timeout_s)
     else:
         kind = KINDS[JobType.search]
         await queue.send(kind.task, [job_id, collection], kind.queue)
-    return job.accepted(total=1)
