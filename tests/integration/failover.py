@@ -55,12 +55,21 @@ def sentinel_group(workdir: Path, master: str, replicas: int = 1) -> Iterator[Se
             service.stop()
 
 
+def promotion_of(sentinel_port: int, master: str) -> Callable[[], None]:
+    """Note `master`'s current primary now; the function returned waits until Sentinel names another."""
+    from redis.sentinel import Sentinel
+
+    sentinel = Sentinel([("127.0.0.1", sentinel_port)])
+    first = sentinel.discover_master(master)
+    return lambda: wait_until(lambda: sentinel.discover_master(master) != first, 30, f"a new primary of {master}")
+
+
 def batch_through_a_kill(
     client: httpx.Client,
     collection: str,
     photos: list[tuple[str, bytes]],
     kill: Callable[[], None],
-    recovered: Callable[[], object],
+    recovered: Callable[[], None],
     timeout: float = 180,
 ) -> tuple[dict, float]:
     """Index `photos` in one request, run `kill` once 40 are done, wait for `recovered` (a

@@ -11,18 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from redis.sentinel import Sentinel
 
 from shared import keys
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, search_bytes
-from tests.integration.failover import batch_through_a_kill, sentinel_group
+from tests.integration.failover import batch_through_a_kill, promotion_of, sentinel_group
 from tests.integration.services import (
     Service,
     start_api,
     start_redis,
     start_worker,
-    wait_until,
 )
 
 MASTER = "simsearch-broker"
@@ -73,8 +71,7 @@ def test_the_broker_fails_over_mid_batch_and_every_item_ends(
     # A message only the dead primary held is re-sent by the watchdog once the job is quiet.
     worker = start_worker(data_url, tmp_path, "sentinel", JOB_STALL_S="15", WATCHDOG_INTERVAL_S="1", **env)
     api, base = start_api(data_url, tmp_path, **env)
-    sentinel = Sentinel([("127.0.0.1", sentinel_port)])
-    first = sentinel.discover_master(MASTER)
+    promoted = promotion_of(sentinel_port, MASTER)
     try:
         with httpx.Client(base_url=base, timeout=60) as client:
             photos = [(f"s{i}.jpg", photo_bytes(42000 + i, size=(48, 40))) for i in range(300)]
@@ -83,9 +80,7 @@ def test_the_broker_fails_over_mid_batch_and_every_item_ends(
                 "fail-over",
                 photos,
                 lambda: os.killpg(primary.proc.pid, signal.SIGKILL),  # the broker's primary dies mid-batch
-                lambda: wait_until(
-                    lambda: sentinel.discover_master(MASTER) != first, 30, "sentinel promoted the replica"
-                ),
+                promoted,
             )
             print(f"broker primary killed at >= 40/300: job {job['status']} {job['progress']} {ended_s:.1f} s later")
             assert job["status"] == "succeeded" and job["progress"] == {"total": 300, "done": 300, "failed": 0}
