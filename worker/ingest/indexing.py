@@ -2,7 +2,7 @@
 report per item. Pure of Celery: the task hands in a `JobContext`.
 
 Each image is reduced to what is kept (model input, rendition) as soon as it is decoded, so a
-chunk of large images holds one full-size decode at a time, not 32.
+chunk of large images holds one full-size decode per preparer thread (PREPARE_THREADS), not 32.
 """
 
 from __future__ import annotations
@@ -137,19 +137,23 @@ def fetch_urls(ctx: JobContext, indices: list[int], inputs: list[JobInput | Item
     return data
 
 
-def read_uploads(ctx: JobContext, todo: list[tuple[int, JobInput]], fetched: dict[int, bytes]) -> list[bytes | None]:
-    """The items' bytes: fetched URLs from `fetched`, uploads read from the blob store at once."""
-    uploads = [index for index, inp in todo if not inp.url]
-    read = dict(zip(uploads, ctx.store.blobs.get_many([keys.upload_blob(ctx.job_id, i) for i in uploads]), strict=True))
-    return [fetched.pop(index, None) if inp.url else read[index] for index, inp in todo]
+def prepare_all(
+    ctx: JobContext, todo: list[tuple[int, JobInput]], fetched: dict[int, bytes]
+) -> list[Pending | Outcome]:
+    """Read and reduce the items, side by side on the worker's preparer threads (in order). Each
+    thread reads its item's upload just before decoding it, so a chunk holds one raw upload and one
+    full-size decode per thread, not the whole chunk's bytes."""
+    steps = [(index, inp, fetched.pop(index, None) if inp.url else None) for index, inp in todo]
 
+    def load_and_prepare(step: tuple[int, JobInput, bytes | None]) -> Pending | Outcome:
+        index, inp, data = step
+        if not inp.url:
+            data = ctx.store.blobs.get(keys.upload_blob(ctx.job_id, index))
+        return prepare_item(ctx, index, inp, data)
 
-def prepare_all(ctx: JobContext, todo: list[tuple[int, JobInput]], data: list[bytes | None]) -> list[Pending | Outcome]:
-    """Decode and reduce the items, side by side on the worker's preparer threads (in order)."""
-    steps = [(index, inp, blob) for (index, inp), blob in zip(todo, data, strict=True)]
     if ctx.preparers is None or len(steps) < 2:
-        return [prepare_item(ctx, *step) for step in steps]
-    return list(ctx.preparers.map(lambda step: prepare_item(ctx, *step), steps))
+        return [load_and_prepare(step) for step in steps]
+    return list(ctx.preparers.map(load_and_prepare, steps))
 
 
 def _process(ctx: JobContext, indices: list[int]) -> int:
@@ -182,10 +186,8 @@ def _process(ctx: JobContext, indices: list[int]) -> int:
                 pending.append(Pending(index, inp, None))
             else:
                 todo.append((index, inp))
-        with ctx.stages.stage("read_upload"):
-            data = read_uploads(ctx, todo, fetched)
         with ctx.stages.stage("prepare"):
-            for step in prepare_all(ctx, todo, data):
+            for step in prepare_all(ctx, todo, fetched):
                 (pending if isinstance(step, Pending) else outcomes).append(step)
     pending.sort(key=lambda p: p.index)  # the chunk's rows in item order, whichever path they took
     if pending:
