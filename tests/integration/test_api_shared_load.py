@@ -123,8 +123,12 @@ def test_one_tenants_filtered_listings_do_not_queue_anothers(stack: tuple[str, r
             finished.append(name)
 
         async with (
-            httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {ALICE}"}, limits=limits) as alice,
-            httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {BOB}"}) as bob,
+            # Generous timeouts: on a loaded 2-core machine a 30,000-image filtered listing may take
+            # over httpx's default 5 s; what is asserted is the order of answers, not their speed.
+            httpx.AsyncClient(
+                base_url=base, headers={"authorization": f"Bearer {ALICE}"}, limits=limits, timeout=120
+            ) as alice,
+            httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {BOB}"}, timeout=120) as bob,
         ):
             await lists(alice, "alice", "alice-big")  # warm
             finished.clear()
