@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -75,20 +76,30 @@ def measure(kind: str, model: str, weights: str, blobs: list[bytes], threads: in
 
     step = 1 if kind == "notebook" else 32
     forward(_decode(blobs[:step], side))  # warm-up: graph building is not throughput
-    forward_s = 0.0
+    forward_s = forward_cpu = 0.0
     started = time.perf_counter()
     for i in range(0, len(blobs), step):
         x = _decode(blobs[i : i + step], side)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         forward(x)
         forward_s += time.perf_counter() - t
+        forward_cpu += cpu_seconds() - c
     total = time.perf_counter() - started
     return {
         "images_s": len(blobs) / total,
         "forward_images_s": len(blobs) / forward_s,
+        # CPU time of all the process's threads per image of the forward pass, and the cores it kept busy.
+        "forward_cpu_ms": 1000 * forward_cpu / len(blobs),
+        "forward_cores": forward_cpu / forward_s,
         "backend": backend,
         "side": side,
     }
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of every thread of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def end_to_end(model: str, weights: str, blobs: list[bytes], cache_dir: Path) -> dict:

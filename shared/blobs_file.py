@@ -106,13 +106,18 @@ class FileBlobStore(BlobStore):
         return self._path(key).is_file()
 
     def delete(self, keys: str | Iterable[str]) -> None:
+        emptied: set[Path] = set()
         for key in _keys(keys):
-            path = self.root / key
+            path = self._path(key)
             try:
                 os.unlink(path)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 continue
-            self._prune(path.parent)
+            emptied.add(path.parent)
+        # Once per folder after the unlinks, not once per file: a chunk's 52 uploads share one folder,
+        # and each failed rmdir of a folder not yet empty was a syscall and an exception.
+        for directory in sorted(emptied, key=lambda d: len(d.parts), reverse=True):
+            self._prune(directory)
 
     def _prune(self, directory: Path) -> None:
         # Remove now-empty parents up to the root, so per-job upload folders do not pile up.

@@ -161,6 +161,18 @@ def test_file_store_prunes_empty_folders_but_keeps_its_root(tmp_path: Path) -> N
     assert store.get("uploads/j/0") == b"again"
 
 
+def test_file_store_batch_delete_prunes_every_emptied_folder_once(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    store = FileBlobStore(root)
+    for key in ("uploads/j/0", "uploads/j/1", "uploads/k/0", "renditions/c/a", "renditions/c/b"):
+        store.put(key, b"x")
+    store.delete(["uploads/j/0", "uploads/j/1", "uploads/k/0", "renditions/c/a", "uploads/j/9"])
+    assert not (root / "uploads").exists()  # j and k emptied, then their parent
+    assert store.get("renditions/c/b") == b"x" and not store.exists("renditions/c/a")
+    with pytest.raises(InvalidBlobKey):
+        store.delete(["../outside"])  # keys are validated as on put and get
+
+
 def test_file_store_sweep_keeps_young_temporary_files(tmp_path: Path) -> None:
     store = FileBlobStore(tmp_path)
     store.put("uploads/j/0", b"a")
