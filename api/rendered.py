@@ -3,16 +3,22 @@
 Plain polls (api/fastpoll.py) and long polls (`?wait=`) both read here. A view is kept `ttl_s`
 (`final_ttl_s` once final) per API process, and concurrent misses share one read: 400 long polls
 on a running job with 1,000 errors (a 238 KB view) used to re-read and re-parse it 400 times a
-second and starve the API (236 of 400 got 503). A waiter woken by the job's "done" message asks for
-a view read after it woke (`fresh_after`), which the woken waiters again share.
+second and starve the API (236 of 400 got 503). A waiter woken by the job's "done" message takes the
+final view the message carried (`announced`), or asks for a view read after it woke (`fresh_after`),
+which the woken waiters again share.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from shared.jobs.records import parse_announcement
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,30 @@ class RenderedJobs:
             return await asyncio.shield(running[1])
         return await self._read(store, job_id)
 
+    def announced(self, job_id: str, message: bytes | str | None, at: float | None) -> Rendered | None:
+        """The final view a "done" message carried (received at `at`, monotonic), now cached as a read
+        made then; None when it carried only the status (or could not be parsed): read instead."""
+        if not message or at is None:
+            return None
+        try:
+            job = parse_announcement(job_id, message)
+        except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("job %s: unreadable done message (%s); reading the job instead", job_id, exc)
+            return None
+        if job is None:
+            return None
+        view = Rendered(at, job.collection, job.status.final, job.model_dump_json().encode())
+        self._remember(job_id, view)
+        return view
+
     def forget(self, job_id: str) -> None:
         """Drop the job's view from this process (it was deleted)."""
         self._cache.pop(job_id, None)
+
+    def _remember(self, job_id: str, view: Rendered) -> None:
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()  # crude, but bounded; entries live for a fraction of a second
+        self._cache[job_id] = (view.read_at + (self.final_ttl_s if view.final else self.ttl_s), view)
 
     async def _read(self, store: Any, job_id: str) -> Rendered | None:
         started = time.monotonic()
@@ -56,9 +83,7 @@ class RenderedJobs:
             view = None
             if job is not None:
                 view = Rendered(started, job.collection, job.status.final, job.model_dump_json().encode())
-                if len(self._cache) >= self.max_entries:
-                    self._cache.clear()  # crude, but bounded; entries live for a fraction of a second
-                self._cache[job_id] = (started + (self.final_ttl_s if view.final else self.ttl_s), view)
+                self._remember(job_id, view)
             future.set_result(view)
             return view
         except BaseException as exc:

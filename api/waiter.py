@@ -1,7 +1,9 @@
 """Long-polling without busy polling: one pub/sub connection per API process wakes every waiter.
 
-Workers publish on `ss:jobdone:<id>` when a job reaches a final status. A waiter also re-reads the
-job at least every `recheck_s`, so a message lost while Redis restarted costs latency, not a hang.
+Workers publish on `ss:jobdone:<id>` when a job reaches a final status; the message is the final
+record itself when it is small (a search's answer), so waiters need not read it. A waiter also
+re-reads the job at least every `recheck_s`, so a message lost while Redis restarted costs latency,
+not a hang.
 Until the subscription is confirmed (at startup, after a reconnect) messages can be missed, so
 waiters re-read every `unsubscribed_recheck_s` instead.
 """
@@ -34,6 +36,7 @@ class JobWaiter:
         self.subscribed = asyncio.Event()
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._noticed: dict[str, float] = {}  # job id -> when its "done" message arrived (monotonic)
+        self._messages: dict[str, bytes | str] = {}  # job id -> that message (kept while watched)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -56,7 +59,7 @@ class JobWaiter:
                         elif message["type"] == "pmessage":
                             channel = message["channel"]
                             channel = channel.decode() if isinstance(channel, bytes) else channel
-                            self._notify(channel.removeprefix(JOB_DONE_CHANNEL_PREFIX))
+                            self._notify(channel.removeprefix(JOB_DONE_CHANNEL_PREFIX), message["data"])
             except (RedisError, RedisClusterException, OSError) as exc:
                 self.subscribed.clear()
                 log.warning("job notifications interrupted (%s); reconnecting", exc)
@@ -74,15 +77,20 @@ class JobWaiter:
             raise RedisClusterException("no primary of the cluster is known yet")
         return self.redis.pubsub(node=random.choice(primaries))  # type: ignore[return-value]
 
-    def _notify(self, job_id: str) -> None:
+    def _notify(self, job_id: str, message: bytes | str = b"") -> None:
         if job_id in self._events:
             self._noticed[job_id] = time.monotonic()
+            self._messages[job_id] = message
         for event in self._events.get(job_id, ()):
             event.set()
 
     def noticed(self, job_id: str) -> float | None:
         """When the job's "done" message last arrived: a view read after that shows it finished."""
         return self._noticed.get(job_id)
+
+    def message(self, job_id: str) -> bytes | str | None:
+        """The job's last "done" message: the final record itself when it was small enough."""
+        return self._messages.get(job_id)
 
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[asyncio.Event]:
@@ -96,6 +104,7 @@ class JobWaiter:
             if not self._events[job_id]:
                 del self._events[job_id]
                 self._noticed.pop(job_id, None)
+                self._messages.pop(job_id, None)
 
     async def sleep(self, event: asyncio.Event, timeout: float) -> bool:
         """Wait for the event or the timeout (capped at the re-check interval); True if it fired."""

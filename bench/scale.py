@@ -255,10 +255,7 @@ def run(
                         answers.append([m["image_id"] for m in job["result"]["matches"]])
             rss = pool_rss_mb(worker.proc.pid)
             stages = worker_stages(worker.log, "scale", skip=1, every=2)
-            asked_once = {
-                "one_request_p50_ms": round(float(np.percentile(one_request, 50)), 1),
-                "one_request_p95_ms": round(float(np.percentile(one_request, 95)), 1),
-            }
+            asked_once = _asked_once(one_request)
             if skip_cold:
                 return (
                     _figures(n, dim, latencies, split, stages, rss, answers, first_s, rows, seed, per_image, load_s)
@@ -320,14 +317,20 @@ def compare(url: str, workdir: Path, env: dict[str, str], baseline: Path, rows: 
             search(http, "scale", image_id(int(rows[0])))
             first[name] = time.perf_counter() - started
         latencies = {name: [] for name in trees}
+        one_request = {name: [] for name in trees}
         answers = {name: [] for name in trees}
         split = {name: [] for name in trees}
+        # Each tree, each way of asking (POST then GET ?wait=, and one POST ?wait=), the trees taking
+        # turns (a stack's request never right behind its own last one, whose worker may still be
+        # finishing up), in an order reversed every other query.
+        order = [(name, one) for one in (False, True) for name in trees]
         for k, r in enumerate(rows):
-            for name in list(trees)[:: 1 if k % 2 == 0 else -1]:
+            for name, one in order if k % 2 == 0 else order[::-1]:
                 t = time.perf_counter()
-                job = search(clients[name], "scale", image_id(int(r)), split=split[name])
-                latencies[name].append((time.perf_counter() - t) * 1000)
-                answers[name].append([m["image_id"] for m in job["result"]["matches"]])
+                job = search(clients[name], "scale", image_id(int(r)), split=None if one else split[name], one=one)
+                (one_request[name] if one else latencies[name]).append((time.perf_counter() - t) * 1000)
+                if not one:
+                    answers[name].append([m["image_id"] for m in job["result"]["matches"]])
         out = {}
         for name, tree in trees.items():
             stages = worker_stages(workers[name].log, "scale")
@@ -346,12 +349,19 @@ def compare(url: str, workdir: Path, env: dict[str, str], baseline: Path, rows: 
                 per_image,
                 load_s,
             )
-            out[name] = fig | {"tree": str(tree)}
+            out[name] = fig | _asked_once(one_request[name]) | {"tree": str(tree)}
             print(json.dumps(out[name]), flush=True)
         return out
     finally:
         for service in reversed(services):
             service.stop()
+
+
+def _asked_once(one_request: list[float]) -> dict:
+    return {
+        "one_request_p50_ms": round(float(np.percentile(one_request, 50)), 1),
+        "one_request_p95_ms": round(float(np.percentile(one_request, 95)), 1),
+    }
 
 
 def _figures(n, dim, latencies, split, stages, rss, answers, first_s, rows, seed, per_image, load_s) -> dict:

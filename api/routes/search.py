@@ -158,7 +158,9 @@ async def search(
     # Watch before enqueueing: an answer faster than this request must not be missed.
     async with waiter.watch(job.job_id) if wait else contextlib.nullcontext() as event:
         await _enqueue(jobs, info.shards, collection, job.job_id, params)
-        view = await until_final(store, waiter, rendered, job.job_id, event, deadline) if event else None
+        view = None
+        if event is not None:
+            view = await until_final(store, waiter, rendered, job.job_id, event, deadline, just_created=True)
     if view is not None and view.final:
         return Response(view.body, media_type="application/json")
     return job.accepted(total=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
 CANCELLED = "cancelled"  # the error of a job ended by its owner
 FINAL_STATUSES = [s.value for s in JobStatus if s.final]
+# A finished job's record travels in its "done" message up to this size (a search's: ~2 KB at k=10);
+# every API process receives every message, so a large result is read by those who want it instead.
+ANNOUNCE_MAX_BYTES = 64 * 1024
 Outcome = tuple[ItemOutcome, ItemError | None]
 
 
@@ -167,14 +171,17 @@ class JobLifecycle:
 
     def record_items(self, job_id: str, outcomes: list[Outcome]) -> Op[int]:
         """Returns 1 when every item of the job is now accounted for, 0 if not, -1 if the job is gone."""
+        (complete,) = yield _one(self._record_call(job_id, outcomes))
+        if int(complete) == 0:
+            yield from self.touch(job_id)
+        return int(complete)
+
+    def _record_call(self, job_id: str, outcomes: list[Outcome]) -> ScriptCall:
         args: list[Any] = [self.job_ttl_s]
         for outcome, error in outcomes:
             args += [str(outcome.index), outcome.model_dump_json(), error.model_dump_json() if error else ""]
         job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)]
-        (complete,) = yield _one(ScriptCall("record_items", job_keys, args))
-        if int(complete) == 0:
-            yield from self.touch(job_id)
-        return int(complete)
+        return ScriptCall("record_items", job_keys, args)
 
     # -- growing jobs (items listed by a worker) -------------------------------------------------
     def reserve_batch(self, job_id: str, source: int, number: int, size: int) -> Op[tuple[int, bool] | None]:
@@ -206,23 +213,35 @@ class JobLifecycle:
     # -- finish ---------------------------------------------------------------------------------
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op[bool]:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
-        args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id)]
-        (out,) = yield _one(ScriptCall("finish_job", [keys.job(job_id)], [*args, *FINAL_STATUSES]))
+        (out,) = yield _one(self._finish_call(job_id, status, result))
+        return (yield from self._finished(job_id, status, out))
+
+    def finish_one(self, job_id: str, outcome: Outcome, status: JobStatus, result: dict[str, Any]) -> Op[bool]:
+        """A one-item job's (a search's) end: its item recorded, then the job finished, in one round
+        trip (both in the job's slot, in this order, so no reader sees it finished and uncounted)."""
+        _, out = yield Batch([self._record_call(job_id, [outcome]), self._finish_call(job_id, status, result)])
+        return (yield from self._finished(job_id, status, out))
+
+    def _finish_call(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> ScriptCall:
+        args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), ANNOUNCE_MAX_BYTES]
+        return ScriptCall("finish_job", [keys.job(job_id), keys.job_errors(job_id)], [*args, *FINAL_STATUSES])
+
+    def _finished(self, job_id: str, status: JobStatus, out: Any) -> Op[bool]:
         if not isinstance(out, list):  # gone: only the open entry may be left
             yield _one(Call("zrem", (keys.OPEN_JOBS, job_id)))
             return False
         won, owner, job_type, callback = out
+        # The first finisher counts the job, with the last step below.
+        counted = [Call("hincrby", (keys.JOB_COUNTS, f"{text(job_type)}:{status.value}", 1))] if int(won) == 1 else []
         # A rerun (redelivered finisher) does the steps outside the job's slot again: the first
         # finisher may have died before them.
-        yield from self.after_finish(job_id, text(owner) or None, bool(int(callback)))
-        if int(won) == 1:
-            yield _one(Call("hincrby", (keys.JOB_COUNTS, f"{text(job_type)}:{status.value}", 1)))
+        yield from self.after_finish(job_id, text(owner) or None, bool(int(callback)), counted)
         return int(won) == 1
 
-    def after_finish(self, job_id: str, owner: str | None, callback: bool) -> Op[None]:
+    def after_finish(self, job_id: str, owner: str | None, callback: bool, also: Sequence[Call] = ()) -> Op[None]:
         """What a finished job changes outside its own slot, idempotently, the open entry last: a
         finisher that died before this is put right by the watchdog, which finds the job finished
-        and still open."""
+        and still open. `also`: calls sent with that last step (not repeated by the repair)."""
         calls = []
         if callback:
             calls.append(Call("zadd", (keys.WEBHOOKS_DUE, {job_id: time.time()}), {"nx": True}))
@@ -230,7 +249,7 @@ class JobLifecycle:
             calls.append(Call("zrem", (keys.owner_open(owner), job_id)))
         if calls:  # before the open entry, which the watchdog's repair keys on: not in one pipeline
             yield Batch(calls)
-        yield _one(Call("zrem", (keys.OPEN_JOBS, job_id)))
+        yield Batch([Call("zrem", (keys.OPEN_JOBS, job_id)), *also])
 
 
 def _parse_input(index: int, raw: bytes | None) -> JobInput | ItemError:

@@ -65,6 +65,17 @@ def parse_job(job_id: str, raw: Mapping[bytes | str, bytes | str], raw_errors: l
     )
 
 
+def parse_announcement(job_id: str, message: bytes | str) -> JobView | None:
+    """The final job a "done" message carries (FINISH_JOB), or None when it carries only the status
+    (a large record, or item errors): then the record must be read."""
+    text_ = _text(message) or ""
+    if not text_.startswith("{"):
+        return None
+    announced = json.loads(text_)
+    flat = announced["job"]
+    return parse_job(job_id, dict(zip(flat[::2], flat[1::2], strict=True)), [])
+
+
 def _callback(fields: Mapping[str | None, str | None]) -> CallbackState | None:
     url = fields.get("callback_url")
     if not url:

@@ -83,18 +83,21 @@ end
 return 0
 """
 
-# KEYS: job. ARGV: status, result JSON, finished_at, done channel, then every final status. The
-# first finisher wins; a redelivered duplicate cannot overwrite a final status. A job with a
-# callback becomes pending delivery in the same step. Returns -1 (gone), or {1 (this call
-# finished it) or 0 (final already), owner or '', type, 1 if its callback awaits delivery}: what
-# the caller records outside the job's slot -- a rerun too, since the first caller may have died
-# before it did. The done channel is published from here: PUBLISH reaches every node of a cluster.
+# KEYS: job, its errors. ARGV: status, result JSON, finished_at, done channel, the largest record
+# to announce (bytes), then every final status. The first finisher wins; a redelivered duplicate
+# cannot overwrite a final status. A job with a callback becomes pending delivery in the same step.
+# Returns -1 (gone), or {1 (this call finished it) or 0 (final already), owner or '', type, 1 if its
+# callback awaits delivery}: what the caller records outside the job's slot -- a rerun too, since
+# the first caller may have died before it did. The done channel is published from here: PUBLISH
+# reaches every node of a cluster. The message is the final record itself (JSON: status, the hash's
+# field/value list) when the job has no item errors and the record is small, so a waiting API answers
+# without reading the job again; else only the status, and the API reads it.
 FINISH_JOB = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 local owner = redis.call('HGET', KEYS[1], 'owner') or ''
 local kind = redis.call('HGET', KEYS[1], 'type') or ''
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if status == ARGV[i] then
     return {0, owner, kind, redis.call('HGET', KEYS[1], 'callback_status') == 'pending' and 1 or 0}
   end
@@ -108,7 +111,12 @@ if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
   redis.call('HSET', KEYS[1], 'callback_status', 'pending', 'callback_attempts', 0)
   callback = 1
 end
-redis.call('PUBLISH', ARGV[4], ARGV[1])
+local message = ARGV[1]
+if redis.call('LLEN', KEYS[2]) == 0 and #ARGV[2] <= tonumber(ARGV[5]) then
+  local record = cjson.encode({status = ARGV[1], job = redis.call('HGETALL', KEYS[1])})
+  if #record <= tonumber(ARGV[5]) then message = record end
+end
+redis.call('PUBLISH', ARGV[4], message)
 return {1, owner, kind, callback}
 """
 

@@ -16,7 +16,7 @@ from shared import keys
 from shared.collections import ops
 from shared.imaging import content_id
 from shared.jobs.lifecycle import JobLifecycle
-from shared.schemas import JobInput, JobStatus, JobType, utcnow
+from shared.schemas import ItemOutcome, ItemStatus, JobInput, JobStatus, JobType, utcnow
 from shared.shards import shard_of
 from tests.images import photo_bytes
 from tests.integration.inprocess import Harness, PixelEmbedder
@@ -206,6 +206,38 @@ def test_a_finisher_run_again_does_the_deployment_wide_steps(
     assert h.client.zscore(keys.OPEN_JOBS, job_id) is None
     assert h.client.zscore(keys.owner_open("bob"), job_id) is None
     assert h.client.zscore(keys.WEBHOOKS_DUE, job_id) is not None
+
+
+def test_a_one_item_job_ends_in_one_step_counted_once_and_a_killed_end_is_put_right(
+    private: Harness, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search's end (`finish_one`): its item and its status in one round trip. Killed before the
+    deployment-wide steps, it is still counted done and finished; the rerun loses the status race,
+    counts nothing twice, and closes the job."""
+    h = private
+    job_id = uuid.uuid4().hex
+    h.jobs.create(job_id, JobType.search, name, {"k": 3}, [])
+    counted = f"search:{JobStatus.succeeded.value}"
+    before = int(h.client.hget(keys.JOB_COUNTS, counted) or 0)
+    outcome = (ItemOutcome(index=0, filename="q.jpg", image_id="", status=ItemStatus.created), None)
+    with monkeypatch.context() as m:
+        _killing(m, JobLifecycle, "after_finish", after=0)
+        with pytest.raises(Killed):
+            h.jobs.finish_one(job_id, outcome, JobStatus.succeeded, {"matches": []})
+    job = h.jobs.get(job_id)
+    assert job.status == JobStatus.succeeded and job.progress.done == 1 and job.result == {"matches": []}
+    assert h.client.zscore(keys.OPEN_JOBS, job_id) is not None  # the killed end left it open
+    assert h.jobs.finish_one(job_id, outcome, JobStatus.failed, {}) is False  # redelivered: status stays
+    job = h.jobs.get(job_id)
+    assert job.status == JobStatus.succeeded and job.progress.done == 1 and job.progress.failed == 0
+    assert h.client.zscore(keys.OPEN_JOBS, job_id) is None
+    # The killed winner's count was lost with it (as before), and the rerun did not count again.
+    assert int(h.client.hget(keys.JOB_COUNTS, counted) or 0) == before
+    other = uuid.uuid4().hex
+    h.jobs.create(other, JobType.search, name, {"k": 3}, [])
+    assert h.jobs.finish_one(other, outcome, JobStatus.succeeded, {"matches": []}) is True
+    assert int(h.client.hget(keys.JOB_COUNTS, counted)) == before + 1
+    assert h.client.zscore(keys.OPEN_JOBS, other) is None and h.jobs.get(other).progress.done == 1
 
 
 def test_a_collection_created_by_a_killed_chunk_is_listed_by_its_rerun(
