@@ -70,7 +70,8 @@ def end_to_end(args: argparse.Namespace, blobs: list[bytes], extra: dict[str, st
     workdir = Path(tempfile.mkdtemp(prefix="ingest-profile-"))
     env = {"EMBEDDING_MODEL": args.model, "EMBEDDING_WEIGHTS": throughput.WEIGHTS.get(args.model, "imagenet")}
     env |= {"SIMSEARCH_CACHE_DIR": str(args.cache_dir), "INDEX_CHUNK_SIZE": str(args.chunk)}
-    env |= {"BLOB_FSYNC": "true" if args.fsync else "false", "RATE_LIMIT_PER_SECOND": "0"} | extra
+    env |= {"BLOB_FSYNC": "true" if args.fsync else "false", "RATE_LIMIT_PER_SECOND": "0"}
+    env |= {"INFERENCE_THREADS": str(args.threads)} | extra  # as (b) and (c) run the forward
     redis_service, url = start_redis(workdir)
     worker = start_worker(url, workdir, "bench", ready_timeout=900, **env)
     api, base = start_api(url, workdir, access_log=False, **env)
@@ -162,7 +163,12 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=52)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-fsync", dest="fsync", action="store_false", help="BLOB_FSYNC=false (default: true)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="the forward's threads in (b), (c) and (d); fewer than the cores leaves the rest to everything else",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "simsearch-bench-cache")
     parser.add_argument("--skip-keras", action="store_true")
     parser.add_argument(

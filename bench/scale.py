@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -320,12 +321,13 @@ def compare(url: str, workdir: Path, env: dict[str, str], baseline: Path, rows: 
         one_request = {name: [] for name in trees}
         answers = {name: [] for name in trees}
         split = {name: [] for name in trees}
-        # Each tree, each way of asking (POST then GET ?wait=, and one POST ?wait=), the trees taking
-        # turns (a stack's request never right behind its own last one, whose worker may still be
-        # finishing up), in an order reversed every other query.
+        # Each tree, each way of asking (POST then GET ?wait=, and one POST ?wait=), in an order
+        # shuffled per query: a fixed or alternating order favoured whichever request followed its
+        # own stack's last one (warm) or another's (whose worker may still be finishing up).
         order = [(name, one) for one in (False, True) for name in trees]
-        for k, r in enumerate(rows):
-            for name, one in order if k % 2 == 0 else order[::-1]:
+        shuffler = random.Random(seed)
+        for r in rows:
+            for name, one in shuffler.sample(order, len(order)):
                 t = time.perf_counter()
                 job = search(clients[name], "scale", image_id(int(r)), split=None if one else split[name], one=one)
                 (one_request[name] if one else latencies[name]).append((time.perf_counter() - t) * 1000)
