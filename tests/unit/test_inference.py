@@ -89,6 +89,9 @@ def test_fast_backend_matches_tensorflow_float32(model: str, request, tmp_path: 
     print(f"{network.name}: openvino {fast.runner.precision}, per-photo cosine min {cosines.min():.6f}")
     assert len(photos) >= 15
     assert cosines.min() >= 0.999
+    # Threads left to the OS: pinned, every worker process on a host took the same first cores.
+    assert fast.runner.compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert fast.runner._batch.get_property("ENABLE_CPU_PINNING") is False
 
     # A restart loads the chosen model from the cache instead of converting again.
     def must_not_convert(*args, **kwargs):

@@ -128,6 +128,11 @@ class OpenVINORunner:
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "THROUGHPUT" if streams else "LATENCY",
             "INFERENCE_NUM_THREADS": threads,
+            # OpenVINO pins its threads to cores from the first one on, per process, knowing nothing
+            # of the others: two pool processes (WORKER_CONCURRENCY=2) or two workers on one host
+            # shared one core at half speed each (62 instead of 121 images/s for ResNet50 INT8).
+            # One process alone runs as fast unpinned (bench/ingest_profile.py --variant).
+            "ENABLE_CPU_PINNING": False,
         }
         if streams:
             config["NUM_STREAMS"] = streams
