@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -21,6 +21,27 @@ class SentinelGroup:
     primary: Service
     replicas: list[Service]
     sentinel_port: int
+    sentinel: Service | None = None
+    replica_ports: list[int] = field(default_factory=list)
+
+    def story(self, *logs: Service) -> str:
+        """What happened, for a failure's message: Sentinel's failover events (which replica it
+        chose), each surviving node's role and replication offset, and the warnings in `logs`."""
+        lines = []
+        if self.sentinel is not None:
+            events = [line for line in self.sentinel.log.read_text().splitlines() if " +" in line or " -" in line]
+            lines += ["sentinel:", *events[-30:]]
+        for port in self.replica_ports:
+            try:
+                info = redis.Redis(port=port, socket_timeout=2).info("replication")
+                offsets = info.get("master_repl_offset"), info.get("slave_repl_offset")
+                lines.append(f"node :{port}: role {info.get('role')}, offsets {offsets}")
+            except redis.RedisError as exc:
+                lines.append(f"node :{port}: {exc}")
+        for service in logs:
+            text = service.log.read_text(errors="replace").splitlines()
+            lines += [f"{service.name} warnings:", *[t for t in text if "WARNING" in t or "ERROR" in t][-20:]]
+        return "\n".join(lines)
 
     @property
     def url(self) -> str:
@@ -35,12 +56,13 @@ def sentinel_group(workdir: Path, master: str, replicas: int = 1) -> Iterator[Se
         (workdir / "primary").mkdir()
         primary, primary_url = start_redis(workdir / "primary", appendonly=True)
         services.append(primary)
-        attached = []
+        attached, ports = [], []
         for i in range(replicas):
             (workdir / f"replica{i}").mkdir()
             replica, url = start_redis(workdir / f"replica{i}", appendonly=True)
             services.append(replica)
             attached.append(replica)
+            ports.append(port_of(url))
             redis.Redis.from_url(url).replicaof("127.0.0.1", port_of(primary_url))
         wait_until(
             lambda: redis.Redis.from_url(primary_url).info("replication")["connected_slaves"] >= replicas,
@@ -49,7 +71,7 @@ def sentinel_group(workdir: Path, master: str, replicas: int = 1) -> Iterator[Se
         )
         sentinel, port = start_sentinel(workdir, master, port_of(primary_url))
         services.append(sentinel)
-        yield SentinelGroup(primary, attached, port)
+        yield SentinelGroup(primary, attached, port, sentinel, ports)
     finally:
         for service in reversed(services):
             service.stop()

@@ -46,8 +46,10 @@ def test_the_primary_dies_mid_batch_and_every_acknowledged_image_is_there(tmp_pa
                 )
                 print(f"data primary killed at >= 40/300: job {job['status']} {job['progress']} {ended_s:.1f} s later")
                 assert job["status"] == "succeeded" and job["progress"] == {"total": 300, "done": 300, "failed": 0}
-                assert ended_s < 60
-                assert client.get("/v1/collections/survives").json()["image_count"] == 300  # none lost, none twice
+                assert ended_s < 60, f"{ended_s:.1f} s after the kill\n{data.story(worker, api)}"
+                count = client.get("/v1/collections/survives").json()["image_count"]
+                # None lost, none twice; else what Sentinel chose and what the nodes hold.
+                assert count == 300, f"{count} of 300 after the failover\n{data.story(worker, api)}"
                 ids: list[str] = []
                 for offset in range(0, 300, 100):
                     page = client.get("/v1/collections/survives/images", params={"offset": offset, "limit": 100}).json()
