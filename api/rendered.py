@@ -52,6 +52,9 @@ class RenderedJobs:
         made then; None when it carried only the status (or could not be parsed): read instead."""
         if not message or at is None:
             return None
+        cached = self._cache.get(job_id)
+        if cached is not None and cached[1].final and cached[1].read_at >= at:
+            return cached[1]  # the first woken waiter's parse (or a later read), shared by the rest
         try:
             job = parse_announcement(job_id, message)
         except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError

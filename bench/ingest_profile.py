@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import throughput  # noqa: E402
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 from common import Service  # noqa: E402
 
 
@@ -71,7 +73,9 @@ def end_to_end(args: argparse.Namespace, blobs: list[bytes], extra: dict[str, st
     env = {"EMBEDDING_MODEL": args.model, "EMBEDDING_WEIGHTS": throughput.WEIGHTS.get(args.model, "imagenet")}
     env |= {"SIMSEARCH_CACHE_DIR": str(args.cache_dir), "INDEX_CHUNK_SIZE": str(args.chunk)}
     env |= {"BLOB_FSYNC": "true" if args.fsync else "false", "RATE_LIMIT_PER_SECOND": "0"}
-    env |= {"INFERENCE_THREADS": str(args.threads)} | extra  # as (b) and (c) run the forward
+    if args.threads is not None:  # as (b) and (c) run the forward; else the worker's own default
+        env["INFERENCE_THREADS"] = str(args.threads)
+    env |= extra
     redis_service, url = start_redis(workdir)
     worker = start_worker(url, workdir, "bench", ready_timeout=900, **env)
     api, base = start_api(url, workdir, access_log=False, **env)
@@ -146,13 +150,13 @@ def print_profile(name: str, extra: dict[str, str], e2e: dict, n: int) -> None:
     print(
         "  CPU per image: "
         + ", ".join(f"{name} {1000 * seconds / n:.2f} ms" for name, seconds in cpu.items())
-        + f"; {sum(cpu.values()) / wall:.2f} of {os.cpu_count()} cores busy on average"
+        + f"; {sum(cpu.values()) / wall:.2f} of {CORES} cores busy on average"
     )
 
 
 def ceiling(e2e: dict, n: int) -> float:
     """Images/s if every core were busy for the whole job doing the CPU work this job did."""
-    return (os.cpu_count() or 1) * n / sum(e2e["cpu_s"].values())
+    return CORES * n / sum(e2e["cpu_s"].values())
 
 
 def main() -> int:
@@ -166,8 +170,9 @@ def main() -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=os.cpu_count() or 2,
-        help="the forward's threads in (b), (c) and (d); fewer than the cores leaves the rest to everything else",
+        default=None,
+        help="the forward's threads in (b), (c) and (d) (default: every core; (d) as the worker picks); "
+        "fewer than the cores leaves the rest to everything else",
     )
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "simsearch-bench-cache")
     parser.add_argument("--skip-keras", action="store_true")
@@ -179,11 +184,12 @@ def main() -> int:
     )
     args = parser.parse_args()
     args.notebook_images = 1
+    child_threads = args.threads or CORES
     blobs = throughput.load_blobs(args.data, args.images)
     print(f"machine: {throughput.machine()}")
     print(f"{len(blobs)} photos, model {args.model}, chunks of {args.chunk}, BLOB_FSYNC={args.fsync}\n", flush=True)
 
-    child = argparse.Namespace(**vars(args))
+    child = argparse.Namespace(**(vars(args) | {"threads": child_threads}))
     keras = None if args.skip_keras else throughput.run_child("keras", args.model, child)
     fast = throughput.run_child("chosen", args.model, child)
     variants = {"default": {}}

@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
 CANCELLED = "cancelled"  # the error of a job ended by its owner
 FINAL_STATUSES = [s.value for s in JobStatus if s.final]
-# A finished job's record travels in its "done" message up to this size (a search's: ~2 KB at k=10);
-# every API process receives every message, so a large result is read by those who want it instead.
-ANNOUNCE_MAX_BYTES = 64 * 1024
+# A finished job's record travels in its "done" message up to this size (a search's: ~2 KB at k=10,
+# ~16 KB at k=100); every API process receives every message (and every node of a cluster), so a
+# larger result is read by those who want it instead.
+ANNOUNCE_MAX_BYTES = 16 * 1024
 Outcome = tuple[ItemOutcome, ItemError | None]
 
 
@@ -217,9 +218,11 @@ class JobLifecycle:
         return (yield from self._finished(job_id, status, out))
 
     def finish_one(self, job_id: str, outcome: Outcome, status: JobStatus, result: dict[str, Any]) -> Op[bool]:
-        """A one-item job's (a search's) end: its item recorded, then the job finished, in one round
-        trip (both in the job's slot, in this order, so no reader sees it finished and uncounted)."""
-        _, out = yield Batch([self._record_call(job_id, [outcome]), self._finish_call(job_id, status, result)])
+        """A one-item job's (a search's) end: its item recorded, then the job finished. Two single
+        calls, not a pipeline: a pipeline of scripts checks SCRIPT EXISTS first (no round trip
+        saved), and would finish the job even when recording its item failed."""
+        yield _one(self._record_call(job_id, [outcome]))
+        (out,) = yield _one(self._finish_call(job_id, status, result))
         return (yield from self._finished(job_id, status, out))
 
     def _finish_call(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> ScriptCall:

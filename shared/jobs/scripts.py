@@ -111,11 +111,13 @@ if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
   redis.call('HSET', KEYS[1], 'callback_status', 'pending', 'callback_attempts', 0)
   callback = 1
 end
+-- The status is written: nothing after this may fail before the PUBLISH (no rollback in Lua).
 local message = ARGV[1]
-if redis.call('LLEN', KEYS[2]) == 0 and #ARGV[2] <= tonumber(ARGV[5]) then
-  local record = cjson.encode({status = ARGV[1], job = redis.call('HGETALL', KEYS[1])})
-  if #record <= tonumber(ARGV[5]) then message = record end
-end
+local ok, record = pcall(function()
+  if redis.call('LLEN', KEYS[2]) ~= 0 or #ARGV[2] > tonumber(ARGV[5]) then return nil end
+  return cjson.encode({status = ARGV[1], job = redis.call('HGETALL', KEYS[1])})
+end)
+if ok and record and #record <= tonumber(ARGV[5]) then message = record end
 redis.call('PUBLISH', ARGV[4], message)
 return {1, owner, kind, callback}
 """

@@ -56,3 +56,36 @@ def test_a_failed_read_fails_every_sharer_and_is_not_cached() -> None:
         assert store.reads == 2
 
     asyncio.run(scenario())
+
+
+def test_waiters_woken_by_one_message_share_one_parse_of_it(monkeypatch) -> None:
+    import api.rendered as rendered_module
+
+    job = JobView(
+        job_id="j",
+        type=JobType.search,
+        collection="c",
+        status=JobStatus.succeeded,
+        progress=Progress(total=1, done=1, failed=0),
+        result={"matches": []},
+        created_at="2026-12-04T00:00:00Z",
+    )
+    parses = []
+
+    def parse(job_id: str, message: bytes) -> JobView | None:
+        parses.append(message)
+        return job if message.startswith(b"{") else None  # as the real one: a bare status has no view
+
+    monkeypatch.setattr(rendered_module, "parse_announcement", parse)
+    rendered, store = RenderedJobs(), SlowStore()
+    noticed = time.monotonic()
+    views = [rendered.announced("j", b'{"status": "succeeded"}', noticed) for _ in range(400)]
+    assert len(parses) == 1 and all(v is views[0] for v in views) and views[0].final
+    assert rendered.announced("j", b"succeeded", noticed) is views[0]  # cached: even a bare status is served
+    later = time.monotonic()
+    assert rendered.announced("j", b"succeeded", later) is None  # a newer message with no view: read it
+
+    async def read_after() -> None:
+        assert (await rendered.get(store, "j", fresh_after=noticed)) is views[0] and store.reads == 0
+
+    asyncio.run(read_after())

@@ -162,9 +162,7 @@ class OpenVINORunner:
         chosen, parity = None, 0.0
         for candidate in self._candidates(precision):
             model = self._quantize(fp32, calibrate) if candidate == "int8" else fp32
-            out = (
-                self._compile(model, candidate, threads=os.cpu_count() or 1).create_infer_request().infer({0: check})[0]
-            )
+            out = self._compile(model, candidate, threads=cpus()).create_infer_request().infer({0: check})[0]
             parity = min_cosine(reference, np.asarray(out))
             log.info("openvino %s: min cosine vs TF float32 on %d photos = %.5f", candidate, len(check), parity)
             if parity >= self.parity_min or candidate == "f32":
