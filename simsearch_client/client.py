@@ -263,8 +263,9 @@ class SimsearchClient:
             params["cluster"] = cluster
         return params
 
-    def _search_result(self, accepted: dict[str, Any], timeout: float) -> dict[str, Any]:
-        job = self.wait(accepted["job_id"], timeout=timeout)
+    def _search_result(self, answer: dict[str, Any], timeout: float) -> dict[str, Any]:
+        # The finished job itself when the search ended within the POST's wait; else its id (202).
+        job = answer if answer.get("status") in FINAL_STATUSES else self.wait(answer["job_id"], timeout=timeout)
         if job["status"] != "succeeded":
             # A failed search job carries {"error", "detail"} as its result (e.g. an undecodable query).
             result = job.get("result") or (job.get("errors") or [{}])[0]
@@ -350,9 +351,15 @@ class SimsearchClient:
 
     def _search(self, collection: str, k: int, options: SearchOptions, **request: Any) -> dict[str, Any]:
         """Post one search (its query in `request`: an upload or a JSON body) and wait for its result."""
-        params = self._search_params(k, options.get("min_similarity"), options.get("cluster"))
-        accepted = self._json("POST", f"/v1/collections/{collection}/search", params=params, **request)
-        return self._search_result(accepted, options.get("timeout", SEARCH_TIMEOUT))
+        timeout = options.get("timeout", SEARCH_TIMEOUT)
+        # Wait in the POST itself: one request when the answer comes within it (an API older than
+        # `wait` on searches ignores it and answers 202, and the job is then long-polled as before).
+        wait = max(0.0, min(float(timeout), MAX_LONG_POLL))
+        params = self._search_params(k, options.get("min_similarity"), options.get("cluster")) | {"wait": wait}
+        path = f"/v1/collections/{collection}/search"
+        started = time.monotonic()
+        answer = self._json("POST", path, params=params, timeout=self.timeout + wait, **request)
+        return self._search_result(answer, max(0.0, timeout - (time.monotonic() - started)))
 
     def search_batch(
         self,

@@ -149,12 +149,26 @@ def test_search_submits_the_file_then_returns_the_result(tmp_path: Path) -> None
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
             assert request.url.path == "/v1/collections/pets/search"
-            assert dict(request.url.params) == {"k": "3", "min_similarity": "0.5"}
+            assert dict(request.url.params) == {"k": "3", "min_similarity": "0.5", "wait": "30.0"}
             assert b'name="file"; filename="query.jpg"' in request.content
+            # An API older than `wait` on searches: 202, then the job is long-polled.
             return httpx.Response(202, json={"job_id": "s1", "status_url": "/v1/jobs/s1", "total": 1})
         return httpx.Response(200, json=job_body("s1", "succeeded", result=result))
 
     assert make_client(handler).search("pets", query, k=3, min_similarity=0.5) == result
+
+
+def test_a_search_answered_within_its_post_takes_one_request() -> None:
+    result = {"matches": [{"image_id": "a" * 32, "filename": "x.jpg", "similarity": 0.9}], "collection_size": 3}
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        assert request.method == "POST" and request.url.params["wait"] == "5.0"
+        return httpx.Response(200, json=job_body("s1", "succeeded", result=result) | {"type": "search"})
+
+    assert make_client(handler).search_by_id("pets", "b" * 32, timeout=5) == result
+    assert len(requests) == 1
 
 
 def test_failed_search_job_raises_its_error() -> None:
