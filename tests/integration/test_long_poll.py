@@ -17,9 +17,8 @@ from api.routes.jobs import get_job
 from api.settings import ApiSettings
 from api.store import ApiStore
 from api.waiter import JobWaiter
-from shared import keys
 from shared.jobs.lifecycle import ANNOUNCE_MAX_BYTES
-from shared.schemas import ItemError, JobStatus, JobType
+from shared.schemas import ItemError, ItemOutcome, ItemStatus, JobStatus, JobType
 from tests.integration.services import async_data_client
 
 RECHECK_S = 5.0  # long enough that any wait for it shows
@@ -166,7 +165,8 @@ def test_a_search_waiting_in_its_request_takes_the_answer_from_the_done_message(
 def test_a_job_with_item_errors_or_a_large_result_is_read_after_its_done_message(redis_url: str) -> None:
     async def with_error(store: ApiStore, client, job_id: str) -> None:
         error = ItemError(index=0, filename="q.jpg", error="invalid_image", detail="not an image")
-        await client.rpush(keys.job_errors(job_id), error.model_dump_json())
+        outcome = ItemOutcome(index=0, filename="q.jpg", image_id="", status=ItemStatus.failed)
+        await store.jobs.record_items(job_id, [(outcome, error)])  # as a worker records it (with its TTL)
         await store.jobs.finish(job_id, JobStatus.failed, {})
 
     async def large(store: ApiStore, client, job_id: str) -> None:
