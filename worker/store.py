@@ -20,7 +20,7 @@ from shared.collections.header import ShardHeader
 from shared.collections.ops import Embedding
 from shared.errors import Conflict
 from shared.fanout import FanOutStore, f32_bytes
-from shared.runner import SyncRunner
+from shared.runner import SyncRunner, text
 from shared.schemas import ImageRecord, rendition_key, utcnow
 from shared.shards import shard_of
 
@@ -172,7 +172,14 @@ class WorkerStore(FanOutStore):
         wanted, _, patience_s = self.replicas
         deadline, delay = time.monotonic() + patience_s, 0.05
         while time.monotonic() < deadline:
-            if ops.replicas_at(self.data.node_info(short.key, "replication"), short.offset) >= wanted:
+            info = self.data.node_info(short.key, "replication")
+            if short.replid and text(info.get("master_replid")) != short.replid:
+                # Another primary since the add (a failover): its offsets count another history, and
+                # its replicas passing the old offset says nothing of the add, which the new primary
+                # may lack. Handled as an outage: the chunk runs again and adds what is missing.
+                log.warning("the primary changed while waiting for replicas of %s; running again", short.key)
+                raise short
+            if ops.replicas_at(info, short.offset) >= wanted:
                 return
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)

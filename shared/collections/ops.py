@@ -433,7 +433,8 @@ def add_images(
     out, acked, info = yield Batch(calls, pin=pin)
     if int(acked) < replicas:
         detail = f"the add reached {acked} of {replicas} replicas within {replicas_timeout_ms} ms"
-        raise ReplicationTimeout(detail, collection, pin, int(info["master_repl_offset"]), _added(out))
+        offset, replid = int(info["master_repl_offset"]), text(info.get("master_replid"))
+        raise ReplicationTimeout(detail, collection, pin, offset, _added(out), replid)
     return _added(out)
 
 
@@ -465,9 +466,12 @@ class ReplicationTimeout(RedisTimeoutError):
         key: str = "",
         offset: int = 0,
         result: tuple[str | None, list[int]] = (None, []),
+        replid: str | None = None,
     ) -> None:
         super().__init__(f"{collection}: {detail}")
         self.key, self.offset, self.result = key, offset, result
+        # The primary's replication id: an offset means something only within that one history.
+        self.replid = replid
 
 
 def own_adds(

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import redis
 
 from shared import keys
 from shared.blobs import open_blob_store
+from shared.collections import ops
 from shared.schemas import ImageRecord, rendition_key, utcnow
 from tests.images import photo_bytes
 from tests.integration.client_helpers import index, submit_images, wait_job
@@ -85,3 +87,21 @@ def test_no_image_is_reported_created_before_a_replica_has_it(tmp_path: Path) ->
         worker.stop()
         replica.stop()
         primary.stop()
+
+
+def test_replicas_of_a_new_primary_passing_the_old_offset_do_not_count(redis_client: redis.Redis) -> None:
+    """The add's WAIT fell short on the old primary; while the worker waits, Sentinel promotes a
+    replica that may lack the add. Its replicas' offsets count the new primary's history: passing
+    the old offset must not make the add count as stored (an acknowledged image was lost that way
+    in a failover under load), while on the same primary it does."""
+    blobs = open_blob_store(f"file://{tempfile.mkdtemp(prefix='blobs-')}", fsync=False)
+    store = WorkerStore(redis_client, blobs, log_maxlen=1000, data_ttl_s=600, replicas=(1, 100, 1.0))
+    primary = {"master_replid": "a" * 40, "slave0": {"ip": "127.0.0.1", "port": 1, "offset": 5000}}
+    store.data.node_info = lambda key, section: primary  # type: ignore[method-assign]
+    short = ops.ReplicationTimeout("1 of 1 within 100 ms", "c", "k", 4000, (None, [1]), replid="a" * 40)
+    store._await_replicas(short)  # same history, its replica past the add: stored
+    primary["master_replid"] = "b" * 40  # promoted: another history, offsets far past the old one
+    started = time.monotonic()
+    with pytest.raises(ops.ReplicationTimeout):
+        store._await_replicas(short)
+    assert time.monotonic() - started < 0.5  # given up at once, not after the patience
