@@ -76,7 +76,8 @@ def end_single(ctx: JobContext, outcome: ItemOutcome, result: dict[str, Any] | S
             error=result.code,
             detail=result.detail,
         )
-        failed = (outcome.model_copy(update={"status": ItemStatus.failed}), error)
-        ctx.jobs.finish_one(ctx.job_id, failed, JobStatus.failed, {"error": result.code, "detail": result.detail})
+        ctx.jobs.record_items(ctx.job_id, [(outcome.model_copy(update={"status": ItemStatus.failed}), error)])
+        ctx.jobs.finish(ctx.job_id, JobStatus.failed, {"error": result.code, "detail": result.detail})
         return
-    ctx.jobs.finish_one(ctx.job_id, (outcome, None), JobStatus.succeeded, result)
+    ctx.jobs.record_items(ctx.job_id, [(outcome, None)])
+    ctx.jobs.finish(ctx.job_id, JobStatus.succeeded, result)

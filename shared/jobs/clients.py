@@ -75,9 +75,6 @@ class Jobs(SyncRunner):
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> bool:
         return self.run(self.lifecycle.finish(job_id, status, result))
 
-    def finish_one(self, job_id: str, outcome: Outcome, status: JobStatus, result: dict[str, Any]) -> bool:
-        return self.run(self.lifecycle.finish_one(job_id, outcome, status, result))
-
     def after_finish(self, job_id: str, owner: str | None, callback: bool) -> None:
         self.run(self.lifecycle.after_finish(job_id, owner, callback))
 

@@ -172,17 +172,14 @@ class JobLifecycle:
 
     def record_items(self, job_id: str, outcomes: list[Outcome]) -> Op[int]:
         """Returns 1 when every item of the job is now accounted for, 0 if not, -1 if the job is gone."""
-        (complete,) = yield _one(self._record_call(job_id, outcomes))
-        if int(complete) == 0:
-            yield from self.touch(job_id)
-        return int(complete)
-
-    def _record_call(self, job_id: str, outcomes: list[Outcome]) -> ScriptCall:
         args: list[Any] = [self.job_ttl_s]
         for outcome, error in outcomes:
             args += [str(outcome.index), outcome.model_dump_json(), error.model_dump_json() if error else ""]
         job_keys = [keys.job(job_id), keys.job_items(job_id), keys.job_errors(job_id)]
-        return ScriptCall("record_items", job_keys, args)
+        (complete,) = yield _one(ScriptCall("record_items", job_keys, args))
+        if int(complete) == 0:
+            yield from self.touch(job_id)
+        return int(complete)
 
     # -- growing jobs (items listed by a worker) -------------------------------------------------
     def reserve_batch(self, job_id: str, source: int, number: int, size: int) -> Op[tuple[int, bool] | None]:
@@ -214,22 +211,9 @@ class JobLifecycle:
     # -- finish ---------------------------------------------------------------------------------
     def finish(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> Op[bool]:
         """Set the final status (first finisher wins) and wake every waiter. True if this call did."""
-        (out,) = yield _one(self._finish_call(job_id, status, result))
-        return (yield from self._finished(job_id, status, out))
-
-    def finish_one(self, job_id: str, outcome: Outcome, status: JobStatus, result: dict[str, Any]) -> Op[bool]:
-        """A one-item job's (a search's) end: its item recorded, then the job finished. Two single
-        calls, not a pipeline: a pipeline of scripts checks SCRIPT EXISTS first (no round trip
-        saved), and would finish the job even when recording its item failed."""
-        yield _one(self._record_call(job_id, [outcome]))
-        (out,) = yield _one(self._finish_call(job_id, status, result))
-        return (yield from self._finished(job_id, status, out))
-
-    def _finish_call(self, job_id: str, status: JobStatus, result: dict[str, Any]) -> ScriptCall:
         args = [status.value, json.dumps(result), utcnow(), keys.job_done_channel(job_id), ANNOUNCE_MAX_BYTES]
-        return ScriptCall("finish_job", [keys.job(job_id), keys.job_errors(job_id)], [*args, *FINAL_STATUSES])
-
-    def _finished(self, job_id: str, status: JobStatus, out: Any) -> Op[bool]:
+        job_keys = [keys.job(job_id), keys.job_errors(job_id)]
+        (out,) = yield _one(ScriptCall("finish_job", job_keys, [*args, *FINAL_STATUSES]))
         if not isinstance(out, list):  # gone: only the open entry may be left
             yield _one(Call("zrem", (keys.OPEN_JOBS, job_id)))
             return False

@@ -208,12 +208,12 @@ def test_a_finisher_run_again_does_the_deployment_wide_steps(
     assert h.client.zscore(keys.WEBHOOKS_DUE, job_id) is not None
 
 
-def test_a_one_item_job_ends_in_one_step_counted_once_and_a_killed_end_is_put_right(
+def test_a_one_item_job_killed_at_its_end_is_counted_once_and_put_right(
     private: Harness, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A search's end (`finish_one`): its item and its status in one round trip. Killed before the
-    deployment-wide steps, it is still counted done and finished; the rerun loses the status race,
-    counts nothing twice, and closes the job."""
+    """A search's end: its item recorded, then the job finished, its counter sent with the last
+    step. Killed before the deployment-wide steps, it is still counted done and finished; the rerun
+    loses the status race, counts nothing twice, and closes the job."""
     h = private
     job_id = uuid.uuid4().hex
     h.jobs.create(job_id, JobType.search, name, {"k": 3}, [])
@@ -223,11 +223,13 @@ def test_a_one_item_job_ends_in_one_step_counted_once_and_a_killed_end_is_put_ri
     with monkeypatch.context() as m:
         _killing(m, JobLifecycle, "after_finish", after=0)
         with pytest.raises(Killed):
-            h.jobs.finish_one(job_id, outcome, JobStatus.succeeded, {"matches": []})
+            h.jobs.record_items(job_id, [outcome])
+            h.jobs.finish(job_id, JobStatus.succeeded, {"matches": []})
     job = h.jobs.get(job_id)
     assert job.status == JobStatus.succeeded and job.progress.done == 1 and job.result == {"matches": []}
     assert h.client.zscore(keys.OPEN_JOBS, job_id) is not None  # the killed end left it open
-    assert h.jobs.finish_one(job_id, outcome, JobStatus.failed, {}) is False  # redelivered: status stays
+    h.jobs.record_items(job_id, [outcome])  # redelivered: the item is not counted twice
+    assert h.jobs.finish(job_id, JobStatus.failed, {}) is False  # and the status stays
     job = h.jobs.get(job_id)
     assert job.status == JobStatus.succeeded and job.progress.done == 1 and job.progress.failed == 0
     assert h.client.zscore(keys.OPEN_JOBS, job_id) is None
@@ -235,7 +237,8 @@ def test_a_one_item_job_ends_in_one_step_counted_once_and_a_killed_end_is_put_ri
     assert int(h.client.hget(keys.JOB_COUNTS, counted) or 0) == before
     other = uuid.uuid4().hex
     h.jobs.create(other, JobType.search, name, {"k": 3}, [])
-    assert h.jobs.finish_one(other, outcome, JobStatus.succeeded, {"matches": []}) is True
+    h.jobs.record_items(other, [outcome])
+    assert h.jobs.finish(other, JobStatus.succeeded, {"matches": []}) is True
     assert int(h.client.hget(keys.JOB_COUNTS, counted)) == before + 1
     assert h.client.zscore(keys.OPEN_JOBS, other) is None and h.jobs.get(other).progress.done == 1
 

@@ -333,6 +333,7 @@ def finish_fanned_out(ctx: JobContext, params: SearchParams, shards: int) -> Non
         shards=shards if shards > 1 or missing else None,
         missing_shards=missing if shards > 1 or missing else None,
     )
+    ctx.jobs.record_items(ctx.job_id, [(_outcome(params), None)])
     status = JobStatus.partial if missing else JobStatus.succeeded
-    ctx.jobs.finish_one(ctx.job_id, (_outcome(params), None), status, result.model_dump(mode="json", exclude_none=True))
+    ctx.jobs.finish(ctx.job_id, status, result.model_dump(mode="json", exclude_none=True))
     ctx.store.drop_fan_out(ctx.job_id)  # late shards find the job ended and shed their task
